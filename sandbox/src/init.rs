@@ -1,0 +1,109 @@
+//! The container's first process, from clone(2) in the shim to execve(2) of the user's program.
+//!
+//! It waits until the shim has put it in its cgroup, builds its filesystem, drops privileges and
+//! execs. Any failure is written to the error pipe (close-on-exec, so a successful exec closes it
+//! empty) and the process exits; the shim reports the text as the container's start error.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::Mode;
+
+use crate::spec::ContainerSpec;
+use crate::{caps, rootfs, sys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("shim did not release the container")]
+    NotReleased,
+    #[error("set up standard streams")]
+    Streams(#[source] std::io::Error),
+    #[error("prepare root filesystem")]
+    Rootfs(#[from] rootfs::Error),
+    #[error("apply user and capabilities")]
+    Caps(#[from] caps::Error),
+    #[error("change to working directory {0}")]
+    Cwd(PathBuf, #[source] nix::Error),
+    #[error("exec: {0:?}: executable file not found in $PATH")]
+    NotFound(String),
+    #[error("exec {0}")]
+    Exec(PathBuf, #[source] std::io::Error),
+    #[error("argument or environment contains a NUL byte")]
+    Nul,
+}
+
+/// The descriptors the shim hands to a container's init.
+pub struct Pipes {
+    /// One byte arrives when the shim has placed the process in its cgroup.
+    pub release: OwnedFd,
+    /// Close-on-exec; receives the error text if setup fails.
+    pub error: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Runs in the cloned child; never returns.
+pub fn run(spec: &ContainerSpec, shm: Option<&Path>, pipes: Pipes) -> ! {
+    let Pipes { release, error, stdout, stderr } = pipes;
+    let err = setup_and_exec(spec, shm, release, stdout, stderr).unwrap_err();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    let _ = std::fs::File::from(error).write_all(text.as_bytes());
+    sys::exit_now(1)
+}
+
+fn setup_and_exec(
+    spec: &ContainerSpec,
+    shm: Option<&Path>,
+    release: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<std::convert::Infallible, Error> {
+    let mut byte = [0u8; 1];
+    if std::fs::File::from(release).read(&mut byte).map_err(Error::Streams)? != 1 {
+        return Err(Error::NotReleased);
+    }
+    // A session of its own: no controlling terminal, and the shim's signals stay the shim's.
+    let _ = nix::unistd::setsid();
+    let null = std::fs::File::open("/dev/null").map_err(Error::Streams)?;
+    sys::dup_onto(null.as_fd(), 0).map_err(Error::Streams)?;
+    sys::dup_onto(stdout.as_fd(), 1).map_err(Error::Streams)?;
+    sys::dup_onto(stderr.as_fd(), 2).map_err(Error::Streams)?;
+    drop((null, stdout, stderr));
+
+    rootfs::prepare(&spec.rootfs, &spec.mounts, shm)?;
+    rootfs::protect_paths(&spec.process)?;
+    nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    let env = cstrings(&spec.process.env)?;
+    let argv = cstrings(&spec.process.args)?;
+    let program = find_program(&spec.process.args[0], &spec.process.env)?;
+    caps::apply(&spec.process)?;
+    nix::unistd::chdir(&spec.process.cwd).map_err(|e| Error::Cwd(spec.process.cwd.clone(), e))?;
+    sys::cloexec_from(3).map_err(Error::Streams)?;
+    let path = CString::new(program.as_os_str().as_bytes()).map_err(|_| Error::Nul)?;
+    Err(Error::Exec(program, sys::execve(&path, &argv, &env)))
+}
+
+fn cstrings(items: &[String]) -> Result<Vec<CString>, Error> {
+    items.iter().map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul)).collect()
+}
+
+/// execvp(3)'s search, over the container's `PATH` (its filesystem is already `/`).
+fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Error> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file())
+        .ok_or_else(|| Error::NotFound(name.to_owned()))
+}

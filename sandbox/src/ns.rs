@@ -1,0 +1,58 @@
+//! The pod's shared namespaces (network, UTS, IPC, and PID when shared): created by the shim,
+//! pinned as bind-mounted nsfs files so they outlive any one process and can be entered by path.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{unshare, CloneFlags};
+
+use crate::mount;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("create pod namespaces")]
+    Unshare(#[source] nix::Error),
+    #[error("set hostname {0:?}")]
+    Hostname(String, #[source] nix::Error),
+    #[error("bring up loopback")]
+    Loopback(#[source] io::Error),
+    #[error("pin namespace at {path}")]
+    Pin { path: PathBuf, #[source] source: mount::Error },
+}
+
+/// The namespaces every container of a pod shares, by their /proc/<pid>/ns names.
+pub const POD_NAMESPACES: [&str; 3] = ["net", "uts", "ipc"];
+
+/// Moves the calling (single-threaded) process into fresh network, UTS and IPC namespaces, names
+/// the host, and brings `lo` up so the pod's containers reach each other on localhost.
+pub fn create_pod_namespaces(hostname: &str) -> Result<(), Error> {
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
+        .map_err(Error::Unshare)?;
+    nix::unistd::sethostname(hostname).map_err(|e| Error::Hostname(hostname.to_owned(), e))?;
+    crate::sys::loopback_up().map_err(Error::Loopback)?;
+    Ok(())
+}
+
+/// Bind-mounts `/proc/<pid>/ns/<name>` onto `<dir>/<name>`; the namespace then lives as long as
+/// the mount does (namespaces(7), "The /proc/[pid]/ns/ directory").
+pub fn pin(dir: &Path, pid: &str, name: &str, file: &str) -> Result<PathBuf, Error> {
+    let target = dir.join(name);
+    let pin_err = |source| Error::Pin { path: target.clone(), source };
+    mount::ensure_mount_point(&target, false).map_err(pin_err)?;
+    mount::bind(&Path::new("/proc").join(pid).join("ns").join(file), &target, false).map_err(pin_err)?;
+    Ok(target)
+}
+
+/// Releases every pin in `dir`; idempotent, and every error is collected rather than stopping
+/// at the first (teardown is best effort).
+pub fn unpin_all(dir: &Path) -> Vec<mount::Error> {
+    let mut errors = Vec::new();
+    for name in POD_NAMESPACES.iter().chain(&["pid"]) {
+        let path = dir.join(name);
+        if let Err(e) = mount::unmount(&path) {
+            errors.push(e);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    errors
+}

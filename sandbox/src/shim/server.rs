@@ -1,0 +1,278 @@
+//! The shim's event loop: one poll(2) over the SIGCHLD signalfd, the listening socket and every
+//! container's stdout/stderr pipe.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufReader, Read};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::container::{Container, LogPipe, NonBlocking};
+use super::{Error, ShimDir};
+use crate::protocol::{self, ContainerStatus, Request, Response};
+use crate::spec::SandboxSpec;
+use crate::{cgroup, sys};
+
+pub struct Server {
+    pub(super) dir: ShimDir,
+    pub(super) spec: SandboxSpec,
+    listener: UnixListener,
+    signals: SignalFd,
+    pub(super) pod_init: Option<Pid>,
+    pub(super) containers: HashMap<String, Container>,
+    pub(super) pipes: Vec<LogPipe>,
+    subscribers: Vec<UnixStream>,
+}
+
+impl Server {
+    pub(super) fn new(
+        dir: ShimDir,
+        spec: SandboxSpec,
+        listener: UnixListener,
+        pod_init: Option<Pid>,
+    ) -> Result<Self, Error> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block().map_err(Error::Signals)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(Error::Signals)?;
+        // SIGTERM/SIGINT/SIGHUP aimed at the agent's process group must not end the pod.
+        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            sys::ignore_signal(sig).map_err(Error::Signals)?;
+        }
+        Ok(Server {
+            dir,
+            spec,
+            listener,
+            signals,
+            pod_init,
+            containers: HashMap::new(),
+            pipes: Vec::new(),
+            subscribers: Vec::new(),
+        })
+    }
+
+    /// Serves until a `Shutdown` request.
+    pub fn serve(&mut self) {
+        loop {
+            let ready = {
+                let mut fds = vec![
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                ];
+                fds.extend(self.pipes.iter().map(|p| PollFd::new(p.file.as_fd(), PollFlags::POLLIN)));
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect::<Vec<_>>(),
+                    Err(nix::Error::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                }
+            };
+            // Pipes first: a container's last words are logged before its exit is announced.
+            for i in (0..self.pipes.len()).rev() {
+                if ready[i + 2] {
+                    self.drain_pipe(i);
+                }
+            }
+            if ready[0] {
+                while self.signals.read_signal().ok().flatten().is_some() {}
+                self.reap();
+            }
+            if ready[1] {
+                if let Ok((stream, _)) = self.listener.accept() {
+                    if self.handle(stream) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one connection; true when the shim should exit.
+    fn handle(&mut self, stream: UnixStream) -> bool {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = match protocol::read_message::<Request>(&mut BufReader::new(&stream)) {
+            Ok(Some(r)) => r,
+            Ok(None) => return false,
+            Err(e) => {
+                respond(&stream, &Response::Error { message: format!("bad request: {e}") });
+                return false;
+            }
+        };
+        let response = match request {
+            Request::Create { spec } => match self.create(*spec) {
+                Ok(pid) => Response::Created { pid: pid.as_raw() },
+                Err(message) => Response::Error { message },
+            },
+            Request::Signal { id, signal } => self.signal(&id, signal),
+            Request::State => self.state(),
+            Request::Remove { id } => self.remove(&id),
+            Request::Subscribe => {
+                let _ = stream.set_nonblocking(true);
+                self.subscribers.push(stream);
+                return false;
+            }
+            Request::Shutdown => {
+                self.shutdown();
+                respond(&stream, &Response::Done);
+                return true;
+            }
+        };
+        respond(&stream, &response);
+        false
+    }
+
+    fn signal(&self, id: &str, signal: i32) -> Response {
+        let Some(c) = self.containers.get(id) else {
+            return Response::Error { message: format!("no container {id}") };
+        };
+        if c.status.exit.is_some() {
+            return Response::Done;
+        }
+        match Signal::try_from(signal) {
+            Ok(sig) => match kill(Pid::from_raw(c.status.pid), sig) {
+                Ok(()) | Err(nix::Error::ESRCH) => Response::Done,
+                Err(e) => Response::Error { message: format!("signal container {id}: {e}") },
+            },
+            Err(_) => Response::Error { message: format!("invalid signal {signal}") },
+        }
+    }
+
+    fn state(&self) -> Response {
+        let mut containers: Vec<ContainerStatus> = self.containers.values().map(|c| c.status.clone()).collect();
+        containers.sort_by(|a, b| (&a.name, a.attempt).cmp(&(&b.name, b.attempt)));
+        Response::State { shim_pid: std::process::id() as i32, containers }
+    }
+
+    fn remove(&mut self, id: &str) -> Response {
+        match self.containers.get(id) {
+            Some(c) if c.status.exit.is_none() => Response::Error { message: format!("container {id} is running") },
+            _ => {
+                self.containers.remove(id);
+                let _ = fs::remove_file(self.dir.records().join(format!("{id}.json")));
+                Response::Done
+            }
+        }
+    }
+
+    /// Collects every exited child without blocking.
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.exited(pid, code, None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => self.exited(pid, 128 + sig as i32, Some(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    fn exited(&mut self, pid: Pid, code: i32, signal: Option<i32>) {
+        if Some(pid) == self.pod_init {
+            tracing::error!("pod init exited; the shared PID namespace is gone");
+            self.pod_init = None;
+            return;
+        }
+        let Some(id) = self
+            .containers
+            .iter()
+            .find(|(_, c)| c.status.pid == pid.as_raw() && c.status.exit.is_none())
+            .map(|(id, _)| id.clone())
+        else {
+            return; // an orphan re-parented to us; nothing to record
+        };
+        self.record_exit(&id, code, signal);
+        tracing::info!(container = %id, code, ?signal, "container exited");
+        let event = Response::Exited { id };
+        self.subscribers.retain_mut(|s| protocol::write_message(s, &event).is_ok());
+    }
+
+    fn drain_pipe(&mut self, index: usize) {
+        let mut buf = [0u8; 64 * 1024];
+        let pipe = &mut self.pipes[index];
+        let eof = match pipe.file.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                pipe.write(&buf[..n]);
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => false,
+            Err(_) => true,
+        };
+        if eof {
+            let mut pipe = self.pipes.swap_remove(index);
+            pipe.finish();
+        }
+    }
+
+    /// Kills everything of the pod, waits for it, and releases the pod's kernel objects.
+    fn shutdown(&mut self) {
+        let running: Vec<Pid> = self
+            .containers
+            .values()
+            .filter(|c| c.status.exit.is_none())
+            .map(|c| Pid::from_raw(c.status.pid))
+            .chain(self.pod_init)
+            .collect();
+        for pid in &running {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let alive = |s: &Self| s.pod_init.is_some() || s.containers.values().any(|c| c.status.exit.is_none());
+        while alive(self) && Instant::now() < deadline {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        while let Some(mut pipe) = self.pipes.pop() {
+            let mut buf = [0u8; 64 * 1024];
+            let _ = pipe.file.set_nonblocking();
+            while let Ok(n @ 1..) = pipe.file.read(&mut buf) {
+                pipe.write(&buf[..n]);
+            }
+            pipe.finish();
+        }
+        if let Some(cg) = &self.spec.cgroup {
+            if let Err(e) = cgroup::remove(&cg.path) {
+                tracing::warn!(error = %super::error_chain(&e), "remove pod cgroup");
+            }
+        }
+        for e in self.dir.release_mounts() {
+            tracing::warn!(error = %super::error_chain(&e), "release pod mount");
+        }
+        tracing::info!(pod_uid = %self.spec.pod_uid, "shim shut down");
+    }
+}
+
+fn respond(mut stream: &UnixStream, response: &Response) {
+    let _ = stream.set_nonblocking(false);
+    let _ = protocol::write_message(&mut stream, response);
+}
+
+/// The loop of a PID namespace's init (the pod init of a shared-PID pod, or a test node's pid 1):
+/// reap every child, forever.
+pub fn reap_forever() -> ! {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    let _ = mask.thread_block();
+    // Close inherited descriptors: the shim's ready pipe must see EOF from us.
+    sys::close_from(3);
+    loop {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        let _ = mask.wait();
+    }
+}

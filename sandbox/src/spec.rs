@@ -1,0 +1,118 @@
+//! What the agent asks the shim to run: the pod's sandbox and each container, fully resolved.
+//!
+//! The agent turns a Kubernetes Pod and an OCI image into these plain structures; the shim and the
+//! container init only execute them, so every policy decision is made (and tested) in one place.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The pod-level facts the shim needs when it starts, written as `config.json` in its directory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SandboxSpec {
+    pub pod_uid: String,
+    /// Kernel hostname of the pod's UTS namespace (the pod name, cut to 63 characters).
+    pub hostname: String,
+    /// One PID namespace for the whole pod (`shareProcessNamespace: true`).
+    pub share_pid: bool,
+    /// Pod-level cgroup, if resource control is on.
+    pub cgroup: Option<crate::cgroup::CgroupSpec>,
+}
+
+/// One container instance (one restart attempt of one container of the pod).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainerSpec {
+    /// 64 hex characters, unique per instance.
+    pub id: String,
+    pub name: String,
+    /// The restart count this instance stands for (0 for the first).
+    pub attempt: u32,
+    pub rootfs: RootfsSpec,
+    pub process: ProcessSpec,
+    /// Bind mounts in the order they are made (managed files, volumes).
+    pub mounts: Vec<BindMount>,
+    pub cgroup: Option<crate::cgroup::CgroupSpec>,
+    /// CRI log file the shim writes stdout and stderr to.
+    pub log_path: PathBuf,
+}
+
+/// An overlayfs root: read-only unpacked layers below, this instance's own upper directory above.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RootfsSpec {
+    /// Unpacked layer directories, lowest (base) layer first.
+    pub layers: Vec<PathBuf>,
+    pub upper_dir: PathBuf,
+    pub work_dir: PathBuf,
+    /// Where the overlay is mounted, inside the container's own mount namespace only.
+    pub mount_point: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is resolved against `PATH` of `env` inside the container when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=value` entries, final (image env, pod env, defaults already merged).
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// Capability names such as `CAP_CHOWN`, for the bounding, permitted and effective sets.
+    pub capabilities: Vec<String>,
+    pub no_new_privileges: bool,
+    /// Paths hidden (masked) and made read-only after pivot_root, as runc does.
+    pub masked_paths: Vec<PathBuf>,
+    pub readonly_paths: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
+    pub read_only: bool,
+}
+
+/// The default capability set of containerd and Docker (`defaultUnixCaps`).
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// kubelet's masked paths (`pkg/securitycontext/util.go`), without the per-CPU thermal paths.
+pub const DEFAULT_MASKED_PATHS: [&str; 12] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// kubelet's read-only paths.
+pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
