@@ -1,1 +1,120 @@
-fn main() {}
+//! `nodelet`: a kubelet-style node agent. With no subcommand it runs the agent; the subcommands act
+//! on the same node state. Internal helpers (`shim`, `reaper`) are dispatched before any runtime
+//! starts, so nothing forks from a multi-threaded process (DESIGN.md decision 1).
+
+mod cli;
+mod config;
+mod images;
+mod node;
+mod paths;
+mod pod;
+mod runtime;
+mod source;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sha2::Digest as _;
+
+#[derive(Parser)]
+#[command(name = "nodelet", version, about = "A kubelet-style node agent that runs real pod sandboxes")]
+struct Cli {
+    #[command(flatten)]
+    flags: config::Flags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage images in the node's image store
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// List images in the node's image store
+    Images,
+    /// List the pods of the running agent
+    Pods {
+        /// Only this namespace
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Print a container's logs
+    Logs(cli::LogsArgs),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Store an image from an OCI image layout directory or an OCI archive (tar)
+    Import {
+        source: PathBuf,
+        /// Name to store it under (default: the layout's reference annotation)
+        reference: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("shim") if args.len() == 3 => {
+            init_tracing(false);
+            return ExitCode::from(nodelet_sandbox::shim::main(std::path::Path::new(&args[2])) as u8);
+        }
+        Some("reaper") => nodelet_sandbox::shim::reap_forever(),
+        _ => {}
+    }
+    let cli = Cli::parse();
+    let result = config::Config::load(&cli.flags).map_err(anyhow::Error::from).and_then(|config| match &cli.command {
+        None => {
+            init_tracing(true);
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(node::run(config))
+        }
+        Some(Command::Image { command: ImageCommand::Import { source, reference } }) => {
+            cli::import(&config, source, reference.as_deref())
+        }
+        Some(Command::Images) => cli::images(&config),
+        Some(Command::Pods { namespace }) => cli::pods(&config, namespace.as_deref()),
+        Some(Command::Logs(args)) => cli::logs(&config, args),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodelet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(ansi: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NODELET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Random hex (ids, temporary names) from the kernel's generator.
+pub fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("read /dev/urandom");
+    hex::encode(buf)
+}
+
+/// 16 hex characters of sha256: names derived from content (UIDs, backoff keys).
+pub fn short_hash(data: &[u8]) -> String {
+    hex::encode(&sha2::Sha256::digest(data)[..8])
+}
+
+/// An error with its whole source chain, for one log line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    nodelet_sandbox::shim::error_chain(err)
+}

@@ -1,0 +1,245 @@
+//! The agent's configuration: one KubeletConfiguration-like YAML file (camelCase keys, unknown keys
+//! rejected by name) with command-line flags on top. Every path is configurable, which is what lets
+//! tests run many isolated agents on one machine.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub const DEFAULT_CONFIG: &str = "/etc/nodelet/config.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("read config {path}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// Accepted so kubelet-style files (`kind: KubeletConfiguration`) load as they are.
+    pub kind: Option<String>,
+    pub api_version: Option<String>,
+    pub root_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub pod_logs_dir: PathBuf,
+    pub static_pod_path: PathBuf,
+    /// Cgroup under which `kubepods/...` is created, relative to each hierarchy's root.
+    pub cgroup_root: String,
+    pub hostname_override: Option<String>,
+    pub node_labels: BTreeMap<String, String>,
+    pub kubeconfig: Option<PathBuf>,
+    pub cni_conf_dir: PathBuf,
+    pub cni_data_dir: PathBuf,
+    /// How often the static pod directory is rescanned besides inotify.
+    #[serde(deserialize_with = "duration")]
+    pub file_check_frequency: Duration,
+    /// The resolver file copied into pods with dnsPolicy Default (and ClusterFirst without cluster DNS).
+    pub resolv_conf: PathBuf,
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kind: None,
+            api_version: None,
+            root_dir: "/var/lib/nodelet".into(),
+            run_dir: "/run/nodelet".into(),
+            pod_logs_dir: "/var/log/pods".into(),
+            static_pod_path: "/etc/nodelet/manifests".into(),
+            cgroup_root: "/".into(),
+            hostname_override: None,
+            node_labels: BTreeMap::new(),
+            kubeconfig: None,
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_data_dir: "/var/lib/cni".into(),
+            file_check_frequency: Duration::from_secs(20),
+            resolv_conf: "/etc/resolv.conf".into(),
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// Flags that override the file, named as kubelet's where kubelet has one.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Flags {
+    /// Configuration file (YAML, KubeletConfiguration-like). Default: /etc/nodelet/config.yaml if present.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub root_dir: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub run_dir: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub pod_logs_dir: Option<PathBuf>,
+    /// Static pod manifest directory (kubelet's --pod-manifest-path).
+    #[arg(long, global = true)]
+    pub pod_manifest_path: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub cgroup_root: Option<String>,
+    #[arg(long, global = true)]
+    pub hostname_override: Option<String>,
+    /// Comma-separated key=value labels for this node.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the file named by `--config` (or the default file if it exists) and applies flags.
+    pub fn load(flags: &Flags) -> Result<Config, Error> {
+        let mut config = match &flags.config {
+            Some(path) => Self::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => Self::from_file(Path::new(DEFAULT_CONFIG))?,
+            None => Config::default(),
+        };
+        config.apply(flags)?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        Self::from_yaml(&text).map_err(|message| Error::Invalid { path: path.to_owned(), message })
+    }
+
+    /// Parses YAML; errors name the key path (`fileCheckFrequency: invalid duration "x"`).
+    pub fn from_yaml(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })
+    }
+
+    fn apply(&mut self, flags: &Flags) -> Result<(), Error> {
+        let set = |target: &mut PathBuf, value: &Option<PathBuf>| {
+            if let Some(v) = value {
+                *target = v.clone();
+            }
+        };
+        set(&mut self.root_dir, &flags.root_dir);
+        set(&mut self.run_dir, &flags.run_dir);
+        set(&mut self.pod_logs_dir, &flags.pod_logs_dir);
+        set(&mut self.static_pod_path, &flags.pod_manifest_path);
+        if let Some(cg) = &flags.cgroup_root {
+            self.cgroup_root = cg.clone();
+        }
+        if flags.hostname_override.is_some() {
+            self.hostname_override = flags.hostname_override.clone();
+        }
+        if flags.kubeconfig.is_some() {
+            self.kubeconfig = flags.kubeconfig.clone();
+        }
+        for label in &flags.node_labels {
+            let (k, v) = label.split_once('=').ok_or_else(|| Error::Invalid {
+                path: "--node-labels".into(),
+                message: format!("label {label:?} is not key=value"),
+            })?;
+            self.node_labels.insert(k.to_owned(), v.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The node's name: `hostnameOverride`, else the machine's hostname, lower-cased as kubelet does.
+    pub fn node_name(&self) -> String {
+        self.hostname_override
+            .clone()
+            .unwrap_or_else(|| nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default())
+            .to_lowercase()
+    }
+}
+
+/// Go-style durations as kubelet writes them: `20s`, `1m30s`, `500ms`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ms" => number / 1000.0,
+            "s" => number,
+            "m" => number * 60.0,
+            "h" => number * 3600.0,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(seconds);
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_duration(&text).ok_or_else(|| serde::de::Error::custom(format!("invalid duration {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kubelet_style_keys() {
+        let c = Config::from_yaml(
+            "kind: KubeletConfiguration\nrootDir: /tmp/r\nstaticPodPath: /tmp/m\nfileCheckFrequency: 1m30s\nclusterDNS: [10.96.0.10]\n",
+        )
+        .unwrap();
+        assert_eq!(c.root_dir, PathBuf::from("/tmp/r"));
+        assert_eq!(c.static_pod_path, PathBuf::from("/tmp/m"));
+        assert_eq!(c.file_check_frequency, Duration::from_secs(90));
+        assert_eq!(c.cluster_dns, vec!["10.96.0.10"]);
+        assert_eq!(c.run_dir, PathBuf::from("/run/nodelet"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::from_yaml("rootDir: /x\npodManifestDir: /y\n").unwrap_err();
+        assert!(e.contains("unknown field `podManifestDir`"), "{e}");
+        let e = Config::from_yaml("fileCheckFrequency: soon\n").unwrap_err();
+        assert!(e.starts_with("fileCheckFrequency: invalid duration \"soon\""), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let mut c = Config::from_yaml("rootDir: /from-file\n").unwrap();
+        let flags = Flags {
+            root_dir: Some("/from-flag".into()),
+            node_labels: vec!["zone=a".into(), "disk=ssd".into()],
+            ..Flags::default()
+        };
+        c.apply(&flags).unwrap();
+        assert_eq!(c.root_dir, PathBuf::from("/from-flag"));
+        assert_eq!(c.node_labels.get("disk").map(String::as_str), Some("ssd"));
+        let bad = Flags { node_labels: vec!["nolabel".into()], ..Flags::default() };
+        assert!(c.apply(&bad).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h2m3s"), Some(Duration::from_secs(3723)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+}

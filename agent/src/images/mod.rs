@@ -1,0 +1,8 @@
+//! Images: references, the content-addressed store, and layer unpacking.
+
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+pub use reference::Reference;
+pub use store::{Image, ImageStore};

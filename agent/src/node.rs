@@ -1,0 +1,209 @@
+//! The running agent: shared node state, re-adoption of pods at start, the loop that matches pod
+//! workers to the desired pods, and the local control socket that `nodelet pods` / `logs` use.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::images::ImageStore;
+use crate::paths::NodePaths;
+use crate::pod::build::NodeContext;
+use crate::pod::worker::{self, Desired, WorkerHandle};
+use crate::runtime::Runtime;
+use crate::source::{self, FileSource};
+
+/// What every pod worker shares.
+pub struct Node {
+    pub config: Config,
+    pub ctx: NodeContext,
+    pub runtime: Runtime,
+    pub images: ImageStore,
+    /// The pods as last reported by their workers, with status (what `nodelet pods` shows).
+    pub pods: Mutex<BTreeMap<String, Pod>>,
+    pub host_resolv: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Pods,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PodList {
+    pub items: Vec<Pod>,
+}
+
+impl Node {
+    pub fn new(config: Config) -> anyhow::Result<Node> {
+        let paths = NodePaths::new(&config);
+        let images = ImageStore::open(paths.images())?;
+        let host_resolv = std::fs::read_to_string(&config.resolv_conf).unwrap_or_default();
+        let ctx = NodeContext {
+            paths: paths.clone(),
+            node_name: config.node_name(),
+            cgroup_root: PathBuf::from(config.cgroup_root.trim_start_matches('/')),
+        };
+        Ok(Node { runtime: Runtime::new(paths), images, pods: Mutex::new(BTreeMap::new()), host_resolv, ctx, config })
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT; pods keep running after it returns, as with kubelet.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let paths = NodePaths::new(&config);
+    for dir in [&paths.root, &paths.run, &paths.logs, &paths.shims(), &paths.pods_root()] {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let _lock = lock_run_dir(&paths)?;
+    let node = Arc::new(Node::new(config)?);
+    info!(node = %node.ctx.node_name, root = %paths.root.display(), run = %paths.run.display(), "nodelet starting");
+    let mut workers = adopt(&node).await;
+
+    let listener = bind_control(&paths)?;
+    tokio::spawn(serve_control(listener, node.clone()));
+
+    let (tx, mut desired_rx) = watch::channel::<source::Desired>(None);
+    let source = FileSource::new(node.config.static_pod_path.clone(), node.ctx.node_name.clone(), node.config.file_check_frequency);
+    tokio::spawn(source.run(tx));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut deleting: HashSet<String> = HashSet::new();
+    loop {
+        if let Some(desired) = desired_rx.borrow_and_update().clone() {
+            reconcile(&node, &mut workers, &mut deleting, &desired);
+        }
+        tokio::select! {
+            changed = desired_rx.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    info!("nodelet stopping; pods keep running");
+    let _ = std::fs::remove_file(paths.control_socket());
+    Ok(())
+}
+
+/// One agent per run directory: two would fight over the same shims.
+fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<Flock<std::fs::File>> {
+    let path = paths.run.join("nodelet.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| anyhow::anyhow!("another nodelet is running with run directory {}", paths.run.display()))
+}
+
+/// Matches workers to the desired pods: new pods get a worker, changed ones an update, vanished
+/// ones a graceful delete. A finished worker is forgotten so its UID can come back.
+fn reconcile(
+    node: &Arc<Node>,
+    workers: &mut HashMap<String, WorkerHandle>,
+    deleting: &mut HashSet<String>,
+    desired: &BTreeMap<String, Arc<Pod>>,
+) {
+    workers.retain(|uid, w| {
+        let done = w.task.is_finished();
+        if done {
+            deleting.remove(uid);
+        }
+        !done
+    });
+    for (uid, pod) in desired {
+        match workers.get(uid) {
+            Some(_) if deleting.contains(uid) => {} // comes back once the old worker finished
+            Some(w) => {
+                w.tx.send_if_modified(|d| match d {
+                    Desired::Run(current) if Arc::ptr_eq(current, pod) => false,
+                    _ => {
+                        *d = Desired::Run(pod.clone());
+                        true
+                    }
+                });
+            }
+            None => {
+                workers.insert(uid.clone(), worker::spawn(node.clone(), pod.clone(), false));
+            }
+        }
+    }
+    for (uid, w) in workers.iter() {
+        if !desired.contains_key(uid) && deleting.insert(uid.clone()) {
+            let _ = w.tx.send(Desired::Delete { grace: None });
+        }
+    }
+}
+
+/// Finds pods a previous agent left: live shims get a worker that adopts them as they are;
+/// remains without a live shim or without a record are torn down.
+async fn adopt(node: &Arc<Node>) -> HashMap<String, WorkerHandle> {
+    let paths = &node.ctx.paths;
+    let mut uids: Vec<String> = Vec::new();
+    for dir in [paths.shims(), paths.pods_root()] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if let Some(uid) = entry.file_name().to_str() {
+                if !uids.iter().any(|u| u == uid) {
+                    uids.push(uid.to_owned());
+                }
+            }
+        }
+    }
+    let mut workers = HashMap::new();
+    for uid in uids {
+        let record = std::fs::read(paths.pod_record(&uid)).ok().and_then(|d| serde_json::from_slice::<Pod>(&d).ok());
+        let alive = node.runtime.call(&uid, &nodelet_sandbox::protocol::Request::State).await.is_ok();
+        match record {
+            Some(pod) if alive => {
+                info!(pod_uid = %uid, name = pod.metadata.name.as_deref().unwrap_or_default(), "re-adopting running pod");
+                workers.insert(uid, worker::spawn(node.clone(), Arc::new(pod), true));
+            }
+            _ => {
+                warn!(pod_uid = %uid, "removing remains of a pod without a live shim");
+                let errors = node.runtime.teardown(&uid, None).await;
+                for e in errors {
+                    error!(pod_uid = %uid, error = %e, "teardown");
+                }
+            }
+        }
+    }
+    workers
+}
+
+fn bind_control(paths: &NodePaths) -> anyhow::Result<UnixListener> {
+    let socket = paths.control_socket();
+    let _ = std::fs::remove_file(&socket);
+    UnixListener::bind(&socket).with_context(|| format!("listen on {}", socket.display()))
+}
+
+async fn serve_control(listener: UnixListener, node: Arc<Node>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(ControlRequest::Pods) => {
+                    let items = node.pods.lock().expect("pod map lock").values().cloned().collect();
+                    serde_json::to_vec(&PodList { items })
+                }
+                Err(e) => serde_json::to_vec(&serde_json::json!({ "error": e.to_string() })),
+            };
+            if let Ok(mut reply) = reply {
+                reply.push(b'\n');
+                let _ = write.write_all(&reply).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,64 @@
+//! Where the node keeps things on disk, derived from the configured directories:
+//!
+//! ```text
+//! <rootDir>/images/                       image store (content-addressed)
+//! <rootDir>/pods/<uid>/pod.json           the pod as last applied (for re-adoption)
+//! <rootDir>/pods/<uid>/etc-hosts, hostname, resolv.conf
+//! <rootDir>/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>/
+//! <rootDir>/pods/<uid>/containers/<id>/{upper,work,rootfs}
+//! <runDir>/pods/<uid>/                    the shim's directory (socket, pinned namespaces, records)
+//! <runDir>/nodelet.sock                   the agent's local control socket
+//! <podLogsDir>/<ns>_<name>_<uid>/<container>/<restartCount>.log
+//! ```
+
+use std::path::PathBuf;
+
+use nodelet_sandbox::shim::ShimDir;
+
+use crate::config::Config;
+
+#[derive(Clone, Debug)]
+pub struct NodePaths {
+    pub root: PathBuf,
+    pub run: PathBuf,
+    pub logs: PathBuf,
+}
+
+impl NodePaths {
+    pub fn new(config: &Config) -> Self {
+        NodePaths { root: config.root_dir.clone(), run: config.run_dir.clone(), logs: config.pod_logs_dir.clone() }
+    }
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+    pub fn pods_root(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+    pub fn pod_root(&self, uid: &str) -> PathBuf {
+        self.pods_root().join(uid)
+    }
+    pub fn pod_record(&self, uid: &str) -> PathBuf {
+        self.pod_root(uid).join("pod.json")
+    }
+    pub fn empty_dir(&self, uid: &str, volume: &str) -> PathBuf {
+        self.pod_root(uid).join("volumes/kubernetes.io~empty-dir").join(volume)
+    }
+    pub fn container_dir(&self, uid: &str, id: &str) -> PathBuf {
+        self.pod_root(uid).join("containers").join(id)
+    }
+    pub fn shims(&self) -> PathBuf {
+        self.run.join("pods")
+    }
+    pub fn shim(&self, uid: &str) -> ShimDir {
+        ShimDir::new(self.shims().join(uid))
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.run.join("nodelet.sock")
+    }
+    pub fn pod_logs(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
+        self.logs.join(format!("{namespace}_{name}_{uid}"))
+    }
+    pub fn container_log(&self, namespace: &str, name: &str, uid: &str, container: &str, attempt: u32) -> PathBuf {
+        self.pod_logs(namespace, name, uid).join(container).join(format!("{attempt}.log"))
+    }
+}

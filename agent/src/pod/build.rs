@@ -1,0 +1,565 @@
+//! From a Pod and its images to what the shim runs: the sandbox spec, each container's spec, and
+//! the files kubelet manages inside containers (/etc/hosts, /etc/hostname, /etc/resolv.conf).
+//! Every policy decision of runtime-defaults.md that is not kernel mechanics lives here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
+use nodelet_sandbox::cgroup::{self, CgroupSpec};
+use nodelet_sandbox::spec::{
+    BindMount, ContainerSpec, ProcessSpec, RootfsSpec, SandboxSpec, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS,
+    DEFAULT_READONLY_PATHS,
+};
+
+use super::quantity;
+use crate::images::Image;
+use crate::paths::NodePaths;
+
+/// A container that cannot be configured: kubelet's `CreateContainerConfigError`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Node facts the build needs besides the pod.
+#[derive(Clone, Debug)]
+pub struct NodeContext {
+    pub paths: NodePaths,
+    pub node_name: String,
+    /// Relative cgroup under which `kubepods` lives ("" for the hierarchy root).
+    pub cgroup_root: PathBuf,
+}
+
+pub fn pod_uid(pod: &Pod) -> &str {
+    pod.metadata.uid.as_deref().unwrap_or_default()
+}
+
+pub fn pod_spec(pod: &Pod) -> &PodSpec {
+    pod.spec.as_ref().expect("validated pods have a spec")
+}
+
+/// The kernel hostname of the pod: `spec.hostname` or the name, cut to 63 characters.
+pub fn hostname(pod: &Pod) -> String {
+    let name = pod_spec(pod).hostname.clone().or_else(|| pod.metadata.name.clone()).unwrap_or_default();
+    let cut: String = name.chars().take(63).collect();
+    cut.trim_end_matches(['-', '.']).to_owned()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qos {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+fn resource(c: &Container, kind: &str, name: &str) -> Option<String> {
+    let res = c.resources.as_ref()?;
+    let list = if kind == "limits" { &res.limits } else { &res.requests };
+    list.as_ref()?.get(name).map(|q| q.0.clone())
+}
+
+/// Requests default to limits, as the API server's defaulting does.
+fn request(c: &Container, name: &str) -> Option<String> {
+    resource(c, "requests", name).or_else(|| resource(c, "limits", name))
+}
+
+pub fn qos(spec: &PodSpec) -> Qos {
+    let any = spec.containers.iter().any(|c| {
+        ["cpu", "memory"].iter().any(|r| resource(c, "limits", r).is_some() || resource(c, "requests", r).is_some())
+    });
+    if !any {
+        return Qos::BestEffort;
+    }
+    let guaranteed = spec.containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| match (resource(c, "limits", r), request(c, r)) {
+            (Some(l), Some(q)) => l == q,
+            _ => false,
+        })
+    });
+    if guaranteed {
+        Qos::Guaranteed
+    } else {
+        Qos::Burstable
+    }
+}
+
+pub fn pod_cgroup_path(node: &NodeContext, pod: &Pod) -> PathBuf {
+    let base = node.cgroup_root.join("kubepods");
+    let tier = match qos(pod_spec(pod)) {
+        Qos::Guaranteed => base,
+        Qos::Burstable => base.join("burstable"),
+        Qos::BestEffort => base.join("besteffort"),
+    };
+    tier.join(format!("pod{}", pod_uid(pod)))
+}
+
+fn container_limits(c: &Container) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let memory = resource(c, "limits", "memory").and_then(|q| quantity::parse_bytes(&q));
+    let quota = resource(c, "limits", "cpu").and_then(|q| quantity::parse_millicpu(&q)).map(cgroup::millicpu_to_quota);
+    let shares = request(c, "cpu").and_then(|q| quantity::parse_millicpu(&q)).map(cgroup::millicpu_to_shares);
+    (memory, quota, shares)
+}
+
+/// kubelet's `ResourceConfigForPod`: limits only when every container has one.
+pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
+    let spec = pod_spec(pod);
+    let limits: Vec<_> = spec.containers.iter().map(container_limits).collect();
+    let all = |f: fn(&(Option<u64>, Option<u64>, Option<u64>)) -> Option<u64>| {
+        limits.iter().map(f).collect::<Option<Vec<u64>>>().map(|v| v.iter().sum())
+    };
+    let shares: u64 = spec
+        .containers
+        .iter()
+        .filter_map(|c| request(c, "cpu").and_then(|q| quantity::parse_millicpu(&q)))
+        .sum();
+    SandboxSpec {
+        pod_uid: pod_uid(pod).to_owned(),
+        hostname: hostname(pod),
+        share_pid: spec.share_process_namespace == Some(true),
+        cgroup: Some(CgroupSpec {
+            path: pod_cgroup_path(node, pod),
+            memory_limit: all(|l| l.0),
+            cpu_quota_us: all(|l| l.1),
+            cpu_shares: Some(cgroup::millicpu_to_shares(shares)),
+        }),
+    }
+}
+
+/// Everything `container_spec` needs for one instance.
+pub struct Instance<'a> {
+    pub pod: &'a Pod,
+    pub container: &'a Container,
+    pub image: &'a Image,
+    pub id: &'a str,
+    pub attempt: u32,
+}
+
+pub fn container_spec(node: &NodeContext, inst: &Instance<'_>) -> Result<ContainerSpec, ConfigError> {
+    let (pod, c, image) = (inst.pod, inst.container, inst.image);
+    let uid = pod_uid(pod);
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let dir = node.paths.container_dir(uid, inst.id);
+    let security = c.security_context.clone().unwrap_or_default();
+    let privileged = security.privileged == Some(true);
+    let env = environment(pod, c, image)?;
+    let (memory_limit, cpu_quota_us, cpu_shares) = container_limits(c);
+    Ok(ContainerSpec {
+        id: inst.id.to_owned(),
+        name: c.name.clone(),
+        attempt: inst.attempt,
+        rootfs: RootfsSpec {
+            layers: image.layers.clone(),
+            upper_dir: dir.join("upper"),
+            work_dir: dir.join("work"),
+            mount_point: dir.join("rootfs"),
+            read_only: security.read_only_root_filesystem == Some(true),
+        },
+        process: ProcessSpec {
+            args: command(c, image, &env)?,
+            cwd: PathBuf::from(
+                c.working_dir
+                    .clone()
+                    .or_else(|| image_config(image).and_then(|cfg| cfg.working_dir().clone()))
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| "/".into()),
+            ),
+            capabilities: capabilities(c, privileged),
+            no_new_privileges: !privileged && security.allow_privilege_escalation != Some(true),
+            masked_paths: if privileged { vec![] } else { DEFAULT_MASKED_PATHS.iter().map(PathBuf::from).collect() },
+            readonly_paths: if privileged { vec![] } else { DEFAULT_READONLY_PATHS.iter().map(PathBuf::from).collect() },
+            env,
+            ..user(pod, c, image)?
+        },
+        mounts: mounts(node, pod, c)?,
+        cgroup: Some(CgroupSpec {
+            path: pod_cgroup_path(node, pod).join(inst.id),
+            memory_limit,
+            cpu_quota_us,
+            cpu_shares,
+        }),
+        log_path: node.paths.container_log(namespace, name, uid, &c.name, inst.attempt),
+    })
+}
+
+fn image_config(image: &Image) -> Option<&oci_spec::image::Config> {
+    image.config.config().as_ref()
+}
+
+/// command/args over the image's Entrypoint/Cmd, with `$(VAR)` expanded (kubelet `ExpandContainerCommandAndArgs`).
+fn command(c: &Container, image: &Image, env: &[String]) -> Result<Vec<String>, ConfigError> {
+    let cfg = image_config(image);
+    let entrypoint = cfg.and_then(|c| c.entrypoint().clone()).unwrap_or_default();
+    let cmd = cfg.and_then(|c| c.cmd().clone()).unwrap_or_default();
+    let argv: Vec<String> = match (&c.command, &c.args) {
+        (Some(command), Some(args)) => command.iter().chain(args).cloned().collect(),
+        (Some(command), None) => command.clone(),
+        (None, Some(args)) => entrypoint.iter().chain(args).cloned().collect(),
+        (None, None) => entrypoint.iter().chain(&cmd).cloned().collect(),
+    };
+    if argv.is_empty() {
+        return Err(ConfigError(format!("container {:?} has no command and its image none either", c.name)));
+    }
+    let vars = env_map(env);
+    Ok(argv.iter().map(|a| expand(a, &vars)).collect())
+}
+
+fn env_map(env: &[String]) -> BTreeMap<String, String> {
+    env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+/// Image env, then PATH and HOSTNAME defaults, then the pod's env on top (later wins).
+fn environment(pod: &Pod, c: &Container, image: &Image) -> Result<Vec<String>, ConfigError> {
+    let mut env = Env::default();
+    let default_path = DEFAULT_PATH.split_once('=').expect("constant");
+    env.set(default_path.0, default_path.1.to_owned());
+    for entry in image_config(image).and_then(|cfg| cfg.env().clone()).unwrap_or_default() {
+        if let Some((k, v)) = entry.split_once('=') {
+            env.set(k, v.to_owned());
+        }
+    }
+    env.set("HOSTNAME", hostname(pod));
+    for var in c.env.iter().flatten() {
+        let value = expand(&env_value(pod, var)?, &env.values);
+        env.set(&var.name, value);
+    }
+    if !env.values.contains_key("HOME") {
+        let home = if user(pod, c, image)?.uid == 0 { "/root" } else { "/" };
+        env.set("HOME", home.to_owned());
+    }
+    Ok(env.order.iter().map(|k| format!("{k}={}", env.values[k])).collect())
+}
+
+/// Environment variables in first-definition order, later definitions winning.
+#[derive(Default)]
+struct Env {
+    order: Vec<String>,
+    values: BTreeMap<String, String>,
+}
+
+impl Env {
+    fn set(&mut self, key: &str, value: String) {
+        if self.values.insert(key.to_owned(), value).is_none() {
+            self.order.push(key.to_owned());
+        }
+    }
+}
+
+fn env_value(pod: &Pod, var: &EnvVar) -> Result<String, ConfigError> {
+    let Some(from) = &var.value_from else {
+        return Ok(var.value.clone().unwrap_or_default());
+    };
+    let Some(field) = &from.field_ref else {
+        return Err(ConfigError(format!(
+            "env {:?}: only value and valueFrom.fieldRef are supported on a node without an API server",
+            var.name
+        )));
+    };
+    let meta = &pod.metadata;
+    let path = field.field_path.as_str();
+    let from_map = |map: &Option<BTreeMap<String, String>>, prefix: &str| {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default())
+    };
+    let value = match path {
+        "metadata.name" => meta.name.clone(),
+        "metadata.namespace" => meta.namespace.clone(),
+        "metadata.uid" => meta.uid.clone(),
+        "spec.nodeName" => pod_spec(pod).node_name.clone(),
+        "spec.serviceAccountName" => pod_spec(pod).service_account_name.clone(),
+        "status.podIP" | "status.hostIP" => pod.status.as_ref().and_then(|s| {
+            if path == "status.podIP" { s.pod_ip.clone() } else { s.host_ip.clone() }
+        }),
+        _ => from_map(&meta.labels, "metadata.labels['")
+            .or_else(|| from_map(&meta.annotations, "metadata.annotations['"))
+            .map(Some)
+            .ok_or_else(|| ConfigError(format!("env {:?}: unsupported fieldRef {path:?}", var.name)))?,
+    };
+    Ok(value.unwrap_or_default())
+}
+
+/// Kubernetes `$(VAR)` expansion: defined variables are replaced, `$$` escapes, the rest is kept.
+pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(close) = rest.strip_prefix("$(").and_then(|r| r.find(')')) {
+            let name = &rest[2..2 + close];
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&rest[..close + 3]),
+            }
+            rest = &rest[close + 3..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// runAsUser/runAsGroup (container over pod) over the image's numeric `USER`.
+fn user(pod: &Pod, c: &Container, image: &Image) -> Result<ProcessSpec, ConfigError> {
+    let pod_sc = pod_spec(pod).security_context.clone().unwrap_or_default();
+    let sc = c.security_context.clone().unwrap_or_default();
+    let image_user = image_config(image).and_then(|cfg| cfg.user().clone()).unwrap_or_default();
+    let (image_uid, image_gid) = match image_user.split_once(':') {
+        _ if image_user.is_empty() => (0, None),
+        Some((u, g)) => (parse_id(u, &image_user)?, Some(parse_id(g, &image_user)?)),
+        None => (parse_id(&image_user, &image_user)?, None),
+    };
+    let uid = sc.run_as_user.or(pod_sc.run_as_user).map(|u| u as u32).unwrap_or(image_uid);
+    let gid = sc.run_as_group.or(pod_sc.run_as_group).map(|g| g as u32).or(image_gid).unwrap_or(0);
+    if sc.run_as_non_root.or(pod_sc.run_as_non_root) == Some(true) && uid == 0 {
+        return Err(ConfigError("container has runAsNonRoot and image will run as root".into()));
+    }
+    let mut additional: Vec<u32> = pod_sc.supplemental_groups.iter().flatten().map(|g| *g as u32).collect();
+    additional.extend(pod_sc.fs_group.map(|g| g as u32));
+    Ok(ProcessSpec {
+        args: vec![],
+        env: vec![],
+        cwd: PathBuf::from("/"),
+        uid,
+        gid,
+        additional_gids: additional,
+        capabilities: vec![],
+        no_new_privileges: true,
+        masked_paths: vec![],
+        readonly_paths: vec![],
+    })
+}
+
+fn parse_id(text: &str, whole: &str) -> Result<u32, ConfigError> {
+    text.parse().map_err(|_| {
+        ConfigError(format!("image user {whole:?}: only numeric users are supported; set securityContext.runAsUser"))
+    })
+}
+
+/// containerd's rules: `ALL` in add or drop first, then the named ones.
+fn capabilities(c: &Container, privileged: bool) -> Vec<String> {
+    const ALL: [&str; 41] = [
+        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+        "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+    ];
+    if privileged {
+        return ALL.iter().map(|s| s.to_string()).collect();
+    }
+    let caps = c.security_context.as_ref().and_then(|s| s.capabilities.clone()).unwrap_or_default();
+    let norm = |n: &String| {
+        let up = n.to_ascii_uppercase();
+        if up.starts_with("CAP_") { up } else { format!("CAP_{up}") }
+    };
+    let add = caps.add.unwrap_or_default();
+    let drop = caps.drop.unwrap_or_default();
+    let mut set: Vec<String> = if add.iter().any(|a| a == "ALL") {
+        ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect()
+    };
+    if drop.iter().any(|d| d == "ALL") {
+        set.clear();
+    }
+    for a in add.iter().filter(|a| *a != "ALL").map(norm) {
+        if !set.contains(&a) {
+            set.push(a);
+        }
+    }
+    let dropped: Vec<String> = drop.iter().filter(|d| *d != "ALL").map(norm).collect();
+    set.retain(|c| !dropped.contains(c));
+    set
+}
+
+/// Managed files first (unless a volume covers them), then volumes in spec order.
+fn mounts(node: &NodeContext, pod: &Pod, c: &Container) -> Result<Vec<BindMount>, ConfigError> {
+    let uid = pod_uid(pod);
+    let root = node.paths.pod_root(uid);
+    let volume_mounts = c.volume_mounts.clone().unwrap_or_default();
+    let covered = |path: &str| volume_mounts.iter().any(|m| m.mount_path.trim_end_matches('/') == path);
+    let mut out = Vec::new();
+    for (file, dest) in [("etc-hosts", "/etc/hosts"), ("hostname", "/etc/hostname"), ("resolv.conf", "/etc/resolv.conf")] {
+        if !covered(dest) {
+            out.push(BindMount { source: root.join(file), destination: dest.into(), read_only: false });
+        }
+    }
+    let volumes = pod_spec(pod).volumes.clone().unwrap_or_default();
+    for m in volume_mounts {
+        let volume = volumes
+            .iter()
+            .find(|v| v.name == m.name)
+            .ok_or_else(|| ConfigError(format!("volume {:?} not found", m.name)))?;
+        let source = match (&volume.empty_dir, &volume.host_path) {
+            (Some(_), _) => node.paths.empty_dir(uid, &volume.name),
+            (_, Some(hp)) => host_path_source(&hp.path, hp.type_.as_deref().unwrap_or(""))?,
+            _ => return Err(ConfigError(format!("volume {:?}: unsupported type", m.name))),
+        };
+        out.push(BindMount { source, destination: m.mount_path.clone().into(), read_only: m.read_only == Some(true) });
+    }
+    Ok(out)
+}
+
+/// Checks (or creates) a hostPath source as its `type` says (kubelet's hostPath type checker).
+fn host_path_source(path: &str, kind: &str) -> Result<PathBuf, ConfigError> {
+    let p = Path::new(path);
+    let err = |what: &str| ConfigError(format!("hostPath type check failed: {path} is not {what}"));
+    match kind {
+        "DirectoryOrCreate" if !p.exists() => {
+            std::fs::create_dir_all(p).map_err(|e| ConfigError(format!("create hostPath {path}: {e}")))?
+        }
+        "FileOrCreate" if !p.exists() => {
+            if let Some(parent) = p.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            std::fs::File::create(p).map_err(|e| ConfigError(format!("create hostPath {path}: {e}")))?;
+        }
+        "Directory" | "DirectoryOrCreate" if !p.is_dir() => return Err(err("a directory")),
+        "File" | "FileOrCreate" if !p.is_file() => return Err(err("a file")),
+        "" if !p.exists() => {
+            // kubelet creates nothing for an unset type and the runtime creates a directory.
+            std::fs::create_dir_all(p).map_err(|e| ConfigError(format!("create hostPath {path}: {e}")))?
+        }
+        _ => {}
+    }
+    Ok(p.to_owned())
+}
+
+/// kubelet's managed /etc/hosts (runtime-defaults.md §7); the pod line once the pod has an IP.
+pub fn hosts_file(pod: &Pod, pod_ip: Option<&str>) -> String {
+    let mut out = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    if let Some(ip) = pod_ip {
+        out.push_str(&format!("{ip}\t{}\n", hostname(pod)));
+    }
+    let aliases = pod_spec(pod).host_aliases.clone().unwrap_or_default();
+    if !aliases.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for a in aliases {
+            out.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.unwrap_or_default().join("\t")));
+        }
+    }
+    out
+}
+
+/// /etc/resolv.conf by dnsPolicy (kubelet `GetPodDNS`); without cluster DNS, ClusterFirst falls
+/// back to the node's resolver, as kubelet does.
+pub fn resolv_conf(pod: &Pod, host_resolv: &str, cluster_dns: &[String], cluster_domain: &str) -> String {
+    let spec = pod_spec(pod);
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let host_lines = |prefix: &str| -> Vec<String> {
+        host_resolv
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(prefix))
+            .flat_map(|rest| rest.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    };
+    let (mut servers, mut searches, mut options) = match policy {
+        "None" => (vec![], vec![], vec![]),
+        "ClusterFirst" | "ClusterFirstWithHostNet" if !cluster_dns.is_empty() => {
+            let mut s = vec![
+                format!("{namespace}.svc.{cluster_domain}"),
+                format!("svc.{cluster_domain}"),
+                cluster_domain.to_owned(),
+            ];
+            s.extend(host_lines("search "));
+            (cluster_dns.to_vec(), s, vec!["ndots:5".to_owned()])
+        }
+        _ => (host_lines("nameserver "), host_lines("search "), host_lines("options ")),
+    };
+    if let Some(cfg) = &spec.dns_config {
+        servers.extend(cfg.nameservers.clone().unwrap_or_default());
+        searches.extend(cfg.searches.clone().unwrap_or_default());
+        for o in cfg.options.clone().unwrap_or_default() {
+            let name = o.name.unwrap_or_default();
+            options.retain(|x| x.split(':').next() != Some(name.as_str()));
+            options.push(match o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name,
+            });
+        }
+    }
+    let dedup = |v: &mut Vec<String>| {
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|x| seen.insert(x.clone()));
+    };
+    dedup(&mut servers);
+    dedup(&mut searches);
+    servers.truncate(3);
+    searches.truncate(32);
+    let mut out = String::new();
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        let mut p = super::super::manifest::parse(yaml.as_bytes()).unwrap();
+        p.metadata.uid = Some("u1".into());
+        p
+    }
+
+    #[test]
+    fn expansion_follows_kubernetes() {
+        let vars: BTreeMap<String, String> = [("A".to_owned(), "x".to_owned())].into();
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &vars), "x-$(B)-$(A)-$");
+    }
+
+    #[test]
+    fn qos_classes() {
+        let be = pod("metadata: {name: p}\nspec: {containers: [{name: a, image: b}]}");
+        assert_eq!(qos(pod_spec(&be)), Qos::BestEffort);
+        let g = pod("metadata: {name: p}\nspec: {containers: [{name: a, image: b, resources: {limits: {cpu: 1, memory: 1Gi}}}]}");
+        assert_eq!(qos(pod_spec(&g)), Qos::Guaranteed);
+        let b = pod("metadata: {name: p}\nspec: {containers: [{name: a, image: b, resources: {limits: {memory: 1Gi}}}]}");
+        assert_eq!(qos(pod_spec(&b)), Qos::Burstable);
+    }
+
+    #[test]
+    fn capabilities_follow_containerd() {
+        let c: Container = serde_yaml::from_str("{name: a, securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}}").unwrap();
+        assert_eq!(capabilities(&c, false), ["CAP_NET_BIND_SERVICE"]);
+        let c: Container = serde_yaml::from_str("{name: a, securityContext: {capabilities: {drop: [kill]}}}").unwrap();
+        let caps = capabilities(&c, false);
+        assert_eq!(caps.len(), 13);
+        assert!(!caps.contains(&"CAP_KILL".to_owned()));
+    }
+
+    #[test]
+    fn hosts_and_resolv_conf() {
+        let p = pod("metadata: {name: web, namespace: ns1}\nspec: {containers: [{name: a, image: b}], hostAliases: [{ip: 10.1.2.3, hostnames: [foo.local, bar.local]}]}");
+        let hosts = hosts_file(&p, Some("10.244.1.7"));
+        assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
+        assert!(hosts.contains("10.244.1.7\tweb\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"));
+        let host = "nameserver 1.1.1.1\nsearch corp\noptions edns0\n";
+        assert_eq!(resolv_conf(&p, host, &[], "cluster.local"), "search corp\nnameserver 1.1.1.1\noptions edns0\n");
+        assert_eq!(
+            resolv_conf(&p, host, &["10.96.0.10".into()], "cluster.local"),
+            "search ns1.svc.cluster.local svc.cluster.local cluster.local corp\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! Reading a Pod manifest (YAML or JSON) and validating what nodelet will run, with errors that name
+//! the field the way the Kubernetes API does: `spec.containers[0].image: Required value`.
+
+use std::collections::HashSet;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+
+use super::quantity;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn field_err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), reason: reason.into() }
+}
+
+/// Parses one Pod. YAML is a superset of JSON, so one parser reads both.
+pub fn parse(text: &[u8]) -> Result<Pod, FieldError> {
+    let de = serde_yaml::Deserializer::from_slice(text);
+    let pod: Pod = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "<document>".to_owned() } else { path };
+        field_err(field, e.into_inner().to_string())
+    })?;
+    Ok(pod)
+}
+
+const RESTART_POLICIES: [&str; 3] = ["Always", "OnFailure", "Never"];
+
+/// Checks what the API server would check for the fields nodelet uses, and refuses what nodelet
+/// cannot run yet rather than running it wrongly.
+pub fn validate(pod: &Pod) -> Result<(), FieldError> {
+    // `apiVersion` and `kind` are checked by k8s-openapi while deserialising.
+    let meta = &pod.metadata;
+    match meta.name.as_deref() {
+        None | Some("") => return Err(field_err("metadata.name", "Required value: name or generateName is required")),
+        Some(name) => check_subdomain("metadata.name", name)?,
+    }
+    if let Some(ns) = meta.namespace.as_deref() {
+        check_label("metadata.namespace", ns)?;
+    }
+    let spec = pod.spec.as_ref().ok_or_else(|| field_err("spec", "Required value"))?;
+    validate_spec(spec)
+}
+
+fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
+    if spec.containers.is_empty() {
+        return Err(field_err("spec.containers", "Required value"));
+    }
+    if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Err(field_err("spec.initContainers", "Forbidden: init containers are not supported by nodelet yet"));
+    }
+    if spec.ephemeral_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Err(field_err("spec.ephemeralContainers", "Forbidden: ephemeral containers are not supported by nodelet yet"));
+    }
+    if let Some(policy) = spec.restart_policy.as_deref() {
+        if !RESTART_POLICIES.contains(&policy) {
+            return Err(field_err(
+                "spec.restartPolicy",
+                format!("Unsupported value: {policy:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
+            ));
+        }
+    }
+    if let Some(grace) = spec.termination_grace_period_seconds {
+        if grace < 0 {
+            return Err(field_err("spec.terminationGracePeriodSeconds", format!("Invalid value: {grace}: must be >= 0")));
+        }
+    }
+    for flag in [("spec.hostNetwork", spec.host_network), ("spec.hostPID", spec.host_pid), ("spec.hostIPC", spec.host_ipc)] {
+        if flag.1 == Some(true) {
+            return Err(field_err(flag.0, "Forbidden: host namespaces are not supported by nodelet yet"));
+        }
+    }
+    let volumes = validate_volumes(spec)?;
+    let mut names = HashSet::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let path = format!("spec.containers[{i}]");
+        check_label(&format!("{path}.name"), &c.name)?;
+        if !names.insert(c.name.as_str()) {
+            return Err(field_err(format!("{path}.name"), format!("Duplicate value: {:?}", c.name)));
+        }
+        validate_container(&path, c, &volumes)?;
+    }
+    Ok(())
+}
+
+fn validate_volumes(spec: &PodSpec) -> Result<HashSet<&str>, FieldError> {
+    let mut names = HashSet::new();
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let path = format!("spec.volumes[{i}]");
+        check_label(&format!("{path}.name"), &v.name)?;
+        if !names.insert(v.name.as_str()) {
+            return Err(field_err(format!("{path}.name"), format!("Duplicate value: {:?}", v.name)));
+        }
+        match (&v.empty_dir, &v.host_path) {
+            (Some(_), None) => {}
+            (None, Some(hp)) => {
+                if !hp.path.starts_with('/') {
+                    return Err(field_err(format!("{path}.hostPath.path"), format!("Invalid value: {:?}: must be an absolute path", hp.path)));
+                }
+                if let Some(t) = hp.type_.as_deref() {
+                    const TYPES: [&str; 7] = ["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice"];
+                    if !TYPES.contains(&t) && t != "BlockDevice" {
+                        return Err(field_err(format!("{path}.hostPath.type"), format!("Unsupported value: {t:?}")));
+                    }
+                }
+            }
+            (Some(_), Some(_)) => return Err(field_err(path, "Forbidden: may not specify more than 1 volume type")),
+            (None, None) => {
+                return Err(field_err(path, "Unsupported value: only emptyDir and hostPath volumes are supported by nodelet yet"))
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn validate_container(path: &str, c: &Container, volumes: &HashSet<&str>) -> Result<(), FieldError> {
+    if c.image.as_deref().is_none_or(str::is_empty) {
+        return Err(field_err(format!("{path}.image"), "Required value"));
+    }
+    if let Some(image) = c.image.as_deref() {
+        crate::images::Reference::parse(image)
+            .map_err(|e| field_err(format!("{path}.image"), format!("Invalid value: {image:?}: {}", e.reason)))?;
+    }
+    if let Some(policy) = c.image_pull_policy.as_deref() {
+        if !["Always", "IfNotPresent", "Never"].contains(&policy) {
+            return Err(field_err(format!("{path}.imagePullPolicy"), format!("Unsupported value: {policy:?}")));
+        }
+    }
+    let mut mount_paths = HashSet::new();
+    for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+        let mpath = format!("{path}.volumeMounts[{j}]");
+        if !volumes.contains(m.name.as_str()) {
+            return Err(field_err(format!("{mpath}.name"), format!("Not found: {:?}", m.name)));
+        }
+        if !m.mount_path.starts_with('/') {
+            return Err(field_err(format!("{mpath}.mountPath"), format!("Invalid value: {:?}: must be an absolute path", m.mount_path)));
+        }
+        if !mount_paths.insert(m.mount_path.trim_end_matches('/')) {
+            return Err(field_err(format!("{mpath}.mountPath"), format!("Invalid value: {:?}: must be unique", m.mount_path)));
+        }
+        if m.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(field_err(format!("{mpath}.subPath"), "Forbidden: subPath is not supported by nodelet yet"));
+        }
+    }
+    for (j, e) in c.env.iter().flatten().enumerate() {
+        if e.name.is_empty() || e.name.contains('=') {
+            return Err(field_err(format!("{path}.env[{j}].name"), format!("Invalid value: {:?}: a valid environment variable name is required", e.name)));
+        }
+    }
+    if let Some(res) = &c.resources {
+        for (kind, list) in [("limits", &res.limits), ("requests", &res.requests)] {
+            for (name, q) in list.iter().flatten() {
+                let ok = match name.as_str() {
+                    "memory" | "ephemeral-storage" => quantity::parse_bytes(&q.0).is_some(),
+                    "cpu" => quantity::parse_millicpu(&q.0).is_some(),
+                    _ => true,
+                };
+                if !ok {
+                    return Err(field_err(format!("{path}.resources.{kind}[{name}]"), format!("Invalid value: {:?}: must be a quantity", q.0)));
+                }
+            }
+        }
+    }
+    if let Some(sc) = &c.security_context {
+        if let Some(caps) = &sc.capabilities {
+            let names: Vec<String> = caps.add.iter().chain(caps.drop.iter()).flatten().filter(|n| *n != "ALL").cloned().collect();
+            nodelet_sandbox::caps::parse(&names)
+                .map_err(|e| field_err(format!("{path}.securityContext.capabilities"), format!("Invalid value: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// RFC 1123 label: at most 63 lower-case alphanumerics or '-', starting and ending alphanumeric.
+fn check_label(field: &str, value: &str) -> Result<(), FieldError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(field_err(field, format!("Invalid value: {value:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character")))
+    }
+}
+
+/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+fn check_subdomain(field: &str, value: &str) -> Result<(), FieldError> {
+    let ok = value.len() <= 253 && value.split('.').all(|l| check_label(field, l).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(field_err(field, format!("Invalid value: {value:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Pod, FieldError> {
+        let pod = parse(yaml.as_bytes())?;
+        validate(&pod)?;
+        Ok(pod)
+    }
+
+    const GOOD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - name: a\n    image: busybox\n";
+
+    #[test]
+    fn good_pod_in_yaml_and_json() {
+        check(GOOD).unwrap();
+        check(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web"},"spec":{"containers":[{"name":"a","image":"busybox"}]}}"#).unwrap();
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let e = check("metadata: {name: web}\nspec:\n  containers:\n  - name: a\n    image: busybox\n    ports: [{containerPort: eighty}]\n").unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].ports[0].containerPort");
+        assert!(e.reason.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let cases = [
+            ("metadata: {name: Web}\nspec: {containers: [{name: a, image: busybox}]}", "metadata.name"),
+            ("metadata: {name: web}\nspec: {containers: []}", "spec.containers"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a}]}", "spec.containers[0].image"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b}, {name: a, image: b}]}", "spec.containers[1].name"),
+            ("metadata: {name: web}\nspec: {restartPolicy: Sometimes, containers: [{name: a, image: b}]}", "spec.restartPolicy"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /v}]}]}", "spec.containers[0].volumeMounts[0].name"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, resources: {limits: {memory: lots}}}]}", "spec.containers[0].resources.limits[memory]"),
+            ("metadata: {name: web}\nspec: {volumes: [{name: v, hostPath: {path: rel}}], containers: [{name: a, image: b}]}", "spec.volumes[0].hostPath.path"),
+        ];
+        for (yaml, field) in cases {
+            assert_eq!(check(yaml).unwrap_err().field, field, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn wrong_kind_is_refused() {
+        let e = check("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n").unwrap_err();
+        assert!(e.reason.contains("Service") || e.reason.contains("kind"), "{e}");
+    }
+}

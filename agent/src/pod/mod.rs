@@ -1,0 +1,9 @@
+//! Pods: manifests, what to run for them, their workers, and their status.
+
+pub mod backoff;
+pub mod build;
+pub mod manifest;
+pub mod quantity;
+pub mod status;
+pub mod table;
+pub mod worker;

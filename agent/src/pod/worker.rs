@@ -1,0 +1,450 @@
+//! One worker per pod UID (kubelet's `podWorkers`): it owns the pod's sandbox and containers and
+//! drives them towards the newest desired state.
+//!
+//! ```text
+//!  update ──▶ watch slot (newest wins) ──▶ worker: sync ─┬─▶ ensure sandbox (shim)
+//!  shim exit event ───────────────────────────────────▶ │   start / restart containers (backoff)
+//!  timer (backoff expiry, 10 s resync) ───────────────▶ └─▶ publish status
+//!  Delete{grace} ──▶ SIGTERM all ─▶ wait ≤ grace (only shrinks) ─▶ SIGKILL ─▶ teardown ─▶ gone
+//! ```
+//!
+//! The worker never replays stale states: it reads only the newest desired state when it wakes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use nodelet_sandbox::protocol::{self, Exit, Request, Response};
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+
+use super::backoff::Backoff;
+use super::build::{self, pod_spec, pod_uid, Instance as BuildInstance};
+use super::status::{self, Instance, Observed};
+use crate::node::Node;
+use crate::runtime::ShimEvents;
+
+const RESYNC: Duration = Duration::from_secs(10);
+const RETRY: Duration = Duration::from_secs(2);
+/// How long after SIGKILL to wait for exits before tearing the sandbox down anyway.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub enum Desired {
+    Run(Arc<Pod>),
+    /// Delete the pod, allowing at most this grace period (it only ever shrinks).
+    Delete { grace: Option<Duration> },
+}
+
+pub struct WorkerHandle {
+    pub tx: watch::Sender<Desired>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub fn spawn(node: Arc<Node>, pod: Arc<Pod>, adopted: bool) -> WorkerHandle {
+    let (tx, rx) = watch::channel(Desired::Run(pod.clone()));
+    let span = tracing::info_span!(
+        "pod",
+        pod_uid = %pod_uid(&pod),
+        namespace = pod.metadata.namespace.as_deref().unwrap_or("default"),
+        name = pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    let worker = Worker {
+        node,
+        uid: pod_uid(&pod).to_owned(),
+        pod,
+        sandbox_ready: false,
+        adopted,
+        events: None,
+        observed: Observed::default(),
+        failed_starts: HashMap::new(),
+        backoff: Backoff::default(),
+        status: None,
+    };
+    let task = tokio::spawn(worker.run(rx).instrument(span));
+    WorkerHandle { tx, task }
+}
+
+struct Worker {
+    node: Arc<Node>,
+    uid: String,
+    pod: Arc<Pod>,
+    sandbox_ready: bool,
+    /// The shim may already run (found at agent start): use it instead of starting one.
+    adopted: bool,
+    events: Option<ShimEvents>,
+    observed: Observed,
+    /// Starts that failed, kept as instances so restart counts and backoff include them.
+    failed_starts: HashMap<String, Instance>,
+    backoff: Backoff,
+    status: Option<PodStatus>,
+}
+
+/// Waits for the next line from the shim's event stream; forever when there is none.
+async fn next_event(events: &mut Option<ShimEvents>) -> bool {
+    match events {
+        Some(lines) => match lines.next_line().await {
+            Ok(Some(_)) => true,
+            _ => {
+                *events = None;
+                true
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: watch::Receiver<Desired>) {
+        loop {
+            let desired = rx.borrow_and_update().clone();
+            let wake = match desired {
+                Desired::Run(pod) => {
+                    self.update(pod);
+                    self.sync().await
+                }
+                Desired::Delete { grace } => {
+                    self.terminate(grace, &mut rx).await;
+                    return;
+                }
+            };
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = next_event(&mut self.events) => {}
+                _ = tokio::time::sleep(wake) => {}
+            }
+        }
+    }
+
+    /// Takes a newer spec, keeping what the node first recorded (creation time).
+    fn update(&mut self, pod: Arc<Pod>) {
+        if Arc::ptr_eq(&pod, &self.pod) {
+            return;
+        }
+        let mut pod = (*pod).clone();
+        pod.metadata.creation_timestamp = self.pod.metadata.creation_timestamp.clone();
+        self.pod = Arc::new(pod);
+    }
+
+    /// One pass towards the desired state; returns when to look again at the latest.
+    async fn sync(&mut self) -> Duration {
+        let mut wake = RESYNC;
+        if let Err(message) = self.ensure_sandbox().await {
+            warn!(error = %message, "pod sandbox not ready");
+            for c in &pod_spec(&self.pod).containers {
+                self.observed.waiting.insert(c.name.clone(), ("ContainerCreating".into(), message.clone()));
+            }
+            self.publish();
+            return RETRY;
+        }
+        let instances = match self.node.runtime.call(&self.uid, &Request::State).await {
+            Ok(Response::State { containers, .. }) => containers,
+            Ok(other) => {
+                warn!(?other, "unexpected shim answer");
+                return RETRY;
+            }
+            Err(e) => {
+                warn!(error = %crate::error_chain(&e), "shim lost; the sandbox will be recreated");
+                self.sandbox_ready = false;
+                self.events = None;
+                let _ = self.node.runtime.teardown(&self.uid, None).await;
+                return Duration::ZERO;
+            }
+        };
+        self.observed.instances = instances
+            .into_iter()
+            .map(|record| Instance { record, start_error: None })
+            .chain(self.failed_starts.values().cloned())
+            .collect();
+        let containers = pod_spec(&self.pod).containers.clone();
+        for c in &containers {
+            if let Some(next) = self.sync_container(c).await {
+                wake = wake.min(next);
+            }
+        }
+        self.backoff.gc(Timestamp::now());
+        self.publish();
+        wake
+    }
+
+    async fn ensure_sandbox(&mut self) -> Result<(), String> {
+        if self.sandbox_ready {
+            if self.events.is_none() {
+                self.events = self.node.runtime.subscribe(&self.uid).await.ok();
+            }
+            return Ok(());
+        }
+        let alive = self.adopted && self.node.runtime.call(&self.uid, &Request::State).await.is_ok();
+        if !alive {
+            self.prepare_pod_dirs().map_err(|e| format!("prepare pod directories: {e}"))?;
+            let spec = build::sandbox_spec(&self.node.ctx, &self.pod);
+            if let Err(e) = self.node.runtime.start_sandbox(&spec).await {
+                let _ = self.node.runtime.teardown(&self.uid, None).await;
+                return Err(crate::error_chain(&e));
+            }
+            info!("pod sandbox started");
+        }
+        self.adopted = false;
+        self.sandbox_ready = true;
+        self.observed.sandbox_ready = true;
+        self.observed.start_time.get_or_insert_with(Timestamp::now);
+        self.events = self.node.runtime.subscribe(&self.uid).await.ok();
+        Ok(())
+    }
+
+    /// The pod's own directories and the files kubelet manages inside its containers.
+    fn prepare_pod_dirs(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let paths = &self.node.ctx.paths;
+        let root = paths.pod_root(&self.uid);
+        std::fs::create_dir_all(&root)?;
+        self.save_record()?;
+        let pod = &self.pod;
+        std::fs::write(root.join("etc-hosts"), build::hosts_file(pod, None))?;
+        std::fs::write(root.join("hostname"), format!("{}\n", build::hostname(pod)))?;
+        let resolv = build::resolv_conf(pod, &self.node.host_resolv, &self.node.config.cluster_dns, &self.node.config.cluster_domain);
+        std::fs::write(root.join("resolv.conf"), resolv)?;
+        for v in pod_spec(pod).volumes.iter().flatten().filter(|v| v.empty_dir.is_some()) {
+            let dir = paths.empty_dir(&self.uid, &v.name);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+        }
+        let (ns, name) = namespace_name(pod);
+        std::fs::create_dir_all(paths.pod_logs(ns, name, &self.uid))
+    }
+
+    /// pod.json: what a restarted agent re-adopts, written atomically.
+    fn save_record(&self) -> std::io::Result<()> {
+        let path = self.node.ctx.paths.pod_record(&self.uid);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&*self.pod)?)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Starts or restarts one container if its policy and backoff say so; returns when a
+    /// backoff expires.
+    async fn sync_container(&mut self, c: &Container) -> Option<Duration> {
+        let newest = self.newest(&c.name).cloned();
+        let attempt = match &newest {
+            None => 0,
+            Some(i) if i.record.exit.is_none() => {
+                self.observed.waiting.remove(&c.name);
+                return None;
+            }
+            Some(i) => {
+                let exit = i.record.exit.as_ref().expect("exited");
+                let policy = pod_spec(&self.pod).restart_policy.as_deref().unwrap_or("Always");
+                let restart = match policy {
+                    "Never" => false,
+                    "OnFailure" => exit.code != 0,
+                    _ => true,
+                };
+                if !restart {
+                    self.observed.waiting.remove(&c.name);
+                    return None;
+                }
+                let key = backoff_key(c);
+                let now = Timestamp::now();
+                if let Some(remaining) = self.backoff.remaining(&key, exit.finished_at, now) {
+                    let current = self.backoff.current(&key).unwrap_or_default();
+                    let (ns, name) = namespace_name(&self.pod);
+                    let message = format!(
+                        "back-off {} restarting failed container={} pod={name}_{ns}({})",
+                        humantime(current),
+                        c.name,
+                        self.uid
+                    );
+                    self.observed.waiting.insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
+                    return Some(remaining);
+                }
+                self.backoff.next(&key, exit.finished_at, now);
+                i.record.attempt + 1
+            }
+        };
+        self.start_container(c, attempt).await
+    }
+
+    fn newest(&self, name: &str) -> Option<&Instance> {
+        self.observed.instances.iter().filter(|i| i.record.name == name).max_by_key(|i| i.record.attempt)
+    }
+
+    async fn start_container(&mut self, c: &Container, attempt: u32) -> Option<Duration> {
+        let image_name = c.image.clone().unwrap_or_default();
+        let image = match self.node.images.resolve(&image_name) {
+            Ok(image) => image,
+            Err(e) => {
+                let reason = if c.image_pull_policy.as_deref() == Some("Never") { "ErrImageNeverPull" } else { "ErrImagePull" };
+                self.observed.waiting.insert(c.name.clone(), (reason.into(), crate::error_chain(&e)));
+                return Some(RETRY);
+            }
+        };
+        self.observed.image_ids.insert(c.name.clone(), format!("{}@{}", image.reference, image.digest));
+        let id = crate::random_hex(32);
+        let inst = BuildInstance { pod: &self.pod, container: c, image: &image, id: &id, attempt };
+        let spec = match build::container_spec(&self.node.ctx, &inst) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.observed.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), e.0));
+                return Some(RETRY);
+            }
+        };
+        let dir = self.node.ctx.paths.container_dir(&self.uid, &id);
+        for sub in ["upper", "work", "rootfs"] {
+            if let Err(e) = std::fs::create_dir_all(dir.join(sub)) {
+                self.observed.waiting.insert(c.name.clone(), ("CreateContainerError".into(), format!("create {}: {e}", dir.display())));
+                return Some(RETRY);
+            }
+        }
+        let result = self.node.runtime.call(&self.uid, &Request::Create { spec: Box::new(spec) }).await;
+        self.prune(&c.name, attempt).await;
+        match result {
+            Ok(_) => {
+                info!(container = %c.name, attempt, "container started");
+                self.observed.waiting.remove(&c.name);
+                self.failed_starts.remove(&c.name);
+                None
+            }
+            Err(e) => {
+                let message = match e {
+                    crate::runtime::Error::Shim { message, .. } => message,
+                    other => crate::error_chain(&other),
+                };
+                warn!(container = %c.name, error = %message, "container failed to start");
+                let _ = std::fs::remove_dir_all(&dir);
+                let now = Timestamp::now();
+                let record = protocol::ContainerStatus {
+                    id,
+                    name: c.name.clone(),
+                    attempt,
+                    pid: 0,
+                    started_at: now,
+                    exit: Some(Exit { code: 128, signal: None, finished_at: now, oom_killed: false }),
+                };
+                self.failed_starts.insert(c.name.clone(), Instance { record, start_error: Some(message.clone()) });
+                self.observed.waiting.insert(c.name.clone(), ("RunContainerError".into(), message));
+                Some(Duration::ZERO)
+            }
+        }
+    }
+
+    /// Keeps the newest two instances of a container (kubelet shows state and lastState), drops
+    /// older records, root filesystems of exited instances and logs older than the previous one.
+    async fn prune(&mut self, name: &str, newest_attempt: u32) {
+        let (ns, pod_name) = namespace_name(&self.pod);
+        let paths = self.node.ctx.paths.clone();
+        let old: Vec<Instance> = self
+            .observed
+            .instances
+            .iter()
+            .filter(|i| i.record.name == name && i.record.attempt < newest_attempt && i.record.exit.is_some())
+            .cloned()
+            .collect();
+        for i in old {
+            let _ = std::fs::remove_dir_all(paths.container_dir(&self.uid, &i.record.id));
+            if i.record.attempt + 1 < newest_attempt {
+                let _ = self.node.runtime.call(&self.uid, &Request::Remove { id: i.record.id.clone() }).await;
+                let log = paths.container_log(ns, pod_name, &self.uid, name, i.record.attempt);
+                let _ = std::fs::remove_file(log);
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let status = status::pod_status(&self.pod, &self.observed, self.status.as_ref(), Timestamp::now());
+        let mut pod = (*self.pod).clone();
+        pod.status = Some(status.clone());
+        self.status = Some(status);
+        self.node.pods.lock().expect("pod map lock").insert(self.uid.clone(), pod);
+    }
+
+    /// SIGTERM, wait up to the grace period (shrinking if asked), SIGKILL, then tear down.
+    async fn terminate(&mut self, requested: Option<Duration>, rx: &mut watch::Receiver<Desired>) {
+        let spec_grace = Duration::from_secs(pod_spec(&self.pod).termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+        let mut grace = requested.map_or(spec_grace, |r| r.min(spec_grace));
+        let started = tokio::time::Instant::now();
+        info!(grace_seconds = grace.as_secs_f64(), "terminating pod");
+        if let Some(mut pod) = self.node.pods.lock().expect("pod map lock").get(&self.uid).cloned() {
+            pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+            pod.metadata.deletion_grace_period_seconds = Some(grace.as_secs() as i64);
+            self.node.pods.lock().expect("pod map lock").insert(self.uid.clone(), pod);
+        }
+        if self.node.runtime.call(&self.uid, &Request::State).await.is_ok() {
+            if self.events.is_none() {
+                self.events = self.node.runtime.subscribe(&self.uid).await.ok();
+            }
+            self.signal_running(libc::SIGTERM).await;
+            while !self.running().await.is_empty() {
+                let left = grace.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() { return; }
+                        if let Desired::Delete { grace: Some(g) } = *rx.borrow_and_update() {
+                            grace = grace.min(g);
+                        }
+                    }
+                    _ = next_event(&mut self.events) => {}
+                    _ = tokio::time::sleep(left.min(Duration::from_millis(500))) => {}
+                }
+            }
+            if !self.running().await.is_empty() {
+                info!("grace period over; killing");
+                self.signal_running(libc::SIGKILL).await;
+                let deadline = tokio::time::Instant::now() + KILL_WAIT;
+                while !self.running().await.is_empty() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        self.events = None;
+        let (ns, name) = namespace_name(&self.pod);
+        let log_dir = self.node.ctx.paths.pod_logs(ns, name, &self.uid);
+        for e in self.node.runtime.teardown(&self.uid, Some(&log_dir)).await {
+            warn!(error = %e, "teardown");
+        }
+        self.node.pods.lock().expect("pod map lock").remove(&self.uid);
+        info!("pod deleted");
+    }
+
+    async fn running(&self) -> Vec<String> {
+        match self.node.runtime.call(&self.uid, &Request::State).await {
+            Ok(Response::State { containers, .. }) => {
+                containers.into_iter().filter(|c| c.exit.is_none()).map(|c| c.id).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    async fn signal_running(&self, signal: i32) {
+        for id in self.running().await {
+            if let Err(e) = self.node.runtime.call(&self.uid, &Request::Signal { id, signal }).await {
+                warn!(error = %crate::error_chain(&e), signal, "signal container");
+            }
+        }
+    }
+}
+
+fn namespace_name(pod: &Pod) -> (&str, &str) {
+    (pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or_default())
+}
+
+/// kubelet's stable key: a changed container spec starts a fresh backoff curve.
+fn backoff_key(c: &Container) -> String {
+    let spec = serde_json::to_vec(c).unwrap_or_default();
+    format!("{}_{}", c.name, crate::short_hash(&spec))
+}
+
+/// Go's Duration.String for whole seconds and minutes, as kubelet's message prints it ("40s", "5m0s").
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}

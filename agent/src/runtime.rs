@@ -1,0 +1,174 @@
+//! The agent's side of the shim: starting a pod's shim, talking to it, and tearing a pod down.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nodelet_sandbox::protocol::{Request, Response};
+use nodelet_sandbox::shim::ShimDir;
+use nodelet_sandbox::spec::SandboxSpec;
+use nodelet_sandbox::{cgroup, mount};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::UnixStream;
+
+use crate::paths::NodePaths;
+
+/// How long one shim call may take; creating a container is the slowest (mounts, exec).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("write shim config {path}")]
+    Config { path: PathBuf, #[source] source: std::io::Error },
+    #[error("run shim for pod {uid}")]
+    Spawn { uid: String, #[source] source: std::io::Error },
+    #[error("start shim for pod {uid}: {message}")]
+    Start { uid: String, message: String },
+    #[error("call shim of pod {uid}")]
+    Call { uid: String, #[source] source: std::io::Error },
+    #[error("shim of pod {uid} did not answer in time")]
+    Timeout { uid: String },
+    #[error("shim of pod {uid}: {message}")]
+    Shim { uid: String, message: String },
+}
+
+pub type ShimEvents = Lines<BufReader<UnixStream>>;
+
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    paths: NodePaths,
+}
+
+impl Runtime {
+    pub fn new(paths: NodePaths) -> Self {
+        Runtime { paths }
+    }
+
+    pub fn shim(&self, uid: &str) -> ShimDir {
+        self.paths.shim(uid)
+    }
+
+    /// Starts the pod's shim (re-executing this binary) and returns once it serves.
+    pub async fn start_sandbox(&self, spec: &SandboxSpec) -> Result<(), Error> {
+        let dir = self.shim(&spec.pod_uid);
+        let config = dir.config();
+        let write = async {
+            tokio::fs::create_dir_all(dir.path()).await?;
+            tokio::fs::write(&config, serde_json::to_vec(spec)?).await
+        };
+        write.await.map_err(|source| Error::Config { path: config.clone(), source })?;
+        let output = tokio::process::Command::new("/proc/self/exe")
+            .arg("shim")
+            .arg(dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|source| Error::Spawn { uid: spec.pod_uid.clone(), source })?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            let message = String::from_utf8_lossy(&output.stderr).trim().trim_start_matches("shim: ").to_owned();
+            Err(Error::Start { uid: spec.pod_uid.clone(), message })
+        }
+    }
+
+    /// One request, one response.
+    pub async fn call(&self, uid: &str, request: &Request) -> Result<Response, Error> {
+        let socket = self.shim(uid).socket();
+        let call_err = |source| Error::Call { uid: uid.to_owned(), source };
+        let exchange = async {
+            let mut stream = UnixStream::connect(&socket).await?;
+            let mut line = serde_json::to_vec(request)?;
+            line.push(b'\n');
+            stream.write_all(&line).await?;
+            let mut reply = String::new();
+            BufReader::new(stream).read_line(&mut reply).await?;
+            if reply.is_empty() {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "shim closed the connection"));
+            }
+            serde_json::from_str(&reply).map_err(std::io::Error::from)
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+            Err(_) => Err(Error::Timeout { uid: uid.to_owned() }),
+            Ok(result) => match result.map_err(call_err)? {
+                Response::Error { message } => Err(Error::Shim { uid: uid.to_owned(), message }),
+                ok => Ok(ok),
+            },
+        }
+    }
+
+    /// A stream of `Exited` events from the shim.
+    pub async fn subscribe(&self, uid: &str) -> Result<ShimEvents, Error> {
+        let mut stream =
+            UnixStream::connect(self.shim(uid).socket()).await.map_err(|source| Error::Call { uid: uid.to_owned(), source })?;
+        stream
+            .write_all(b"{\"op\":\"subscribe\"}\n")
+            .await
+            .map_err(|source| Error::Call { uid: uid.to_owned(), source })?;
+        Ok(BufReader::new(stream).lines())
+    }
+
+    /// Releases everything of a pod: shim, namespaces, mounts, cgroups, directories, logs.
+    /// Best effort and idempotent: every step runs, and every failure is returned.
+    pub async fn teardown(&self, uid: &str, log_dir: Option<&Path>) -> Vec<String> {
+        let mut errors = Vec::new();
+        let dir = self.shim(uid);
+        if self.call(uid, &Request::Shutdown).await.is_err() {
+            kill_stale_shim(&dir);
+        }
+        for e in dir.release_mounts() {
+            errors.push(nodelet_sandbox::shim::error_chain(&e));
+        }
+        if let Ok(data) = std::fs::read(dir.config()) {
+            if let Ok(spec) = serde_json::from_slice::<SandboxSpec>(&data) {
+                if let Some(cg) = spec.cgroup {
+                    if let Err(e) = cgroup::remove(&cg.path) {
+                        errors.push(nodelet_sandbox::shim::error_chain(&e));
+                    }
+                }
+            }
+        }
+        let pod_root = self.paths.pod_root(uid);
+        for path in [Some(dir.path()), Some(pod_root.as_path()), log_dir].into_iter().flatten() {
+            if let Err(e) = remove_tree(path) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+/// A shim that no longer answers (hung or half-dead) is SIGKILLed by the pid it wrote, after
+/// checking that pid still is a shim of this directory (pids are reused).
+fn kill_stale_shim(dir: &ShimDir) {
+    let Some(pid) = std::fs::read_to_string(dir.pid_file()).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let expected = format!("shim\0{}", dir.path().display());
+    if cmdline.windows(expected.len()).any(|w| w == expected.as_bytes()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes a directory tree, refusing to if anything is still mounted below it: host data bound
+/// into a container must never be reached through a pod directory.
+fn remove_tree(path: &Path) -> Result<(), String> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let below: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(path))
+        .collect();
+    for m in &below {
+        let _ = mount::unmount(Path::new(m));
+    }
+    let still = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if still.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(m).starts_with(path)) {
+        return Err(format!("not removing {}: something is still mounted below it", path.display()));
+    }
+    std::fs::remove_dir_all(path).map_err(|e| format!("remove {}: {e}", path.display()))
+}
