@@ -18,8 +18,12 @@ use crate::pod::table;
 /// Asks the running agent for its pods.
 pub fn fetch_pods(paths: &NodePaths) -> anyhow::Result<Vec<Pod>> {
     let socket = paths.control_socket();
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
-        .with_context(|| format!("cannot reach nodelet at {} (is the agent running?)", socket.display()))?;
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).with_context(|| {
+        format!(
+            "cannot reach nodelet at {} (is the agent running?)",
+            socket.display()
+        )
+    })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     nodelet_sandbox::protocol::write_message(&mut stream, &ControlRequest::Pods)?;
     let list: PodList = nodelet_sandbox::protocol::read_message(&mut BufReader::new(stream))?
@@ -30,20 +34,44 @@ pub fn fetch_pods(paths: &NodePaths) -> anyhow::Result<Vec<Pod>> {
 pub fn pods(config: &Config, namespace: Option<&str>) -> anyhow::Result<()> {
     let mut pods = fetch_pods(&NodePaths::new(config))?;
     pods.retain(|p| namespace.is_none_or(|ns| p.metadata.namespace.as_deref() == Some(ns)));
-    pods.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+    pods.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
     let now = Timestamp::now();
     let rows: Vec<Vec<String>> = pods
         .iter()
         .map(|p| {
             let r = table::pod_row(p, now);
-            vec![r.namespace, r.name, r.ready, r.status, r.restarts, r.age, r.ip]
+            vec![
+                r.namespace,
+                r.name,
+                r.ready,
+                r.status,
+                r.restarts,
+                r.age,
+                r.ip,
+            ]
         })
         .collect();
     if rows.is_empty() {
         println!("No resources found");
         return Ok(());
     }
-    print!("{}", table::render(&["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP"], &rows));
+    print!(
+        "{}",
+        table::render(
+            &[
+                "NAMESPACE",
+                "NAME",
+                "READY",
+                "STATUS",
+                "RESTARTS",
+                "AGE",
+                "IP"
+            ],
+            &rows
+        )
+    );
     Ok(())
 }
 
@@ -71,16 +99,31 @@ pub fn logs(config: &Config, args: &LogsArgs) -> anyhow::Result<()> {
     let paths = NodePaths::new(config);
     let find = |pods: Vec<Pod>| {
         pods.into_iter().find(|p| {
-            p.metadata.name.as_deref() == Some(&args.pod) && p.metadata.namespace.as_deref() == Some(&args.namespace)
+            p.metadata.name.as_deref() == Some(&args.pod)
+                && p.metadata.namespace.as_deref() == Some(&args.namespace)
         })
     };
-    let pod = find(fetch_pods(&paths)?).ok_or_else(|| anyhow!("pods \"{}\" not found in namespace {}", args.pod, args.namespace))?;
-    let names: Vec<String> = pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect();
+    let pod = find(fetch_pods(&paths)?).ok_or_else(|| {
+        anyhow!(
+            "pods \"{}\" not found in namespace {}",
+            args.pod,
+            args.namespace
+        )
+    })?;
+    let names: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+        .collect();
     let container = match (&args.container, names.as_slice()) {
         (Some(c), _) if names.contains(c) => c.clone(),
         (Some(c), _) => bail!("container {c} is not valid for pod {}", args.pod),
         (None, [only]) => only.clone(),
-        (None, _) => bail!("a container name must be specified for pod {}, choose one of: [{}]", args.pod, names.join(" ")),
+        (None, _) => bail!(
+            "a container name must be specified for pod {}, choose one of: [{}]",
+            args.pod,
+            names.join(" ")
+        ),
     };
     let status = pod
         .status
@@ -90,30 +133,58 @@ pub fn logs(config: &Config, args: &LogsArgs) -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_default();
     let attempt = if args.previous {
-        if status.last_state.as_ref().and_then(|l| l.terminated.as_ref()).is_none() {
-            bail!("previous terminated container \"{container}\" in pod \"{}\" not found", args.pod);
+        if status
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .is_none()
+        {
+            bail!(
+                "previous terminated container \"{container}\" in pod \"{}\" not found",
+                args.pod
+            );
         }
         status.restart_count - 1
     } else {
         status.restart_count
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let file = paths.container_log(&args.namespace, &args.pod, &uid, &container, attempt.max(0) as u32);
+    let file = paths.container_log(
+        &args.namespace,
+        &args.pod,
+        &uid,
+        &container,
+        attempt.max(0) as u32,
+    );
     let mut out = std::io::stdout().lock();
     let still_running = || {
         fetch_pods(&paths).ok().and_then(find).is_some_and(|p| {
             p.status
                 .and_then(|s| s.container_statuses)
                 .and_then(|cs| cs.into_iter().find(|c| c.name == container))
-                .is_some_and(|c| c.restart_count == attempt && c.state.is_some_and(|s| s.running.is_some()))
+                .is_some_and(|c| {
+                    c.restart_count == attempt && c.state.is_some_and(|s| s.running.is_some())
+                })
         })
     };
-    print_log(&file, args.timestamps, args.follow && !args.previous, &mut out, still_running)
+    print_log(
+        &file,
+        args.timestamps,
+        args.follow && !args.previous,
+        &mut out,
+        still_running,
+    )
 }
 
 /// Prints the content of a CRI log, partial records joined; with `follow`, keeps reading until
 /// `running()` says the container stopped.
-fn print_log(path: &Path, timestamps: bool, follow: bool, out: &mut impl Write, running: impl Fn() -> bool) -> anyhow::Result<()> {
+fn print_log(
+    path: &Path,
+    timestamps: bool,
+    follow: bool,
+    out: &mut impl Write,
+    running: impl Fn() -> bool,
+) -> anyhow::Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("open log {}", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
@@ -168,7 +239,12 @@ pub fn images(config: &Config) -> anyhow::Result<()> {
         .list()?
         .into_iter()
         .map(|i| {
-            let short = i.digest.trim_start_matches("sha256:").chars().take(12).collect();
+            let short = i
+                .digest
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect();
             vec![i.reference, short, format!("{:.1}MB", i.size as f64 / 1e6)]
         })
         .collect();
@@ -201,7 +277,9 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), "hello\noops\n");
         let mut out = Vec::new();
         print_log(&path, true, false, &mut out, || false).unwrap();
-        assert!(String::from_utf8(out).unwrap().starts_with("2026-01-01T00:00:00Z hel"));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .starts_with("2026-01-01T00:00:00Z hel"));
         std::fs::remove_file(&path).unwrap();
     }
 }

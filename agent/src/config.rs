@@ -13,7 +13,11 @@ pub const DEFAULT_CONFIG: &str = "/etc/nodelet/config.yaml";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("read config {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -99,7 +103,9 @@ impl Config {
     pub fn load(flags: &Flags) -> Result<Config, Error> {
         let mut config = match &flags.config {
             Some(path) => Self::from_file(path)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => Self::from_file(Path::new(DEFAULT_CONFIG))?,
+            None if Path::new(DEFAULT_CONFIG).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG))?
+            }
             None => Config::default(),
         };
         config.apply(flags)?;
@@ -107,8 +113,14 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Config, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-        Self::from_yaml(&text).map_err(|message| Error::Invalid { path: path.to_owned(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| Error::Invalid {
+            path: path.to_owned(),
+            message,
+        })
     }
 
     /// Parses YAML; errors name the key path (`fileCheckFrequency: invalid duration "x"`).
@@ -160,7 +172,11 @@ impl Config {
     pub fn node_name(&self) -> String {
         self.hostname_override
             .clone()
-            .unwrap_or_else(|| nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default())
+            .unwrap_or_else(|| {
+                nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
             .to_lowercase()
     }
 }
@@ -173,10 +189,14 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let number: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let seconds = match &rest[..unit_len] {
             "ms" => number / 1000.0,
             "s" => number,
@@ -192,7 +212,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
-    parse_duration(&text).ok_or_else(|| serde::de::Error::custom(format!("invalid duration {text:?}")))
+    parse_duration(&text)
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {text:?}")))
 }
 
 #[cfg(test)]
@@ -217,7 +238,10 @@ mod tests {
         let e = Config::from_yaml("rootDir: /x\npodManifestDir: /y\n").unwrap_err();
         assert!(e.contains("unknown field `podManifestDir`"), "{e}");
         let e = Config::from_yaml("fileCheckFrequency: soon\n").unwrap_err();
-        assert!(e.starts_with("fileCheckFrequency: invalid duration \"soon\""), "{e}");
+        assert!(
+            e.starts_with("fileCheckFrequency: invalid duration \"soon\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -231,7 +255,10 @@ mod tests {
         c.apply(&flags).unwrap();
         assert_eq!(c.root_dir, PathBuf::from("/from-flag"));
         assert_eq!(c.node_labels.get("disk").map(String::as_str), Some("ssd"));
-        let bad = Flags { node_labels: vec!["nolabel".into()], ..Flags::default() };
+        let bad = Flags {
+            node_labels: vec!["nolabel".into()],
+            ..Flags::default()
+        };
         assert!(c.apply(&bad).is_err());
     }
 

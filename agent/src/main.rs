@@ -18,7 +18,11 @@ use clap::{Parser, Subcommand};
 use sha2::Digest as _;
 
 #[derive(Parser)]
-#[command(name = "nodelet", version, about = "A kubelet-style node agent that runs real pod sandboxes")]
+#[command(
+    name = "nodelet",
+    version,
+    about = "A kubelet-style node agent that runs real pod sandboxes"
+)]
 struct Cli {
     #[command(flatten)]
     flags: config::Flags,
@@ -60,28 +64,32 @@ fn main() -> ExitCode {
     match args.get(1).and_then(|a| a.to_str()) {
         Some("shim") if args.len() == 3 => {
             init_tracing(false);
-            return ExitCode::from(nodelet_sandbox::shim::main(std::path::Path::new(&args[2])) as u8);
+            return ExitCode::from(
+                nodelet_sandbox::shim::main(std::path::Path::new(&args[2])) as u8
+            );
         }
         Some("reaper") => nodelet_sandbox::shim::reap_forever(),
         _ => {}
     }
     let cli = Cli::parse();
-    let result = config::Config::load(&cli.flags).map_err(anyhow::Error::from).and_then(|config| match &cli.command {
-        None => {
-            init_tracing(true);
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-                .block_on(node::run(config))
-        }
-        Some(Command::Image { command: ImageCommand::Import { source, reference } }) => {
-            cli::import(&config, source, reference.as_deref())
-        }
-        Some(Command::Images) => cli::images(&config),
-        Some(Command::Pods { namespace }) => cli::pods(&config, namespace.as_deref()),
-        Some(Command::Logs(args)) => cli::logs(&config, args),
-    });
+    let result = config::Config::load(&cli.flags)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| match &cli.command {
+            None => {
+                init_tracing(true);
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?
+                    .block_on(node::run(config))
+            }
+            Some(Command::Image {
+                command: ImageCommand::Import { source, reference },
+            }) => cli::import(&config, source, reference.as_deref()),
+            Some(Command::Images) => cli::images(&config),
+            Some(Command::Pods { namespace }) => cli::pods(&config, namespace.as_deref()),
+            Some(Command::Logs(args)) => cli::logs(&config, args),
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -105,7 +113,9 @@ fn init_tracing(ansi: bool) {
 pub fn random_hex(bytes: usize) -> String {
     use std::io::Read;
     let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("read /dev/urandom");
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
     hex::encode(buf)
 }
 

@@ -55,14 +55,27 @@ impl Node {
             node_name: config.node_name(),
             cgroup_root: PathBuf::from(config.cgroup_root.trim_start_matches('/')),
         };
-        Ok(Node { runtime: Runtime::new(paths), images, pods: Mutex::new(BTreeMap::new()), host_resolv, ctx, config })
+        Ok(Node {
+            runtime: Runtime::new(paths),
+            images,
+            pods: Mutex::new(BTreeMap::new()),
+            host_resolv,
+            ctx,
+            config,
+        })
     }
 }
 
 /// Runs the agent until SIGTERM or SIGINT; pods keep running after it returns, as with kubelet.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let paths = NodePaths::new(&config);
-    for dir in [&paths.root, &paths.run, &paths.logs, &paths.shims(), &paths.pods_root()] {
+    for dir in [
+        &paths.root,
+        &paths.run,
+        &paths.logs,
+        &paths.shims(),
+        &paths.pods_root(),
+    ] {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let _lock = lock_run_dir(&paths)?;
@@ -74,7 +87,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(serve_control(listener, node.clone()));
 
     let (tx, mut desired_rx) = watch::channel::<source::Desired>(None);
-    let source = FileSource::new(node.config.static_pod_path.clone(), node.ctx.node_name.clone(), node.config.file_check_frequency);
+    let source = FileSource::new(
+        node.config.static_pod_path.clone(),
+        node.ctx.node_name.clone(),
+        node.config.file_check_frequency,
+    );
     tokio::spawn(source.run(tx));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -98,9 +115,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// One agent per run directory: two would fight over the same shims.
 fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<Flock<std::fs::File>> {
     let path = paths.run.join("nodelet.lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| anyhow::anyhow!("another nodelet is running with run directory {}", paths.run.display()))
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow::anyhow!(
+            "another nodelet is running with run directory {}",
+            paths.run.display()
+        )
+    })
 }
 
 /// Matches workers to the desired pods: new pods get a worker, changed ones an update, vanished
@@ -158,8 +183,14 @@ async fn adopt(node: &Arc<Node>) -> HashMap<String, WorkerHandle> {
     }
     let mut workers = HashMap::new();
     for uid in uids {
-        let record = std::fs::read(paths.pod_record(&uid)).ok().and_then(|d| serde_json::from_slice::<Pod>(&d).ok());
-        let alive = node.runtime.call(&uid, &nodelet_sandbox::protocol::Request::State).await.is_ok();
+        let record = std::fs::read(paths.pod_record(&uid))
+            .ok()
+            .and_then(|d| serde_json::from_slice::<Pod>(&d).ok());
+        let alive = node
+            .runtime
+            .call(&uid, &nodelet_sandbox::protocol::Request::State)
+            .await
+            .is_ok();
         match record {
             Some(pod) if alive => {
                 info!(pod_uid = %uid, name = pod.metadata.name.as_deref().unwrap_or_default(), "re-adopting running pod");
@@ -185,7 +216,9 @@ fn bind_control(paths: &NodePaths) -> anyhow::Result<UnixListener> {
 
 async fn serve_control(listener: UnixListener, node: Arc<Node>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let node = node.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
@@ -195,7 +228,13 @@ async fn serve_control(listener: UnixListener, node: Arc<Node>) {
             }
             let reply = match serde_json::from_str::<ControlRequest>(&line) {
                 Ok(ControlRequest::Pods) => {
-                    let items = node.pods.lock().expect("pod map lock").values().cloned().collect();
+                    let items = node
+                        .pods
+                        .lock()
+                        .expect("pod map lock")
+                        .values()
+                        .cloned()
+                        .collect();
                     serde_json::to_vec(&PodList { items })
                 }
                 Err(e) => serde_json::to_vec(&serde_json::json!({ "error": e.to_string() })),

@@ -26,7 +26,11 @@ pub struct NodePaths {
 
 impl NodePaths {
     pub fn new(config: &Config) -> Self {
-        NodePaths { root: config.root_dir.clone(), run: config.run_dir.clone(), logs: config.pod_logs_dir.clone() }
+        NodePaths {
+            root: config.root_dir.clone(),
+            run: config.run_dir.clone(),
+            logs: config.pod_logs_dir.clone(),
+        }
     }
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
@@ -41,7 +45,9 @@ impl NodePaths {
         self.pod_root(uid).join("pod.json")
     }
     pub fn empty_dir(&self, uid: &str, volume: &str) -> PathBuf {
-        self.pod_root(uid).join("volumes/kubernetes.io~empty-dir").join(volume)
+        self.pod_root(uid)
+            .join("volumes/kubernetes.io~empty-dir")
+            .join(volume)
     }
     pub fn container_dir(&self, uid: &str, id: &str) -> PathBuf {
         self.pod_root(uid).join("containers").join(id)
@@ -58,7 +64,16 @@ impl NodePaths {
     pub fn pod_logs(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
         self.logs.join(format!("{namespace}_{name}_{uid}"))
     }
-    pub fn container_log(&self, namespace: &str, name: &str, uid: &str, container: &str, attempt: u32) -> PathBuf {
-        self.pod_logs(namespace, name, uid).join(container).join(format!("{attempt}.log"))
+    pub fn container_log(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        container: &str,
+        attempt: u32,
+    ) -> PathBuf {
+        self.pod_logs(namespace, name, uid)
+            .join(container)
+            .join(format!("{attempt}.log"))
     }
 }

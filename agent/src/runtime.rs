@@ -18,13 +18,25 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("write shim config {path}")]
-    Config { path: PathBuf, #[source] source: std::io::Error },
+    Config {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("run shim for pod {uid}")]
-    Spawn { uid: String, #[source] source: std::io::Error },
+    Spawn {
+        uid: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("start shim for pod {uid}: {message}")]
     Start { uid: String, message: String },
     #[error("call shim of pod {uid}")]
-    Call { uid: String, #[source] source: std::io::Error },
+    Call {
+        uid: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("shim of pod {uid} did not answer in time")]
     Timeout { uid: String },
     #[error("shim of pod {uid}: {message}")]
@@ -55,26 +67,42 @@ impl Runtime {
             tokio::fs::create_dir_all(dir.path()).await?;
             tokio::fs::write(&config, serde_json::to_vec(spec)?).await
         };
-        write.await.map_err(|source| Error::Config { path: config.clone(), source })?;
-        let output = tokio::process::Command::new("/proc/self/exe")
+        write.await.map_err(|source| Error::Config {
+            path: config.clone(),
+            source,
+        })?;
+        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        let output = tokio::process::Command::new(exe)
             .arg("shim")
             .arg(dir.path())
             .stdin(std::process::Stdio::null())
             .output()
             .await
-            .map_err(|source| Error::Spawn { uid: spec.pod_uid.clone(), source })?;
+            .map_err(|source| Error::Spawn {
+                uid: spec.pod_uid.clone(),
+                source,
+            })?;
         if output.status.success() {
             Ok(())
         } else {
-            let message = String::from_utf8_lossy(&output.stderr).trim().trim_start_matches("shim: ").to_owned();
-            Err(Error::Start { uid: spec.pod_uid.clone(), message })
+            let message = String::from_utf8_lossy(&output.stderr)
+                .trim()
+                .trim_start_matches("shim: ")
+                .to_owned();
+            Err(Error::Start {
+                uid: spec.pod_uid.clone(),
+                message,
+            })
         }
     }
 
     /// One request, one response.
     pub async fn call(&self, uid: &str, request: &Request) -> Result<Response, Error> {
         let socket = self.shim(uid).socket();
-        let call_err = |source| Error::Call { uid: uid.to_owned(), source };
+        let call_err = |source| Error::Call {
+            uid: uid.to_owned(),
+            source,
+        };
         let exchange = async {
             let mut stream = UnixStream::connect(&socket).await?;
             let mut line = serde_json::to_vec(request)?;
@@ -83,14 +111,22 @@ impl Runtime {
             let mut reply = String::new();
             BufReader::new(stream).read_line(&mut reply).await?;
             if reply.is_empty() {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "shim closed the connection"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "shim closed the connection",
+                ));
             }
             serde_json::from_str(&reply).map_err(std::io::Error::from)
         };
         match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
-            Err(_) => Err(Error::Timeout { uid: uid.to_owned() }),
+            Err(_) => Err(Error::Timeout {
+                uid: uid.to_owned(),
+            }),
             Ok(result) => match result.map_err(call_err)? {
-                Response::Error { message } => Err(Error::Shim { uid: uid.to_owned(), message }),
+                Response::Error { message } => Err(Error::Shim {
+                    uid: uid.to_owned(),
+                    message,
+                }),
                 ok => Ok(ok),
             },
         }
@@ -98,12 +134,19 @@ impl Runtime {
 
     /// A stream of `Exited` events from the shim.
     pub async fn subscribe(&self, uid: &str) -> Result<ShimEvents, Error> {
-        let mut stream =
-            UnixStream::connect(self.shim(uid).socket()).await.map_err(|source| Error::Call { uid: uid.to_owned(), source })?;
+        let mut stream = UnixStream::connect(self.shim(uid).socket())
+            .await
+            .map_err(|source| Error::Call {
+                uid: uid.to_owned(),
+                source,
+            })?;
         stream
             .write_all(b"{\"op\":\"subscribe\"}\n")
             .await
-            .map_err(|source| Error::Call { uid: uid.to_owned(), source })?;
+            .map_err(|source| Error::Call {
+                uid: uid.to_owned(),
+                source,
+            })?;
         Ok(BufReader::new(stream).lines())
     }
 
@@ -128,7 +171,10 @@ impl Runtime {
             }
         }
         let pod_root = self.paths.pod_root(uid);
-        for path in [Some(dir.path()), Some(pod_root.as_path()), log_dir].into_iter().flatten() {
+        for path in [Some(dir.path()), Some(pod_root.as_path()), log_dir]
+            .into_iter()
+            .flatten()
+        {
             if let Err(e) = remove_tree(path) {
                 errors.push(e);
             }
@@ -140,13 +186,22 @@ impl Runtime {
 /// A shim that no longer answers (hung or half-dead) is SIGKILLed by the pid it wrote, after
 /// checking that pid still is a shim of this directory (pids are reused).
 fn kill_stale_shim(dir: &ShimDir) {
-    let Some(pid) = std::fs::read_to_string(dir.pid_file()).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+    let Some(pid) = std::fs::read_to_string(dir.pid_file())
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
         return;
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let expected = format!("shim\0{}", dir.path().display());
-    if cmdline.windows(expected.len()).any(|w| w == expected.as_bytes()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    if cmdline
+        .windows(expected.len())
+        .any(|w| w == expected.as_bytes())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -167,8 +222,15 @@ fn remove_tree(path: &Path) -> Result<(), String> {
         let _ = mount::unmount(Path::new(m));
     }
     let still = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if still.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(m).starts_with(path)) {
-        return Err(format!("not removing {}: something is still mounted below it", path.display()));
+    if still
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(m).starts_with(path))
+    {
+        return Err(format!(
+            "not removing {}: something is still mounted below it",
+            path.display()
+        ));
     }
     std::fs::remove_dir_all(path).map_err(|e| format!("remove {}: {e}", path.display()))
 }

@@ -41,14 +41,30 @@ pub fn ignored(name: &str) -> bool {
     name.starts_with('.')
         || name.ends_with('~')
         || (name.starts_with('#') && name.ends_with('#'))
-        || [".swp", ".swx", ".swo", ".tmp", ".bak", ".orig", ".dpkg-new", ".dpkg-old", ".rpmnew", ".rpmsave"]
-            .iter()
-            .any(|s| name.ends_with(s))
+        || [
+            ".swp",
+            ".swx",
+            ".swo",
+            ".tmp",
+            ".bak",
+            ".orig",
+            ".dpkg-new",
+            ".dpkg-old",
+            ".rpmnew",
+            ".rpmsave",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s))
 }
 
 impl FileSource {
     pub fn new(dir: PathBuf, node_name: String, frequency: Duration) -> Self {
-        FileSource { dir, node_name, frequency, files: HashMap::new() }
+        FileSource {
+            dir,
+            node_name,
+            frequency,
+            files: HashMap::new(),
+        }
     }
 
     pub async fn run(mut self, tx: watch::Sender<Desired>) {
@@ -81,12 +97,13 @@ impl FileSource {
     }
 
     fn watch(&self) -> Option<inotify::EventStream<Vec<u8>>> {
-        let inotify = Inotify::init().map_err(|e| warn!(error = %e, "inotify unavailable; rescanning only")).ok()?;
+        let inotify = Inotify::init()
+            .map_err(|e| warn!(error = %e, "inotify unavailable; rescanning only"))
+            .ok()?;
         let mask = WatchMask::CLOSE_WRITE
             | WatchMask::MOVED_TO
             | WatchMask::MOVED_FROM
             | WatchMask::DELETE
-            | WatchMask::CREATE
             | WatchMask::ATTRIB
             | WatchMask::DELETE_SELF
             | WatchMask::MOVE_SELF;
@@ -128,7 +145,10 @@ impl FileSource {
         files.sort_by_key(|(p, _)| *p);
         for (path, state) in files {
             let Some(pod) = &state.pod else { continue };
-            let key = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+            let key = (
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            );
             if let Some(first) = names.get(&key) {
                 if state.pod.is_some() {
                     error!(file = %path.display(), other = %first.display(), "pod {}/{} is already defined; ignoring this file", key.0, key.1);
@@ -142,7 +162,12 @@ impl FileSource {
     }
 
     fn read_file(&mut self, path: &Path) {
-        let Ok(data) = std::fs::read(path) else { return };
+        let Ok(data) = std::fs::read(path) else {
+            return;
+        };
+        if data.iter().all(u8::is_ascii_whitespace) {
+            return; // created but not written yet; its close-after-write event comes next
+        }
         let hash = crate::short_hash(&data);
         if self.files.get(path).is_some_and(|s| s.content_hash == hash) {
             return;
@@ -163,7 +188,13 @@ impl FileSource {
                 previous
             }
         };
-        self.files.insert(path.to_owned(), FileState { content_hash: hash, pod });
+        self.files.insert(
+            path.to_owned(),
+            FileState {
+                content_hash: hash,
+                pod,
+            },
+        );
     }
 
     /// kubelet's `applyDefaults` for file sources.
@@ -171,8 +202,12 @@ impl FileSource {
         let meta = &mut pod.metadata;
         if meta.uid.as_deref().is_none_or(str::is_empty) {
             let mut input = data.to_vec();
-            input.extend_from_slice(format!("host:{}file:{}", self.node_name, path.display()).as_bytes());
-            meta.uid = Some(crate::short_hash(&input) + &crate::short_hash(path.as_os_str().as_encoded_bytes()));
+            input.extend_from_slice(
+                format!("host:{}file:{}", self.node_name, path.display()).as_bytes(),
+            );
+            meta.uid = Some(
+                crate::short_hash(&input) + &crate::short_hash(path.as_os_str().as_encoded_bytes()),
+            );
         }
         if let Some(name) = &meta.name {
             if !name.is_empty() {
@@ -183,8 +218,14 @@ impl FileSource {
         meta.creation_timestamp = Some(Time(Timestamp::now()));
         let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
         annotations.insert("kubernetes.io/config.source".into(), "file".into());
-        annotations.insert("kubernetes.io/config.hash".into(), meta.uid.clone().unwrap_or_default());
-        annotations.insert("kubernetes.io/config.seen".into(), Timestamp::now().to_string());
+        annotations.insert(
+            "kubernetes.io/config.hash".into(),
+            meta.uid.clone().unwrap_or_default(),
+        );
+        annotations.insert(
+            "kubernetes.io/config.seen".into(),
+            Timestamp::now().to_string(),
+        );
         if let Some(spec) = &mut pod.spec {
             spec.node_name = Some(self.node_name.clone());
             spec.restart_policy.get_or_insert_with(|| "Always".into());
@@ -201,7 +242,14 @@ mod tests {
 
     #[test]
     fn editor_leftovers_are_ignored() {
-        for name in [".web.yaml", "web.yaml~", "#web.yaml#", "web.yaml.swp", "web.yaml.bak", "web.yaml.tmp"] {
+        for name in [
+            ".web.yaml",
+            "web.yaml~",
+            "#web.yaml#",
+            "web.yaml.swp",
+            "web.yaml.bak",
+            "web.yaml.tmp",
+        ] {
             assert!(ignored(name), "{name}");
         }
         for name in ["web.yaml", "web.json", "web", "my.pod.yml"] {
@@ -223,10 +271,17 @@ mod tests {
         assert_eq!(pod.metadata.name.as_deref(), Some("web-node1"));
         assert_eq!(pod.metadata.uid.as_ref().unwrap().len(), 32);
 
-        std::fs::write(dir.join("web.yaml"), "metadata: {name: web}\nspec: {containers: [{name: a}]}\n").unwrap();
+        std::fs::write(
+            dir.join("web.yaml"),
+            "metadata: {name: web}\nspec: {containers: [{name: a}]}\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("bad.yaml"), "{{{").unwrap();
         let second = src.scan();
-        assert_eq!(second, first, "an invalid edit keeps the running version; a bad file adds nothing");
+        assert_eq!(
+            second, first,
+            "an invalid edit keeps the running version; a bad file adds nothing"
+        );
 
         std::fs::remove_file(dir.join("web.yaml")).unwrap();
         assert!(src.scan().is_empty());

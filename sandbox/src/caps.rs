@@ -14,9 +14,18 @@ pub enum Error {
     #[error("unknown capability {0:?}")]
     Unknown(String),
     #[error("set {set:?} capabilities")]
-    Set { set: CapSet, #[source] source: caps::errors::CapsError },
+    Set {
+        set: CapSet,
+        #[source]
+        source: caps::errors::CapsError,
+    },
     #[error("switch to uid {uid} gid {gid}")]
-    User { uid: u32, gid: u32, #[source] source: nix::Error },
+    User {
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: nix::Error,
+    },
     #[error("set no_new_privs")]
     NoNewPrivs(#[source] nix::Error),
 }
@@ -27,7 +36,11 @@ pub fn parse(names: &[String]) -> Result<CapsHashSet, Error> {
         .iter()
         .map(|n| {
             let upper = n.to_ascii_uppercase();
-            let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+            let full = if upper.starts_with("CAP_") {
+                upper
+            } else {
+                format!("CAP_{upper}")
+            };
             Capability::from_str(&full).map_err(|_| Error::Unknown(n.clone()))
         })
         .collect()
@@ -38,19 +51,33 @@ pub fn apply(process: &ProcessSpec) -> Result<(), Error> {
     let wanted = parse(&process.capabilities)?;
     let set_err = |set| move |source| Error::Set { set, source };
     // Bounding can only shrink (capabilities(7)); drop what is not wanted while CAP_SETPCAP is held.
-    let bounding: HashSet<Capability> = caps::read(None, CapSet::Bounding).map_err(set_err(CapSet::Bounding))?;
+    let bounding: HashSet<Capability> =
+        caps::read(None, CapSet::Bounding).map_err(set_err(CapSet::Bounding))?;
     for cap in bounding.difference(&wanted) {
         caps::drop(None, CapSet::Bounding, *cap).map_err(set_err(CapSet::Bounding))?;
     }
     // Keep the permitted set across setuid to a non-root user; capset below decides what stays.
-    nix::sys::prctl::set_keepcaps(true).map_err(|source| Error::User { uid: process.uid, gid: process.gid, source })?;
-    let user_err = |source| Error::User { uid: process.uid, gid: process.gid, source };
-    let groups: Vec<Gid> = process.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::sys::prctl::set_keepcaps(true).map_err(|source| Error::User {
+        uid: process.uid,
+        gid: process.gid,
+        source,
+    })?;
+    let user_err = |source| Error::User {
+        uid: process.uid,
+        gid: process.gid,
+        source,
+    };
+    let groups: Vec<Gid> = process
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     setgroups(&groups).map_err(user_err)?;
     setgid(Gid::from_raw(process.gid)).map_err(user_err)?;
     setuid(Uid::from_raw(process.uid)).map_err(user_err)?;
     caps::clear(None, CapSet::Ambient).map_err(set_err(CapSet::Ambient))?;
-    caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).map_err(set_err(CapSet::Inheritable))?;
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
+        .map_err(set_err(CapSet::Inheritable))?;
     caps::set(None, CapSet::Effective, &wanted).map_err(set_err(CapSet::Effective))?;
     caps::set(None, CapSet::Permitted, &wanted).map_err(set_err(CapSet::Permitted))?;
     if process.no_new_privileges {
@@ -74,7 +101,10 @@ mod tests {
 
     #[test]
     fn default_set_is_known() {
-        let names: Vec<String> = crate::spec::DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = crate::spec::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(parse(&names).unwrap().len(), 14);
     }
 }

@@ -20,11 +20,24 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("create cgroup {path}")]
-    Create { path: PathBuf, #[source] source: io::Error },
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("write {value:?} to {path}")]
-    Write { path: PathBuf, value: String, #[source] source: io::Error },
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("remove cgroup {path}")]
-    Remove { path: PathBuf, #[source] source: io::Error },
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A cgroup and the limits to put on it.
@@ -91,7 +104,11 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 }
 
 fn write(path: PathBuf, value: &str) -> Result<(), Error> {
-    fs::write(&path, value).map_err(|source| Error::Write { path, value: value.to_owned(), source })
+    fs::write(&path, value).map_err(|source| Error::Write {
+        path,
+        value: value.to_owned(),
+        source,
+    })
 }
 
 fn write_if_exists(path: PathBuf, value: &str) -> Result<(), Error> {
@@ -109,7 +126,10 @@ pub fn create(spec: &CgroupSpec) -> Result<(), Error> {
         enable_v2_controllers(&spec.path)?;
     }
     for dir in hierarchy.dirs(&spec.path) {
-        fs::create_dir_all(&dir).map_err(|source| Error::Create { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| Error::Create {
+            path: dir.clone(),
+            source,
+        })?;
         match hierarchy {
             Hierarchy::V1 => apply_v1(&dir, spec)?,
             Hierarchy::V2 => apply_v2(&dir, spec)?,
@@ -143,7 +163,10 @@ fn apply_v2(dir: &Path, spec: &CgroupSpec) -> Result<(), Error> {
         write_if_exists(dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
     }
     if let Some(shares) = spec.cpu_shares {
-        write_if_exists(dir.join("cpu.weight"), &shares_to_weight(shares).to_string())?;
+        write_if_exists(
+            dir.join("cpu.weight"),
+            &shares_to_weight(shares).to_string(),
+        )?;
     }
     Ok(())
 }
@@ -162,7 +185,10 @@ fn enable_v2_controllers(path: &Path) -> Result<(), Error> {
             write(dir.join("cgroup.subtree_control"), &wanted.join(" "))?;
         }
         dir.push(component);
-        fs::create_dir_all(&dir).map_err(|source| Error::Create { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| Error::Create {
+            path: dir.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -199,7 +225,11 @@ pub fn processes(path: &Path) -> Vec<Pid> {
         .dirs(path)
         .iter()
         .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
-        .flat_map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
         .map(Pid::from_raw)
         .collect();
     pids.sort();
@@ -217,7 +247,9 @@ pub fn remove(path: &Path) -> Result<(), Error> {
 }
 
 fn remove_tree(dir: &Path) -> Result<(), Error> {
-    let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
     for entry in entries.flatten() {
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             remove_tree(&entry.path())?;
@@ -226,7 +258,10 @@ fn remove_tree(dir: &Path) -> Result<(), Error> {
     // rmdir fails with EBUSY while a process (even a zombie being reaped) is still in it.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        for pid in fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+        for pid in fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
             if let Ok(pid) = pid.trim().parse() {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
@@ -238,7 +273,12 @@ fn remove_tree(dir: &Path) -> Result<(), Error> {
                 let _ = e;
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(source) => return Err(Error::Remove { path: dir.to_owned(), source }),
+            Err(source) => {
+                return Err(Error::Remove {
+                    path: dir.to_owned(),
+                    source,
+                })
+            }
         }
     }
 }
@@ -259,7 +299,15 @@ mod tests {
     #[test]
     fn runc_weight_conversion() {
         // The examples of runtime-defaults.md §6.
-        for (shares, weight) in [(2, 1), (102, 17), (256, 35), (512, 59), (1024, 100), (2048, 174), (4096, 303)] {
+        for (shares, weight) in [
+            (2, 1),
+            (102, 17),
+            (256, 35),
+            (512, 59),
+            (1024, 100),
+            (2048, 174),
+            (4096, 303),
+        ] {
             assert_eq!(shares_to_weight(shares), weight, "shares {shares}");
         }
     }

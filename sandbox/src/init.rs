@@ -47,7 +47,12 @@ pub struct Pipes {
 
 /// Runs in the cloned child; never returns.
 pub fn run(spec: &ContainerSpec, shm: Option<&Path>, pipes: Pipes) -> ! {
-    let Pipes { release, error, stdout, stderr } = pipes;
+    let Pipes {
+        release,
+        error,
+        stdout,
+        stderr,
+    } = pipes;
     let err = setup_and_exec(spec, shm, release, stdout, stderr).unwrap_err();
     let mut text = err.to_string();
     let mut source = std::error::Error::source(&err);
@@ -68,7 +73,11 @@ fn setup_and_exec(
     stderr: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
     let mut byte = [0u8; 1];
-    if std::fs::File::from(release).read(&mut byte).map_err(Error::Streams)? != 1 {
+    if std::fs::File::from(release)
+        .read(&mut byte)
+        .map_err(Error::Streams)?
+        != 1
+    {
         return Err(Error::NotReleased);
     }
     // A session of its own: no controlling terminal, and the shim's signals stay the shim's.
@@ -93,7 +102,10 @@ fn setup_and_exec(
 }
 
 fn cstrings(items: &[String]) -> Result<Vec<CString>, Error> {
-    items.iter().map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul)).collect()
+    items
+        .iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul))
+        .collect()
 }
 
 /// execvp(3)'s search, over the container's `PATH` (its filesystem is already `/`).
@@ -101,7 +113,10 @@ fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Error> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
-    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     path.split(':')
         .map(|dir| Path::new(dir).join(name))
         .find(|p| nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file())

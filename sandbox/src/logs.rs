@@ -32,7 +32,10 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(stream: Stream) -> Self {
-        LineSplitter { stream, pending: Vec::new() }
+        LineSplitter {
+            stream,
+            pending: Vec::new(),
+        }
     }
 
     /// Writes a record for every complete line in `data`, and `P` records for overlong ones.
@@ -45,14 +48,26 @@ impl LineSplitter {
             start = end + 1;
         }
         while self.pending.len() - start >= MAX_LINE {
-            write_record(out, now, self.stream, true, &self.pending[start..start + MAX_LINE])?;
+            write_record(
+                out,
+                now,
+                self.stream,
+                true,
+                &self.pending[start..start + MAX_LINE],
+            )?;
             start += MAX_LINE;
         }
         self.pending.drain(..start);
         Ok(())
     }
 
-    fn emit_line(&self, start: usize, end: usize, now: Timestamp, out: &mut impl Write) -> io::Result<()> {
+    fn emit_line(
+        &self,
+        start: usize,
+        end: usize,
+        now: Timestamp,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
         let mut line = &self.pending[start..end];
         if line.last() == Some(&b'\r') {
             line = &line[..line.len() - 1];
@@ -77,7 +92,13 @@ impl LineSplitter {
     }
 }
 
-fn write_record(out: &mut impl Write, now: Timestamp, stream: Stream, partial: bool, content: &[u8]) -> io::Result<()> {
+fn write_record(
+    out: &mut impl Write,
+    now: Timestamp,
+    stream: Stream,
+    partial: bool,
+    content: &[u8],
+) -> io::Result<()> {
     let tag = if partial { "P" } else { "F" };
     let mut record = format!("{now} {} {tag} ", stream.as_str()).into_bytes();
     record.extend_from_slice(content);
@@ -102,7 +123,12 @@ pub fn parse_record(line: &[u8]) -> Option<Record<'_>> {
     let tag = parts.next()?;
     let content = parts.next().unwrap_or(b"");
     let content = content.strip_suffix(b"\n").unwrap_or(content);
-    Some(Record { timestamp, stream, partial: tag.split(|b| *b == b':').next() == Some(b"P"), content })
+    Some(Record {
+        timestamp,
+        stream,
+        partial: tag.split(|b| *b == b':').next() == Some(b"P"),
+        content,
+    })
 }
 
 #[cfg(test)]
@@ -137,9 +163,18 @@ mod tests {
         let mut data = vec![b'x'; MAX_LINE * 2 + 5];
         data.push(b'\n');
         s.feed(&data, ts(), &mut out).unwrap();
-        let records: Vec<Record> = out.split_inclusive(|b| *b == b'\n').filter_map(parse_record).collect();
-        assert_eq!(records.iter().map(|r| r.partial).collect::<Vec<_>>(), [true, true, false]);
-        assert_eq!(records.iter().map(|r| r.content.len()).sum::<usize>(), MAX_LINE * 2 + 5);
+        let records: Vec<Record> = out
+            .split_inclusive(|b| *b == b'\n')
+            .filter_map(parse_record)
+            .collect();
+        assert_eq!(
+            records.iter().map(|r| r.partial).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert_eq!(
+            records.iter().map(|r| r.content.len()).sum::<usize>(),
+            MAX_LINE * 2 + 5
+        );
         assert!(records.iter().all(|r| r.stream == "stderr"));
     }
 }

@@ -10,15 +10,37 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("mount {fstype} at {target}")]
-    Mount { fstype: String, target: PathBuf, #[source] source: nix::Error },
+    Mount {
+        fstype: String,
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("bind {source_path} at {target}")]
-    Bind { source_path: PathBuf, target: PathBuf, #[source] source: nix::Error },
+    Bind {
+        source_path: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("remount {target} read-only")]
-    Remount { target: PathBuf, #[source] source: nix::Error },
+    Remount {
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("unmount {target}")]
-    Unmount { target: PathBuf, #[source] source: nix::Error },
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("create mount point {path}")]
-    MountPoint { path: PathBuf, #[source] source: io::Error },
+    MountPoint {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("resolve {path} inside {root}: too many symbolic links")]
     SymlinkLoop { root: PathBuf, path: PathBuf },
 }
@@ -36,9 +58,18 @@ pub fn mount_fs(fstype: &str, target: &Path, flags: MsFlags, data: Option<&str>)
 
 /// Changes the propagation of every mount at and below `target` (MS_PRIVATE, MS_SLAVE, ...).
 pub fn set_propagation(target: &Path, propagation: MsFlags) -> Result<()> {
-    mount(None::<&str>, target, None::<&str>, propagation | MsFlags::MS_REC, None::<&str>).map_err(
-        |source| Error::Mount { fstype: "propagation".into(), target: target.to_owned(), source },
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        propagation | MsFlags::MS_REC,
+        None::<&str>,
     )
+    .map_err(|source| Error::Mount {
+        fstype: "propagation".into(),
+        target: target.to_owned(),
+        source,
+    })
 }
 
 /// Recursively binds `source` at `target`, read-only when asked.
@@ -77,28 +108,44 @@ pub fn remount_read_only(target: &Path) -> Result<()> {
         })
         .unwrap_or(MsFlags::empty());
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept;
-    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
-        .map_err(|source| Error::Remount { target: target.to_owned(), source })
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(|source| {
+        Error::Remount {
+            target: target.to_owned(),
+            source,
+        }
+    })
 }
 
 /// Detaches the mount at `target`; absent mounts are not an error (teardown is idempotent).
 pub fn unmount(target: &Path) -> Result<()> {
     match umount2(target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
-        Err(source) => Err(Error::Unmount { target: target.to_owned(), source }),
+        Err(source) => Err(Error::Unmount {
+            target: target.to_owned(),
+            source,
+        }),
     }
 }
 
 /// Makes sure `path` exists as a directory or as an empty file, so something can be mounted on it.
 pub fn ensure_mount_point(path: &Path, directory: bool) -> Result<()> {
-    let err = |source| Error::MountPoint { path: path.to_owned(), source };
+    let err = |source| Error::MountPoint {
+        path: path.to_owned(),
+        source,
+    };
     if directory {
         return fs::create_dir_all(path).map_err(err);
     }
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(err)?;
     }
-    match fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(path) {
+    match fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Ok(()),
         Err(e) => Err(err(e)),
@@ -110,7 +157,11 @@ pub fn ensure_mount_point(path: &Path, directory: bool) -> Result<()> {
 /// guarantees). Components that do not exist yet are appended as they are.
 pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
     let mut resolved = PathBuf::new(); // relative to root
-    let mut pending: Vec<PathBuf> = path.components().rev().map(|c| PathBuf::from(c.as_os_str())).collect();
+    let mut pending: Vec<PathBuf> = path
+        .components()
+        .rev()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
     let mut hops = 0;
     while let Some(next) = pending.pop() {
         match next.components().next() {
@@ -126,12 +177,20 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
             Ok(target) => {
                 hops += 1;
                 if hops > 40 {
-                    return Err(Error::SymlinkLoop { root: root.to_owned(), path: path.to_owned() });
+                    return Err(Error::SymlinkLoop {
+                        root: root.to_owned(),
+                        path: path.to_owned(),
+                    });
                 }
                 if target.is_absolute() {
                     resolved = PathBuf::new();
                 }
-                pending.extend(target.components().rev().map(|c| PathBuf::from(c.as_os_str())));
+                pending.extend(
+                    target
+                        .components()
+                        .rev()
+                        .map(|c| PathBuf::from(c.as_os_str())),
+                );
             }
             Err(_) => resolved = candidate,
         }
@@ -152,10 +211,22 @@ mod tests {
         symlink("/etc", root.join("abs")).unwrap();
         symlink("../../../../outside", root.join("up")).unwrap();
         symlink("loop", root.join("loop")).unwrap();
-        assert_eq!(resolve_in_root(&root, Path::new("/abs/hosts")).unwrap(), root.join("etc/hosts"));
-        assert_eq!(resolve_in_root(&root, Path::new("/up/x")).unwrap(), root.join("outside/x"));
-        assert_eq!(resolve_in_root(&root, Path::new("/../../etc")).unwrap(), root.join("etc"));
-        assert!(matches!(resolve_in_root(&root, Path::new("/loop")), Err(Error::SymlinkLoop { .. })));
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/abs/hosts")).unwrap(),
+            root.join("etc/hosts")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/up/x")).unwrap(),
+            root.join("outside/x")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/../../etc")).unwrap(),
+            root.join("etc")
+        );
+        assert!(matches!(
+            resolve_in_root(&root, Path::new("/loop")),
+            Err(Error::SymlinkLoop { .. })
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

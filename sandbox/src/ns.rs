@@ -17,7 +17,11 @@ pub enum Error {
     #[error("bring up loopback")]
     Loopback(#[source] io::Error),
     #[error("pin namespace at {path}")]
-    Pin { path: PathBuf, #[source] source: mount::Error },
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: mount::Error,
+    },
 }
 
 /// The namespaces every container of a pod shares, by their /proc/<pid>/ns names.
@@ -37,9 +41,17 @@ pub fn create_pod_namespaces(hostname: &str) -> Result<(), Error> {
 /// the mount does (namespaces(7), "The /proc/[pid]/ns/ directory").
 pub fn pin(dir: &Path, pid: &str, name: &str, file: &str) -> Result<PathBuf, Error> {
     let target = dir.join(name);
-    let pin_err = |source| Error::Pin { path: target.clone(), source };
+    let pin_err = |source| Error::Pin {
+        path: target.clone(),
+        source,
+    };
     mount::ensure_mount_point(&target, false).map_err(pin_err)?;
-    mount::bind(&Path::new("/proc").join(pid).join("ns").join(file), &target, false).map_err(pin_err)?;
+    mount::bind(
+        &Path::new("/proc").join(pid).join("ns").join(file),
+        &target,
+        false,
+    )
+    .map_err(pin_err)?;
     Ok(target)
 }
 

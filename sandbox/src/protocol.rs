@@ -31,11 +31,20 @@ pub enum Request {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Created { pid: i32 },
+    Created {
+        pid: i32,
+    },
     Done,
-    State { shim_pid: i32, containers: Vec<ContainerStatus> },
-    Exited { id: String },
-    Error { message: String },
+    State {
+        shim_pid: i32,
+        containers: Vec<ContainerStatus>,
+    },
+    Exited {
+        id: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// One container instance as the shim saw it; also its on-disk record.
@@ -66,12 +75,16 @@ pub fn write_message<T: Serialize>(out: &mut impl Write, message: &T) -> io::Res
 }
 
 /// Reads one JSON line; `None` at end of stream.
-pub fn read_message<T: for<'de> Deserialize<'de>>(input: &mut impl BufRead) -> io::Result<Option<T>> {
+pub fn read_message<T: for<'de> Deserialize<'de>>(
+    input: &mut impl BufRead,
+) -> io::Result<Option<T>> {
     let mut line = String::new();
     if input.read_line(&mut line)? == 0 {
         return Ok(None);
     }
-    serde_json::from_str(&line).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// A blocking call: connect, send, read the one response.
@@ -90,10 +103,26 @@ mod tests {
     #[test]
     fn messages_round_trip_as_tagged_json() {
         let mut buf = Vec::new();
-        write_message(&mut buf, &Request::Signal { id: "abc".into(), signal: 15 }).unwrap();
-        assert_eq!(String::from_utf8(buf.clone()).unwrap(), "{\"op\":\"signal\",\"id\":\"abc\",\"signal\":15}\n");
+        write_message(
+            &mut buf,
+            &Request::Signal {
+                id: "abc".into(),
+                signal: 15,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(buf.clone()).unwrap(),
+            "{\"op\":\"signal\",\"id\":\"abc\",\"signal\":15}\n"
+        );
         let back: Request = read_message(&mut buf.as_slice()).unwrap().unwrap();
-        assert_eq!(back, Request::Signal { id: "abc".into(), signal: 15 });
+        assert_eq!(
+            back,
+            Request::Signal {
+                id: "abc".into(),
+                signal: 15
+            }
+        );
         assert!(read_message::<Request>(&mut &b""[..]).unwrap().is_none());
         assert!(read_message::<Request>(&mut &b"{\"op\":\"fly\"}\n"[..]).is_err());
     }

@@ -20,20 +20,42 @@ pub enum Error {
     #[error("image has no layers to mount")]
     NoLayers,
     #[error("create device {path}")]
-    Device { path: PathBuf, #[source] source: nix::Error },
+    Device {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("create {path}")]
-    Create { path: PathBuf, #[source] source: io::Error },
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("pivot_root into {root}")]
-    PivotRoot { root: PathBuf, #[source] source: nix::Error },
+    PivotRoot {
+        root: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("stat bind source {path}")]
-    BindSource { path: PathBuf, #[source] source: io::Error },
+    BindSource {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Character devices every container gets (runc's `AllowedDevices`), all 0666 root:root.
-const DEVICES: [(&str, u64, u64); 6] =
-    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 const DEV_SYMLINKS: [(&str, &str); 5] = [
     ("/proc/self/fd", "fd"),
     ("/proc/self/fd/0", "stdin"),
@@ -66,7 +88,12 @@ fn mount_overlay(rootfs: &RootfsSpec) -> Result<()> {
         return Err(Error::NoLayers);
     }
     // overlayfs(5): the leftmost lowerdir is the top layer.
-    let lower: Vec<String> = rootfs.layers.iter().rev().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = rootfs
+        .layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
@@ -74,14 +101,24 @@ fn mount_overlay(rootfs: &RootfsSpec) -> Result<()> {
         rootfs.work_dir.display()
     );
     ensure_mount_point(&rootfs.mount_point, true)?;
-    mount_fs("overlay", &rootfs.mount_point, MsFlags::empty(), Some(&data))?;
+    mount_fs(
+        "overlay",
+        &rootfs.mount_point,
+        MsFlags::empty(),
+        Some(&data),
+    )?;
     Ok(())
 }
 
 fn mount_proc(root: &Path) -> Result<()> {
     let target = root.join("proc");
     ensure_mount_point(&target, true)?;
-    mount_fs("proc", &target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV, None)?;
+    mount_fs(
+        "proc",
+        &target,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+        None,
+    )?;
     Ok(())
 }
 
@@ -96,8 +133,16 @@ fn mount_dev(root: &Path, shm: Option<&Path>) -> Result<()> {
     )?;
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
-        mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
-            .map_err(|source| Error::Device { path: path.clone(), source })?;
+        mknod(
+            &path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .map_err(|source| Error::Device {
+            path: path.clone(),
+            source,
+        })?;
         // mknod(2) honours the umask; the mode must be exactly 0666.
         nix::sys::stat::fchmodat(
             nix::fcntl::AT_FDCWD,
@@ -105,7 +150,10 @@ fn mount_dev(root: &Path, shm: Option<&Path>) -> Result<()> {
             Mode::from_bits_truncate(0o666),
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
-        .map_err(|source| Error::Device { path: path.clone(), source })?;
+        .map_err(|source| Error::Device {
+            path: path.clone(),
+            source,
+        })?;
     }
     for (target, name) in DEV_SYMLINKS {
         let link = dev.join(name);
@@ -132,7 +180,12 @@ fn mount_dev(root: &Path, shm: Option<&Path>) -> Result<()> {
     }
     let mqueue = dev.join("mqueue");
     ensure_mount_point(&mqueue, true)?;
-    mount_fs("mqueue", &mqueue, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV, None)?;
+    mount_fs(
+        "mqueue",
+        &mqueue,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+        None,
+    )?;
     Ok(())
 }
 
@@ -145,8 +198,10 @@ fn mount_sys(root: &Path) -> Result<()> {
 }
 
 fn bind_into(root: &Path, m: &BindMount) -> Result<()> {
-    let source_meta =
-        fs::metadata(&m.source).map_err(|source| Error::BindSource { path: m.source.clone(), source })?;
+    let source_meta = fs::metadata(&m.source).map_err(|source| Error::BindSource {
+        path: m.source.clone(),
+        source,
+    })?;
     let target = mount::resolve_in_root(root, &m.destination)?;
     ensure_mount_point(&target, source_meta.is_dir())?;
     bind(&m.source, &target, m.read_only)?;
@@ -156,7 +211,10 @@ fn bind_into(root: &Path, m: &BindMount) -> Result<()> {
 /// pivot_root(".", ".") then detaching the old root, as runc does: no directory for the old root
 /// is needed inside the container (pivot_root(2), "pivot_root(".", ".")").
 fn pivot_into(root: &Path) -> Result<()> {
-    let err = |source| Error::PivotRoot { root: root.to_owned(), source };
+    let err = |source| Error::PivotRoot {
+        root: root.to_owned(),
+        source,
+    };
     nix::unistd::chdir(root).map_err(err)?;
     nix::unistd::pivot_root(".", ".").map_err(err)?;
     mount::set_propagation(Path::new("."), MsFlags::MS_SLAVE)?;

@@ -22,14 +22,23 @@ pub const DEFAULT_REGISTRY: &str = "docker.io";
 
 impl Reference {
     pub fn parse(text: &str) -> Result<Reference, Error> {
-        let err = |reason| Error { reference: text.to_owned(), reason };
+        let err = |reason| Error {
+            reference: text.to_owned(),
+            reason,
+        };
         if text.is_empty() {
             return Err(err("empty"));
         }
         let (rest, digest) = match text.split_once('@') {
             Some((r, d)) => {
-                let hex = d.strip_prefix("sha256:").ok_or_else(|| err("digest must be sha256:<64 hex>"))?;
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| err("digest must be sha256:<64 hex>"))?;
+                if hex.len() != 64
+                    || !hex
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                {
                     return Err(err("digest must be sha256:<64 hex>"));
                 }
                 (r, Some(d.to_owned()))
@@ -43,7 +52,8 @@ impl Reference {
         if let Some(t) = &tag {
             let valid = !t.is_empty()
                 && t.len() <= 128
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
                 && !t.starts_with(['.', '-']);
             if !valid {
                 return Err(err("invalid tag"));
@@ -62,14 +72,26 @@ impl Reference {
         };
         let component_ok = |c: &str| {
             !c.is_empty()
-                && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && c.as_bytes()[0].is_ascii_alphanumeric()
         };
         if !repository.split('/').all(component_ok) {
-            return Err(err("repository must be lower-case letters, digits and separators"));
+            return Err(err(
+                "repository must be lower-case letters, digits and separators",
+            ));
         }
-        let tag = if tag.is_none() && digest.is_none() { Some("latest".to_owned()) } else { tag };
-        Ok(Reference { registry, repository, tag, digest })
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".to_owned())
+        } else {
+            tag
+        };
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 }
 
@@ -99,20 +121,33 @@ mod tests {
         assert_eq!(norm("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(norm("luksa/kubia"), "docker.io/luksa/kubia:latest");
-        assert_eq!(norm("docker.io/library/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(
+            norm("docker.io/library/busybox"),
+            "docker.io/library/busybox:latest"
+        );
     }
 
     #[test]
     fn registries_ports_and_digests() {
         let d = "sha256:".to_owned() + &"a".repeat(64);
-        assert_eq!(norm(&format!("registry.example.com:5000/team/app@{d}")), format!("registry.example.com:5000/team/app@{d}"));
+        assert_eq!(
+            norm(&format!("registry.example.com:5000/team/app@{d}")),
+            format!("registry.example.com:5000/team/app@{d}")
+        );
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
         assert_eq!(norm("127.0.0.1:5000/app:v1"), "127.0.0.1:5000/app:v1");
     }
 
     #[test]
     fn rejects_bad_references() {
-        for bad in ["", "Busybox", "busybox:", "busybox@sha256:xyz", "a//b", "busybox:-x"] {
+        for bad in [
+            "",
+            "Busybox",
+            "busybox:",
+            "busybox@sha256:xyz",
+            "a//b",
+            "busybox:-x",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -27,9 +27,19 @@ use super::unpack;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{action} {path}")]
-    Io { action: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("parse {what} {path}")]
-    Parse { what: &'static str, path: PathBuf, #[source] source: serde_json::Error },
+    Parse {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Reference(#[from] reference::Error),
     #[error("blob {digest}: content has digest {actual}")]
@@ -45,7 +55,11 @@ pub enum Error {
     #[error("image {reference} is incomplete: {detail}")]
     Incomplete { reference: String, detail: String },
     #[error("unpack layer {digest}")]
-    Unpack { digest: String, #[source] source: unpack::Error },
+    Unpack {
+        digest: String,
+        #[source]
+        source: unpack::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -72,7 +86,11 @@ pub struct ImageStore {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { action, path: path.to_owned(), source }
+    move |source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn hex_of(digest: &str) -> Result<&str> {
@@ -115,19 +133,34 @@ impl ImageStore {
 
     fn lock(&self) -> Result<Flock<fs::File>> {
         let path = self.root.join("lock");
-        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("open", &path))?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io { action: "lock", path, source: e.into() })
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
+            action: "lock",
+            path,
+            source: e.into(),
+        })
     }
 
     /// Stores `data` as a blob after checking it has `digest`.
     pub fn put_blob(&self, digest: &str, data: &[u8]) -> Result<PathBuf> {
         let actual = sha256_of(data).map_err(io_err("hash", &self.root))?;
         if actual != digest {
-            return Err(Error::DigestMismatch { digest: digest.to_owned(), actual });
+            return Err(Error::DigestMismatch {
+                digest: digest.to_owned(),
+                actual,
+            });
         }
         let path = self.blob_path(digest)?;
         if !path.exists() {
-            let tmp = self.root.join("tmp").join(format!("{}.blob", crate::random_hex(8)));
+            let tmp = self
+                .root
+                .join("tmp")
+                .join(format!("{}.blob", crate::random_hex(8)));
             fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
             fs::rename(&tmp, &path).map_err(io_err("store", &path))?;
         }
@@ -140,7 +173,9 @@ impl ImageStore {
     }
 
     pub fn has_layer(&self, diff_id: &str) -> bool {
-        self.layer_path(diff_id).map(|p| p.is_dir()).unwrap_or(false)
+        self.layer_path(diff_id)
+            .map(|p| p.is_dir())
+            .unwrap_or(false)
     }
 
     /// Unpacks a (possibly compressed) layer blob and moves it into place under its diff id,
@@ -151,17 +186,25 @@ impl ImageStore {
             return Ok(target);
         }
         let tmp = self.tmp_dir()?;
-        let unpack_err = |source| Error::Unpack { digest: layer_digest.to_owned(), source };
-        let result = unpack::unpack(blob, &tmp).map_err(unpack_err).and_then(|actual| {
-            if actual != diff_id {
-                return Err(Error::DigestMismatch { digest: diff_id.to_owned(), actual });
-            }
-            match fs::rename(&tmp, &target) {
-                Ok(()) => Ok(()),
-                Err(_) if target.is_dir() => Ok(()), // another writer finished it first
-                Err(e) => Err(io_err("store layer", &target)(e)),
-            }
-        });
+        let unpack_err = |source| Error::Unpack {
+            digest: layer_digest.to_owned(),
+            source,
+        };
+        let result = unpack::unpack(blob, &tmp)
+            .map_err(unpack_err)
+            .and_then(|actual| {
+                if actual != diff_id {
+                    return Err(Error::DigestMismatch {
+                        digest: diff_id.to_owned(),
+                        actual,
+                    });
+                }
+                match fs::rename(&tmp, &target) {
+                    Ok(()) => Ok(()),
+                    Err(_) if target.is_dir() => Ok(()), // another writer finished it first
+                    Err(e) => Err(io_err("store layer", &target)(e)),
+                }
+            });
         if tmp.exists() {
             let _ = fs::remove_dir_all(&tmp);
         }
@@ -171,7 +214,11 @@ impl ImageStore {
     fn refs(&self) -> Result<BTreeMap<String, String>> {
         let path = self.root.join("refs.json");
         match fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|source| Error::Parse { what: "image names", path, source }),
+            Ok(data) => serde_json::from_slice(&data).map_err(|source| Error::Parse {
+                what: "image names",
+                path,
+                source,
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(io_err("read", &path)(e)),
         }
@@ -192,8 +239,15 @@ impl ImageStore {
     /// Finds an image by the name a pod uses (normalised), with every layer present.
     pub fn resolve(&self, name: &str) -> Result<Image> {
         let reference = Reference::parse(name)?.to_string();
-        let digest = self.refs()?.get(&reference).cloned().ok_or_else(|| Error::NotFound(name.to_owned()))?;
-        let incomplete = |detail: String| Error::Incomplete { reference: reference.clone(), detail };
+        let digest = self
+            .refs()?
+            .get(&reference)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let incomplete = |detail: String| Error::Incomplete {
+            reference: reference.clone(),
+            detail,
+        };
         let manifest: ImageManifest = serde_json::from_slice(&self.read_blob(&digest)?)
             .map_err(|e| incomplete(format!("manifest: {e}")))?;
         let config_digest = manifest.config().digest().to_string();
@@ -208,7 +262,12 @@ impl ImageStore {
                 _ => Err(incomplete(format!("layer {d} missing"))),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Image { reference, digest, config, layers })
+        Ok(Image {
+            reference,
+            digest,
+            config,
+            layers,
+        })
     }
 
     pub fn list(&self) -> Result<Vec<ImageSummary>> {
@@ -220,7 +279,11 @@ impl ImageStore {
                 .and_then(|m| serde_json::from_slice::<ImageManifest>(&m).ok())
                 .map(|m| m.layers().iter().map(|l| l.size()).sum())
                 .unwrap_or(0);
-            out.push(ImageSummary { reference, digest, size });
+            out.push(ImageSummary {
+                reference,
+                digest,
+                size,
+            });
         }
         Ok(out)
     }
@@ -235,20 +298,32 @@ impl ImageStore {
         let tmp = self.tmp_dir()?;
         let result = fs::File::open(source)
             .map_err(io_err("open", source))
-            .and_then(|f| tar::Archive::new(f).unpack(&tmp).map_err(io_err("extract archive", source)))
+            .and_then(|f| {
+                tar::Archive::new(f)
+                    .unpack(&tmp)
+                    .map_err(io_err("extract archive", source))
+            })
             .and_then(|()| self.import_layout(&tmp, name));
         let _ = fs::remove_dir_all(&tmp);
         result
     }
 
     fn import_layout(&self, layout: &Path, name: Option<&str>) -> Result<Vec<String>> {
-        let not_layout = |reason: String| Error::NotLayout { path: layout.to_owned(), reason };
+        let not_layout = |reason: String| Error::NotLayout {
+            path: layout.to_owned(),
+            reason,
+        };
         if !layout.join("oci-layout").is_file() {
             return Err(not_layout("no oci-layout file".into()));
         }
         let index_path = layout.join("index.json");
-        let index: ImageIndex = serde_json::from_slice(&fs::read(&index_path).map_err(io_err("read", &index_path))?)
-            .map_err(|source| Error::Parse { what: "image index", path: index_path.clone(), source })?;
+        let index: ImageIndex =
+            serde_json::from_slice(&fs::read(&index_path).map_err(io_err("read", &index_path))?)
+                .map_err(|source| Error::Parse {
+                    what: "image index",
+                    path: index_path.clone(),
+                    source,
+                })?;
         let mut stored = Vec::new();
         for descriptor in index.manifests() {
             let annotations = descriptor.annotations().clone().unwrap_or_default();
@@ -256,12 +331,22 @@ impl ImageStore {
                 Some(n) => Reference::parse(n)?,
                 None => annotations
                     .get("io.containerd.image.name")
-                    .or_else(|| annotations.get("org.opencontainers.image.ref.name").filter(|r| r.contains([':', '/'])))
+                    .or_else(|| {
+                        annotations
+                            .get("org.opencontainers.image.ref.name")
+                            .filter(|r| r.contains([':', '/']))
+                    })
                     .map(|r| Reference::parse(r))
                     .transpose()?
-                    .ok_or_else(|| Error::NoReference { path: layout.to_owned() })?,
+                    .ok_or_else(|| Error::NoReference {
+                        path: layout.to_owned(),
+                    })?,
             };
-            let digest = self.import_manifest(layout, &descriptor.digest().to_string(), descriptor.media_type())?;
+            let digest = self.import_manifest(
+                layout,
+                &descriptor.digest().to_string(),
+                descriptor.media_type(),
+            )?;
             self.tag(&reference, &digest)?;
             stored.push(reference.to_string());
             if name.is_some() {
@@ -276,32 +361,61 @@ impl ImageStore {
 
     /// Stores one manifest (resolving an index to this node's platform) with its config and
     /// layers; returns the digest of the image manifest stored.
-    fn import_manifest(&self, layout: &Path, digest: &str, media_type: &MediaType) -> Result<String> {
-        let blob_file = |d: &str| -> Result<PathBuf> { Ok(layout.join("blobs/sha256").join(hex_of(d)?)) };
+    fn import_manifest(
+        &self,
+        layout: &Path,
+        digest: &str,
+        media_type: &MediaType,
+    ) -> Result<String> {
+        let blob_file =
+            |d: &str| -> Result<PathBuf> { Ok(layout.join("blobs/sha256").join(hex_of(d)?)) };
         let path = blob_file(digest)?;
         let data = fs::read(&path).map_err(io_err("read", &path))?;
         if *media_type == MediaType::ImageIndex {
-            let index: ImageIndex = serde_json::from_slice(&data)
-                .map_err(|source| Error::Parse { what: "image index", path: path.clone(), source })?;
+            let index: ImageIndex =
+                serde_json::from_slice(&data).map_err(|source| Error::Parse {
+                    what: "image index",
+                    path: path.clone(),
+                    source,
+                })?;
             let chosen = index
                 .manifests()
                 .iter()
-                .find(|m| m.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()))
-                .ok_or_else(|| Error::NotLayout { path: layout.to_owned(), reason: format!("no manifest for linux/{}", host_arch()) })?;
+                .find(|m| {
+                    m.platform().as_ref().is_none_or(|p| {
+                        p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+                    })
+                })
+                .ok_or_else(|| Error::NotLayout {
+                    path: layout.to_owned(),
+                    reason: format!("no manifest for linux/{}", host_arch()),
+                })?;
             return self.import_manifest(layout, &chosen.digest().to_string(), chosen.media_type());
         }
         let manifest: ImageManifest =
-            serde_json::from_slice(&data).map_err(|source| Error::Parse { what: "image manifest", path: path.clone(), source })?;
+            serde_json::from_slice(&data).map_err(|source| Error::Parse {
+                what: "image manifest",
+                path: path.clone(),
+                source,
+            })?;
         let config_digest = manifest.config().digest().to_string();
         let config_path = blob_file(&config_digest)?;
         let config_data = fs::read(&config_path).map_err(io_err("read", &config_path))?;
-        let config: ImageConfiguration = serde_json::from_slice(&config_data)
-            .map_err(|source| Error::Parse { what: "image config", path: config_path.clone(), source })?;
+        let config: ImageConfiguration =
+            serde_json::from_slice(&config_data).map_err(|source| Error::Parse {
+                what: "image config",
+                path: config_path.clone(),
+                source,
+            })?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
             return Err(Error::NotLayout {
                 path: layout.to_owned(),
-                reason: format!("{} layers but {} diff ids in the config", manifest.layers().len(), diff_ids.len()),
+                reason: format!(
+                    "{} layers but {} diff ids in the config",
+                    manifest.layers().len(),
+                    diff_ids.len()
+                ),
             });
         }
         for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
@@ -310,10 +424,14 @@ impl ImageStore {
                 continue;
             }
             let layer_path = blob_file(&layer_digest)?;
-            let actual = sha256_of(fs::File::open(&layer_path).map_err(io_err("open", &layer_path))?)
-                .map_err(io_err("read", &layer_path))?;
+            let actual =
+                sha256_of(fs::File::open(&layer_path).map_err(io_err("open", &layer_path))?)
+                    .map_err(io_err("read", &layer_path))?;
             if actual != layer_digest {
-                return Err(Error::DigestMismatch { digest: layer_digest, actual });
+                return Err(Error::DigestMismatch {
+                    digest: layer_digest,
+                    actual,
+                });
             }
             let file = fs::File::open(&layer_path).map_err(io_err("open", &layer_path))?;
             self.put_layer(&layer_digest, diff_id, io::BufReader::new(file))?;

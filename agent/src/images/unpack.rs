@@ -15,11 +15,19 @@ pub enum Error {
     #[error("zstd-compressed layers are not supported yet")]
     Zstd,
     #[error("unpack {path}")]
-    Entry { path: PathBuf, #[source] source: io::Error },
+    Entry {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("entry {0} leaves the layer")]
     UnsafePath(PathBuf),
     #[error("whiteout {path}")]
-    Whiteout { path: PathBuf, #[source] source: io::Error },
+    Whiteout {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -42,7 +50,10 @@ impl<R: Read> Read for Hashing<R> {
 /// Unpacks a plain or gzip-compressed layer into `dest`; returns its diff id (`sha256:<hex>` of
 /// the uncompressed tar).
 pub fn unpack(blob: impl Read, dest: &Path) -> Result<String, Error> {
-    std::fs::create_dir_all(dest).map_err(|source| Error::Entry { path: dest.to_owned(), source })?;
+    std::fs::create_dir_all(dest).map_err(|source| Error::Entry {
+        path: dest.to_owned(),
+        source,
+    })?;
     let mut blob = BufReader::new(blob);
     let magic = blob.fill_buf().map_err(Error::Read)?;
     let tar_stream: Box<dyn Read> = match magic {
@@ -50,7 +61,10 @@ pub fn unpack(blob: impl Read, dest: &Path) -> Result<String, Error> {
         [0x28, 0xb5, 0x2f, 0xfd, ..] => return Err(Error::Zstd),
         _ => Box::new(blob),
     };
-    let mut archive = tar::Archive::new(Hashing { inner: tar_stream, hasher: Sha256::new() });
+    let mut archive = tar::Archive::new(Hashing {
+        inner: tar_stream,
+        hasher: Sha256::new(),
+    });
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
@@ -65,11 +79,19 @@ pub fn unpack(blob: impl Read, dest: &Path) -> Result<String, Error> {
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let parent = dest.join(path.parent().unwrap_or(Path::new("")));
         if file_name == OPAQUE {
-            mark_opaque(&parent).map_err(|source| Error::Whiteout { path: path.clone(), source })?;
+            mark_opaque(&parent).map_err(|source| Error::Whiteout {
+                path: path.clone(),
+                source,
+            })?;
         } else if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
-            whiteout(&parent.join(hidden)).map_err(|source| Error::Whiteout { path: path.clone(), source })?;
+            whiteout(&parent.join(hidden)).map_err(|source| Error::Whiteout {
+                path: path.clone(),
+                source,
+            })?;
         } else {
-            entry.unpack_in(dest).map_err(|source| Error::Entry { path, source })?;
+            entry
+                .unpack_in(dest)
+                .map_err(|source| Error::Entry { path, source })?;
         }
     }
     // Tar readers stop at the end-of-archive blocks; the diff id covers the padding after them.
@@ -113,14 +135,29 @@ mod tests {
     #[test]
     fn whiteouts_become_overlay_whiteouts_and_diff_id_is_checked() {
         let dest = std::env::temp_dir().join(format!("nodelet-unpack-{}", std::process::id()));
-        let data = layer(&[("etc/motd", b"hi"), ("etc/.wh.gone", b""), ("var/.wh..wh..opq", b"")]);
+        let data = layer(&[
+            ("etc/motd", b"hi"),
+            ("etc/.wh.gone", b""),
+            ("var/.wh..wh..opq", b""),
+        ]);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut gz, &data).unwrap();
         let diff_id = unpack(gz.finish().unwrap().as_slice(), &dest).unwrap();
-        assert_eq!(diff_id, crate::images::store::sha256_of(data.as_slice()).unwrap());
+        assert_eq!(
+            diff_id,
+            crate::images::store::sha256_of(data.as_slice()).unwrap()
+        );
         assert_eq!(std::fs::read(dest.join("etc/motd")).unwrap(), b"hi");
-        assert!(std::fs::metadata(dest.join("etc/gone")).unwrap().file_type().is_char_device());
-        assert_eq!(xattr::get(dest.join("var"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
+        assert!(std::fs::metadata(dest.join("etc/gone"))
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        assert_eq!(
+            xattr::get(dest.join("var"), "trusted.overlay.opaque")
+                .unwrap()
+                .as_deref(),
+            Some(&b"y"[..])
+        );
         std::fs::remove_dir_all(&dest).unwrap();
     }
 
@@ -136,7 +173,10 @@ mod tests {
         let mut builder = tar::Builder::new(Vec::new());
         builder.append(&header, &b"x"[..]).unwrap();
         let data = builder.into_inner().unwrap();
-        assert!(matches!(unpack(data.as_slice(), &dest), Err(Error::UnsafePath(_))));
+        assert!(matches!(
+            unpack(data.as_slice(), &dest),
+            Err(Error::UnsafePath(_))
+        ));
         let _ = std::fs::remove_dir_all(&dest);
     }
 }

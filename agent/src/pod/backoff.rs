@@ -48,8 +48,14 @@ impl Backoff {
     /// Records a restart at `now` of an instance that finished at `finished_at`.
     pub fn next(&mut self, key: &str, finished_at: Timestamp, now: Timestamp) {
         let entry = match self.entries.get(key) {
-            Some(e) if !expired(finished_at, e.last_update) => Entry { backoff: (e.backoff * 2).min(MAX), last_update: now },
-            _ => Entry { backoff: INITIAL, last_update: now },
+            Some(e) if !expired(finished_at, e.last_update) => Entry {
+                backoff: (e.backoff * 2).min(MAX),
+                last_update: now,
+            },
+            _ => Entry {
+                backoff: INITIAL,
+                last_update: now,
+            },
         };
         self.entries.insert(key.to_owned(), entry);
     }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use nodelet_sandbox::cgroup::{self, CgroupSpec};
 use nodelet_sandbox::spec::{
-    BindMount, ContainerSpec, ProcessSpec, RootfsSpec, SandboxSpec, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS,
-    DEFAULT_READONLY_PATHS,
+    BindMount, ContainerSpec, ProcessSpec, RootfsSpec, SandboxSpec, DEFAULT_CAPABILITIES,
+    DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS,
 };
 
 use super::quantity;
@@ -42,7 +42,11 @@ pub fn pod_spec(pod: &Pod) -> &PodSpec {
 
 /// The kernel hostname of the pod: `spec.hostname` or the name, cut to 63 characters.
 pub fn hostname(pod: &Pod) -> String {
-    let name = pod_spec(pod).hostname.clone().or_else(|| pod.metadata.name.clone()).unwrap_or_default();
+    let name = pod_spec(pod)
+        .hostname
+        .clone()
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
     let cut: String = name.chars().take(63).collect();
     cut.trim_end_matches(['-', '.']).to_owned()
 }
@@ -56,7 +60,11 @@ pub enum Qos {
 
 fn resource(c: &Container, kind: &str, name: &str) -> Option<String> {
     let res = c.resources.as_ref()?;
-    let list = if kind == "limits" { &res.limits } else { &res.requests };
+    let list = if kind == "limits" {
+        &res.limits
+    } else {
+        &res.requests
+    };
     list.as_ref()?.get(name).map(|q| q.0.clone())
 }
 
@@ -67,16 +75,20 @@ fn request(c: &Container, name: &str) -> Option<String> {
 
 pub fn qos(spec: &PodSpec) -> Qos {
     let any = spec.containers.iter().any(|c| {
-        ["cpu", "memory"].iter().any(|r| resource(c, "limits", r).is_some() || resource(c, "requests", r).is_some())
+        ["cpu", "memory"]
+            .iter()
+            .any(|r| resource(c, "limits", r).is_some() || resource(c, "requests", r).is_some())
     });
     if !any {
         return Qos::BestEffort;
     }
     let guaranteed = spec.containers.iter().all(|c| {
-        ["cpu", "memory"].iter().all(|r| match (resource(c, "limits", r), request(c, r)) {
-            (Some(l), Some(q)) => l == q,
-            _ => false,
-        })
+        ["cpu", "memory"]
+            .iter()
+            .all(|r| match (resource(c, "limits", r), request(c, r)) {
+                (Some(l), Some(q)) => l == q,
+                _ => false,
+            })
     });
     if guaranteed {
         Qos::Guaranteed
@@ -97,8 +109,12 @@ pub fn pod_cgroup_path(node: &NodeContext, pod: &Pod) -> PathBuf {
 
 fn container_limits(c: &Container) -> (Option<u64>, Option<u64>, Option<u64>) {
     let memory = resource(c, "limits", "memory").and_then(|q| quantity::parse_bytes(&q));
-    let quota = resource(c, "limits", "cpu").and_then(|q| quantity::parse_millicpu(&q)).map(cgroup::millicpu_to_quota);
-    let shares = request(c, "cpu").and_then(|q| quantity::parse_millicpu(&q)).map(cgroup::millicpu_to_shares);
+    let quota = resource(c, "limits", "cpu")
+        .and_then(|q| quantity::parse_millicpu(&q))
+        .map(cgroup::millicpu_to_quota);
+    let shares = request(c, "cpu")
+        .and_then(|q| quantity::parse_millicpu(&q))
+        .map(cgroup::millicpu_to_shares);
     (memory, quota, shares)
 }
 
@@ -107,7 +123,11 @@ pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
     let spec = pod_spec(pod);
     let limits: Vec<_> = spec.containers.iter().map(container_limits).collect();
     let all = |f: fn(&(Option<u64>, Option<u64>, Option<u64>)) -> Option<u64>| {
-        limits.iter().map(f).collect::<Option<Vec<u64>>>().map(|v| v.iter().sum())
+        limits
+            .iter()
+            .map(f)
+            .collect::<Option<Vec<u64>>>()
+            .map(|v| v.iter().sum())
     };
     let shares: u64 = spec
         .containers
@@ -136,7 +156,10 @@ pub struct Instance<'a> {
     pub attempt: u32,
 }
 
-pub fn container_spec(node: &NodeContext, inst: &Instance<'_>) -> Result<ContainerSpec, ConfigError> {
+pub fn container_spec(
+    node: &NodeContext,
+    inst: &Instance<'_>,
+) -> Result<ContainerSpec, ConfigError> {
     let (pod, c, image) = (inst.pod, inst.container, inst.image);
     let uid = pod_uid(pod);
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -168,8 +191,16 @@ pub fn container_spec(node: &NodeContext, inst: &Instance<'_>) -> Result<Contain
             ),
             capabilities: capabilities(c, privileged),
             no_new_privileges: !privileged && security.allow_privilege_escalation != Some(true),
-            masked_paths: if privileged { vec![] } else { DEFAULT_MASKED_PATHS.iter().map(PathBuf::from).collect() },
-            readonly_paths: if privileged { vec![] } else { DEFAULT_READONLY_PATHS.iter().map(PathBuf::from).collect() },
+            masked_paths: if privileged {
+                vec![]
+            } else {
+                DEFAULT_MASKED_PATHS.iter().map(PathBuf::from).collect()
+            },
+            readonly_paths: if privileged {
+                vec![]
+            } else {
+                DEFAULT_READONLY_PATHS.iter().map(PathBuf::from).collect()
+            },
             env,
             ..user(pod, c, image)?
         },
@@ -180,7 +211,9 @@ pub fn container_spec(node: &NodeContext, inst: &Instance<'_>) -> Result<Contain
             cpu_quota_us,
             cpu_shares,
         }),
-        log_path: node.paths.container_log(namespace, name, uid, &c.name, inst.attempt),
+        log_path: node
+            .paths
+            .container_log(namespace, name, uid, &c.name, inst.attempt),
     })
 }
 
@@ -200,14 +233,20 @@ fn command(c: &Container, image: &Image, env: &[String]) -> Result<Vec<String>, 
         (None, None) => entrypoint.iter().chain(&cmd).cloned().collect(),
     };
     if argv.is_empty() {
-        return Err(ConfigError(format!("container {:?} has no command and its image none either", c.name)));
+        return Err(ConfigError(format!(
+            "container {:?} has no command and its image none either",
+            c.name
+        )));
     }
     let vars = env_map(env);
     Ok(argv.iter().map(|a| expand(a, &vars)).collect())
 }
 
 fn env_map(env: &[String]) -> BTreeMap<String, String> {
-    env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    env.iter()
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// Image env, then PATH and HOSTNAME defaults, then the pod's env on top (later wins).
@@ -215,7 +254,10 @@ fn environment(pod: &Pod, c: &Container, image: &Image) -> Result<Vec<String>, C
     let mut env = Env::default();
     let default_path = DEFAULT_PATH.split_once('=').expect("constant");
     env.set(default_path.0, default_path.1.to_owned());
-    for entry in image_config(image).and_then(|cfg| cfg.env().clone()).unwrap_or_default() {
+    for entry in image_config(image)
+        .and_then(|cfg| cfg.env().clone())
+        .unwrap_or_default()
+    {
         if let Some((k, v)) = entry.split_once('=') {
             env.set(k, v.to_owned());
         }
@@ -226,10 +268,18 @@ fn environment(pod: &Pod, c: &Container, image: &Image) -> Result<Vec<String>, C
         env.set(&var.name, value);
     }
     if !env.values.contains_key("HOME") {
-        let home = if user(pod, c, image)?.uid == 0 { "/root" } else { "/" };
+        let home = if user(pod, c, image)?.uid == 0 {
+            "/root"
+        } else {
+            "/"
+        };
         env.set("HOME", home.to_owned());
     }
-    Ok(env.order.iter().map(|k| format!("{k}={}", env.values[k])).collect())
+    Ok(env
+        .order
+        .iter()
+        .map(|k| format!("{k}={}", env.values[k]))
+        .collect())
 }
 
 /// Environment variables in first-definition order, later definitions winning.
@@ -261,7 +311,12 @@ fn env_value(pod: &Pod, var: &EnvVar) -> Result<String, ConfigError> {
     let path = field.field_path.as_str();
     let from_map = |map: &Option<BTreeMap<String, String>>, prefix: &str| {
         let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-        Some(map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default())
+        Some(
+            map.as_ref()
+                .and_then(|m| m.get(key))
+                .cloned()
+                .unwrap_or_default(),
+        )
     };
     let value = match path {
         "metadata.name" => meta.name.clone(),
@@ -270,12 +325,18 @@ fn env_value(pod: &Pod, var: &EnvVar) -> Result<String, ConfigError> {
         "spec.nodeName" => pod_spec(pod).node_name.clone(),
         "spec.serviceAccountName" => pod_spec(pod).service_account_name.clone(),
         "status.podIP" | "status.hostIP" => pod.status.as_ref().and_then(|s| {
-            if path == "status.podIP" { s.pod_ip.clone() } else { s.host_ip.clone() }
+            if path == "status.podIP" {
+                s.pod_ip.clone()
+            } else {
+                s.host_ip.clone()
+            }
         }),
         _ => from_map(&meta.labels, "metadata.labels['")
             .or_else(|| from_map(&meta.annotations, "metadata.annotations['"))
             .map(Some)
-            .ok_or_else(|| ConfigError(format!("env {:?}: unsupported fieldRef {path:?}", var.name)))?,
+            .ok_or_else(|| {
+                ConfigError(format!("env {:?}: unsupported fieldRef {path:?}", var.name))
+            })?,
     };
     Ok(value.unwrap_or_default())
 }
@@ -310,18 +371,36 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
 fn user(pod: &Pod, c: &Container, image: &Image) -> Result<ProcessSpec, ConfigError> {
     let pod_sc = pod_spec(pod).security_context.clone().unwrap_or_default();
     let sc = c.security_context.clone().unwrap_or_default();
-    let image_user = image_config(image).and_then(|cfg| cfg.user().clone()).unwrap_or_default();
+    let image_user = image_config(image)
+        .and_then(|cfg| cfg.user().clone())
+        .unwrap_or_default();
     let (image_uid, image_gid) = match image_user.split_once(':') {
         _ if image_user.is_empty() => (0, None),
         Some((u, g)) => (parse_id(u, &image_user)?, Some(parse_id(g, &image_user)?)),
         None => (parse_id(&image_user, &image_user)?, None),
     };
-    let uid = sc.run_as_user.or(pod_sc.run_as_user).map(|u| u as u32).unwrap_or(image_uid);
-    let gid = sc.run_as_group.or(pod_sc.run_as_group).map(|g| g as u32).or(image_gid).unwrap_or(0);
+    let uid = sc
+        .run_as_user
+        .or(pod_sc.run_as_user)
+        .map(|u| u as u32)
+        .unwrap_or(image_uid);
+    let gid = sc
+        .run_as_group
+        .or(pod_sc.run_as_group)
+        .map(|g| g as u32)
+        .or(image_gid)
+        .unwrap_or(0);
     if sc.run_as_non_root.or(pod_sc.run_as_non_root) == Some(true) && uid == 0 {
-        return Err(ConfigError("container has runAsNonRoot and image will run as root".into()));
+        return Err(ConfigError(
+            "container has runAsNonRoot and image will run as root".into(),
+        ));
     }
-    let mut additional: Vec<u32> = pod_sc.supplemental_groups.iter().flatten().map(|g| *g as u32).collect();
+    let mut additional: Vec<u32> = pod_sc
+        .supplemental_groups
+        .iter()
+        .flatten()
+        .map(|g| *g as u32)
+        .collect();
     additional.extend(pod_sc.fs_group.map(|g| g as u32));
     Ok(ProcessSpec {
         args: vec![],
@@ -339,28 +418,72 @@ fn user(pod: &Pod, c: &Container, image: &Image) -> Result<ProcessSpec, ConfigEr
 
 fn parse_id(text: &str, whole: &str) -> Result<u32, ConfigError> {
     text.parse().map_err(|_| {
-        ConfigError(format!("image user {whole:?}: only numeric users are supported; set securityContext.runAsUser"))
+        ConfigError(format!(
+            "image user {whole:?}: only numeric users are supported; set securityContext.runAsUser"
+        ))
     })
 }
 
 /// containerd's rules: `ALL` in add or drop first, then the named ones.
 fn capabilities(c: &Container, privileged: bool) -> Vec<String> {
     const ALL: [&str; 41] = [
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-        "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
-        "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
-        "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-        "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
-        "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-        "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
     ];
     if privileged {
         return ALL.iter().map(|s| s.to_string()).collect();
     }
-    let caps = c.security_context.as_ref().and_then(|s| s.capabilities.clone()).unwrap_or_default();
+    let caps = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.clone())
+        .unwrap_or_default();
     let norm = |n: &String| {
         let up = n.to_ascii_uppercase();
-        if up.starts_with("CAP_") { up } else { format!("CAP_{up}") }
+        if up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{up}")
+        }
     };
     let add = caps.add.unwrap_or_default();
     let drop = caps.drop.unwrap_or_default();
@@ -387,11 +510,23 @@ fn mounts(node: &NodeContext, pod: &Pod, c: &Container) -> Result<Vec<BindMount>
     let uid = pod_uid(pod);
     let root = node.paths.pod_root(uid);
     let volume_mounts = c.volume_mounts.clone().unwrap_or_default();
-    let covered = |path: &str| volume_mounts.iter().any(|m| m.mount_path.trim_end_matches('/') == path);
+    let covered = |path: &str| {
+        volume_mounts
+            .iter()
+            .any(|m| m.mount_path.trim_end_matches('/') == path)
+    };
     let mut out = Vec::new();
-    for (file, dest) in [("etc-hosts", "/etc/hosts"), ("hostname", "/etc/hostname"), ("resolv.conf", "/etc/resolv.conf")] {
+    for (file, dest) in [
+        ("etc-hosts", "/etc/hosts"),
+        ("hostname", "/etc/hostname"),
+        ("resolv.conf", "/etc/resolv.conf"),
+    ] {
         if !covered(dest) {
-            out.push(BindMount { source: root.join(file), destination: dest.into(), read_only: false });
+            out.push(BindMount {
+                source: root.join(file),
+                destination: dest.into(),
+                read_only: false,
+            });
         }
     }
     let volumes = pod_spec(pod).volumes.clone().unwrap_or_default();
@@ -403,9 +538,18 @@ fn mounts(node: &NodeContext, pod: &Pod, c: &Container) -> Result<Vec<BindMount>
         let source = match (&volume.empty_dir, &volume.host_path) {
             (Some(_), _) => node.paths.empty_dir(uid, &volume.name),
             (_, Some(hp)) => host_path_source(&hp.path, hp.type_.as_deref().unwrap_or(""))?,
-            _ => return Err(ConfigError(format!("volume {:?}: unsupported type", m.name))),
+            _ => {
+                return Err(ConfigError(format!(
+                    "volume {:?}: unsupported type",
+                    m.name
+                )))
+            }
         };
-        out.push(BindMount { source, destination: m.mount_path.clone().into(), read_only: m.read_only == Some(true) });
+        out.push(BindMount {
+            source,
+            destination: m.mount_path.clone().into(),
+            read_only: m.read_only == Some(true),
+        });
     }
     Ok(out)
 }
@@ -415,20 +559,21 @@ fn host_path_source(path: &str, kind: &str) -> Result<PathBuf, ConfigError> {
     let p = Path::new(path);
     let err = |what: &str| ConfigError(format!("hostPath type check failed: {path} is not {what}"));
     match kind {
-        "DirectoryOrCreate" if !p.exists() => {
-            std::fs::create_dir_all(p).map_err(|e| ConfigError(format!("create hostPath {path}: {e}")))?
-        }
+        "DirectoryOrCreate" if !p.exists() => std::fs::create_dir_all(p)
+            .map_err(|e| ConfigError(format!("create hostPath {path}: {e}")))?,
         "FileOrCreate" if !p.exists() => {
             if let Some(parent) = p.parent() {
                 let _ = std::fs::create_dir_all(parent);
             }
-            std::fs::File::create(p).map_err(|e| ConfigError(format!("create hostPath {path}: {e}")))?;
+            std::fs::File::create(p)
+                .map_err(|e| ConfigError(format!("create hostPath {path}: {e}")))?;
         }
         "Directory" | "DirectoryOrCreate" if !p.is_dir() => return Err(err("a directory")),
         "File" | "FileOrCreate" if !p.is_file() => return Err(err("a file")),
         "" if !p.exists() => {
             // kubelet creates nothing for an unset type and the runtime creates a directory.
-            std::fs::create_dir_all(p).map_err(|e| ConfigError(format!("create hostPath {path}: {e}")))?
+            std::fs::create_dir_all(p)
+                .map_err(|e| ConfigError(format!("create hostPath {path}: {e}")))?
         }
         _ => {}
     }
@@ -448,7 +593,11 @@ pub fn hosts_file(pod: &Pod, pod_ip: Option<&str>) -> String {
     if !aliases.is_empty() {
         out.push_str("\n# Entries added by HostAliases.\n");
         for a in aliases {
-            out.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.unwrap_or_default().join("\t")));
+            out.push_str(&format!(
+                "{}\t{}\n",
+                a.ip,
+                a.hostnames.unwrap_or_default().join("\t")
+            ));
         }
     }
     out
@@ -456,7 +605,12 @@ pub fn hosts_file(pod: &Pod, pod_ip: Option<&str>) -> String {
 
 /// /etc/resolv.conf by dnsPolicy (kubelet `GetPodDNS`); without cluster DNS, ClusterFirst falls
 /// back to the node's resolver, as kubelet does.
-pub fn resolv_conf(pod: &Pod, host_resolv: &str, cluster_dns: &[String], cluster_domain: &str) -> String {
+pub fn resolv_conf(
+    pod: &Pod,
+    host_resolv: &str,
+    cluster_dns: &[String],
+    cluster_domain: &str,
+) -> String {
     let spec = pod_spec(pod);
     let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -464,7 +618,11 @@ pub fn resolv_conf(pod: &Pod, host_resolv: &str, cluster_dns: &[String], cluster
         host_resolv
             .lines()
             .filter_map(|l| l.trim().strip_prefix(prefix))
-            .flat_map(|rest| rest.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .flat_map(|rest| {
+                rest.split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
             .collect()
     };
     let (mut servers, mut searches, mut options) = match policy {
@@ -478,7 +636,11 @@ pub fn resolv_conf(pod: &Pod, host_resolv: &str, cluster_dns: &[String], cluster
             s.extend(host_lines("search "));
             (cluster_dns.to_vec(), s, vec!["ndots:5".to_owned()])
         }
-        _ => (host_lines("nameserver "), host_lines("search "), host_lines("options ")),
+        _ => (
+            host_lines("nameserver "),
+            host_lines("search "),
+            host_lines("options "),
+        ),
     };
     if let Some(cfg) = &spec.dns_config {
         servers.extend(cfg.nameservers.clone().unwrap_or_default());
@@ -541,9 +703,14 @@ mod tests {
 
     #[test]
     fn capabilities_follow_containerd() {
-        let c: Container = serde_yaml::from_str("{name: a, securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}}").unwrap();
+        let c: Container = serde_yaml::from_str(
+            "{name: a, securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}}",
+        )
+        .unwrap();
         assert_eq!(capabilities(&c, false), ["CAP_NET_BIND_SERVICE"]);
-        let c: Container = serde_yaml::from_str("{name: a, securityContext: {capabilities: {drop: [kill]}}}").unwrap();
+        let c: Container =
+            serde_yaml::from_str("{name: a, securityContext: {capabilities: {drop: [kill]}}}")
+                .unwrap();
         let caps = capabilities(&c, false);
         assert_eq!(caps.len(), 13);
         assert!(!caps.contains(&"CAP_KILL".to_owned()));
@@ -554,9 +721,14 @@ mod tests {
         let p = pod("metadata: {name: web, namespace: ns1}\nspec: {containers: [{name: a, image: b}], hostAliases: [{ip: 10.1.2.3, hostnames: [foo.local, bar.local]}]}");
         let hosts = hosts_file(&p, Some("10.244.1.7"));
         assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
-        assert!(hosts.contains("10.244.1.7\tweb\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"));
+        assert!(hosts.contains(
+            "10.244.1.7\tweb\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"
+        ));
         let host = "nameserver 1.1.1.1\nsearch corp\noptions edns0\n";
-        assert_eq!(resolv_conf(&p, host, &[], "cluster.local"), "search corp\nnameserver 1.1.1.1\noptions edns0\n");
+        assert_eq!(
+            resolv_conf(&p, host, &[], "cluster.local"),
+            "search corp\nnameserver 1.1.1.1\noptions edns0\n"
+        );
         assert_eq!(
             resolv_conf(&p, host, &["10.96.0.10".into()], "cluster.local"),
             "search ns1.svc.cluster.local svc.cluster.local cluster.local corp\nnameserver 10.96.0.10\noptions ndots:5\n"

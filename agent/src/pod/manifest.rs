@@ -15,7 +15,10 @@ pub struct FieldError {
 }
 
 fn field_err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), reason: reason.into() }
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Parses one Pod. YAML is a superset of JSON, so one parser reads both.
@@ -23,7 +26,11 @@ pub fn parse(text: &[u8]) -> Result<Pod, FieldError> {
     let de = serde_yaml::Deserializer::from_slice(text);
     let pod: Pod = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "<document>".to_owned() } else { path };
+        let field = if path == "." {
+            "<document>".to_owned()
+        } else {
+            path
+        };
         field_err(field, e.into_inner().to_string())
     })?;
     Ok(pod)
@@ -37,13 +44,21 @@ pub fn validate(pod: &Pod) -> Result<(), FieldError> {
     // `apiVersion` and `kind` are checked by k8s-openapi while deserialising.
     let meta = &pod.metadata;
     match meta.name.as_deref() {
-        None | Some("") => return Err(field_err("metadata.name", "Required value: name or generateName is required")),
+        None | Some("") => {
+            return Err(field_err(
+                "metadata.name",
+                "Required value: name or generateName is required",
+            ))
+        }
         Some(name) => check_subdomain("metadata.name", name)?,
     }
     if let Some(ns) = meta.namespace.as_deref() {
         check_label("metadata.namespace", ns)?;
     }
-    let spec = pod.spec.as_ref().ok_or_else(|| field_err("spec", "Required value"))?;
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_err("spec", "Required value"))?;
     validate_spec(spec)
 }
 
@@ -52,10 +67,20 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
         return Err(field_err("spec.containers", "Required value"));
     }
     if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
-        return Err(field_err("spec.initContainers", "Forbidden: init containers are not supported by nodelet yet"));
+        return Err(field_err(
+            "spec.initContainers",
+            "Forbidden: init containers are not supported by nodelet yet",
+        ));
     }
-    if spec.ephemeral_containers.as_ref().is_some_and(|c| !c.is_empty()) {
-        return Err(field_err("spec.ephemeralContainers", "Forbidden: ephemeral containers are not supported by nodelet yet"));
+    if spec
+        .ephemeral_containers
+        .as_ref()
+        .is_some_and(|c| !c.is_empty())
+    {
+        return Err(field_err(
+            "spec.ephemeralContainers",
+            "Forbidden: ephemeral containers are not supported by nodelet yet",
+        ));
     }
     if let Some(policy) = spec.restart_policy.as_deref() {
         if !RESTART_POLICIES.contains(&policy) {
@@ -67,12 +92,22 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
     }
     if let Some(grace) = spec.termination_grace_period_seconds {
         if grace < 0 {
-            return Err(field_err("spec.terminationGracePeriodSeconds", format!("Invalid value: {grace}: must be >= 0")));
+            return Err(field_err(
+                "spec.terminationGracePeriodSeconds",
+                format!("Invalid value: {grace}: must be >= 0"),
+            ));
         }
     }
-    for flag in [("spec.hostNetwork", spec.host_network), ("spec.hostPID", spec.host_pid), ("spec.hostIPC", spec.host_ipc)] {
+    for flag in [
+        ("spec.hostNetwork", spec.host_network),
+        ("spec.hostPID", spec.host_pid),
+        ("spec.hostIPC", spec.host_ipc),
+    ] {
         if flag.1 == Some(true) {
-            return Err(field_err(flag.0, "Forbidden: host namespaces are not supported by nodelet yet"));
+            return Err(field_err(
+                flag.0,
+                "Forbidden: host namespaces are not supported by nodelet yet",
+            ));
         }
     }
     let volumes = validate_volumes(spec)?;
@@ -81,7 +116,10 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
         let path = format!("spec.containers[{i}]");
         check_label(&format!("{path}.name"), &c.name)?;
         if !names.insert(c.name.as_str()) {
-            return Err(field_err(format!("{path}.name"), format!("Duplicate value: {:?}", c.name)));
+            return Err(field_err(
+                format!("{path}.name"),
+                format!("Duplicate value: {:?}", c.name),
+            ));
         }
         validate_container(&path, c, &volumes)?;
     }
@@ -94,7 +132,10 @@ fn validate_volumes(spec: &PodSpec) -> Result<HashSet<&str>, FieldError> {
         let path = format!("spec.volumes[{i}]");
         check_label(&format!("{path}.name"), &v.name)?;
         if !names.insert(v.name.as_str()) {
-            return Err(field_err(format!("{path}.name"), format!("Duplicate value: {:?}", v.name)));
+            return Err(field_err(
+                format!("{path}.name"),
+                format!("Duplicate value: {:?}", v.name),
+            ));
         }
         match (&v.empty_dir, &v.host_path) {
             (Some(_), None) => {}
@@ -118,38 +159,70 @@ fn validate_volumes(spec: &PodSpec) -> Result<HashSet<&str>, FieldError> {
     Ok(names)
 }
 
-fn validate_container(path: &str, c: &Container, volumes: &HashSet<&str>) -> Result<(), FieldError> {
+fn validate_container(
+    path: &str,
+    c: &Container,
+    volumes: &HashSet<&str>,
+) -> Result<(), FieldError> {
     if c.image.as_deref().is_none_or(str::is_empty) {
         return Err(field_err(format!("{path}.image"), "Required value"));
     }
     if let Some(image) = c.image.as_deref() {
-        crate::images::Reference::parse(image)
-            .map_err(|e| field_err(format!("{path}.image"), format!("Invalid value: {image:?}: {}", e.reason)))?;
+        crate::images::Reference::parse(image).map_err(|e| {
+            field_err(
+                format!("{path}.image"),
+                format!("Invalid value: {image:?}: {}", e.reason),
+            )
+        })?;
     }
     if let Some(policy) = c.image_pull_policy.as_deref() {
         if !["Always", "IfNotPresent", "Never"].contains(&policy) {
-            return Err(field_err(format!("{path}.imagePullPolicy"), format!("Unsupported value: {policy:?}")));
+            return Err(field_err(
+                format!("{path}.imagePullPolicy"),
+                format!("Unsupported value: {policy:?}"),
+            ));
         }
     }
     let mut mount_paths = HashSet::new();
     for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
         let mpath = format!("{path}.volumeMounts[{j}]");
         if !volumes.contains(m.name.as_str()) {
-            return Err(field_err(format!("{mpath}.name"), format!("Not found: {:?}", m.name)));
+            return Err(field_err(
+                format!("{mpath}.name"),
+                format!("Not found: {:?}", m.name),
+            ));
         }
         if !m.mount_path.starts_with('/') {
-            return Err(field_err(format!("{mpath}.mountPath"), format!("Invalid value: {:?}: must be an absolute path", m.mount_path)));
+            return Err(field_err(
+                format!("{mpath}.mountPath"),
+                format!(
+                    "Invalid value: {:?}: must be an absolute path",
+                    m.mount_path
+                ),
+            ));
         }
         if !mount_paths.insert(m.mount_path.trim_end_matches('/')) {
-            return Err(field_err(format!("{mpath}.mountPath"), format!("Invalid value: {:?}: must be unique", m.mount_path)));
+            return Err(field_err(
+                format!("{mpath}.mountPath"),
+                format!("Invalid value: {:?}: must be unique", m.mount_path),
+            ));
         }
         if m.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(field_err(format!("{mpath}.subPath"), "Forbidden: subPath is not supported by nodelet yet"));
+            return Err(field_err(
+                format!("{mpath}.subPath"),
+                "Forbidden: subPath is not supported by nodelet yet",
+            ));
         }
     }
     for (j, e) in c.env.iter().flatten().enumerate() {
         if e.name.is_empty() || e.name.contains('=') {
-            return Err(field_err(format!("{path}.env[{j}].name"), format!("Invalid value: {:?}: a valid environment variable name is required", e.name)));
+            return Err(field_err(
+                format!("{path}.env[{j}].name"),
+                format!(
+                    "Invalid value: {:?}: a valid environment variable name is required",
+                    e.name
+                ),
+            ));
         }
     }
     if let Some(res) = &c.resources {
@@ -161,16 +234,30 @@ fn validate_container(path: &str, c: &Container, volumes: &HashSet<&str>) -> Res
                     _ => true,
                 };
                 if !ok {
-                    return Err(field_err(format!("{path}.resources.{kind}[{name}]"), format!("Invalid value: {:?}: must be a quantity", q.0)));
+                    return Err(field_err(
+                        format!("{path}.resources.{kind}[{name}]"),
+                        format!("Invalid value: {:?}: must be a quantity", q.0),
+                    ));
                 }
             }
         }
     }
     if let Some(sc) = &c.security_context {
         if let Some(caps) = &sc.capabilities {
-            let names: Vec<String> = caps.add.iter().chain(caps.drop.iter()).flatten().filter(|n| *n != "ALL").cloned().collect();
-            nodelet_sandbox::caps::parse(&names)
-                .map_err(|e| field_err(format!("{path}.securityContext.capabilities"), format!("Invalid value: {e}")))?;
+            let names: Vec<String> = caps
+                .add
+                .iter()
+                .chain(caps.drop.iter())
+                .flatten()
+                .filter(|n| *n != "ALL")
+                .cloned()
+                .collect();
+            nodelet_sandbox::caps::parse(&names).map_err(|e| {
+                field_err(
+                    format!("{path}.securityContext.capabilities"),
+                    format!("Invalid value: {e}"),
+                )
+            })?;
         }
     }
     Ok(())
@@ -180,7 +267,9 @@ fn validate_container(path: &str, c: &Container, volumes: &HashSet<&str>) -> Res
 fn check_label(field: &str, value: &str) -> Result<(), FieldError> {
     let ok = !value.is_empty()
         && value.len() <= 63
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !value.starts_with('-')
         && !value.ends_with('-');
     if ok {
@@ -245,6 +334,9 @@ mod tests {
     #[test]
     fn wrong_kind_is_refused() {
         let e = check("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n").unwrap_err();
-        assert!(e.reason.contains("Service") || e.reason.contains("kind"), "{e}");
+        assert!(
+            e.reason.contains("Service") || e.reason.contains("kind"),
+            "{e}"
+        );
     }
 }

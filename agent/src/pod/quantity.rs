@@ -11,8 +11,13 @@ pub fn parse_millis(text: &str) -> Option<u128> {
     if number.is_empty() || number.starts_with('.') && number.len() == 1 {
         return None;
     }
-    let (int_part, frac_part) = number.trim_start_matches('+').split_once('.').unwrap_or((number.trim_start_matches('+'), ""));
-    if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
+    let (int_part, frac_part) = number
+        .trim_start_matches('+')
+        .split_once('.')
+        .unwrap_or((number.trim_start_matches('+'), ""));
+    if !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     // value = digits / 10^frac_len, then scaled by the suffix; keep everything in integers.
@@ -41,7 +46,9 @@ pub fn parse_millis(text: &str) -> Option<u128> {
 
 /// Bytes for memory (`limits.memory`), rounded up to a whole byte.
 pub fn parse_bytes(text: &str) -> Option<u64> {
-    parse_millis(text).map(|m| m.div_ceil(1000)).and_then(|b| u64::try_from(b).ok())
+    parse_millis(text)
+        .map(|m| m.div_ceil(1000))
+        .and_then(|b| u64::try_from(b).ok())
 }
 
 /// Millicores for CPU (`limits.cpu`).

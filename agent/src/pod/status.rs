@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
-    PodCondition, PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, Pod, PodCondition, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use nodelet_sandbox::protocol;
@@ -60,13 +60,20 @@ pub fn container_id(id: &str) -> String {
 }
 
 fn container_status(name: &str, image: &str, observed: &Observed) -> ContainerStatus {
-    let mut mine: Vec<&Instance> = observed.instances.iter().filter(|i| i.record.name == name).collect();
+    let mut mine: Vec<&Instance> = observed
+        .instances
+        .iter()
+        .filter(|i| i.record.name == name)
+        .collect();
     mine.sort_by_key(|i| i.record.attempt);
     let newest = mine.last().copied();
     let previous = mine.len().checked_sub(2).map(|i| mine[i]);
     let waiting_reason = observed.waiting.get(name);
     let waiting = |reason: &str, message: Option<&str>| ContainerState {
-        waiting: Some(ContainerStateWaiting { reason: Some(reason.to_owned()), message: message.map(str::to_owned) }),
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.to_owned()),
+            message: message.map(str::to_owned),
+        }),
         ..Default::default()
     };
     let (state, last) = match newest {
@@ -76,14 +83,22 @@ fn container_status(name: &str, image: &str, observed: &Observed) -> ContainerSt
         },
         Some(i) if i.record.exit.is_none() => (
             ContainerState {
-                running: Some(ContainerStateRunning { started_at: Some(Time(i.record.started_at)) }),
+                running: Some(ContainerStateRunning {
+                    started_at: Some(Time(i.record.started_at)),
+                }),
                 ..Default::default()
             },
             previous.and_then(terminated),
         ),
         Some(i) => match waiting_reason {
             Some((r, m)) => (waiting(r, Some(m)), terminated(i)),
-            None => (ContainerState { terminated: terminated(i), ..Default::default() }, previous.and_then(terminated)),
+            None => (
+                ContainerState {
+                    terminated: terminated(i),
+                    ..Default::default()
+                },
+                previous.and_then(terminated),
+            ),
         },
     };
     let running = state.running.is_some();
@@ -96,7 +111,10 @@ fn container_status(name: &str, image: &str, observed: &Observed) -> ContainerSt
         started: Some(running),
         restart_count: newest.map(|i| i.record.attempt as i32).unwrap_or(0),
         state: Some(state),
-        last_state: Some(ContainerState { terminated: last, ..Default::default() }),
+        last_state: Some(ContainerState {
+            terminated: last,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -106,7 +124,11 @@ pub fn phase(pod: &Pod, statuses: &[ContainerStatus]) -> &'static str {
     let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for s in statuses {
         let state = s.state.clone().unwrap_or_default();
-        let last_terminated = s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).is_some();
+        let last_terminated = s
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .is_some();
         if state.running.is_some() {
             running += 1;
         } else if let Some(t) = &state.terminated {
@@ -148,7 +170,12 @@ fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>
 }
 
 /// The whole status; `previous` keeps condition transition times that did not change.
-pub fn pod_status(pod: &Pod, observed: &Observed, previous: Option<&PodStatus>, now: Timestamp) -> PodStatus {
+pub fn pod_status(
+    pod: &Pod,
+    observed: &Observed,
+    previous: Option<&PodStatus>,
+    now: Timestamp,
+) -> PodStatus {
     let spec = pod_spec(pod);
     let statuses: Vec<ContainerStatus> = spec
         .containers
@@ -156,21 +183,48 @@ pub fn pod_status(pod: &Pod, observed: &Observed, previous: Option<&PodStatus>, 
         .map(|c| container_status(&c.name, c.image.as_deref().unwrap_or_default(), observed))
         .collect();
     let phase = phase(pod, &statuses);
-    let unready: Vec<&str> = statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    let unready: Vec<&str> = statuses
+        .iter()
+        .filter(|s| !s.ready)
+        .map(|s| s.name.as_str())
+        .collect();
     let terminal = phase == "Succeeded" || phase == "Failed";
-    let not_ready_reason = if terminal { "PodCompleted" } else { "ContainersNotReady" };
-    let message = (!terminal).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
+    let not_ready_reason = if terminal {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let message =
+        (!terminal).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
     let mut conditions = vec![
-        condition("PodReadyToStartContainers", observed.sandbox_ready, None, None),
+        condition(
+            "PodReadyToStartContainers",
+            observed.sandbox_ready,
+            None,
+            None,
+        ),
         condition("Initialized", true, None, None),
-        condition("Ready", unready.is_empty(), Some(not_ready_reason), message.clone()),
-        condition("ContainersReady", unready.is_empty(), Some(not_ready_reason), message),
+        condition(
+            "Ready",
+            unready.is_empty(),
+            Some(not_ready_reason),
+            message.clone(),
+        ),
+        condition(
+            "ContainersReady",
+            unready.is_empty(),
+            Some(not_ready_reason),
+            message,
+        ),
         condition("PodScheduled", true, None, None),
     ];
     for c in &mut conditions {
         let kept = previous
             .and_then(|p| p.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|o| o.type_ == c.type_ && o.status == c.status))
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|o| o.type_ == c.type_ && o.status == c.status)
+            })
             .and_then(|o| o.last_transition_time.clone());
         c.last_transition_time = Some(kept.unwrap_or(Time(now)));
     }
@@ -210,7 +264,12 @@ mod tests {
                 attempt,
                 pid: 7,
                 started_at: t,
-                exit: exit.map(|code| Exit { code, signal: None, finished_at: t, oom_killed: false }),
+                exit: exit.map(|code| Exit {
+                    code,
+                    signal: None,
+                    finished_at: t,
+                    oom_killed: false,
+                }),
             },
             start_error: None,
         }
@@ -219,7 +278,10 @@ mod tests {
     fn status(policy: &str, instances: Vec<Instance>, waiting: &[(&str, &str)]) -> PodStatus {
         let observed = Observed {
             instances,
-            waiting: waiting.iter().map(|(n, r)| (n.to_string(), (r.to_string(), "m".into()))).collect(),
+            waiting: waiting
+                .iter()
+                .map(|(n, r)| (n.to_string(), (r.to_string(), "m".into())))
+                .collect(),
             sandbox_ready: true,
             ..Default::default()
         };
@@ -228,23 +290,93 @@ mod tests {
 
     #[test]
     fn phases() {
-        assert_eq!(status("Always", vec![], &[]).phase.as_deref(), Some("Pending"));
-        assert_eq!(status("Always", vec![inst("a", 0, None), inst("c", 0, None)], &[]).phase.as_deref(), Some("Running"));
-        assert_eq!(status("Never", vec![inst("a", 0, Some(0)), inst("c", 0, Some(0))], &[]).phase.as_deref(), Some("Succeeded"));
-        assert_eq!(status("Never", vec![inst("a", 0, Some(0)), inst("c", 0, Some(1))], &[]).phase.as_deref(), Some("Failed"));
-        assert_eq!(status("OnFailure", vec![inst("a", 0, Some(0)), inst("c", 0, Some(1))], &[("c", "CrashLoopBackOff")]).phase.as_deref(), Some("Running"));
-        assert_eq!(status("Always", vec![inst("a", 0, Some(0)), inst("c", 0, None)], &[]).phase.as_deref(), Some("Running"));
+        assert_eq!(
+            status("Always", vec![], &[]).phase.as_deref(),
+            Some("Pending")
+        );
+        assert_eq!(
+            status("Always", vec![inst("a", 0, None), inst("c", 0, None)], &[])
+                .phase
+                .as_deref(),
+            Some("Running")
+        );
+        assert_eq!(
+            status(
+                "Never",
+                vec![inst("a", 0, Some(0)), inst("c", 0, Some(0))],
+                &[]
+            )
+            .phase
+            .as_deref(),
+            Some("Succeeded")
+        );
+        assert_eq!(
+            status(
+                "Never",
+                vec![inst("a", 0, Some(0)), inst("c", 0, Some(1))],
+                &[]
+            )
+            .phase
+            .as_deref(),
+            Some("Failed")
+        );
+        assert_eq!(
+            status(
+                "OnFailure",
+                vec![inst("a", 0, Some(0)), inst("c", 0, Some(1))],
+                &[("c", "CrashLoopBackOff")]
+            )
+            .phase
+            .as_deref(),
+            Some("Running")
+        );
+        assert_eq!(
+            status(
+                "Always",
+                vec![inst("a", 0, Some(0)), inst("c", 0, None)],
+                &[]
+            )
+            .phase
+            .as_deref(),
+            Some("Running")
+        );
     }
 
     #[test]
     fn crash_loop_shows_waiting_with_last_state_and_restart_count() {
-        let s = status("Always", vec![inst("a", 0, Some(1)), inst("a", 1, Some(1)), inst("c", 0, None)], &[("a", "CrashLoopBackOff")]);
+        let s = status(
+            "Always",
+            vec![
+                inst("a", 0, Some(1)),
+                inst("a", 1, Some(1)),
+                inst("c", 0, None),
+            ],
+            &[("a", "CrashLoopBackOff")],
+        );
         let a = &s.container_statuses.unwrap()[0];
         assert_eq!(a.restart_count, 1);
-        assert_eq!(a.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
+        assert_eq!(
+            a.state
+                .as_ref()
+                .unwrap()
+                .waiting
+                .as_ref()
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("CrashLoopBackOff")
+        );
         let last = a.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
         assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
-        let ready = s.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
-        assert_eq!((ready.status.as_str(), ready.message.as_deref()), ("False", Some("containers with unready status: [a]")));
+        let ready = s
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.message.as_deref()),
+            ("False", Some("containers with unready status: [a]"))
+        );
     }
 }

@@ -17,17 +17,35 @@ pub struct PodRow {
 pub fn pod_row(pod: &Pod, now: Timestamp) -> PodRow {
     let status = pod.status.clone().unwrap_or_default();
     let statuses = status.container_statuses.unwrap_or_default();
-    let total = pod.spec.as_ref().map(|s| s.containers.len()).unwrap_or(statuses.len());
-    let mut reason = status.reason.clone().or(status.phase.clone()).unwrap_or_default();
+    let total = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.len())
+        .unwrap_or(statuses.len());
+    let mut reason = status
+        .reason
+        .clone()
+        .or(status.phase.clone())
+        .unwrap_or_default();
     let (mut restarts, mut ready, mut has_running) = (0, 0, false);
     let mut last_restart: Option<Timestamp> = None;
     for c in statuses.iter().rev() {
         restarts += c.restart_count;
-        if let Some(t) = c.last_state.as_ref().and_then(|l| l.terminated.as_ref()).and_then(|t| t.finished_at.as_ref()) {
+        if let Some(t) = c
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .and_then(|t| t.finished_at.as_ref())
+        {
             last_restart = Some(last_restart.map_or(t.0, |l| l.max(t.0)));
         }
         let state = c.state.clone().unwrap_or_default();
-        if let Some(r) = state.waiting.as_ref().and_then(|w| w.reason.clone()).filter(|r| !r.is_empty()) {
+        if let Some(r) = state
+            .waiting
+            .as_ref()
+            .and_then(|w| w.reason.clone())
+            .filter(|r| !r.is_empty())
+        {
             reason = r;
         } else if let Some(t) = &state.terminated {
             reason = match (&t.reason, t.signal) {
@@ -47,11 +65,18 @@ pub fn pod_row(pod: &Pod, now: Timestamp) -> PodRow {
         reason = "Terminating".into();
     }
     let restarts = match last_restart {
-        Some(t) if restarts > 0 => format!("{restarts} ({} ago)", human_duration(now.duration_since(t).as_secs())),
+        Some(t) if restarts > 0 => format!(
+            "{restarts} ({} ago)",
+            human_duration(now.duration_since(t).as_secs())
+        ),
         _ => restarts.to_string(),
     };
     PodRow {
-        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: pod.metadata.name.clone().unwrap_or_default(),
         ready: format!("{ready}/{total}"),
         status: reason,
@@ -74,7 +99,13 @@ pub fn human_duration(seconds: i64) -> String {
     let s = seconds.max(0);
     let (m, h, d) = (s / 60, s / 3600, s / 86400);
     let y = d / 365;
-    let pick = |a: i64, ua: &str, b: i64, ub: &str| if b == 0 { format!("{a}{ua}") } else { format!("{a}{ua}{b}{ub}") };
+    let pick = |a: i64, ua: &str, b: i64, ub: &str| {
+        if b == 0 {
+            format!("{a}{ua}")
+        } else {
+            format!("{a}{ua}{b}{ub}")
+        }
+    };
     match () {
         _ if s < 120 => format!("{s}s"),
         _ if m < 10 => pick(m, "m", s % 60, "s"),
@@ -120,7 +151,18 @@ mod tests {
 
     #[test]
     fn human_durations_match_apimachinery() {
-        for (s, want) in [(5, "5s"), (119, "119s"), (125, "2m5s"), (600, "10m"), (3 * 3600 + 60, "3h1m"), (30 * 3600, "30h"), (3 * 86400, "3d"), (3 * 86400 + 7200, "3d2h"), (400 * 86400, "400d"), (3 * 365 * 86400, "3y")] {
+        for (s, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86400, "3d"),
+            (3 * 86400 + 7200, "3d2h"),
+            (400 * 86400, "400d"),
+            (3 * 365 * 86400, "3y"),
+        ] {
             assert_eq!(human_duration(s), want, "{s}");
         }
     }
@@ -137,6 +179,13 @@ mod tests {
         }))
         .unwrap();
         let row = pod_row(&pod, Timestamp::now());
-        assert_eq!((row.ready.as_str(), row.status.as_str(), row.restarts.as_str()), ("1/2", "CrashLoopBackOff", "3"));
+        assert_eq!(
+            (
+                row.ready.as_str(),
+                row.status.as_str(),
+                row.restarts.as_str()
+            ),
+            ("1/2", "CrashLoopBackOff", "3")
+        );
     }
 }

@@ -36,7 +36,17 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 pub enum Desired {
     Run(Arc<Pod>),
     /// Delete the pod, allowing at most this grace period (it only ever shrinks).
-    Delete { grace: Option<Duration> },
+    Delete {
+        grace: Option<Duration>,
+    },
+}
+
+/// What one container's sync did.
+enum Step {
+    Nothing,
+    Started,
+    /// Look again after this long (a backoff or a retry).
+    WaitFor(Duration),
 }
 
 pub struct WorkerHandle {
@@ -135,39 +145,56 @@ impl Worker {
         if let Err(message) = self.ensure_sandbox().await {
             warn!(error = %message, "pod sandbox not ready");
             for c in &pod_spec(&self.pod).containers {
-                self.observed.waiting.insert(c.name.clone(), ("ContainerCreating".into(), message.clone()));
+                self.observed.waiting.insert(
+                    c.name.clone(),
+                    ("ContainerCreating".into(), message.clone()),
+                );
             }
             self.publish();
             return RETRY;
         }
-        let instances = match self.node.runtime.call(&self.uid, &Request::State).await {
-            Ok(Response::State { containers, .. }) => containers,
-            Ok(other) => {
-                warn!(?other, "unexpected shim answer");
-                return RETRY;
-            }
-            Err(e) => {
-                warn!(error = %crate::error_chain(&e), "shim lost; the sandbox will be recreated");
-                self.sandbox_ready = false;
-                self.events = None;
-                let _ = self.node.runtime.teardown(&self.uid, None).await;
-                return Duration::ZERO;
-            }
-        };
-        self.observed.instances = instances
-            .into_iter()
-            .map(|record| Instance { record, start_error: None })
-            .chain(self.failed_starts.values().cloned())
-            .collect();
+        if !self.refresh_instances().await {
+            return Duration::ZERO;
+        }
         let containers = pod_spec(&self.pod).containers.clone();
+        let mut started = false;
         for c in &containers {
-            if let Some(next) = self.sync_container(c).await {
-                wake = wake.min(next);
+            match self.sync_container(c).await {
+                Step::Started => started = true,
+                Step::WaitFor(next) => wake = wake.min(next),
+                Step::Nothing => {}
             }
+        }
+        if started {
+            self.refresh_instances().await;
         }
         self.backoff.gc(Timestamp::now());
         self.publish();
         wake
+    }
+
+    /// Reads every instance from the shim; false if the shim is gone (the sandbox is then
+    /// torn down, and recreated by the next sync).
+    async fn refresh_instances(&mut self) -> bool {
+        let instances = match self.node.runtime.call(&self.uid, &Request::State).await {
+            Ok(Response::State { containers, .. }) => containers,
+            result => {
+                warn!(?result, "shim lost; the sandbox will be recreated");
+                self.sandbox_ready = false;
+                self.events = None;
+                let _ = self.node.runtime.teardown(&self.uid, None).await;
+                return false;
+            }
+        };
+        self.observed.instances = instances
+            .into_iter()
+            .map(|record| Instance {
+                record,
+                start_error: None,
+            })
+            .chain(self.failed_starts.values().cloned())
+            .collect();
+        true
     }
 
     async fn ensure_sandbox(&mut self) -> Result<(), String> {
@@ -177,9 +204,16 @@ impl Worker {
             }
             return Ok(());
         }
-        let alive = self.adopted && self.node.runtime.call(&self.uid, &Request::State).await.is_ok();
+        let alive = self.adopted
+            && self
+                .node
+                .runtime
+                .call(&self.uid, &Request::State)
+                .await
+                .is_ok();
         if !alive {
-            self.prepare_pod_dirs().map_err(|e| format!("prepare pod directories: {e}"))?;
+            self.prepare_pod_dirs()
+                .map_err(|e| format!("prepare pod directories: {e}"))?;
             let spec = build::sandbox_spec(&self.node.ctx, &self.pod);
             if let Err(e) = self.node.runtime.start_sandbox(&spec).await {
                 let _ = self.node.runtime.teardown(&self.uid, None).await;
@@ -205,9 +239,19 @@ impl Worker {
         let pod = &self.pod;
         std::fs::write(root.join("etc-hosts"), build::hosts_file(pod, None))?;
         std::fs::write(root.join("hostname"), format!("{}\n", build::hostname(pod)))?;
-        let resolv = build::resolv_conf(pod, &self.node.host_resolv, &self.node.config.cluster_dns, &self.node.config.cluster_domain);
+        let resolv = build::resolv_conf(
+            pod,
+            &self.node.host_resolv,
+            &self.node.config.cluster_dns,
+            &self.node.config.cluster_domain,
+        );
         std::fs::write(root.join("resolv.conf"), resolv)?;
-        for v in pod_spec(pod).volumes.iter().flatten().filter(|v| v.empty_dir.is_some()) {
+        for v in pod_spec(pod)
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| v.empty_dir.is_some())
+        {
             let dir = paths.empty_dir(&self.uid, &v.name);
             std::fs::create_dir_all(&dir)?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
@@ -224,19 +268,21 @@ impl Worker {
         std::fs::rename(&tmp, &path)
     }
 
-    /// Starts or restarts one container if its policy and backoff say so; returns when a
-    /// backoff expires.
-    async fn sync_container(&mut self, c: &Container) -> Option<Duration> {
+    /// Starts or restarts one container if its policy and backoff say so.
+    async fn sync_container(&mut self, c: &Container) -> Step {
         let newest = self.newest(&c.name).cloned();
         let attempt = match &newest {
             None => 0,
             Some(i) if i.record.exit.is_none() => {
                 self.observed.waiting.remove(&c.name);
-                return None;
+                return Step::Nothing;
             }
             Some(i) => {
                 let exit = i.record.exit.as_ref().expect("exited");
-                let policy = pod_spec(&self.pod).restart_policy.as_deref().unwrap_or("Always");
+                let policy = pod_spec(&self.pod)
+                    .restart_policy
+                    .as_deref()
+                    .unwrap_or("Always");
                 let restart = match policy {
                     "Never" => false,
                     "OnFailure" => exit.code != 0,
@@ -244,7 +290,7 @@ impl Worker {
                 };
                 if !restart {
                     self.observed.waiting.remove(&c.name);
-                    return None;
+                    return Step::Nothing;
                 }
                 let key = backoff_key(c);
                 let now = Timestamp::now();
@@ -257,8 +303,10 @@ impl Worker {
                         c.name,
                         self.uid
                     );
-                    self.observed.waiting.insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
-                    return Some(remaining);
+                    self.observed
+                        .waiting
+                        .insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
+                    return Step::WaitFor(remaining);
                 }
                 self.backoff.next(&key, exit.finished_at, now);
                 i.record.attempt + 1
@@ -268,44 +316,80 @@ impl Worker {
     }
 
     fn newest(&self, name: &str) -> Option<&Instance> {
-        self.observed.instances.iter().filter(|i| i.record.name == name).max_by_key(|i| i.record.attempt)
+        self.observed
+            .instances
+            .iter()
+            .filter(|i| i.record.name == name)
+            .max_by_key(|i| i.record.attempt)
     }
 
-    async fn start_container(&mut self, c: &Container, attempt: u32) -> Option<Duration> {
+    async fn start_container(&mut self, c: &Container, attempt: u32) -> Step {
         let image_name = c.image.clone().unwrap_or_default();
         let image = match self.node.images.resolve(&image_name) {
             Ok(image) => image,
             Err(e) => {
-                let reason = if c.image_pull_policy.as_deref() == Some("Never") { "ErrImageNeverPull" } else { "ErrImagePull" };
-                self.observed.waiting.insert(c.name.clone(), (reason.into(), crate::error_chain(&e)));
-                return Some(RETRY);
+                let reason = if c.image_pull_policy.as_deref() == Some("Never") {
+                    "ErrImageNeverPull"
+                } else {
+                    "ErrImagePull"
+                };
+                self.observed
+                    .waiting
+                    .insert(c.name.clone(), (reason.into(), crate::error_chain(&e)));
+                return Step::WaitFor(RETRY);
             }
         };
-        self.observed.image_ids.insert(c.name.clone(), format!("{}@{}", image.reference, image.digest));
+        self.observed.image_ids.insert(
+            c.name.clone(),
+            format!("{}@{}", image.reference, image.digest),
+        );
         let id = crate::random_hex(32);
-        let inst = BuildInstance { pod: &self.pod, container: c, image: &image, id: &id, attempt };
+        let inst = BuildInstance {
+            pod: &self.pod,
+            container: c,
+            image: &image,
+            id: &id,
+            attempt,
+        };
         let spec = match build::container_spec(&self.node.ctx, &inst) {
             Ok(spec) => spec,
             Err(e) => {
-                self.observed.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), e.0));
-                return Some(RETRY);
+                self.observed
+                    .waiting
+                    .insert(c.name.clone(), ("CreateContainerConfigError".into(), e.0));
+                return Step::WaitFor(RETRY);
             }
         };
         let dir = self.node.ctx.paths.container_dir(&self.uid, &id);
         for sub in ["upper", "work", "rootfs"] {
             if let Err(e) = std::fs::create_dir_all(dir.join(sub)) {
-                self.observed.waiting.insert(c.name.clone(), ("CreateContainerError".into(), format!("create {}: {e}", dir.display())));
-                return Some(RETRY);
+                self.observed.waiting.insert(
+                    c.name.clone(),
+                    (
+                        "CreateContainerError".into(),
+                        format!("create {}: {e}", dir.display()),
+                    ),
+                );
+                return Step::WaitFor(RETRY);
             }
         }
-        let result = self.node.runtime.call(&self.uid, &Request::Create { spec: Box::new(spec) }).await;
+        let result = self
+            .node
+            .runtime
+            .call(
+                &self.uid,
+                &Request::Create {
+                    spec: Box::new(spec),
+                },
+            )
+            .await;
         self.prune(&c.name, attempt).await;
         match result {
             Ok(_) => {
                 info!(container = %c.name, attempt, "container started");
                 self.observed.waiting.remove(&c.name);
                 self.failed_starts.remove(&c.name);
-                None
+                Step::Started
             }
             Err(e) => {
                 let message = match e {
@@ -321,11 +405,24 @@ impl Worker {
                     attempt,
                     pid: 0,
                     started_at: now,
-                    exit: Some(Exit { code: 128, signal: None, finished_at: now, oom_killed: false }),
+                    exit: Some(Exit {
+                        code: 128,
+                        signal: None,
+                        finished_at: now,
+                        oom_killed: false,
+                    }),
                 };
-                self.failed_starts.insert(c.name.clone(), Instance { record, start_error: Some(message.clone()) });
-                self.observed.waiting.insert(c.name.clone(), ("RunContainerError".into(), message));
-                Some(Duration::ZERO)
+                self.failed_starts.insert(
+                    c.name.clone(),
+                    Instance {
+                        record,
+                        start_error: Some(message.clone()),
+                    },
+                );
+                self.observed
+                    .waiting
+                    .insert(c.name.clone(), ("RunContainerError".into(), message));
+                Step::WaitFor(Duration::ZERO)
             }
         }
     }
@@ -339,13 +436,26 @@ impl Worker {
             .observed
             .instances
             .iter()
-            .filter(|i| i.record.name == name && i.record.attempt < newest_attempt && i.record.exit.is_some())
+            .filter(|i| {
+                i.record.name == name
+                    && i.record.attempt < newest_attempt
+                    && i.record.exit.is_some()
+            })
             .cloned()
             .collect();
         for i in old {
             let _ = std::fs::remove_dir_all(paths.container_dir(&self.uid, &i.record.id));
             if i.record.attempt + 1 < newest_attempt {
-                let _ = self.node.runtime.call(&self.uid, &Request::Remove { id: i.record.id.clone() }).await;
+                let _ = self
+                    .node
+                    .runtime
+                    .call(
+                        &self.uid,
+                        &Request::Remove {
+                            id: i.record.id.clone(),
+                        },
+                    )
+                    .await;
                 let log = paths.container_log(ns, pod_name, &self.uid, name, i.record.attempt);
                 let _ = std::fs::remove_file(log);
             }
@@ -353,25 +463,50 @@ impl Worker {
     }
 
     fn publish(&mut self) {
-        let status = status::pod_status(&self.pod, &self.observed, self.status.as_ref(), Timestamp::now());
+        let status = status::pod_status(
+            &self.pod,
+            &self.observed,
+            self.status.as_ref(),
+            Timestamp::now(),
+        );
         let mut pod = (*self.pod).clone();
         pod.status = Some(status.clone());
         self.status = Some(status);
-        self.node.pods.lock().expect("pod map lock").insert(self.uid.clone(), pod);
+        self.node
+            .pods
+            .lock()
+            .expect("pod map lock")
+            .insert(self.uid.clone(), pod);
     }
 
     /// SIGTERM, wait up to the grace period (shrinking if asked), SIGKILL, then tear down.
     async fn terminate(&mut self, requested: Option<Duration>, rx: &mut watch::Receiver<Desired>) {
-        let spec_grace = Duration::from_secs(pod_spec(&self.pod).termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+        let spec_grace = Duration::from_secs(
+            pod_spec(&self.pod)
+                .termination_grace_period_seconds
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
         let mut grace = requested.map_or(spec_grace, |r| r.min(spec_grace));
         let started = tokio::time::Instant::now();
         info!(grace_seconds = grace.as_secs_f64(), "terminating pod");
-        if let Some(mut pod) = self.node.pods.lock().expect("pod map lock").get(&self.uid).cloned() {
+        if let Some(pod) = self
+            .node
+            .pods
+            .lock()
+            .expect("pod map lock")
+            .get_mut(&self.uid)
+        {
             pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
             pod.metadata.deletion_grace_period_seconds = Some(grace.as_secs() as i64);
-            self.node.pods.lock().expect("pod map lock").insert(self.uid.clone(), pod);
         }
-        if self.node.runtime.call(&self.uid, &Request::State).await.is_ok() {
+        if self
+            .node
+            .runtime
+            .call(&self.uid, &Request::State)
+            .await
+            .is_ok()
+        {
             if self.events.is_none() {
                 self.events = self.node.runtime.subscribe(&self.uid).await.ok();
             }
@@ -407,22 +542,33 @@ impl Worker {
         for e in self.node.runtime.teardown(&self.uid, Some(&log_dir)).await {
             warn!(error = %e, "teardown");
         }
-        self.node.pods.lock().expect("pod map lock").remove(&self.uid);
+        self.node
+            .pods
+            .lock()
+            .expect("pod map lock")
+            .remove(&self.uid);
         info!("pod deleted");
     }
 
     async fn running(&self) -> Vec<String> {
         match self.node.runtime.call(&self.uid, &Request::State).await {
-            Ok(Response::State { containers, .. }) => {
-                containers.into_iter().filter(|c| c.exit.is_none()).map(|c| c.id).collect()
-            }
+            Ok(Response::State { containers, .. }) => containers
+                .into_iter()
+                .filter(|c| c.exit.is_none())
+                .map(|c| c.id)
+                .collect(),
             _ => Vec::new(),
         }
     }
 
     async fn signal_running(&self, signal: i32) {
         for id in self.running().await {
-            if let Err(e) = self.node.runtime.call(&self.uid, &Request::Signal { id, signal }).await {
+            if let Err(e) = self
+                .node
+                .runtime
+                .call(&self.uid, &Request::Signal { id, signal })
+                .await
+            {
                 warn!(error = %crate::error_chain(&e), signal, "signal container");
             }
         }
@@ -430,7 +576,10 @@ impl Worker {
 }
 
 fn namespace_name(pod: &Pod) -> (&str, &str) {
-    (pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or_default())
+    (
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+    )
 }
 
 /// kubelet's stable key: a changed container spec starts a fresh backoff curve.

@@ -1,11 +1,11 @@
 //! Starting a container instance from the shim, and what the shim keeps about it: its record,
 //! its log pipes, its exit.
 
+use std::cell::RefCell;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use jiff::Timestamp;
@@ -15,8 +15,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{pipe2, Pid};
 
-use super::server::Server;
 use super::error_chain;
+use super::server::Server;
 use crate::logs::{LineSplitter, Stream};
 use crate::protocol::{ContainerStatus, Exit};
 use crate::spec::ContainerSpec;
@@ -37,10 +37,14 @@ pub struct LogPipe {
 
 impl LogPipe {
     pub fn write(&mut self, data: &[u8]) {
-        let _ = self.splitter.feed(data, Timestamp::now(), &mut *self.log.borrow_mut());
+        let _ = self
+            .splitter
+            .feed(data, Timestamp::now(), &mut *self.log.borrow_mut());
     }
     pub fn finish(&mut self) {
-        let _ = self.splitter.finish(Timestamp::now(), &mut *self.log.borrow_mut());
+        let _ = self
+            .splitter
+            .finish(Timestamp::now(), &mut *self.log.borrow_mut());
     }
 }
 
@@ -50,8 +54,13 @@ pub(super) trait NonBlocking {
 
 impl NonBlocking for fs::File {
     fn set_nonblocking(&self) -> nix::Result<()> {
-        let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(self, nix::fcntl::FcntlArg::F_GETFL)?);
-        nix::fcntl::fcntl(self, nix::fcntl::FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
+        let flags =
+            OFlag::from_bits_truncate(nix::fcntl::fcntl(self, nix::fcntl::FcntlArg::F_GETFL)?);
+        nix::fcntl::fcntl(
+            self,
+            nix::fcntl::FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+        )
+        .map(drop)
     }
 }
 
@@ -61,7 +70,8 @@ impl Server {
         if self.containers.contains_key(&spec.id) {
             return Err(format!("container {} already exists", spec.id));
         }
-        let log = open_log(&spec.log_path).map_err(|e| format!("open log {}: {e}", spec.log_path.display()))?;
+        let log = open_log(&spec.log_path)
+            .map_err(|e| format!("open log {}: {e}", spec.log_path.display()))?;
         let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("create pipe: {e}"));
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
@@ -75,15 +85,21 @@ impl Server {
             flags |= CloneFlags::CLONE_NEWPID;
         }
         let shm = self.dir.shm();
-        let pid = match sys::clone_process(flags).map_err(|e| format!("clone container process: {e}"))? {
-            Forked::Child => {
-                drop((out_r, err_r, release_w, fail_r));
-                sys::reset_signals();
-                let pipes = init::Pipes { release: release_r, error: fail_w, stdout: out_w, stderr: err_w };
-                init::run(&spec, Some(&shm), pipes)
-            }
-            Forked::Parent(pid) => pid,
-        };
+        let pid =
+            match sys::clone_process(flags).map_err(|e| format!("clone container process: {e}"))? {
+                Forked::Child => {
+                    drop((out_r, err_r, release_w, fail_r));
+                    sys::reset_signals();
+                    let pipes = init::Pipes {
+                        release: release_r,
+                        error: fail_w,
+                        stdout: out_w,
+                        stderr: err_w,
+                    };
+                    init::run(&spec, Some(&shm), pipes)
+                }
+                Forked::Parent(pid) => pid,
+            };
         drop((out_w, err_w, release_r, fail_w));
         if let Err(message) = release(&spec, pid, release_w, fail_r) {
             let _ = kill(pid, Signal::SIGKILL);
@@ -97,7 +113,11 @@ impl Server {
         for (file, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
             let file = fs::File::from(file);
             let _ = file.set_nonblocking();
-            self.pipes.push(LogPipe { file, splitter: LineSplitter::new(stream), log: log.clone() });
+            self.pipes.push(LogPipe {
+                file,
+                splitter: LineSplitter::new(stream),
+                log: log.clone(),
+            });
         }
         let status = ContainerStatus {
             id: spec.id.clone(),
@@ -109,7 +129,13 @@ impl Server {
         };
         self.persist(&status);
         tracing::info!(container = %spec.id, name = %spec.name, attempt = spec.attempt, pid = pid.as_raw(), "container started");
-        self.containers.insert(spec.id, Container { status, cgroup: spec.cgroup.map(|c| c.path) });
+        self.containers.insert(
+            spec.id,
+            Container {
+                status,
+                cgroup: spec.cgroup.map(|c| c.path),
+            },
+        );
         Ok(pid)
     }
 
@@ -117,8 +143,16 @@ impl Server {
     pub(super) fn record_exit(&mut self, id: &str, code: i32, signal: Option<i32>) -> Option<()> {
         let container = self.containers.get_mut(id)?;
         let oom_killed = signal == Some(libc::SIGKILL)
-            && container.cgroup.as_deref().is_some_and(|cg| cgroup::oom_kills(cg) > 0);
-        container.status.exit = Some(Exit { code, signal, finished_at: Timestamp::now(), oom_killed });
+            && container
+                .cgroup
+                .as_deref()
+                .is_some_and(|cg| cgroup::oom_kills(cg) > 0);
+        container.status.exit = Some(Exit {
+            code,
+            signal,
+            finished_at: Timestamp::now(),
+            oom_killed,
+        });
         let status = container.status.clone();
         if let Some(cg) = container.cgroup.take() {
             if let Err(e) = cgroup::remove(&cg) {
@@ -144,11 +178,18 @@ impl Server {
 }
 
 /// Puts the new process in its cgroup, lets it run, and waits for its exec (or its error).
-fn release(spec: &ContainerSpec, pid: Pid, release_w: OwnedFd, fail_r: OwnedFd) -> Result<(), String> {
+fn release(
+    spec: &ContainerSpec,
+    pid: Pid,
+    release_w: OwnedFd,
+    fail_r: OwnedFd,
+) -> Result<(), String> {
     if let Some(cg) = &spec.cgroup {
         cgroup::add_process(&cg.path, pid).map_err(|e| error_chain(&e))?;
     }
-    fs::File::from(release_w).write_all(&[1]).map_err(|e| format!("release container: {e}"))?;
+    fs::File::from(release_w)
+        .write_all(&[1])
+        .map_err(|e| format!("release container: {e}"))?;
     let mut text = String::new();
     let _ = fs::File::from(fail_r).read_to_string(&mut text);
     if text.is_empty() {
@@ -163,5 +204,9 @@ fn open_log(path: &Path) -> std::io::Result<fs::File> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
 }

@@ -80,11 +80,23 @@ impl ShimDir {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("read shim config {path}")]
-    Config { path: PathBuf, #[source] source: std::io::Error },
+    Config {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("parse shim config {path}")]
-    ConfigFormat { path: PathBuf, #[source] source: serde_json::Error },
+    ConfigFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("prepare shim directory {path}")]
-    Dir { path: PathBuf, #[source] source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("fork shim")]
     Fork(#[source] std::io::Error),
     #[error(transparent)]
@@ -96,7 +108,11 @@ pub enum Error {
     #[error("create shared PID namespace")]
     PidNamespace(#[source] nix::Error),
     #[error("listen on {path}")]
-    Listen { path: PathBuf, #[source] source: std::io::Error },
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("set up signals")]
     Signals(#[source] nix::Error),
 }
@@ -123,7 +139,14 @@ pub fn main(dir: &Path) -> i32 {
             if line == "ok\n" {
                 0
             } else {
-                eprintln!("shim: {}", if line.is_empty() { "exited during start" } else { line.trim_end() });
+                eprintln!(
+                    "shim: {}",
+                    if line.is_empty() {
+                        "exited during start"
+                    } else {
+                        line.trim_end()
+                    }
+                );
                 1
             }
         }
@@ -168,9 +191,15 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 
 fn start(dir: &ShimDir) -> Result<server::Server, Error> {
     let config_path = dir.config();
-    let text = fs::read(&config_path).map_err(|source| Error::Config { path: config_path.clone(), source })?;
+    let text = fs::read(&config_path).map_err(|source| Error::Config {
+        path: config_path.clone(),
+        source,
+    })?;
     let spec: SandboxSpec =
-        serde_json::from_slice(&text).map_err(|source| Error::ConfigFormat { path: config_path, source })?;
+        serde_json::from_slice(&text).map_err(|source| Error::ConfigFormat {
+            path: config_path,
+            source,
+        })?;
     let dir_err = |path: PathBuf| move |source| Error::Dir { path, source };
     redirect_stdio(&dir.log()).map_err(dir_err(dir.log()))?;
     // Orphaned container processes are re-parented here, so their exits are reaped here.
@@ -193,11 +222,18 @@ fn start(dir: &ShimDir) -> Result<server::Server, Error> {
     if let Some(cg) = &spec.cgroup {
         cgroup::create(cg)?;
     }
-    let pod_init = if spec.share_pid { Some(start_pod_init(dir, &spec)?) } else { None };
+    let pod_init = if spec.share_pid {
+        Some(start_pod_init(dir, &spec)?)
+    } else {
+        None
+    };
 
     let socket = dir.socket();
     let _ = fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(|source| Error::Listen { path: socket, source })?;
+    let listener = UnixListener::bind(&socket).map_err(|source| Error::Listen {
+        path: socket,
+        source,
+    })?;
     tracing::info!(pod_uid = %spec.pod_uid, hostname = %spec.hostname, "shim serving");
     server::Server::new(dir.clone(), spec, listener, pod_init)
 }

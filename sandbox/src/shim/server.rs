@@ -67,9 +67,16 @@ impl Server {
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 ];
-                fds.extend(self.pipes.iter().map(|p| PollFd::new(p.file.as_fd(), PollFlags::POLLIN)));
+                fds.extend(
+                    self.pipes
+                        .iter()
+                        .map(|p| PollFd::new(p.file.as_fd(), PollFlags::POLLIN)),
+                );
                 match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect::<Vec<_>>(),
+                    Ok(_) => fds
+                        .iter()
+                        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                        .collect::<Vec<_>>(),
                     Err(nix::Error::EINTR) => continue,
                     Err(e) => {
                         tracing::error!(error = %e, "poll failed");
@@ -105,7 +112,12 @@ impl Server {
             Ok(Some(r)) => r,
             Ok(None) => return false,
             Err(e) => {
-                respond(&stream, &Response::Error { message: format!("bad request: {e}") });
+                respond(
+                    &stream,
+                    &Response::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                );
                 return false;
             }
         };
@@ -134,7 +146,9 @@ impl Server {
 
     fn signal(&self, id: &str, signal: i32) -> Response {
         let Some(c) = self.containers.get(id) else {
-            return Response::Error { message: format!("no container {id}") };
+            return Response::Error {
+                message: format!("no container {id}"),
+            };
         };
         if c.status.exit.is_some() {
             return Response::Done;
@@ -142,21 +156,31 @@ impl Server {
         match Signal::try_from(signal) {
             Ok(sig) => match kill(Pid::from_raw(c.status.pid), sig) {
                 Ok(()) | Err(nix::Error::ESRCH) => Response::Done,
-                Err(e) => Response::Error { message: format!("signal container {id}: {e}") },
+                Err(e) => Response::Error {
+                    message: format!("signal container {id}: {e}"),
+                },
             },
-            Err(_) => Response::Error { message: format!("invalid signal {signal}") },
+            Err(_) => Response::Error {
+                message: format!("invalid signal {signal}"),
+            },
         }
     }
 
     fn state(&self) -> Response {
-        let mut containers: Vec<ContainerStatus> = self.containers.values().map(|c| c.status.clone()).collect();
+        let mut containers: Vec<ContainerStatus> =
+            self.containers.values().map(|c| c.status.clone()).collect();
         containers.sort_by(|a, b| (&a.name, a.attempt).cmp(&(&b.name, b.attempt)));
-        Response::State { shim_pid: std::process::id() as i32, containers }
+        Response::State {
+            shim_pid: std::process::id() as i32,
+            containers,
+        }
     }
 
     fn remove(&mut self, id: &str) -> Response {
         match self.containers.get(id) {
-            Some(c) if c.status.exit.is_none() => Response::Error { message: format!("container {id} is running") },
+            Some(c) if c.status.exit.is_none() => Response::Error {
+                message: format!("container {id} is running"),
+            },
             _ => {
                 self.containers.remove(id);
                 let _ = fs::remove_file(self.dir.records().join(format!("{id}.json")));
@@ -170,7 +194,9 @@ impl Server {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.exited(pid, code, None),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => self.exited(pid, 128 + sig as i32, Some(sig as i32)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.exited(pid, 128 + sig as i32, Some(sig as i32))
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             }
@@ -194,7 +220,8 @@ impl Server {
         self.record_exit(&id, code, signal);
         tracing::info!(container = %id, code, ?signal, "container exited");
         let event = Response::Exited { id };
-        self.subscribers.retain_mut(|s| protocol::write_message(s, &event).is_ok());
+        self.subscribers
+            .retain_mut(|s| protocol::write_message(s, &event).is_ok());
     }
 
     fn drain_pipe(&mut self, index: usize) {
@@ -206,7 +233,12 @@ impl Server {
                 pipe.write(&buf[..n]);
                 false
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => false,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                false
+            }
             Err(_) => true,
         };
         if eof {
@@ -228,7 +260,9 @@ impl Server {
             let _ = kill(*pid, Signal::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        let alive = |s: &Self| s.pod_init.is_some() || s.containers.values().any(|c| c.status.exit.is_none());
+        let alive = |s: &Self| {
+            s.pod_init.is_some() || s.containers.values().any(|c| c.status.exit.is_none())
+        };
         while alive(self) && Instant::now() < deadline {
             self.reap();
             std::thread::sleep(Duration::from_millis(2));
