@@ -1,1 +1,488 @@
+//! The integration test harness: throwaway test nodes (DESIGN.md, "Testing without hurting the
+//! host"), the locally built test images, and checks that nothing is left behind.
+//!
+//! A test node is a new mount, network and PID namespace whose pid 1 is `nodelet reaper`, with its
+//! own root, run, log and manifest directories under a temporary directory and its own cgroup
+//! root. The agent runs inside it (through nsenter). Everything the agent mounts stays in the
+//! node's mount namespace and every process dies with the node's pid 1, so even a failing test
+//! cannot leave mounts, links or processes on the host; `assert_clean` checks that nodelet itself
+//! cleaned up.
 
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+static NODES: AtomicU32 = AtomicU32::new(0);
+
+/// The workspace's directory.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_owned()
+}
+
+/// The `nodelet` binary under test: `$NODELET_BIN`, else the workspace's debug build.
+pub fn nodelet_bin() -> PathBuf {
+    let path = std::env::var_os("NODELET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/nodelet"));
+    assert!(
+        path.is_file(),
+        "{} missing: build it first (cargo build -p nodelet; make test does)",
+        path.display()
+    );
+    path
+}
+
+/// Builds the busybox and kubia images once per checkout (tests/images/build.sh), under a lock
+/// so test binaries running side by side share one build.
+pub fn test_images() -> PathBuf {
+    let out = workspace().join("target/test-images");
+    let lock = workspace().join("target/test-images.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .expect("open image lock");
+    let _guard =
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).expect("lock images");
+    if !out.join("kubia/index.json").exists() {
+        let status = Command::new("bash")
+            .arg(workspace().join("tests/images/build.sh"))
+            .arg(&out)
+            .status()
+            .expect("run tests/images/build.sh");
+        assert!(status.success(), "building test images failed");
+    }
+    out
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Agent {
+    nsenter: Child,
+    /// The agent's pid in the host's PID namespace.
+    pub pid: i32,
+}
+
+pub struct TestNode {
+    pub dir: PathBuf,
+    pub cgroup_root: String,
+    unshare: Child,
+    /// pid 1 of the node, as the host sees it.
+    pub reaper: i32,
+    pub agent: Option<Agent>,
+}
+
+fn child_of(pid: u32) -> Result<i32> {
+    wait_for("a child process", Duration::from_secs(5), || {
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+    })
+}
+
+impl TestNode {
+    /// A node with the test images imported and no agent running yet.
+    pub fn new() -> Result<TestNode> {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NODES.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("nodelet-it-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in ["root", "run", "logs", "manifests", "host"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let cgroup_root = format!("/nodelet-it-{id}");
+        let config = format!(
+            "rootDir: {d}/root\nrunDir: {d}/run\npodLogsDir: {d}/logs\nstaticPodPath: {d}/manifests\n\
+             cgroupRoot: {cgroup_root}\nhostnameOverride: node1\nfileCheckFrequency: 2s\n",
+            d = dir.display()
+        );
+        fs::write(dir.join("config.yaml"), config)?;
+        let images = test_images();
+        for image in ["busybox", "kubia"] {
+            let out = Command::new(nodelet_bin())
+                .args(["--root-dir"])
+                .arg(dir.join("root"))
+                .args(["image", "import"])
+                .arg(images.join(image))
+                .output()?;
+            if !out.status.success() {
+                bail!("import {image}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let unshare = Command::new("unshare")
+            .args([
+                "--mount",
+                "--net",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+                "--mount-proc",
+            ])
+            .arg(nodelet_bin())
+            .arg("reaper")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start test node (unshare)")?;
+        let reaper = child_of(unshare.id())?;
+        Ok(TestNode {
+            dir,
+            cgroup_root,
+            unshare,
+            reaper,
+            agent: None,
+        })
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.yaml")
+    }
+
+    /// A command that runs inside the node's namespaces.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.reaper.to_string(), "-m", "-n", "-p", "--"])
+            .arg(program);
+        cmd
+    }
+
+    /// Runs a nodelet subcommand inside the node.
+    pub fn nodelet(&self, args: &[&str]) -> Output {
+        self.command(nodelet_bin())
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .output()
+            .expect("run nodelet")
+    }
+
+    pub fn start_agent(&mut self) -> Result<()> {
+        assert!(self.agent.is_none(), "agent already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
+        let nsenter = self
+            .command(nodelet_bin())
+            .arg("--config")
+            .arg(self.config())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let pid = child_of(nsenter.id())?;
+        self.agent = Some(Agent { nsenter, pid });
+        let socket = self.dir.join("run/nodelet.sock");
+        wait_for(
+            "the agent's control socket",
+            Duration::from_secs(10),
+            || UnixStream::connect(&socket).ok(),
+        )?;
+        Ok(())
+    }
+
+    /// Stops the agent with a signal (SIGKILL or SIGTERM) and waits for it.
+    pub fn stop_agent(&mut self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let mut agent = self
+            .agent
+            .take()
+            .ok_or_else(|| anyhow!("no agent running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid), signal)?;
+        agent.nsenter.wait()?;
+        Ok(())
+    }
+
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn write_manifest(&self, file: &str, yaml: &str) {
+        // Write then rename, as a careful operator (or a config tool) would.
+        let tmp = self.dir.join("manifests").join(format!(".{file}.tmp"));
+        fs::write(&tmp, yaml).expect("write manifest");
+        fs::rename(&tmp, self.dir.join("manifests").join(file)).expect("move manifest");
+    }
+
+    pub fn remove_manifest(&self, file: &str) {
+        fs::remove_file(self.dir.join("manifests").join(file)).expect("remove manifest");
+    }
+
+    /// The agent's pods (`Pod` objects with status), through its control socket.
+    pub fn pods(&self) -> Result<Vec<Value>> {
+        let mut stream = UnixStream::connect(self.dir.join("run/nodelet.sock"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"{\"op\":\"pods\"}\n")?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line)?;
+        let v: Value = serde_json::from_str(&line)?;
+        Ok(v["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The pod named `name` (static pods get `-node1` appended), if the agent has it.
+    pub fn pod(&self, name: &str) -> Option<Value> {
+        let full = format!("{name}-node1");
+        self.pods()
+            .ok()?
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == full.as_str())
+    }
+
+    /// Waits until `check` holds for the pod, returning the pod.
+    pub fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        wait_for(&format!("pod {name}: {what}"), timeout, || {
+            self.pod(name).filter(|p| check(p))
+        })
+        .with_context(|| {
+            format!(
+                "last seen: {:#}\nagent log:\n{}",
+                self.pod(name).unwrap_or_default(),
+                self.agent_log()
+            )
+        })
+    }
+
+    pub fn wait_gone(&self, name: &str, timeout: Duration) -> Result<()> {
+        wait_for(&format!("pod {name} to be deleted"), timeout, || {
+            self.pod(name).is_none().then_some(())
+        })
+    }
+
+    /// The status of one container of a pod.
+    pub fn container_status(pod: &Value, container: &str) -> Value {
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == container).cloned())
+            .unwrap_or_default()
+    }
+
+    /// The host pid of a running container's first process.
+    pub fn container_pid(&self, pod: &Value, container: &str) -> Result<i32> {
+        let id = Self::container_status(pod, container)["containerID"]
+            .as_str()
+            .and_then(|c| c.strip_prefix("nodelet://"))
+            .ok_or_else(|| anyhow!("container {container} has no id"))?
+            .to_owned();
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+        let record = self
+            .dir
+            .join("run/pods")
+            .join(uid)
+            .join("containers")
+            .join(format!("{id}.json"));
+        let record: Value = serde_json::from_slice(&fs::read(&record)?)?;
+        let ns_pid = record["pid"]
+            .as_i64()
+            .ok_or_else(|| anyhow!("no pid in record"))?;
+        self.host_pid(ns_pid as i32)
+    }
+
+    /// Maps a pid of the node's PID namespace to the host's.
+    fn host_pid(&self, ns_pid: i32) -> Result<i32> {
+        for entry in fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let nspid: Vec<i32> = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|l| {
+                    l.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // NSpid: host pid, node pid, [container pid]
+            if nspid.get(1) == Some(&ns_pid) && self.in_node(pid) {
+                return Ok(pid);
+            }
+        }
+        bail!("no process {ns_pid} in the test node")
+    }
+
+    /// Whether a host pid belongs to this node (its PID namespace or one nested in it).
+    fn in_node(&self, pid: i32) -> bool {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let depth = |s: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|l| l.split_whitespace().count())
+        };
+        let mine = fs::read_to_string(format!("/proc/{}/status", self.reaper)).unwrap_or_default();
+        let (Some(d), Some(root)) = (depth(&status), depth(&mine)) else {
+            return false;
+        };
+        if d < root {
+            return false;
+        }
+        // Walk up the parents until the reaper or the host init.
+        let mut p = pid;
+        for _ in 0..64 {
+            if p == self.reaper {
+                return true;
+            }
+            let stat = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let after = stat.rsplit(')').next().unwrap_or("");
+            match after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|pp| pp.parse().ok())
+            {
+                Some(pp) if pp > 1 => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Runs a command inside a running container (all of its namespaces, as `kubectl exec`).
+    pub fn exec(&self, pod: &Value, container: &str, args: &[&str]) -> Result<Output> {
+        let pid = self.container_pid(pod, container)?;
+        Ok(Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-a", "--"])
+            .args(args)
+            .output()?)
+    }
+
+    /// Host pids of every process in the node besides its pid 1 and the agent.
+    pub fn processes(&self) -> Vec<i32> {
+        let agent = self.agent.as_ref().map(|a| a.pid);
+        fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|p| *p != self.reaper && Some(*p) != agent && self.in_node(*p))
+            .collect()
+    }
+
+    /// Checks that no pod left anything: processes, mounts, cgroups, state, logs.
+    pub fn assert_clean(&self) -> Result<()> {
+        let procs = self.processes();
+        if !procs.is_empty() {
+            let names: Vec<String> = procs
+                .iter()
+                .map(|p| {
+                    fs::read_to_string(format!("/proc/{p}/cmdline"))
+                        .unwrap_or_default()
+                        .replace('\0', " ")
+                })
+                .collect();
+            bail!("processes left in the node: {names:?}");
+        }
+        let mountinfo = fs::read_to_string(format!("/proc/{}/mountinfo", self.reaper))?;
+        let dir = self.dir.display().to_string();
+        let mounts: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&dir)).collect();
+        if !mounts.is_empty() {
+            bail!("mounts left in the node: {mounts:#?}");
+        }
+        for (what, sub) in [
+            ("shim state", "run/pods"),
+            ("pod state", "root/pods"),
+            ("pod logs", "logs"),
+        ] {
+            let left: Vec<_> = fs::read_dir(self.dir.join(sub))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            if !left.is_empty() {
+                bail!("{what} left in {sub}: {left:?}");
+            }
+        }
+        for controller in ["memory", "cpu", "pids", ""] {
+            let kubepods = Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(self.cgroup_root.trim_start_matches('/'))
+                .join("kubepods");
+            let pods = find_pod_cgroups(&kubepods);
+            if !pods.is_empty() {
+                bail!("cgroups left: {pods:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn find_pod_cgroups(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if entry.file_name().to_string_lossy().starts_with("pod") {
+                out.push(path.clone());
+            }
+            out.extend(find_pod_cgroups(&path));
+        }
+    }
+    out
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // pid 1 of the node first: the kernel then kills every process of the node, and the
+        // unshare and nsenter processes we started exit and are reaped here.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.reaper),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.unshare.wait();
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.nsenter.wait();
+        }
+        for controller in ["memory", "cpu", "cpuacct", "pids", ""] {
+            remove_cgroup_tree(
+                &Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(self.cgroup_root.trim_start_matches('/')),
+            );
+        }
+        if std::env::var_os("NODELET_KEEP_TEST_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}

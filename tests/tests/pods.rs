@@ -1,0 +1,460 @@
+//! Real pods in test nodes: namespaces, filesystems, volumes, signals, restarts, status, limits,
+//! agent restarts, bad input, and no leftovers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use nix::sys::signal::Signal;
+use nodelet_tests::TestNode;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(20);
+
+fn state(pod: &Value, container: &str) -> Value {
+    TestNode::container_status(pod, container)["state"].clone()
+}
+
+fn running(pod: &Value, container: &str) -> bool {
+    state(pod, container)["running"].is_object()
+}
+
+fn logs(node: &TestNode, pod: &str, container: &str) -> String {
+    let out = node.nodelet(&["logs", &format!("{pod}-node1"), "-c", container]);
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn started_node() -> Result<TestNode> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    Ok(node)
+}
+
+#[test]
+fn containers_share_hostname_localhost_and_ipc_but_not_filesystems() -> Result<()> {
+    let node = started_node()?;
+    node.write_manifest(
+        "web.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: shared, emptyDir: {}}]
+  containers:
+  - name: server
+    image: luksa/kubia
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  - name: client
+    image: busybox
+    command: ["sh", "-c", "echo mine > /tmp/only-client; echo from-client > /shared/note; until wget -qO- http://127.0.0.1:8080/; do sleep 0.2; done; sleep 3600"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+"#,
+    );
+    let pod = node.wait_pod("web", "both containers running", T, |p| {
+        running(p, "server") && running(p, "client")
+    })?;
+    nodelet_tests::wait_for("client log", T, || {
+        logs(&node, "web", "client")
+            .contains("You've hit web-node1")
+            .then_some(())
+    })?;
+
+    let server = node.container_pid(&pod, "server")?;
+    let client = node.container_pid(&pod, "client")?;
+    let ns = |pid: i32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    for shared in ["net", "uts", "ipc"] {
+        assert_eq!(
+            ns(server, shared),
+            ns(client, shared),
+            "{shared} namespace is the pod's"
+        );
+    }
+    for own in ["mnt", "pid"] {
+        assert_ne!(
+            ns(server, own),
+            ns(client, own),
+            "{own} namespace is the container's"
+        );
+    }
+    let hostname = node.exec(&pod, "server", &["hostname"])?;
+    assert_eq!(
+        String::from_utf8_lossy(&hostname.stdout).trim(),
+        "web-node1"
+    );
+    let own_file = node.exec(&pod, "server", &["cat", "/tmp/only-client"])?;
+    assert!(
+        !own_file.status.success(),
+        "the server must not see the client's /tmp"
+    );
+    let shared = node.exec(&pod, "server", &["cat", "/shared/note"])?;
+    assert_eq!(
+        String::from_utf8_lossy(&shared.stdout).trim(),
+        "from-client",
+        "emptyDir is shared"
+    );
+
+    // The container environment: default caps, no_new_privs, masked and read-only paths.
+    let status = std::fs::read_to_string(format!("/proc/{client}/status"))?;
+    assert!(status.contains("CapEff:\t00000000a80425fb"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"));
+    let ro = node.exec(
+        &pod,
+        "client",
+        &["sh", "-c", "echo 1 > /proc/sys/kernel/panic"],
+    )?;
+    assert!(!ro.status.success(), "/proc/sys is read-only");
+    let masked = node.exec(&pod, "client", &["cat", "/proc/timer_list"])?;
+    assert!(masked.stdout.is_empty(), "/proc/timer_list is masked");
+    let hosts = node.exec(&pod, "client", &["cat", "/etc/hosts"])?;
+    assert!(String::from_utf8_lossy(&hosts.stdout).starts_with("# Kubernetes-managed hosts file."));
+
+    node.remove_manifest("web.yaml");
+    node.wait_gone("web", T)?;
+    node.assert_clean()
+}
+
+#[test]
+fn sigterm_is_honoured_and_sigkill_follows_the_grace_period() -> Result<()> {
+    let node = started_node()?;
+    let marker = node.dir.join("host");
+    node.write_manifest(
+        "polite.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: polite}}
+spec:
+  terminationGracePeriodSeconds: 30
+  volumes: [{{name: out, hostPath: {{path: {m}}}}}]
+  containers:
+  - name: c
+    image: busybox
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    command: ["sh", "-c", "trap 'echo got TERM; echo got TERM > /out/term; exit 0' TERM; echo ready; while true; do sleep 0.1; done"]
+"#,
+            m = marker.display()
+        ),
+    );
+    node.write_manifest(
+        "stubborn.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
+"#,
+    );
+    node.wait_pod("polite", "running", T, |p| running(p, "c"))?;
+    node.wait_pod("stubborn", "running", T, |p| running(p, "c"))?;
+    let start = Instant::now();
+    node.remove_manifest("polite.yaml");
+    // Its log says so while the pod is still being torn down, or the marker does afterwards.
+    node.wait_gone("polite", T)?;
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "a container that exits on TERM does not wait out its 30 s grace"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marker.join("term"))?.trim(),
+        "got TERM"
+    );
+
+    let start = Instant::now();
+    node.remove_manifest("stubborn.yaml");
+    node.wait_pod("stubborn", "terminating", T, |p| {
+        p["metadata"]["deletionTimestamp"].is_string()
+    })?;
+    node.wait_gone("stubborn", T)?;
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "SIGKILL comes only after the grace period"
+    );
+    assert!(node.agent_log().contains("grace period over; killing"));
+    node.assert_clean()
+}
+
+#[test]
+fn restart_policies_and_crash_loop_backoff() -> Result<()> {
+    let node = started_node()?;
+    let pod = |name: &str, policy: &str, script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", \"{script}\"]\n"
+        )
+    };
+    node.write_manifest("never.yaml", &pod("never", "Never", "echo done"));
+    node.write_manifest(
+        "onfailure-ok.yaml",
+        &pod("onfailure-ok", "OnFailure", "exit 0"),
+    );
+    node.write_manifest(
+        "onfailure-bad.yaml",
+        &pod("onfailure-bad", "OnFailure", "exit 3"),
+    );
+    node.write_manifest("always.yaml", &pod("always", "Always", "exit 0"));
+    node.write_manifest("never-bad.yaml", &pod("never-bad", "Never", "exit 2"));
+
+    let p = node.wait_pod("never", "Succeeded", T, |p| {
+        p["status"]["phase"] == "Succeeded"
+    })?;
+    assert_eq!(state(&p, "c")["terminated"]["reason"], "Completed");
+    assert_eq!(logs(&node, "never", "c").trim(), "done");
+    node.wait_pod("onfailure-ok", "Succeeded", T, |p| {
+        p["status"]["phase"] == "Succeeded"
+    })?;
+    let p = node.wait_pod("never-bad", "Failed", T, |p| {
+        p["status"]["phase"] == "Failed"
+    })?;
+    assert_eq!(state(&p, "c")["terminated"]["exitCode"], 2);
+    assert_eq!(state(&p, "c")["terminated"]["reason"], "Error");
+
+    // Restarted at once, then held back 10 s: CrashLoopBackOff with kubelet's message.
+    let p = node.wait_pod("onfailure-bad", "in back-off", T, |p| {
+        TestNode::container_status(p, "c")["restartCount"] == 1
+            && state(p, "c")["waiting"]["reason"] == "CrashLoopBackOff"
+    })?;
+    let message = state(&p, "c")["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with(
+            "back-off 10s restarting failed container=c pod=onfailure-bad-node1_default("
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        TestNode::container_status(&p, "c")["lastState"]["terminated"]["exitCode"],
+        3
+    );
+    assert_eq!(p["status"]["phase"], "Running");
+    node.wait_pod(
+        "onfailure-bad",
+        "second restart after the back-off",
+        T,
+        |p| TestNode::container_status(p, "c")["restartCount"] == 2,
+    )?;
+    node.wait_pod("always", "restarted although it succeeded", T, |p| {
+        TestNode::container_status(p, "c")["restartCount"].as_i64() >= Some(1)
+    })?;
+    let table = String::from_utf8(node.nodelet(&["pods"]).stdout)?;
+    assert!(table.starts_with("NAMESPACE   NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("never-node1") && l.contains("Completed")),
+        "{table}"
+    );
+
+    for f in [
+        "never",
+        "onfailure-ok",
+        "onfailure-bad",
+        "always",
+        "never-bad",
+    ] {
+        node.remove_manifest(&format!("{f}.yaml"));
+    }
+    for f in [
+        "never",
+        "onfailure-ok",
+        "onfailure-bad",
+        "always",
+        "never-bad",
+    ] {
+        node.wait_gone(f, T)?;
+    }
+    node.assert_clean()
+}
+
+#[test]
+fn agent_restart_readopts_pods_without_restarting_them() -> Result<()> {
+    let mut node = started_node()?;
+    node.write_manifest(
+        "steady.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: steady}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n",
+    );
+    node.write_manifest(
+        "brief.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: brief}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox, command: [sh, -c, 'sleep 2; exit 7']}\n",
+    );
+    let before = node.wait_pod("steady", "running", T, |p| running(p, "c"))?;
+    node.wait_pod("brief", "running", T, |p| running(p, "c"))?;
+    let pid = node.container_pid(&before, "c")?;
+
+    node.stop_agent(Signal::SIGKILL)?;
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "pods survive the agent"
+    );
+    std::thread::sleep(Duration::from_secs(3)); // `brief` exits while no agent runs
+    node.start_agent()?;
+
+    let after = node.wait_pod("steady", "re-adopted", T, |p| running(p, "c"))?;
+    assert_eq!(
+        TestNode::container_status(&after, "c")["containerID"],
+        TestNode::container_status(&before, "c")["containerID"]
+    );
+    assert_eq!(TestNode::container_status(&after, "c")["restartCount"], 0);
+    assert_eq!(node.container_pid(&after, "c")?, pid);
+    let brief = node.wait_pod("brief", "exit found", T, |p| {
+        p["status"]["phase"] == "Failed"
+    })?;
+    assert_eq!(state(&brief, "c")["terminated"]["exitCode"], 7);
+
+    // SIGTERM stops the agent and leaves the pods too.
+    node.stop_agent(Signal::SIGTERM)?;
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "SIGTERM to the agent leaves pods running"
+    );
+    node.start_agent()?;
+    node.remove_manifest("steady.yaml");
+    node.remove_manifest("brief.yaml");
+    node.wait_gone("steady", T)?;
+    node.wait_gone("brief", T)?;
+    node.assert_clean()
+}
+
+#[test]
+fn bad_manifests_are_reported_and_change_nothing_else() -> Result<()> {
+    let node = started_node()?;
+    let good = "apiVersion: v1\nkind: Pod\nmetadata: {name: good}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n";
+    node.write_manifest("good.yaml", good);
+    let before = node.wait_pod("good", "running", T, |p| running(p, "c"))?;
+    node.write_manifest("typo.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: typo}\nspec:\n  containers:\n  - {name: c, image: busybox, ports: [{containerPort: eighty}]}\n");
+    node.write_manifest("noimage.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: noimage}\nspec:\n  containers:\n  - {name: c}\n");
+    node.write_manifest("garbage.yaml", "{{{ not yaml");
+    node.write_manifest(".hidden.yaml", "{{{ ignored");
+    // An invalid edit of a running pod's file keeps the pod as it was.
+    node.write_manifest("good.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: good}\nspec:\n  restartPolicy: Sometimes\n  containers:\n  - {name: c, image: busybox}\n");
+    nodelet_tests::wait_for("errors logged", T, || {
+        let log = node.agent_log();
+        (log.contains("typo.yaml")
+            && log.contains("noimage.yaml")
+            && log.contains("garbage.yaml")
+            && log.contains("spec.restartPolicy"))
+        .then_some(log)
+    })
+    .map(|log| {
+        assert!(
+            log.contains("spec.containers[0].ports[0].containerPort"),
+            "field named: {log}"
+        );
+        assert!(
+            log.contains("spec.containers[0].image: Required value"),
+            "{log}"
+        );
+        assert!(!log.contains(".hidden.yaml"), "dot-files are ignored");
+    })?;
+    // An image the node does not have: the pod waits with a reason, nothing else changes.
+    node.write_manifest("missing.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: missing}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: nosuch/image:v1}\n");
+    let missing = node.wait_pod("missing", "waiting on its image", T, |p| {
+        state(p, "c")["waiting"]["reason"] == "ErrImagePull"
+    })?;
+    assert!(state(&missing, "c")["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("not found"));
+    // A command that does not exist: RunContainerError, then back-off.
+    node.write_manifest("nocmd.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: nocmd}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [no-such-binary]}\n");
+    let nocmd = node.wait_pod("nocmd", "start error", T, |p| {
+        let reason = &state(p, "c")["waiting"]["reason"];
+        *reason == "RunContainerError" || *reason == "CrashLoopBackOff"
+    })?;
+    let last = &TestNode::container_status(&nocmd, "c")["lastState"]["terminated"];
+    assert!(last.is_null() || last["reason"] == "StartError", "{last}");
+
+    let pods = node.pods()?;
+    assert_eq!(pods.len(), 3, "only good, missing and nocmd exist");
+    let after = node.pod("good").unwrap();
+    assert_eq!(
+        TestNode::container_status(&after, "c")["containerID"],
+        TestNode::container_status(&before, "c")["containerID"]
+    );
+    assert_eq!(after["spec"]["restartPolicy"], "Always");
+
+    for f in ["good", "typo", "noimage", "garbage", "missing", "nocmd"] {
+        node.remove_manifest(&format!("{f}.yaml"));
+    }
+    for f in ["good", "missing", "nocmd"] {
+        node.wait_gone(f, T)?;
+    }
+    node.assert_clean()
+}
+
+#[test]
+fn memory_limit_is_enforced_and_reported_as_oomkilled() -> Result<()> {
+    let node = started_node()?;
+    node.write_manifest(
+        "hog.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: hog}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'x=aaaaaaaa; while true; do x=$x$x; done']\n    resources: {limits: {memory: 16Mi, cpu: 500m}}\n",
+    );
+    let p = node.wait_pod("hog", "killed", T, |p| {
+        state(p, "c")["terminated"].is_object()
+    })?;
+    assert_eq!(state(&p, "c")["terminated"]["reason"], "OOMKilled", "{p:#}");
+    assert_eq!(state(&p, "c")["terminated"]["exitCode"], 137);
+    assert_eq!(p["status"]["qosClass"], "Guaranteed");
+    node.remove_manifest("hog.yaml");
+    node.wait_gone("hog", T)?;
+    node.assert_clean()
+}
+
+#[test]
+fn shared_process_namespace_and_run_as_user() -> Result<()> {
+    let node = started_node()?;
+    node.write_manifest(
+        "share.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: share}\nspec:\n  shareProcessNamespace: true\n  terminationGracePeriodSeconds: 1\n  securityContext: {runAsUser: 1000, runAsGroup: 3000}\n  containers:\n  - {name: a, image: busybox, command: [sleep, '3600']}\n  - {name: b, image: busybox, command: [sleep, '3601']}\n",
+    );
+    let p = node.wait_pod("share", "running", T, |p| {
+        running(p, "a") && running(p, "b")
+    })?;
+    let ps = node.exec(&p, "b", &["ps"])?;
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        ps.contains("sleep 3600") && ps.contains("sleep 3601"),
+        "{ps}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.container_pid(&p, "a")?))?;
+    assert!(
+        status.contains("Uid:\t1000\t1000\t1000\t1000")
+            && status.contains("Gid:\t3000\t3000\t3000\t3000"),
+        "{status}"
+    );
+    assert!(
+        status.contains("CapEff:\t0000000000000000"),
+        "a non-root user keeps no effective caps"
+    );
+    node.remove_manifest("share.yaml");
+    node.wait_gone("share", T)?;
+    node.assert_clean()
+}
+
+#[test]
+fn editing_a_manifest_replaces_the_pod() -> Result<()> {
+    let node = started_node()?;
+    let v = |msg: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: edit}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, command: [sh, -c, 'echo {msg}; sleep 3600']}}\n")
+    };
+    node.write_manifest("edit.yaml", &v("one"));
+    let first = node.wait_pod("edit", "running", T, |p| running(p, "c"))?;
+    node.write_manifest("edit.yaml", &v("two"));
+    let second = node.wait_pod("edit", "replaced", T, |p| {
+        p["metadata"]["uid"] != first["metadata"]["uid"] && running(p, "c")
+    })?;
+    nodelet_tests::wait_for("new log", T, || {
+        (logs(&node, "edit", "c").trim() == "two").then_some(())
+    })?;
+    assert_ne!(first["metadata"]["uid"], second["metadata"]["uid"]);
+    node.remove_manifest("edit.yaml");
+    node.wait_gone("edit", T)?;
+    node.assert_clean()
+}
