@@ -1,6 +1,6 @@
 //! `nodelet`: a kubelet-style node agent. With no subcommand it runs the agent; the subcommands act
-//! on the same node state. Internal helpers (`shim`, `reaper`) are dispatched before any runtime
-//! starts, so nothing forks from a multi-threaded process (DESIGN.md decision 1).
+//! on the same node state. Pods' shims are the separate, single-threaded `nodelet-shim` binary,
+//! so nothing forks from the agent's multi-threaded runtime (DESIGN.md decision 1).
 
 mod cli;
 mod config;
@@ -60,23 +60,12 @@ enum ImageCommand {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    match args.get(1).and_then(|a| a.to_str()) {
-        Some("shim") if args.len() == 3 => {
-            init_tracing(false);
-            return ExitCode::from(
-                nodelet_sandbox::shim::main(std::path::Path::new(&args[2])) as u8
-            );
-        }
-        Some("reaper") => nodelet_sandbox::shim::reap_forever(),
-        _ => {}
-    }
     let cli = Cli::parse();
     let result = config::Config::load(&cli.flags)
         .map_err(anyhow::Error::from)
         .and_then(|config| match &cli.command {
             None => {
-                init_tracing(true);
+                init_tracing();
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
@@ -99,12 +88,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(ansi: bool) {
+fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NODELET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

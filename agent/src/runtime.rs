@@ -48,11 +48,21 @@ pub type ShimEvents = Lines<BufReader<UnixStream>>;
 #[derive(Clone, Debug)]
 pub struct Runtime {
     paths: NodePaths,
+    shim_binary: PathBuf,
+}
+
+/// `nodelet-shim`, installed beside `nodelet`.
+pub fn shim_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/nodelet"));
+    exe.with_file_name("nodelet-shim")
 }
 
 impl Runtime {
     pub fn new(paths: NodePaths) -> Self {
-        Runtime { paths }
+        Runtime {
+            paths,
+            shim_binary: shim_binary(),
+        }
     }
 
     pub fn shim(&self, uid: &str) -> ShimDir {
@@ -71,9 +81,7 @@ impl Runtime {
             path: config.clone(),
             source,
         })?;
-        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-        let output = tokio::process::Command::new(exe)
-            .arg("shim")
+        let output = tokio::process::Command::new(&self.shim_binary)
             .arg(dir.path())
             .stdin(std::process::Stdio::null())
             .output()
@@ -193,7 +201,7 @@ fn kill_stale_shim(dir: &ShimDir) {
         return;
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let expected = format!("shim\0{}", dir.path().display());
+    let expected = format!("nodelet-shim\0{}", dir.path().display());
     if cmdline
         .windows(expected.len())
         .any(|w| w == expected.as_bytes())

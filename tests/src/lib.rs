@@ -1,7 +1,7 @@
 //! The integration test harness: throwaway test nodes (DESIGN.md, "Testing without hurting the
 //! host"), the locally built test images, and checks that nothing is left behind.
 //!
-//! A test node is a new mount, network and PID namespace whose pid 1 is `nodelet reaper`, with its
+//! A test node is a new mount, network and PID namespace whose pid 1 is `nodelet-shim reaper`, with its
 //! own root, run, log and manifest directories under a temporary directory and its own cgroup
 //! root. The agent runs inside it (through nsenter). Everything the agent mounts stays in the
 //! node's mount namespace and every process dies with the node's pid 1, so even a failing test
@@ -39,7 +39,13 @@ pub fn nodelet_bin() -> PathBuf {
         "{} missing: build it first (cargo build -p nodelet; make test does)",
         path.display()
     );
-    path
+    // Absolute: nsenter runs it from inside the node's mount namespace.
+    path.canonicalize().expect("canonical nodelet path")
+}
+
+/// `nodelet-shim`, beside the agent; pid 1 of every test node is `nodelet-shim reaper`.
+pub fn shim_bin() -> PathBuf {
+    nodelet_bin().with_file_name("nodelet-shim")
 }
 
 /// Builds the busybox and kubia images once per checkout (tests/images/build.sh), under a lock
@@ -150,7 +156,7 @@ impl TestNode {
                 "private",
                 "--mount-proc",
             ])
-            .arg(nodelet_bin())
+            .arg(shim_bin())
             .arg("reaper")
             .stdin(Stdio::null())
             .spawn()

@@ -14,6 +14,7 @@
 //! changes, so exits are known even across a shim crash.
 
 mod container;
+mod log;
 mod server;
 
 use std::fs;
@@ -30,6 +31,7 @@ use crate::spec::SandboxSpec;
 use crate::sys::{self, Forked};
 use crate::{cgroup, mount, ns};
 
+pub use log::LineLogger;
 pub use server::reap_forever;
 
 /// The files of one pod's shim under the run directory.

@@ -1,0 +1,127 @@
+//! `make bench`: pod start latency (manifest written -> every container running, from the shim's
+//! own start timestamps), delete latency for a pod whose containers exit on TERM, and shim memory
+//! with many idle pods. Runs in a throwaway test node like the tests.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use nodelet_tests::{wait_for, TestNode};
+use serde_json::Value;
+
+const PODS: usize = 50;
+
+fn pod_yaml(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 10\n  containers:\n\
+         \x20 - {{name: a, image: busybox, command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1 & wait; done']}}\n\
+         \x20 - {{name: b, image: busybox, command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1 & wait; done']}}\n"
+    )
+}
+
+fn all_running(pod: &Value) -> bool {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .is_some_and(|cs| cs.len() == 2 && cs.iter().all(|c| c["state"]["running"].is_object()))
+}
+
+/// The latest container start the shim recorded for the pod (nanosecond precision; the API's
+/// `startedAt` has whole seconds), as seconds since the epoch.
+fn started_at(node: &TestNode, pod: &Value) -> f64 {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    std::fs::read_dir(node.dir.join("run/pods").join(uid).join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.path()).ok()?).ok())
+        .filter_map(|r| r["started_at"].as_str()?.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_nanosecond() as f64 / 1e9)
+        .fold(0.0, f64::max)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+/// VmRSS of every shim of the node (the pod init of a shared-PID pod is the shim's child, not
+/// counted).
+fn shim_rss_kib(node: &TestNode) -> Vec<u64> {
+    node.processes()
+        .into_iter()
+        .filter_map(|p| {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let parent: i32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_shim = argv.first().is_some_and(|a| a.ends_with(b"nodelet-shim"))
+                && argv.get(1) != Some(&&b"reaper"[..]);
+            if !is_shim || parent != node.reaper {
+                return None;
+            }
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        })
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    println!(
+        "nodelet bench: {} ({} pods, two containers each, local busybox image)",
+        nodelet_tests::nodelet_bin().display(),
+        PODS
+    );
+
+    let mut starts = Vec::new();
+    for i in 0..PODS {
+        let name = format!("bench-{i}");
+        let written = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_secs_f64();
+        node.write_manifest(&format!("{name}.yaml"), &pod_yaml(&name));
+        let pod = node.wait_pod(&name, "running", Duration::from_secs(30), all_running)?;
+        starts.push((started_at(&node, &pod) - written) * 1000.0);
+    }
+    starts.sort_by(f64::total_cmp);
+    println!("start (manifest written -> all containers running): median {:.1} ms, p99 {:.1} ms, min {:.1} ms, max {:.1} ms",
+        percentile(&starts, 0.5), percentile(&starts, 0.99), starts[0], starts[starts.len() - 1]);
+
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = shim_rss_kib(&node);
+    let avg = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64;
+    println!(
+        "shim RSS with {} idle pods: mean {:.0} KiB, max {} KiB (target < 2048 KiB)",
+        rss.len(),
+        avg,
+        rss.iter().max().unwrap_or(&0)
+    );
+
+    let mut deletes = Vec::new();
+    for i in 0..10 {
+        let name = format!("bench-{i}");
+        let t = Instant::now();
+        node.remove_manifest(&format!("{name}.yaml"));
+        node.wait_gone(&name, Duration::from_secs(30))?;
+        deletes.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    deletes.sort_by(f64::total_cmp);
+    println!("delete (manifest removed -> pod gone, containers exit on TERM): median {:.0} ms, max {:.0} ms (includes the source's detection and 50 ms polling)",
+        percentile(&deletes, 0.5), deletes[deletes.len() - 1]);
+
+    for i in 10..PODS {
+        node.remove_manifest(&format!("bench-{i}.yaml"));
+    }
+    wait_for("all bench pods deleted", Duration::from_secs(60), || {
+        node.pods().ok().filter(|p| p.is_empty())
+    })?;
+    node.assert_clean().context("bench left something behind")?;
+    Ok(())
+}
