@@ -1,0 +1,73 @@
+# nodelet: `make run` runs the agent on this machine, `make test` runs every test.
+# Both install what they need (Debian packages, and Rust through rustup if cargo is missing).
+# Run as root: nodelet creates namespaces, mounts and cgroups.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+CONFIG_DIR ?= /etc/nodelet
+MANIFESTS ?= $(CONFIG_DIR)/manifests
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+# busybox-static: the test and demo images; util-linux: unshare/nsenter for test nodes.
+DEBS := busybox-static util-linux ca-certificates curl gcc
+
+.PHONY: all deps build release images run test bench install uninstall fmt lint clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { \
+	  echo "cargo not found: installing Rust with rustup"; \
+	  curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; }
+
+build: deps
+	$(CARGO) build -p nodelet -p nodelet-sandbox --bins
+
+release: deps
+	$(CARGO) build --release -p nodelet -p nodelet-sandbox --bins
+
+images: deps
+	bash tests/images/build.sh target/test-images
+
+# Runs the agent in the foreground with the demo images and a manifest directory
+# ($(MANIFESTS); the kubia demo pod is put there if it is empty). Pods keep running after ^C.
+run: release images
+	install -d $(MANIFESTS)
+	target/release/nodelet image import target/test-images/busybox
+	target/release/nodelet image import target/test-images/kubia
+	@[ -n "$$(ls -A $(MANIFESTS))" ] || cp docs/examples/kubia.yaml $(MANIFESTS)/
+	@echo "nodelet: static pods from $(MANIFESTS); try 'target/release/nodelet pods' in another shell"
+	exec target/release/nodelet --pod-manifest-path $(MANIFESTS)
+
+test: build
+	$(CARGO) test --workspace
+
+bench: deps
+	$(CARGO) build --release -p nodelet -p nodelet-sandbox -p nodelet-tests --bins
+	NODELET_BIN=$(CURDIR)/target/release/nodelet target/release/bench
+
+install: release
+	install -D -m 0755 target/release/nodelet $(DESTDIR)$(PREFIX)/bin/nodelet
+	install -D -m 0755 target/release/nodelet-shim $(DESTDIR)$(PREFIX)/bin/nodelet-shim
+	install -D -m 0644 agent/dist/nodelet.service $(DESTDIR)/etc/systemd/system/nodelet.service
+	install -d $(DESTDIR)$(MANIFESTS)
+	@[ -e $(DESTDIR)$(CONFIG_DIR)/config.yaml ] || install -m 0644 agent/dist/config.yaml $(DESTDIR)$(CONFIG_DIR)/config.yaml
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/nodelet $(DESTDIR)$(PREFIX)/bin/nodelet-shim $(DESTDIR)/etc/systemd/system/nodelet.service
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
