@@ -1,6 +1,7 @@
 //! The typed protocol between the agent and a pod's shim: one JSON object per line over the
 //! shim's unix socket, one request per connection (a `Subscribe` connection then streams events).
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -56,6 +57,9 @@ pub struct ContainerStatus {
     pub pid: i32,
     pub started_at: Timestamp,
     pub exit: Option<Exit>,
+    /// The spec's labels, as given at creation.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -3,6 +3,7 @@
 //! The agent turns a Kubernetes Pod and an OCI image into these plain structures; the shim and the
 //! container init only execute them, so every policy decision is made (and tested) in one place.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,10 @@ pub struct ContainerSpec {
     pub cgroup: Option<crate::cgroup::CgroupSpec>,
     /// CRI log file the shim writes stdout and stderr to.
     pub log_path: PathBuf,
+    /// Facts the agent needs back later (CRI labels, such as the container's spec hash); the shim
+    /// keeps them in the instance's record and returns them with its status.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// An overlayfs root: read-only unpacked layers below, this instance's own upper directory above.

@@ -458,3 +458,81 @@ fn editing_a_manifest_replaces_the_pod() -> Result<()> {
     node.wait_gone("edit", T)?;
     node.assert_clean()
 }
+
+#[test]
+fn a_changed_container_spec_restarts_only_that_container() -> Result<()> {
+    let node = started_node()?;
+    // With its own UID the pod stays the same pod across edits, as API-server pods do.
+    let v = |msg: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fixed, uid: 0123456789abcdef0123456789abcdef}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: same, image: busybox, command: [sleep, '3600']}}\n  - {{name: edited, image: busybox, command: [sh, -c, 'echo {msg}; sleep 3600']}}\n"
+        )
+    };
+    node.write_manifest("fixed.yaml", &v("one"));
+    let first = node.wait_pod("fixed", "running", T, |p| {
+        running(p, "same") && running(p, "edited")
+    })?;
+    node.write_manifest("fixed.yaml", &v("two"));
+    let second = node.wait_pod("fixed", "edited container restarted", T, |p| {
+        TestNode::container_status(p, "edited")["restartCount"] == 1 && running(p, "edited")
+    })?;
+    assert_eq!(second["metadata"]["uid"], first["metadata"]["uid"]);
+    assert_eq!(
+        TestNode::container_status(&second, "same")["containerID"],
+        TestNode::container_status(&first, "same")["containerID"],
+        "the unchanged container keeps running"
+    );
+    nodelet_tests::wait_for("new log", T, || {
+        (logs(&node, "fixed", "edited").trim() == "two").then_some(())
+    })?;
+    node.remove_manifest("fixed.yaml");
+    node.wait_gone("fixed", T)?;
+    node.assert_clean()
+}
+
+#[test]
+fn logs_follow_until_the_container_stops_and_previous_shows_the_last_instance() -> Result<()> {
+    let node = started_node()?;
+    node.write_manifest(
+        "talk.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: talk}\nspec:\n  restartPolicy: OnFailure\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sh, -c, 'for i in 1 2 3; do echo line $i; sleep 0.1; echo err $i >&2; sleep 0.2; done; printf partial; exit 1']}\n",
+    );
+    node.wait_pod("talk", "running", T, |p| running(p, "c"))?;
+    let out = node.nodelet(&["logs", "talk-node1", "-f"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("line 1\nerr 1\nline 2\nerr 2\nline 3\nerr 3\npartial"),
+        "{text:?}"
+    );
+    // The first instance failed (exit 1) and was restarted: --previous shows it.
+    node.wait_pod("talk", "restarted", T, |p| {
+        TestNode::container_status(p, "c")["restartCount"] == 1
+    })?;
+    let previous = node.nodelet(&["logs", "talk-node1", "--previous"]);
+    assert!(String::from_utf8_lossy(&previous.stdout).starts_with("line 1\n"));
+    let bad = node.nodelet(&["logs", "talk-node1", "-c", "nope"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr)
+        .contains("container nope is not valid for pod talk-node1"));
+    node.remove_manifest("talk.yaml");
+    node.wait_gone("talk", T)?;
+    node.assert_clean()
+}
+
+#[test]
+fn a_manifest_removed_while_the_agent_is_down_deletes_its_pod_at_start() -> Result<()> {
+    let mut node = started_node()?;
+    node.write_manifest("gone.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: gone}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n");
+    node.wait_pod("gone", "running", T, |p| running(p, "c"))?;
+    node.stop_agent(Signal::SIGKILL)?;
+    node.remove_manifest("gone.yaml");
+    node.start_agent()?;
+    nodelet_tests::wait_for("pod deleted and cleaned", T, || node.assert_clean().ok())?;
+    assert!(node.pod("gone").is_none());
+    Ok(())
+}

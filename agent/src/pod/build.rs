@@ -214,6 +214,7 @@ pub fn container_spec(
         log_path: node
             .paths
             .container_log(namespace, name, uid, &c.name, inst.attempt),
+        labels: Default::default(),
     })
 }
 

@@ -270,6 +270,7 @@ mod tests {
                     finished_at: t,
                     oom_killed: false,
                 }),
+                labels: Default::default(),
             },
             start_error: None,
         }

@@ -73,6 +73,7 @@ pub fn spawn(node: Arc<Node>, pod: Arc<Pod>, adopted: bool) -> WorkerHandle {
         failed_starts: HashMap::new(),
         backoff: Backoff::default(),
         status: None,
+        replacing: Default::default(),
     };
     let task = tokio::spawn(worker.run(rx).instrument(span));
     WorkerHandle { tx, task }
@@ -91,6 +92,8 @@ struct Worker {
     failed_starts: HashMap<String, Instance>,
     backoff: Backoff,
     status: Option<PodStatus>,
+    /// Running instances being stopped because their spec changed.
+    replacing: std::collections::HashSet<String>,
 }
 
 /// Waits for the next line from the shim's event stream; forever when there is none.
@@ -271,12 +274,19 @@ impl Worker {
     /// Starts or restarts one container if its policy and backoff say so.
     async fn sync_container(&mut self, c: &Container) -> Step {
         let newest = self.newest(&c.name).cloned();
+        let hash = spec_hash(c);
+        let changed = |i: &Instance| i.record.labels.get(HASH_LABEL).is_some_and(|h| *h != hash);
         let attempt = match &newest {
             None => 0,
             Some(i) if i.record.exit.is_none() => {
                 self.observed.waiting.remove(&c.name);
+                if changed(i) {
+                    self.replace(&c.name, &i.record.id);
+                }
                 return Step::Nothing;
             }
+            // kubelet: "Container spec hash changed, will be restarted", whatever the policy.
+            Some(i) if changed(i) => i.record.attempt + 1,
             Some(i) => {
                 let exit = i.record.exit.as_ref().expect("exited");
                 let policy = pod_spec(&self.pod)
@@ -315,6 +325,29 @@ impl Worker {
         self.start_container(c, attempt).await
     }
 
+    /// Stops a running instance whose spec changed: SIGTERM, SIGKILL after the pod's grace.
+    /// Its exit then makes the next sync start the new spec.
+    fn replace(&mut self, name: &str, id: &str) {
+        if !self.replacing.insert(id.to_owned()) {
+            return;
+        }
+        info!(container = %name, "container spec changed; restarting it");
+        let grace = grace_period(&self.pod);
+        let (runtime, uid, id) = (self.node.runtime.clone(), self.uid.clone(), id.to_owned());
+        tokio::spawn(async move {
+            for (signal, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, Duration::ZERO)] {
+                let request = Request::Signal {
+                    id: id.clone(),
+                    signal,
+                };
+                if runtime.call(&uid, &request).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+
     fn newest(&self, name: &str) -> Option<&Instance> {
         self.observed
             .instances
@@ -344,6 +377,7 @@ impl Worker {
             format!("{}@{}", image.reference, image.digest),
         );
         let id = crate::random_hex(32);
+        self.replacing.clear();
         let inst = BuildInstance {
             pod: &self.pod,
             container: c,
@@ -351,7 +385,7 @@ impl Worker {
             id: &id,
             attempt,
         };
-        let spec = match build::container_spec(&self.node.ctx, &inst) {
+        let mut spec = match build::container_spec(&self.node.ctx, &inst) {
             Ok(spec) => spec,
             Err(e) => {
                 self.observed
@@ -360,6 +394,7 @@ impl Worker {
                 return Step::WaitFor(RETRY);
             }
         };
+        spec.labels.insert(HASH_LABEL.to_owned(), spec_hash(c));
         let dir = self.node.ctx.paths.container_dir(&self.uid, &id);
         for sub in ["upper", "work", "rootfs"] {
             if let Err(e) = std::fs::create_dir_all(dir.join(sub)) {
@@ -411,6 +446,7 @@ impl Worker {
                         finished_at: now,
                         oom_killed: false,
                     }),
+                    labels: [(HASH_LABEL.to_owned(), spec_hash(c))].into(),
                 };
                 self.failed_starts.insert(
                     c.name.clone(),
@@ -481,12 +517,7 @@ impl Worker {
 
     /// SIGTERM, wait up to the grace period (shrinking if asked), SIGKILL, then tear down.
     async fn terminate(&mut self, requested: Option<Duration>, rx: &mut watch::Receiver<Desired>) {
-        let spec_grace = Duration::from_secs(
-            pod_spec(&self.pod)
-                .termination_grace_period_seconds
-                .unwrap_or(30)
-                .max(0) as u64,
-        );
+        let spec_grace = grace_period(&self.pod);
         let mut grace = requested.map_or(spec_grace, |r| r.min(spec_grace));
         let started = tokio::time::Instant::now();
         info!(grace_seconds = grace.as_secs_f64(), "terminating pod");
@@ -582,10 +613,26 @@ fn namespace_name(pod: &Pod) -> (&str, &str) {
     )
 }
 
+/// The CRI label under which each instance keeps the hash of the spec it was made from.
+const HASH_LABEL: &str = "io.kubernetes.container.hash";
+
+/// A hash of a container's spec: a change restarts the container and its backoff curve.
+fn spec_hash(c: &Container) -> String {
+    crate::short_hash(&serde_json::to_vec(c).unwrap_or_default())
+}
+
 /// kubelet's stable key: a changed container spec starts a fresh backoff curve.
 fn backoff_key(c: &Container) -> String {
-    let spec = serde_json::to_vec(c).unwrap_or_default();
-    format!("{}_{}", c.name, crate::short_hash(&spec))
+    format!("{}_{}", c.name, spec_hash(c))
+}
+
+fn grace_period(pod: &Pod) -> Duration {
+    Duration::from_secs(
+        pod_spec(pod)
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .max(0) as u64,
+    )
 }
 
 /// Go's Duration.String for whole seconds and minutes, as kubelet's message prints it ("40s", "5m0s").

@@ -126,6 +126,7 @@ impl Server {
             pid: pid.as_raw(),
             started_at: Timestamp::now(),
             exit: None,
+            labels: spec.labels.clone(),
         };
         self.persist(&status);
         tracing::info!(container = %spec.id, name = %spec.name, attempt = spec.attempt, pid = pid.as_raw(), "container started");
