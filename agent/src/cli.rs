@@ -1,7 +1,7 @@
 //! The operator commands that act on a node's state: `pods`, `logs`, `images`, `image import`.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -215,7 +215,7 @@ fn print_log(
         }
         out.flush()?;
         idle += 1;
-        if idle % 5 == 0 && !running() {
+        if idle.is_multiple_of(5) && !running() {
             // Drain what was written before the exit, then stop.
             let mut rest = Vec::new();
             reader.read_to_end(&mut rest)?;
@@ -252,7 +252,7 @@ pub fn images(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn import(config: &Config, source: &PathBuf, reference: Option<&str>) -> anyhow::Result<()> {
+pub fn import(config: &Config, source: &Path, reference: Option<&str>) -> anyhow::Result<()> {
     let store = ImageStore::open(NodePaths::new(config).images())?;
     for r in store.import(source, reference)? {
         println!("imported {r}");

@@ -344,7 +344,7 @@ impl ImageStore {
             };
             let digest = self.import_manifest(
                 layout,
-                &descriptor.digest().to_string(),
+                descriptor.digest().as_ref(),
                 descriptor.media_type(),
             )?;
             self.tag(&reference, &digest)?;
@@ -390,7 +390,7 @@ impl ImageStore {
                     path: layout.to_owned(),
                     reason: format!("no manifest for linux/{}", host_arch()),
                 })?;
-            return self.import_manifest(layout, &chosen.digest().to_string(), chosen.media_type());
+            return self.import_manifest(layout, chosen.digest().as_ref(), chosen.media_type());
         }
         let manifest: ImageManifest =
             serde_json::from_slice(&data).map_err(|source| Error::Parse {

@@ -85,7 +85,7 @@ mod tests {
             let finished = now;
             let wait = b.remaining("k", finished, now).unwrap_or(Duration::ZERO);
             waits.push(wait.as_secs());
-            now = now + jiff::SignedDuration::try_from(wait).unwrap();
+            now += jiff::SignedDuration::try_from(wait).unwrap();
             assert_eq!(b.remaining("k", finished, now), None);
             b.next("k", finished, now);
         }

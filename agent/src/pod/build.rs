@@ -107,28 +107,29 @@ pub fn pod_cgroup_path(node: &NodeContext, pod: &Pod) -> PathBuf {
     tier.join(format!("pod{}", pod_uid(pod)))
 }
 
-fn container_limits(c: &Container) -> (Option<u64>, Option<u64>, Option<u64>) {
-    let memory = resource(c, "limits", "memory").and_then(|q| quantity::parse_bytes(&q));
-    let quota = resource(c, "limits", "cpu")
-        .and_then(|q| quantity::parse_millicpu(&q))
-        .map(cgroup::millicpu_to_quota);
-    let shares = request(c, "cpu")
-        .and_then(|q| quantity::parse_millicpu(&q))
-        .map(cgroup::millicpu_to_shares);
-    (memory, quota, shares)
+/// A container's cgroup numbers (kubelet's `MilliCPUToQuota` / `MilliCPUToShares`).
+fn container_cgroup(c: &Container, path: PathBuf) -> CgroupSpec {
+    CgroupSpec {
+        path,
+        memory_limit: resource(c, "limits", "memory").and_then(|q| quantity::parse_bytes(&q)),
+        cpu_quota_us: resource(c, "limits", "cpu")
+            .and_then(|q| quantity::parse_millicpu(&q))
+            .map(cgroup::millicpu_to_quota),
+        cpu_shares: request(c, "cpu")
+            .and_then(|q| quantity::parse_millicpu(&q))
+            .map(cgroup::millicpu_to_shares),
+    }
 }
 
 /// kubelet's `ResourceConfigForPod`: limits only when every container has one.
 pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
     let spec = pod_spec(pod);
-    let limits: Vec<_> = spec.containers.iter().map(container_limits).collect();
-    let all = |f: fn(&(Option<u64>, Option<u64>, Option<u64>)) -> Option<u64>| {
-        limits
-            .iter()
-            .map(f)
-            .collect::<Option<Vec<u64>>>()
-            .map(|v| v.iter().sum())
-    };
+    let limits: Vec<CgroupSpec> = spec
+        .containers
+        .iter()
+        .map(|c| container_cgroup(c, PathBuf::new()))
+        .collect();
+    let all = |f: fn(&CgroupSpec) -> Option<u64>| limits.iter().map(f).sum::<Option<u64>>();
     let shares: u64 = spec
         .containers
         .iter()
@@ -140,8 +141,8 @@ pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
         share_pid: spec.share_process_namespace == Some(true),
         cgroup: Some(CgroupSpec {
             path: pod_cgroup_path(node, pod),
-            memory_limit: all(|l| l.0),
-            cpu_quota_us: all(|l| l.1),
+            memory_limit: all(|l| l.memory_limit),
+            cpu_quota_us: all(|l| l.cpu_quota_us),
             cpu_shares: Some(cgroup::millicpu_to_shares(shares)),
         }),
     }
@@ -168,7 +169,6 @@ pub fn container_spec(
     let security = c.security_context.clone().unwrap_or_default();
     let privileged = security.privileged == Some(true);
     let env = environment(pod, c, image)?;
-    let (memory_limit, cpu_quota_us, cpu_shares) = container_limits(c);
     Ok(ContainerSpec {
         id: inst.id.to_owned(),
         name: c.name.clone(),
@@ -205,12 +205,10 @@ pub fn container_spec(
             ..user(pod, c, image)?
         },
         mounts: mounts(node, pod, c)?,
-        cgroup: Some(CgroupSpec {
-            path: pod_cgroup_path(node, pod).join(inst.id),
-            memory_limit,
-            cpu_quota_us,
-            cpu_shares,
-        }),
+        cgroup: Some(container_cgroup(
+            c,
+            pod_cgroup_path(node, pod).join(inst.id),
+        )),
         log_path: node
             .paths
             .container_log(namespace, name, uid, &c.name, inst.attempt),
