@@ -395,6 +395,14 @@ impl Worker {
             }
         };
         spec.labels.insert(HASH_LABEL.to_owned(), spec_hash(c));
+        if let Some(signal) = image
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.stop_signal().clone())
+        {
+            spec.labels.insert(STOP_SIGNAL_LABEL.to_owned(), signal);
+        }
         let dir = self.node.ctx.paths.container_dir(&self.uid, &id);
         for sub in ["upper", "work", "rootfs"] {
             if let Err(e) = std::fs::create_dir_all(dir.join(sub)) {
@@ -541,7 +549,7 @@ impl Worker {
             if self.events.is_none() {
                 self.events = self.node.runtime.subscribe(&self.uid).await.ok();
             }
-            self.signal_running(libc::SIGTERM).await;
+            self.signal_running(None).await;
             while !self.running().await.is_empty() {
                 let left = grace.saturating_sub(started.elapsed());
                 if left.is_zero() {
@@ -560,7 +568,7 @@ impl Worker {
             }
             if !self.running().await.is_empty() {
                 info!("grace period over; killing");
-                self.signal_running(libc::SIGKILL).await;
+                self.signal_running(Some(libc::SIGKILL)).await;
                 let deadline = tokio::time::Instant::now() + KILL_WAIT;
                 while !self.running().await.is_empty() && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -581,19 +589,22 @@ impl Worker {
         info!("pod deleted");
     }
 
-    async fn running(&self) -> Vec<String> {
+    async fn running(&self) -> Vec<protocol::ContainerStatus> {
         match self.node.runtime.call(&self.uid, &Request::State).await {
             Ok(Response::State { containers, .. }) => containers
                 .into_iter()
                 .filter(|c| c.exit.is_none())
-                .map(|c| c.id)
                 .collect(),
             _ => Vec::new(),
         }
     }
 
-    async fn signal_running(&self, signal: i32) {
-        for id in self.running().await {
+    /// Sends every running container its image's stop signal (SIGTERM unless the image names
+    /// another), or `signal` when one is given.
+    async fn signal_running(&self, signal: Option<i32>) {
+        for c in self.running().await {
+            let signal = signal.unwrap_or_else(|| stop_signal(&c));
+            let id = c.id;
             if let Err(e) = self
                 .node
                 .runtime
@@ -615,6 +626,31 @@ fn namespace_name(pod: &Pod) -> (&str, &str) {
 
 /// The CRI label under which each instance keeps the hash of the spec it was made from.
 const HASH_LABEL: &str = "io.kubernetes.container.hash";
+
+/// The image's `StopSignal`, kept with the instance for when it is stopped.
+const STOP_SIGNAL_LABEL: &str = "nodelet.io/stop-signal";
+
+/// The signal that asks an instance to stop: its image's (`SIGQUIT`, `QUIT` or `3`) or SIGTERM.
+fn stop_signal(c: &protocol::ContainerStatus) -> i32 {
+    let Some(name) = c.labels.get(STOP_SIGNAL_LABEL) else {
+        return libc::SIGTERM;
+    };
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.trim()
+        .parse::<i32>()
+        .ok()
+        .or_else(|| {
+            full.parse::<nix::sys::signal::Signal>()
+                .ok()
+                .map(|s| s as i32)
+        })
+        .unwrap_or(libc::SIGTERM)
+}
 
 /// A hash of a container's spec: a change restarts the container and its backoff curve.
 fn spec_hash(c: &Container) -> String {
@@ -642,5 +678,39 @@ fn humantime(d: Duration) -> String {
         format!("{}m{}s", s / 60, s % 60)
     } else {
         format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(signal: Option<&str>) -> protocol::ContainerStatus {
+        protocol::ContainerStatus {
+            id: "x".into(),
+            name: "c".into(),
+            attempt: 0,
+            pid: 1,
+            started_at: Timestamp::now(),
+            exit: None,
+            labels: signal
+                .map(|s| [(STOP_SIGNAL_LABEL.to_owned(), s.to_owned())].into())
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn stop_signal_from_the_image_in_any_spelling() {
+        assert_eq!(stop_signal(&record(None)), libc::SIGTERM);
+        assert_eq!(stop_signal(&record(Some("SIGQUIT"))), libc::SIGQUIT);
+        assert_eq!(stop_signal(&record(Some("int"))), libc::SIGINT);
+        assert_eq!(stop_signal(&record(Some("10"))), 10);
+        assert_eq!(stop_signal(&record(Some("SIGNOPE"))), libc::SIGTERM);
+    }
+
+    #[test]
+    fn go_style_back_off_durations() {
+        assert_eq!(humantime(Duration::from_secs(40)), "40s");
+        assert_eq!(humantime(Duration::from_secs(300)), "5m0s");
     }
 }
