@@ -39,6 +39,16 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     pub cni_conf_dir: PathBuf,
     pub cni_data_dir: PathBuf,
+    /// Where CNI plugin binaries are looked for, in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// This node's pod network, used for the default CNI config when none exists.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    /// This node's address on the network between nodes (reported as the pods' hostIP).
+    #[serde(rename = "nodeIP")]
+    pub node_ip: Option<String>,
+    /// Other nodes' pod networks and addresses: nodelet keeps a route to each (host-gw).
+    pub static_peers: Vec<Peer>,
     /// How often the static pod directory is rescanned besides inotify.
     #[serde(deserialize_with = "duration")]
     pub file_check_frequency: Duration,
@@ -64,12 +74,26 @@ impl Default for Config {
             kubeconfig: None,
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_data_dir: "/var/lib/cni".into(),
+            cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            pod_cidr: "10.244.0.0/24".into(),
+            node_ip: None,
+            static_peers: Vec::new(),
             file_check_frequency: Duration::from_secs(20),
             resolv_conf: "/etc/resolv.conf".into(),
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
         }
     }
+}
+
+/// Another node of the flat pod network.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Peer {
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    #[serde(rename = "nodeIP")]
+    pub node_ip: String,
 }
 
 /// Flags that override the file, named as kubelet's where kubelet has one.
@@ -96,6 +120,11 @@ pub struct Flags {
     pub node_labels: Vec<String>,
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
+    /// This node's pod CIDR (for the default CNI configuration).
+    #[arg(long, global = true)]
+    pub pod_cidr: Option<String>,
+    #[arg(long, global = true)]
+    pub node_ip: Option<String>,
 }
 
 impl Config {
@@ -157,6 +186,12 @@ impl Config {
         }
         if flags.kubeconfig.is_some() {
             self.kubeconfig = flags.kubeconfig.clone();
+        }
+        if let Some(cidr) = &flags.pod_cidr {
+            self.pod_cidr = cidr.clone();
+        }
+        if flags.node_ip.is_some() {
+            self.node_ip = flags.node_ip.clone();
         }
         for label in &flags.node_labels {
             let (k, v) = label.split_once('=').ok_or_else(|| Error::Invalid {

@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod images;
+mod network;
 mod node;
 mod paths;
 mod pod;

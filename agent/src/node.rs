@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::images::ImageStore;
+use crate::network::{self, Network};
 use crate::paths::NodePaths;
 use crate::pod::build::NodeContext;
 use crate::pod::worker::{self, Desired, WorkerHandle};
@@ -32,6 +33,9 @@ pub struct Node {
     /// The pods as last reported by their workers, with status (what `nodelet pods` shows).
     pub pods: Mutex<BTreeMap<String, Pod>>,
     pub host_resolv: String,
+    /// The pod network, loaded on first use (and again after a failure, so a fixed CNI config
+    /// takes effect without a restart).
+    network: Mutex<Option<Arc<Network>>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,7 +66,39 @@ impl Node {
             host_resolv,
             ctx,
             config,
+            network: Mutex::new(None),
         })
+    }
+
+    /// The pod network, loading the CNI configuration if needed. Errors name the file, field and
+    /// value; the agent keeps running and pods wait with that reason.
+    pub fn network(&self) -> Result<Arc<Network>, String> {
+        let mut slot = self.network.lock().expect("network lock");
+        if let Some(net) = slot.as_ref() {
+            return Ok(net.clone());
+        }
+        let net = network::load(&self.config)
+            .and_then(Network::new)
+            .map_err(|e| crate::error_chain(&e))?;
+        let net = Arc::new(net);
+        *slot = Some(net.clone());
+        Ok(net)
+    }
+
+    /// Releases everything of a pod: its network attachment first (it is read from the shim's
+    /// directory), then the sandbox, cgroups, directories and logs.
+    pub async fn teardown_pod(&self, uid: &str, log_dir: Option<&std::path::Path>) -> Vec<String> {
+        let mut errors = Vec::new();
+        let shim = self.runtime.shim(uid);
+        let attachment = network::read_attachment(shim.path());
+        if shim.path().exists() || attachment.is_some() {
+            match self.network() {
+                Ok(net) => errors.extend(net.detach(uid, attachment.as_ref()).await),
+                Err(e) => errors.push(e),
+            }
+        }
+        errors.extend(self.runtime.teardown(uid, log_dir).await);
+        errors
     }
 }
 
@@ -82,6 +118,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = Arc::new(Node::new(config)?);
     info!(node = %node.ctx.node_name, root = %paths.root.display(), run = %paths.run.display(), "nodelet starting");
     let mut workers = adopt(&node).await;
+    match node.network() {
+        Ok(net) => {
+            net.gc(&workers.keys().cloned().collect());
+            if let Err(e) = net.route_peers(&node.config.static_peers).await {
+                error!(error = %e, "routes to peer nodes");
+            }
+        }
+        Err(e) => error!(error = %e, "pod network unavailable; pods will wait for it"),
+    }
 
     let listener = bind_control(&paths)?;
     tokio::spawn(serve_control(listener, node.clone()));
@@ -198,7 +243,7 @@ async fn adopt(node: &Arc<Node>) -> HashMap<String, WorkerHandle> {
             }
             _ => {
                 warn!(pod_uid = %uid, "removing remains of a pod without a live shim");
-                let errors = node.runtime.teardown(&uid, None).await;
+                let errors = node.teardown_pod(&uid, None).await;
                 for e in errors {
                     error!(pod_uid = %uid, error = %e, "teardown");
                 }

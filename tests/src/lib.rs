@@ -97,6 +97,8 @@ pub struct Agent {
 }
 
 pub struct TestNode {
+    /// The node name; static pods are named `<pod>-<name>`.
+    pub name: String,
     pub dir: PathBuf,
     pub cgroup_root: String,
     unshare: Child,
@@ -114,8 +116,13 @@ fn child_of(pid: u32) -> Result<i32> {
 }
 
 impl TestNode {
-    /// A node with the test images imported and no agent running yet.
+    /// A node called `node1` with the test images imported and no agent running yet.
     pub fn new() -> Result<TestNode> {
+        Self::with_config("node1", "")
+    }
+
+    /// A node with its own name and extra configuration (YAML lines appended to the config).
+    pub fn with_config(name: &str, extra: &str) -> Result<TestNode> {
         let id = format!(
             "{}-{}",
             std::process::id(),
@@ -129,7 +136,8 @@ impl TestNode {
         let cgroup_root = format!("/nodelet-it-{id}");
         let config = format!(
             "rootDir: {d}/root\nrunDir: {d}/run\npodLogsDir: {d}/logs\nstaticPodPath: {d}/manifests\n\
-             cgroupRoot: {cgroup_root}\nhostnameOverride: node1\nfileCheckFrequency: 2s\n",
+             cgroupRoot: {cgroup_root}\nhostnameOverride: {name}\nfileCheckFrequency: 2s\n\
+             cniConfDir: {d}/cni/net.d\ncniDataDir: {d}/cni/data\n{extra}",
             d = dir.display()
         );
         fs::write(dir.join("config.yaml"), config)?;
@@ -163,6 +171,7 @@ impl TestNode {
             .context("start test node (unshare)")?;
         let reaper = child_of(unshare.id())?;
         Ok(TestNode {
+            name: name.to_owned(),
             dir,
             cgroup_root,
             unshare,
@@ -179,6 +188,14 @@ impl TestNode {
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &self.reaper.to_string(), "-m", "-n", "-p", "--"])
+            .arg(program);
+        cmd
+    }
+
+    /// A command in the node's network namespace only (it still sees the host's /proc).
+    pub fn net_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.reaper.to_string(), "-n", "--"])
             .arg(program);
         cmd
     }
@@ -255,9 +272,9 @@ impl TestNode {
         Ok(v["items"].as_array().cloned().unwrap_or_default())
     }
 
-    /// The pod named `name` (static pods get `-node1` appended), if the agent has it.
+    /// The pod named `name` (static pods get `-<node name>` appended), if the agent has it.
     pub fn pod(&self, name: &str) -> Option<Value> {
-        let full = format!("{name}-node1");
+        let full = format!("{name}-{}", self.name);
         self.pods()
             .ok()?
             .into_iter()
@@ -378,6 +395,14 @@ impl TestNode {
         false
     }
 
+    /// The IP the node reports for a pod.
+    pub fn pod_ip(pod: &Value) -> String {
+        pod["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Runs a command inside a running container (all of its namespaces, as `kubectl exec`).
     pub fn exec(&self, pod: &Value, container: &str, args: &[&str]) -> Result<Output> {
         let pid = self.container_pid(pod, container)?;
@@ -429,6 +454,43 @@ impl TestNode {
                 .unwrap_or_default();
             if !left.is_empty() {
                 bail!("{what} left in {sub}: {left:?}");
+            }
+        }
+        let veths = self
+            .command("ip")
+            .args(["-o", "link", "show", "type", "veth"])
+            .output()?;
+        let veths: Vec<String> = String::from_utf8_lossy(&veths.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            })
+            .filter(|n| n.starts_with("veth"))
+            .collect();
+        if !veths.is_empty() {
+            bail!("pod veths left in the node: {veths:?}");
+        }
+        for network in fs::read_dir(self.dir.join("cni/data/networks"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let held: Vec<String> = fs::read_dir(network.path())?
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                        .map(str::to_owned)
+                })
+                .collect();
+            if !held.is_empty() {
+                bail!(
+                    "addresses still allocated in {}: {held:?}",
+                    network.path().display()
+                );
             }
         }
         for controller in ["memory", "cpu", "pids", ""] {

@@ -31,6 +31,8 @@ pub struct Observed {
     pub image_ids: HashMap<String, String>,
     pub sandbox_ready: bool,
     pub start_time: Option<Timestamp>,
+    pub pod_ip: Option<std::net::IpAddr>,
+    pub host_ip: Option<String>,
 }
 
 fn terminated(i: &Instance) -> Option<ContainerStateTerminated> {
@@ -233,6 +235,15 @@ pub fn pod_status(
         conditions: Some(conditions),
         container_statuses: Some(statuses),
         start_time: observed.start_time.map(Time),
+        pod_ip: observed.pod_ip.map(|ip| ip.to_string()),
+        pod_ips: observed
+            .pod_ip
+            .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() }]),
+        host_ip: observed.host_ip.clone(),
+        host_ips: observed
+            .host_ip
+            .clone()
+            .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip }]),
         qos_class: Some(
             match qos(spec) {
                 Qos::Guaranteed => "Guaranteed",

@@ -24,6 +24,7 @@ use tracing::{info, warn, Instrument};
 use super::backoff::Backoff;
 use super::build::{self, pod_spec, pod_uid, Instance as BuildInstance};
 use super::status::{self, Instance, Observed};
+use crate::network;
 use crate::node::Node;
 use crate::runtime::ShimEvents;
 
@@ -62,6 +63,7 @@ pub fn spawn(node: Arc<Node>, pod: Arc<Pod>, adopted: bool) -> WorkerHandle {
         namespace = pod.metadata.namespace.as_deref().unwrap_or("default"),
         name = pod.metadata.name.as_deref().unwrap_or_default()
     );
+    let host_ip = node.config.node_ip.clone();
     let worker = Worker {
         node,
         uid: pod_uid(&pod).to_owned(),
@@ -69,7 +71,10 @@ pub fn spawn(node: Arc<Node>, pod: Arc<Pod>, adopted: bool) -> WorkerHandle {
         sandbox_ready: false,
         adopted,
         events: None,
-        observed: Observed::default(),
+        observed: Observed {
+            host_ip,
+            ..Observed::default()
+        },
         failed_starts: HashMap::new(),
         backoff: Backoff::default(),
         status: None,
@@ -185,7 +190,7 @@ impl Worker {
                 warn!(?result, "shim lost; the sandbox will be recreated");
                 self.sandbox_ready = false;
                 self.events = None;
-                let _ = self.node.runtime.teardown(&self.uid, None).await;
+                let _ = self.node.teardown_pod(&self.uid, None).await;
                 return false;
             }
         };
@@ -219,10 +224,17 @@ impl Worker {
                 .map_err(|e| format!("prepare pod directories: {e}"))?;
             let spec = build::sandbox_spec(&self.node.ctx, &self.pod);
             if let Err(e) = self.node.runtime.start_sandbox(&spec).await {
-                let _ = self.node.runtime.teardown(&self.uid, None).await;
+                let _ = self.node.teardown_pod(&self.uid, None).await;
                 return Err(crate::error_chain(&e));
             }
-            info!("pod sandbox started");
+            if let Err(message) = self.attach_network().await {
+                let _ = self.node.teardown_pod(&self.uid, None).await;
+                return Err(message);
+            }
+            info!(pod_ip = ?self.observed.pod_ip, "pod sandbox started");
+        } else {
+            let shim = self.node.runtime.shim(&self.uid);
+            self.observed.pod_ip = network::read_attachment(shim.path()).and_then(|a| a.pod_ip());
         }
         self.adopted = false;
         self.sandbox_ready = true;
@@ -230,6 +242,28 @@ impl Worker {
         self.observed.start_time.get_or_insert_with(Timestamp::now);
         self.events = self.node.runtime.subscribe(&self.uid).await.ok();
         Ok(())
+    }
+
+    /// Wires the new sandbox into the pod network and gives the pod's /etc/hosts its address.
+    async fn attach_network(&mut self) -> Result<(), String> {
+        let net = self.node.network()?;
+        let shim = self.node.runtime.shim(&self.uid);
+        let attachment = net
+            .attach(&self.uid, &shim.ns_dir().join("net"))
+            .await
+            .map_err(|e| format!("network {}: {}", net.name(), crate::error_chain(&e)))?;
+        network::save_attachment(shim.path(), &attachment)
+            .map_err(|e| format!("save network attachment: {e}"))?;
+        self.observed.pod_ip = attachment.pod_ip();
+        let hosts = build::hosts_file(
+            &self.pod,
+            self.observed.pod_ip.map(|ip| ip.to_string()).as_deref(),
+        );
+        std::fs::write(
+            self.node.ctx.paths.pod_root(&self.uid).join("etc-hosts"),
+            hosts,
+        )
+        .map_err(|e| format!("write /etc/hosts: {e}"))
     }
 
     /// The pod's own directories and the files kubelet manages inside its containers.
@@ -578,7 +612,7 @@ impl Worker {
         self.events = None;
         let (ns, name) = namespace_name(&self.pod);
         let log_dir = self.node.ctx.paths.pod_logs(ns, name, &self.uid);
-        for e in self.node.runtime.teardown(&self.uid, Some(&log_dir)).await {
+        for e in self.node.teardown_pod(&self.uid, Some(&log_dir)).await {
             warn!(error = %e, "teardown");
         }
         self.node

@@ -1,0 +1,364 @@
+//! The pod network: the CNI conflist is its configuration; `bridge` + `host-local` is done
+//! natively over netlink (no fork), following the bridge plugin step by step (cni.md §2.2), and
+//! leaves the same kernel and disk state. Setup fails fast and rolls back; teardown is best
+//! effort, idempotent, and collects every error.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use nodelet_cni_config::config::{self as cni, Bridge, NetworkList};
+use nodelet_cni_config::hostlocal::{self, Allocation, DiskStore};
+use nodelet_netns::{ns, route::Origin, sysctl, Netlink};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// The pod's interface name, as containerd names the default network's.
+pub const IFNAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] cni::Error),
+    #[error("write default CNI config {path}")]
+    WriteDefault {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid podCIDR {0:?}")]
+    PodCidr(String),
+    #[error("network {network}: chained or non-bridge plugins ({plugins}) are not supported yet; use bridge with host-local")]
+    NotNative { network: String, plugins: String },
+    #[error("allocate pod address")]
+    Ipam(#[from] hostlocal::Error),
+    #[error(transparent)]
+    Netlink(#[from] nodelet_netns::Error),
+    #[error("container veth name provided ({0}) already exists")]
+    IfnameTaken(String),
+    #[error("could not find a free host veth name")]
+    NoVethName,
+    #[error("IPAM plugin returned missing IP config")]
+    NoAddress,
+}
+
+/// What a pod got from the network, kept beside its shim so teardown and re-adoption need
+/// nothing else (nodelet's libcni-like cache).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub network: String,
+    pub ifname: String,
+    pub host_veth: String,
+    pub ips: Vec<(IpAddr, u8)>,
+    pub gateway: Option<IpAddr>,
+}
+
+impl Attachment {
+    pub fn pod_ip(&self) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .map(|(ip, _)| *ip)
+            .find(IpAddr::is_ipv4)
+            .or(self.ips.first().map(|(ip, _)| *ip))
+    }
+}
+
+pub struct Network {
+    list: NetworkList,
+    host: Netlink,
+}
+
+/// Loads the node's network from the CNI config directory, writing nodelet's default first if
+/// the directory has none.
+pub fn load(config: &Config) -> Result<NetworkList, Error> {
+    let dir = &config.cni_conf_dir;
+    let has_config = std::fs::read_dir(dir).map(|d| {
+        d.flatten().any(|e| {
+            matches!(
+                e.path().extension().and_then(|x| x.to_str()),
+                Some("conf" | "conflist" | "json")
+            )
+        })
+    });
+    if !has_config.unwrap_or(false) {
+        let cidr: IpNet = config
+            .pod_cidr
+            .parse()
+            .map_err(|_| Error::PodCidr(config.pod_cidr.clone()))?;
+        let path = dir.join("10-nodelet.conflist");
+        let text = cni::default_conflist("nodelet", cidr, &config.cni_data_dir.join("networks"));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(dir)?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| Error::WriteDefault {
+            path: path.clone(),
+            source,
+        })?;
+        info!(path = %path.display(), pod_cidr = %cidr, "wrote default CNI configuration");
+    }
+    Ok(cni::load_dir(dir)?)
+}
+
+impl Network {
+    pub fn new(list: NetworkList) -> Result<Network, Error> {
+        Ok(Network {
+            list,
+            host: ns::open_here()?,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.list.name
+    }
+
+    fn native(&self) -> Result<&Bridge, Error> {
+        self.list.native_bridge().ok_or_else(|| Error::NotNative {
+            network: self.list.name.clone(),
+            plugins: self
+                .list
+                .plugins
+                .iter()
+                .map(|p| p.kind.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    fn store(&self, bridge: &Bridge) -> Result<DiskStore, Error> {
+        Ok(DiskStore::open(&bridge.ipam.data_dir, &self.list.name)?)
+    }
+
+    /// Wires the pod whose network namespace is pinned at `netns`; `id` is its CNI container id.
+    pub async fn attach(&self, id: &str, netns: &Path) -> Result<Attachment, Error> {
+        let bridge = self.native()?;
+        let store = self.store(bridge)?;
+        let allocations = hostlocal::allocate(&store, &bridge.ipam, id, IFNAME)?;
+        let mut host_veth = None;
+        let result = self.wire(bridge, &allocations, netns, &mut host_veth).await;
+        match result {
+            Ok(attachment) => Ok(attachment),
+            Err(e) => {
+                // Fail fast, leak nothing: the veth (and with it the pod end), then the addresses.
+                if let Some(name) = &host_veth {
+                    let _ = self.host.delete_link(name).await;
+                }
+                let _ = hostlocal::release(&store, id, IFNAME);
+                Err(e)
+            }
+        }
+    }
+
+    async fn wire(
+        &self,
+        bridge: &Bridge,
+        allocations: &[Allocation],
+        netns: &Path,
+        host_veth: &mut Option<String>,
+    ) -> Result<Attachment, Error> {
+        let first = allocations.first().ok_or(Error::NoAddress)?.clone();
+        let bridge_index = self.host.ensure_bridge(&bridge.bridge, bridge.mtu).await?;
+        sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", bridge.bridge), "0")?;
+
+        let host_ns = ns::current().map_err(|source| nodelet_netns::Error::Enter {
+            path: "host".into(),
+            source,
+        })?;
+        let pod_side = PodSide {
+            allocations: allocations.to_vec(),
+            routes: bridge.ipam.routes.clone(),
+            mtu: bridge.mtu,
+        };
+        let (created, configured) = ns::within(netns, move |pod| async move {
+            Ok(pod_side.wire(&pod, host_ns).await)
+        })
+        .await?;
+        *host_veth = created;
+        configured?;
+        let host_name = host_veth.clone().ok_or(Error::NoVethName)?;
+
+        let veth = self.host.find_link(&host_name).await?;
+        sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_ra"), "0")?;
+        self.host
+            .attach_port(veth.header.index, bridge_index, bridge.hairpin_mode)
+            .await?;
+        if bridge.is_gateway {
+            for a in allocations {
+                self.host
+                    .ensure_gateway(
+                        &bridge.bridge,
+                        bridge_index,
+                        a.gateway,
+                        a.prefix_len,
+                        bridge.force_address,
+                    )
+                    .await?;
+                let forwarding = if a.ip.is_ipv4() {
+                    "net/ipv4/ip_forward"
+                } else {
+                    "net/ipv6/conf/all/forwarding"
+                };
+                sysctl::set(forwarding, "1")?;
+            }
+        }
+        Ok(Attachment {
+            network: self.list.name.clone(),
+            ifname: IFNAME.into(),
+            host_veth: host_name,
+            ips: allocations.iter().map(|a| (a.ip, a.prefix_len)).collect(),
+            gateway: Some(first.gateway),
+        })
+    }
+
+    /// Unwires a pod: the veth goes first (both ends with it), then its addresses are released
+    /// (plugins#666: the other order can hand out an address still in use). Missing pieces are
+    /// fine; every error is returned.
+    pub async fn detach(&self, id: &str, attachment: Option<&Attachment>) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(a) = attachment {
+            if let Err(e) = self.host.delete_link(&a.host_veth).await {
+                errors.push(crate::error_chain(&e));
+            }
+        }
+        match self.native().and_then(|b| self.store(b).map(|s| (b, s))) {
+            Ok((_, store)) => {
+                if let Err(e) = hostlocal::release(&store, id, IFNAME) {
+                    errors.push(crate::error_chain(&e));
+                }
+            }
+            Err(e) => errors.push(crate::error_chain(&e)),
+        }
+        errors
+    }
+
+    /// Frees addresses held by pods that no longer exist (CNI 1.1 GC semantics).
+    pub fn gc(&self, live: &HashSet<String>) {
+        let Ok(bridge) = self.native() else { return };
+        match self
+            .store(bridge)
+            .and_then(|s| Ok(hostlocal::gc(&s, live)?))
+        {
+            Ok(freed) if !freed.is_empty() => {
+                info!(?freed, "released addresses of pods that no longer exist")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %crate::error_chain(&e), "address garbage collection"),
+        }
+    }
+
+    /// Keeps a route to every peer node's pod network through that node (host-gw).
+    pub async fn route_peers(&self, peers: &[crate::config::Peer]) -> Result<(), String> {
+        for peer in peers {
+            let cidr: IpNet = peer
+                .pod_cidr
+                .parse()
+                .map_err(|_| format!("staticPeers: invalid podCIDR {:?}", peer.pod_cidr))?;
+            let via: IpAddr = peer
+                .node_ip
+                .parse()
+                .map_err(|_| format!("staticPeers: invalid nodeIP {:?}", peer.node_ip))?;
+            self.host
+                .add_route(
+                    cidr.network(),
+                    cidr.prefix_len(),
+                    Some(via),
+                    None,
+                    Origin::Peer,
+                )
+                .await
+                .map_err(|e| crate::error_chain(&e))?;
+            info!(pod_cidr = %cidr, via = %via, "route to peer node");
+        }
+        if !peers.is_empty() {
+            sysctl::set("net/ipv4/ip_forward", "1").map_err(|e| crate::error_chain(&e))?;
+        }
+        Ok(())
+    }
+}
+
+/// What is done from inside the pod's namespace (on its own thread, see `ns::within`).
+struct PodSide {
+    allocations: Vec<Allocation>,
+    routes: Vec<nodelet_cni_config::Route>,
+    mtu: Option<u32>,
+}
+
+impl PodSide {
+    /// Creates the veth pair (the host end straight into `host_ns`), then addresses, link up,
+    /// routes, as the bridge plugin does. Returns the host end's name if one was created, so
+    /// that a failure after it can be rolled back.
+    async fn wire(
+        self,
+        pod: &Netlink,
+        host_ns: std::fs::File,
+    ) -> (Option<String>, Result<(), Error>) {
+        let mut created = None;
+        for _ in 0..10 {
+            let name = format!("veth{}", crate::random_hex(4));
+            match pod.create_veth(IFNAME, &name, &host_ns, self.mtu).await {
+                Ok(Ok(())) => {
+                    created = Some(name);
+                    break;
+                }
+                Ok(Err(nodelet_netns::veth::Collision::HostName)) => continue,
+                Ok(Err(nodelet_netns::veth::Collision::ContainerName)) => {
+                    return (None, Err(Error::IfnameTaken(IFNAME.into())))
+                }
+                Err(e) => return (None, Err(e.into())),
+            }
+        }
+        if created.is_none() {
+            return (None, Err(Error::NoVethName));
+        }
+        let result = self.configure(pod).await;
+        (created, result)
+    }
+
+    async fn configure(&self, pod: &Netlink) -> Result<(), Error> {
+        sysctl::set(&format!("net/ipv4/conf/{IFNAME}/arp_notify"), "1")?;
+        sysctl::set(&format!("net/ipv6/conf/{IFNAME}/accept_dad"), "0")?;
+        let eth0 = pod.find_link(IFNAME).await?.header.index;
+        for a in &self.allocations {
+            pod.add_address(eth0, a.ip, a.prefix_len).await?;
+        }
+        pod.set_up(eth0).await?;
+        for route in &self.routes {
+            let gateway = route.gw.or_else(|| {
+                self.allocations
+                    .iter()
+                    .find(|a| a.gateway.is_ipv4() == route.dst.addr().is_ipv4())
+                    .map(|a| a.gateway)
+            });
+            pod.add_route(
+                route.dst.network(),
+                route.dst.prefix_len(),
+                gateway,
+                Some(eth0),
+                Origin::Pod,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The saved attachment of a pod, beside its shim.
+pub fn attachment_path(shim_dir: &Path) -> PathBuf {
+    shim_dir.join("network.json")
+}
+
+pub fn read_attachment(shim_dir: &Path) -> Option<Attachment> {
+    serde_json::from_slice(&std::fs::read(attachment_path(shim_dir)).ok()?).ok()
+}
+
+pub fn save_attachment(shim_dir: &Path, a: &Attachment) -> std::io::Result<()> {
+    let path = attachment_path(shim_dir);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(a)?)?;
+    std::fs::rename(&tmp, &path)
+}
