@@ -9,8 +9,9 @@ CONFIG_DIR ?= /etc/nodelet
 MANIFESTS ?= $(CONFIG_DIR)/manifests
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-# busybox-static: the test and demo images; util-linux: unshare/nsenter for test nodes.
-DEBS := busybox-static util-linux ca-certificates curl gcc
+# busybox-static: the test and demo images; util-linux: unshare/nsenter for test nodes;
+# iproute2, nftables, containernetworking-plugins: the pod network and its reference plugins.
+DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins ca-certificates curl gcc
 
 .PHONY: all deps build release images run test bench install uninstall fmt lint clean
 

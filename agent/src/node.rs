@@ -78,7 +78,7 @@ impl Node {
             return Ok(net.clone());
         }
         let net = network::load(&self.config)
-            .and_then(Network::new)
+            .and_then(|list| Network::new(list, &self.config))
             .map_err(|e| crate::error_chain(&e))?;
         let net = Arc::new(net);
         *slot = Some(net.clone());
@@ -93,7 +93,10 @@ impl Node {
         let attachment = network::read_attachment(shim.path());
         if shim.path().exists() || attachment.is_some() {
             match self.network() {
-                Ok(net) => errors.extend(net.detach(uid, attachment.as_ref()).await),
+                Ok(net) => {
+                    let netns = shim.ns_dir().join("net");
+                    errors.extend(net.detach(uid, &netns, attachment.as_ref()).await)
+                }
                 Err(e) => errors.push(e),
             }
         }

@@ -242,3 +242,228 @@ fn an_exhausted_pool_fails_the_pod_with_a_reason_and_leaks_nothing() -> Result<(
     node.wait_gone("second", T)?;
     node.assert_clean()
 }
+
+#[test]
+fn other_plugin_chains_run_as_cni_binaries() -> Result<()> {
+    let node = TestNode::with_config("node1", "cniBinDirs: [/usr/lib/cni]\n")?;
+    let conf_dir = node.dir.join("cni/net.d");
+    std::fs::create_dir_all(&conf_dir)?;
+    let data = node.dir.join("cni/data/networks");
+    std::fs::write(
+        conf_dir.join("10-chain.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"chain","plugins":[
+              {{"type":"bridge","bridge":"cbr0","isGateway":true,"hairpinMode":true,
+               "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.55.0.0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}},
+              {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
+            data.display()
+        ),
+    )?;
+    let mut node = node;
+    node.start_agent()?;
+    node.write_manifest("server.yaml", ECHO_SERVER);
+    let server = node.wait_pod("server", "running", T, |p| {
+        running(p, "s") && !TestNode::pod_ip(p).is_empty()
+    })?;
+    let server_ip = TestNode::pod_ip(&server);
+    ensure!(server_ip.starts_with("10.55.0."), "{server_ip}");
+    node.write_manifest("client.yaml", &client("client", &server_ip));
+    let client_pod = node.wait_pod("client", "running", T, |p| {
+        running(p, "c") && !TestNode::pod_ip(p).is_empty()
+    })?;
+    let seen = wait_for("the answer", T, || {
+        let l = logs(&node, "client", "c");
+        l.contains("from ").then_some(l)
+    })?;
+    ensure!(seen_from(&seen) == TestNode::pod_ip(&client_pod));
+    let uid = client_pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let cache: Value = serde_json::from_slice(&std::fs::read(
+        node.dir
+            .join("cni/data/results")
+            .join(format!("chain-{uid}-eth0")),
+    )?)?;
+    ensure!(
+        cache["kind"] == "cniCacheV1"
+            && cache["networkName"] == "chain"
+            && cache["ifName"] == "eth0"
+    );
+
+    // A missing plugin: the pod waits with the reason, the others are untouched.
+    std::fs::write(
+        conf_dir.join("10-chain.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"chain","plugins":[{"type":"nosuch"}]}"#,
+    )?;
+    node.stop_agent(nix::sys::signal::Signal::SIGTERM)?;
+    node.start_agent()?;
+    node.write_manifest("third.yaml", &client("third", &server_ip));
+    node.wait_pod("third", "missing plugin", T, |p| {
+        TestNode::container_status(p, "c")["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("failed to find plugin \"nosuch\" in path /usr/lib/cni"))
+    })?;
+    ensure!(running(&node.pod("server").unwrap(), "s"));
+    // Deleting the first pods still needs their own chain's DEL: put the configuration back.
+    node.remove_manifest("third.yaml");
+    node.wait_gone("third", T)?;
+    node.stop_agent(nix::sys::signal::Signal::SIGTERM)?;
+    std::fs::write(
+        conf_dir.join("10-chain.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"chain","plugins":[
+              {{"type":"bridge","bridge":"cbr0","isGateway":true,"hairpinMode":true,
+               "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.55.0.0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}},
+              {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
+            data.display()
+        ),
+    )?;
+    node.start_agent()?;
+    node.remove_manifest("client.yaml");
+    node.remove_manifest("server.yaml");
+    node.wait_gone("client", T)?;
+    node.wait_gone("server", T)?;
+    ensure!(
+        std::fs::read_dir(node.dir.join("cni/data/results"))?.count() == 0,
+        "result cache removed"
+    );
+    node.assert_clean()
+}
+
+/// `ip -j` inside the node, in the network namespace at `netns` (a path) or the node's own.
+fn ip_json(node: &TestNode, netns: Option<&str>, args: &[&str]) -> Result<Vec<Value>> {
+    let mut cmd = node.command("nsenter");
+    if let Some(ns) = netns {
+        cmd.arg(format!("--net={ns}"));
+    }
+    let out = cmd.args(["--", "ip", "-j"]).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[test]
+fn native_wiring_matches_the_reference_bridge_plugin_and_shares_its_store() -> Result<()> {
+    let node = node_with_agent("node1", "")?;
+    node.write_manifest("p.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n");
+    let pod = node.wait_pod("p", "running", T, |p| running(p, "c"))?;
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let native_ns = format!("{}/run/pods/{uid}/ns/net", node.dir.display());
+
+    // The reference plugin, on the same conflist and the same host-local directory.
+    let conf = std::fs::read_to_string(node.dir.join("cni/net.d/10-nodelet.conflist"))?;
+    let conf: Value = serde_json::from_str(&conf)?;
+    let mut plugin = conf["plugins"][0].clone();
+    plugin["name"] = conf["name"].clone();
+    plugin["cniVersion"] = conf["cniVersion"].clone();
+    // A namespace for the reference plugin's "container", held by a sleeper inside the node
+    // (no named netns: /run/netns would be the host's directory).
+    let mut holder = node
+        .command("unshare")
+        .args(["--net", "sleep", "120"])
+        .spawn()?;
+    let (holder_host_pid, holder_pid) = nodelet_tests::wait_for("namespace holder", T, || {
+        let pid =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", holder.id())).ok()?;
+        let pid: i32 = pid.split_whitespace().next()?.parse().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let in_node = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<i32>()
+            .ok()?;
+        Some((pid, in_node))
+    })?;
+    let ref_ns = format!("/proc/{holder_pid}/ns/net");
+    let run_plugin = |command: &str| -> Result<std::process::Output> {
+        let mut child = node
+            .command("/usr/lib/cni/bridge")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "reference0")
+            .env("CNI_NETNS", &ref_ns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(plugin.to_string().as_bytes())?;
+        Ok(child.wait_with_output()?)
+    };
+    let out = run_plugin("ADD")?;
+    ensure!(
+        out.status.success(),
+        "reference ADD: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout)?;
+    let ref_ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        !ref_ip.starts_with(&format!("{}/", TestNode::pod_ip(&pod))),
+        "no collision in the shared store"
+    );
+
+    // Pod side: eth0 up with the address and prefix, default route via the gateway, protocol boot.
+    let pod_view = |ns: &str| -> Result<(Value, Value)> {
+        let addrs = ip_json(&node, Some(ns), &["addr", "show", "eth0"])?;
+        let routes = ip_json(&node, Some(ns), &["route", "show", "default"])?;
+        let a = &addrs[0];
+        let v4 = a["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["family"] == "inet")
+            .cloned()
+            .unwrap_or_default();
+        Ok((
+            serde_json::json!({"flags": a["flags"], "mtu": a["mtu"], "prefixlen": v4["prefixlen"], "scope": v4["scope"], "broadcast_set": v4["broadcast"].is_string()}),
+            serde_json::json!({"gateway": routes[0]["gateway"], "protocol": routes[0]["protocol"], "dev": routes[0]["dev"]}),
+        ))
+    };
+    let (native_if, native_route) = pod_view(&native_ns)?;
+    let (ref_if, ref_route) = pod_view(&ref_ns)?;
+    ensure!(
+        native_if == ref_if,
+        "eth0: native {native_if} vs reference {ref_if}"
+    );
+    ensure!(
+        native_route == ref_route,
+        "route: native {native_route} vs reference {ref_route}"
+    );
+
+    // Host side: both veths are ports of cni0 with hairpin on, up, same MTU.
+    let links = ip_json(&node, None, &["-d", "link", "show", "type", "veth"])?;
+    ensure!(links.len() == 2, "{links:#?}");
+    let port = |l: &Value| serde_json::json!({"master": l["master"], "mtu": l["mtu"], "operstate": l["operstate"], "hairpin": l["linkinfo"]["info_slave_data"]["hairpin"], "kind": l["linkinfo"]["info_slave_kind"]});
+    ensure!(
+        port(&links[0]) == port(&links[1]),
+        "{} vs {}",
+        port(&links[0]),
+        port(&links[1])
+    );
+    ensure!(port(&links[0])["hairpin"] == true && port(&links[0])["master"] == "cni0");
+
+    let out = run_plugin("DEL")?;
+    ensure!(out.status.success(), "reference DEL");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder_host_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    holder.wait()?;
+    node.remove_manifest("p.yaml");
+    node.wait_gone("p", T)?;
+    node.assert_clean()
+}

@@ -234,7 +234,13 @@ impl Worker {
             info!(pod_ip = ?self.observed.pod_ip, "pod sandbox started");
         } else {
             let shim = self.node.runtime.shim(&self.uid);
-            self.observed.pod_ip = network::read_attachment(shim.path()).and_then(|a| a.pod_ip());
+            let attachment = network::read_attachment(shim.path());
+            self.observed.pod_ip = attachment.as_ref().and_then(|a| a.pod_ip());
+            if let (Some(a), Ok(net)) = (&attachment, self.node.network()) {
+                if let Err(e) = net.check(&self.uid, &shim.ns_dir().join("net"), a).await {
+                    warn!(error = %crate::error_chain(&e), "re-adopted pod's network check failed");
+                }
+            }
         }
         self.adopted = false;
         self.sandbox_ready = true;
@@ -248,8 +254,14 @@ impl Worker {
     async fn attach_network(&mut self) -> Result<(), String> {
         let net = self.node.network()?;
         let shim = self.node.runtime.shim(&self.uid);
+        let (namespace, name) = namespace_name(&self.pod);
+        let pod = network::PodRef {
+            uid: &self.uid,
+            namespace,
+            name,
+        };
         let attachment = net
-            .attach(&self.uid, &shim.ns_dir().join("net"))
+            .attach(&pod, &shim.ns_dir().join("net"))
             .await
             .map_err(|e| format!("network {}: {}", net.name(), crate::error_chain(&e)))?;
         network::save_attachment(shim.path(), &attachment)

@@ -16,6 +16,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
+mod plugins;
+
 /// The pod's interface name, as containerd names the default network's.
 pub const IFNAME: &str = "eth0";
 
@@ -43,6 +45,8 @@ pub enum Error {
     NoVethName,
     #[error("IPAM plugin returned missing IP config")]
     NoAddress,
+    #[error(transparent)]
+    Plugin(#[from] plugins::Error),
 }
 
 /// What a pod got from the network, kept beside its shim so teardown and re-adoption need
@@ -51,9 +55,15 @@ pub enum Error {
 pub struct Attachment {
     pub network: String,
     pub ifname: String,
+    /// The host end of the pod's veth (native path).
     pub host_veth: String,
     pub ips: Vec<(IpAddr, u8)>,
     pub gateway: Option<IpAddr>,
+    /// The chain's final ADD result and CNI_ARGS, when plugins were executed (for their DEL).
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub args: Vec<(String, String)>,
 }
 
 impl Attachment {
@@ -69,6 +79,28 @@ impl Attachment {
 pub struct Network {
     list: NetworkList,
     host: Netlink,
+    bin_dirs: Vec<PathBuf>,
+    /// libcni's cache directory (`<cniDataDir>`, holding `results/`).
+    cache_dir: PathBuf,
+}
+
+/// The pod a network operation is for.
+pub struct PodRef<'a> {
+    pub uid: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+impl PodRef<'_> {
+    /// CNI_ARGS as containerd sends them.
+    fn args(&self) -> Vec<(String, String)> {
+        vec![
+            ("K8S_POD_NAMESPACE".into(), self.namespace.into()),
+            ("K8S_POD_NAME".into(), self.name.into()),
+            ("K8S_POD_INFRA_CONTAINER_ID".into(), self.uid.into()),
+            ("K8S_POD_UID".into(), self.uid.into()),
+        ]
+    }
 }
 
 /// Loads the node's network from the CNI config directory, writing nodelet's default first if
@@ -106,10 +138,12 @@ pub fn load(config: &Config) -> Result<NetworkList, Error> {
 }
 
 impl Network {
-    pub fn new(list: NetworkList) -> Result<Network, Error> {
+    pub fn new(list: NetworkList, config: &Config) -> Result<Network, Error> {
         Ok(Network {
             list,
             host: ns::open_here()?,
+            bin_dirs: config.cni_bin_dirs.clone(),
+            cache_dir: config.cni_data_dir.clone(),
         })
     }
 
@@ -135,8 +169,63 @@ impl Network {
     }
 
     /// Wires the pod whose network namespace is pinned at `netns`; `id` is its CNI container id.
-    pub async fn attach(&self, id: &str, netns: &Path) -> Result<Attachment, Error> {
-        let bridge = self.native()?;
+    pub async fn attach(&self, pod: &PodRef<'_>, netns: &Path) -> Result<Attachment, Error> {
+        match self.list.native_bridge() {
+            Some(bridge) => self.attach_native(bridge, pod.uid, netns).await,
+            None => self.attach_plugins(pod, netns).await,
+        }
+    }
+
+    /// Verifies a re-adopted pod's attachment still stands (CNI CHECK, for plugin chains).
+    pub async fn check(
+        &self,
+        id: &str,
+        netns: &Path,
+        attachment: &Attachment,
+    ) -> Result<(), Error> {
+        let Some(result) = &attachment.result else {
+            return Ok(());
+        };
+        let inv = plugins::Invocation {
+            container_id: id,
+            netns,
+            ifname: &attachment.ifname,
+            args: attachment.args.clone(),
+        };
+        Ok(plugins::check(&self.bin_dirs, &self.list, &inv, result).await?)
+    }
+
+    /// Any other configuration: the plugin chain, executed as binaries.
+    async fn attach_plugins(&self, pod: &PodRef<'_>, netns: &Path) -> Result<Attachment, Error> {
+        let args = pod.args();
+        let inv = plugins::Invocation {
+            container_id: pod.uid,
+            netns,
+            ifname: IFNAME,
+            args: args.clone(),
+        };
+        let result = plugins::add(&self.bin_dirs, &self.list, &inv).await?;
+        if let Err(e) = plugins::write_cache(&self.cache_dir, &self.list, &inv, &result) {
+            warn!(error = %e, "write CNI result cache");
+        }
+        let ips = plugins::result_ips(&result, IFNAME);
+        Ok(Attachment {
+            network: self.list.name.clone(),
+            ifname: IFNAME.into(),
+            host_veth: String::new(),
+            ips: ips.iter().map(|(ip, prefix, _)| (*ip, *prefix)).collect(),
+            gateway: ips.iter().find_map(|(_, _, gw)| *gw),
+            result: Some(result),
+            args,
+        })
+    }
+
+    async fn attach_native(
+        &self,
+        bridge: &Bridge,
+        id: &str,
+        netns: &Path,
+    ) -> Result<Attachment, Error> {
         let store = self.store(bridge)?;
         let allocations = hostlocal::allocate(&store, &bridge.ipam, id, IFNAME)?;
         let mut host_veth = None;
@@ -212,13 +301,39 @@ impl Network {
             host_veth: host_name,
             ips: allocations.iter().map(|a| (a.ip, a.prefix_len)).collect(),
             gateway: Some(first.gateway),
+            result: None,
+            args: Vec::new(),
         })
     }
 
     /// Unwires a pod: the veth goes first (both ends with it), then its addresses are released
     /// (plugins#666: the other order can hand out an address still in use). Missing pieces are
     /// fine; every error is returned.
-    pub async fn detach(&self, id: &str, attachment: Option<&Attachment>) -> Vec<String> {
+    pub async fn detach(
+        &self,
+        id: &str,
+        netns: &Path,
+        attachment: Option<&Attachment>,
+    ) -> Vec<String> {
+        if let Some(
+            a @ Attachment {
+                result: Some(result),
+                ..
+            },
+        ) = attachment
+        {
+            let inv = plugins::Invocation {
+                container_id: id,
+                netns,
+                ifname: &a.ifname,
+                args: a.args.clone(),
+            };
+            let errors = plugins::del(&self.bin_dirs, &self.list, &inv, Some(result)).await;
+            if errors.is_empty() {
+                plugins::remove_cache(&self.cache_dir, &a.network, id, &a.ifname);
+            }
+            return errors;
+        }
         let mut errors = Vec::new();
         if let Some(a) = attachment {
             if let Err(e) = self.host.delete_link(&a.host_veth).await {
