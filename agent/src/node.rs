@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Pod;
@@ -12,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -120,10 +119,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _lock = lock_run_dir(&paths)?;
     let node = Arc::new(Node::new(config)?);
     info!(node = %node.ctx.node_name, root = %paths.root.display(), run = %paths.run.display(), "nodelet starting");
-    let mut workers = adopt(&node).await;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut workers = Workers {
+        node: node.clone(),
+        handles: HashMap::new(),
+        deleting: HashSet::new(),
+        done: done_tx,
+    };
+    adopt(&mut workers).await;
     match node.network() {
         Ok(net) => {
-            net.gc(&workers.keys().cloned().collect());
+            net.gc(&workers.handles.keys().cloned().collect());
             if let Err(e) = net.route_peers(&node.config.static_peers).await {
                 error!(error = %e, "routes to peer nodes");
             }
@@ -143,14 +149,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(source.run(tx));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut deleting: HashSet<String> = HashSet::new();
     loop {
         if let Some(desired) = desired_rx.borrow_and_update().clone() {
-            reconcile(&node, &mut workers, &mut deleting, &desired);
+            workers.reconcile(&desired);
         }
         tokio::select! {
             changed = desired_rx.changed() => if changed.is_err() { break },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            Some(uid) = done_rx.recv() => workers.finished(&uid),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -176,48 +181,70 @@ fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<Flock<std::fs::File>> {
     })
 }
 
-/// Matches workers to the desired pods: new pods get a worker, changed ones an update, vanished
-/// ones a graceful delete. A finished worker is forgotten so its UID can come back.
-fn reconcile(
-    node: &Arc<Node>,
-    workers: &mut HashMap<String, WorkerHandle>,
-    deleting: &mut HashSet<String>,
-    desired: &BTreeMap<String, Arc<Pod>>,
-) {
-    workers.retain(|uid, w| {
-        let done = w.task.is_finished();
-        if done {
-            deleting.remove(uid);
-        }
-        !done
-    });
-    for (uid, pod) in desired {
-        match workers.get(uid) {
-            Some(_) if deleting.contains(uid) => {} // comes back once the old worker finished
-            Some(w) => {
-                w.tx.send_if_modified(|d| match d {
-                    Desired::Run(current) if Arc::ptr_eq(current, pod) => false,
-                    _ => {
-                        *d = Desired::Run(pod.clone());
-                        true
-                    }
-                });
-            }
-            None => {
-                workers.insert(uid.clone(), worker::spawn(node.clone(), pod.clone(), false));
-            }
-        }
+/// The pod workers by UID.
+struct Workers {
+    node: Arc<Node>,
+    handles: HashMap<String, WorkerHandle>,
+    /// UIDs whose worker is deleting its pod; such a UID comes back only once it has finished.
+    deleting: HashSet<String>,
+    done: mpsc::UnboundedSender<String>,
+}
+
+impl Workers {
+    fn spawn(&mut self, pod: Arc<Pod>, adopted: bool) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        self.handles.insert(
+            uid,
+            worker::spawn(self.node.clone(), pod, adopted, self.done.clone()),
+        );
     }
-    for (uid, w) in workers.iter() {
-        if !desired.contains_key(uid) && deleting.insert(uid.clone()) {
-            let _ = w.tx.send(Desired::Delete { grace: None });
+
+    /// A worker ended (its pod is deleted): forget it, so its UID can come back at once.
+    fn finished(&mut self, uid: &str) {
+        self.handles.remove(uid);
+        self.deleting.remove(uid);
+    }
+
+    /// Matches workers to the desired pods: new pods get a worker, changed ones an update,
+    /// vanished ones a graceful delete.
+    fn reconcile(&mut self, desired: &BTreeMap<String, Arc<Pod>>) {
+        // A worker that ended without saying so (it panicked) is forgotten too.
+        let ended: Vec<String> = self
+            .handles
+            .iter()
+            .filter(|(_, w)| w.task.is_finished())
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uid in ended {
+            self.finished(&uid);
+        }
+        for (uid, pod) in desired {
+            match self.handles.get(uid) {
+                Some(_) if self.deleting.contains(uid) => {} // comes back once the old worker finished
+                Some(w) => {
+                    w.tx.send_if_modified(|d| match d {
+                        Desired::Run(current) if Arc::ptr_eq(current, pod) => false,
+                        _ => {
+                            *d = Desired::Run(pod.clone());
+                            true
+                        }
+                    });
+                }
+                None => self.spawn(pod.clone(), false),
+            }
+        }
+        for (uid, w) in &self.handles {
+            if !desired.contains_key(uid) && self.deleting.insert(uid.clone()) {
+                let _ = w.tx.send(Desired::Delete { grace: None });
+            }
         }
     }
 }
 
 /// Finds pods a previous agent left: live shims get a worker that adopts them as they are;
 /// remains without a live shim or without a record are torn down.
-async fn adopt(node: &Arc<Node>) -> HashMap<String, WorkerHandle> {
+async fn adopt(workers: &mut Workers) {
+    let node = workers.node.clone();
     let paths = &node.ctx.paths;
     let mut uids: Vec<String> = Vec::new();
     for dir in [paths.shims(), paths.pods_root()] {
@@ -229,7 +256,6 @@ async fn adopt(node: &Arc<Node>) -> HashMap<String, WorkerHandle> {
             }
         }
     }
-    let mut workers = HashMap::new();
     for uid in uids {
         let record = std::fs::read(paths.pod_record(&uid))
             .ok()
@@ -242,7 +268,7 @@ async fn adopt(node: &Arc<Node>) -> HashMap<String, WorkerHandle> {
         match record {
             Some(pod) if alive => {
                 info!(pod_uid = %uid, name = pod.metadata.name.as_deref().unwrap_or_default(), "re-adopting running pod");
-                workers.insert(uid, worker::spawn(node.clone(), Arc::new(pod), true));
+                workers.spawn(Arc::new(pod), true);
             }
             _ => {
                 warn!(pod_uid = %uid, "removing remains of a pod without a live shim");
@@ -253,7 +279,6 @@ async fn adopt(node: &Arc<Node>) -> HashMap<String, WorkerHandle> {
             }
         }
     }
-    workers
 }
 
 fn bind_control(paths: &NodePaths) -> anyhow::Result<UnixListener> {

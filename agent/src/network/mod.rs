@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
+mod masq;
 mod plugins;
 
 /// The pod's interface name, as containerd names the default network's.
@@ -47,6 +48,8 @@ pub enum Error {
     NoAddress,
     #[error(transparent)]
     Plugin(#[from] plugins::Error),
+    #[error("ipMasq")]
+    Masq(#[from] masq::Error),
 }
 
 /// What a pod got from the network, kept beside its shim so teardown and re-adoption need
@@ -78,7 +81,6 @@ impl Attachment {
 
 pub struct Network {
     list: NetworkList,
-    host: Netlink,
     bin_dirs: Vec<PathBuf>,
     /// libcni's cache directory (`<cniDataDir>`, holding `results/`).
     cache_dir: PathBuf,
@@ -141,10 +143,15 @@ impl Network {
     pub fn new(list: NetworkList, config: &Config) -> Result<Network, Error> {
         Ok(Network {
             list,
-            host: ns::open_here()?,
             bin_dirs: config.cni_bin_dirs.clone(),
             cache_dir: config.cni_data_dir.clone(),
         })
+    }
+
+    /// A netlink connection in the node's namespace, one per operation: a shared socket would
+    /// refuse concurrent dumps from parallel pod workers (EBUSY).
+    fn host(&self) -> Result<Netlink, Error> {
+        Ok(ns::open_here()?)
     }
 
     pub fn name(&self) -> &str {
@@ -229,15 +236,22 @@ impl Network {
         let store = self.store(bridge)?;
         let allocations = hostlocal::allocate(&store, &bridge.ipam, id, IFNAME)?;
         let mut host_veth = None;
-        let result = self.wire(bridge, &allocations, netns, &mut host_veth).await;
+        let result = self
+            .wire(bridge, id, &allocations, netns, &mut host_veth)
+            .await;
         match result {
             Ok(attachment) => Ok(attachment),
             Err(e) => {
                 // Fail fast, leak nothing: the veth (and with it the pod end), then the addresses.
                 if let Some(name) = &host_veth {
-                    let _ = self.host.delete_link(name).await;
+                    if let Ok(host) = self.host() {
+                        let _ = host.delete_link(name).await;
+                    }
                 }
                 let _ = hostlocal::release(&store, id, IFNAME);
+                if bridge.ip_masq {
+                    let _ = masq::remove(id).await;
+                }
                 Err(e)
             }
         }
@@ -246,12 +260,16 @@ impl Network {
     async fn wire(
         &self,
         bridge: &Bridge,
+        id: &str,
         allocations: &[Allocation],
         netns: &Path,
         host_veth: &mut Option<String>,
     ) -> Result<Attachment, Error> {
         let first = allocations.first().ok_or(Error::NoAddress)?.clone();
-        let bridge_index = self.host.ensure_bridge(&bridge.bridge, bridge.mtu).await?;
+        let bridge_index = self
+            .host()?
+            .ensure_bridge(&bridge.bridge, bridge.mtu)
+            .await?;
         sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", bridge.bridge), "0")?;
 
         let host_ns = ns::current().map_err(|source| nodelet_netns::Error::Enter {
@@ -271,14 +289,14 @@ impl Network {
         configured?;
         let host_name = host_veth.clone().ok_or(Error::NoVethName)?;
 
-        let veth = self.host.find_link(&host_name).await?;
+        let veth = self.host()?.find_link(&host_name).await?;
         sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_ra"), "0")?;
-        self.host
+        self.host()?
             .attach_port(veth.header.index, bridge_index, bridge.hairpin_mode)
             .await?;
         if bridge.is_gateway {
             for a in allocations {
-                self.host
+                self.host()?
                     .ensure_gateway(
                         &bridge.bridge,
                         bridge_index,
@@ -293,6 +311,14 @@ impl Network {
                     "net/ipv6/conf/all/forwarding"
                 };
                 sysctl::set(forwarding, "1")?;
+            }
+        }
+        if bridge.ip_masq {
+            for a in allocations {
+                let subnet = IpNet::new(a.ip, a.prefix_len)
+                    .expect("prefix from a valid range")
+                    .trunc();
+                masq::add(id, a.ip, subnet).await?;
             }
         }
         Ok(Attachment {
@@ -336,14 +362,23 @@ impl Network {
         }
         let mut errors = Vec::new();
         if let Some(a) = attachment {
-            if let Err(e) = self.host.delete_link(&a.host_veth).await {
+            let deleted = match self.host() {
+                Ok(host) => host.delete_link(&a.host_veth).await.map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = deleted {
                 errors.push(crate::error_chain(&e));
             }
         }
         match self.native().and_then(|b| self.store(b).map(|s| (b, s))) {
-            Ok((_, store)) => {
+            Ok((bridge, store)) => {
                 if let Err(e) = hostlocal::release(&store, id, IFNAME) {
                     errors.push(crate::error_chain(&e));
+                }
+                if bridge.ip_masq {
+                    if let Err(e) = masq::remove(id).await {
+                        errors.push(crate::error_chain(&e));
+                    }
                 }
             }
             Err(e) => errors.push(crate::error_chain(&e)),
@@ -368,6 +403,7 @@ impl Network {
 
     /// Keeps a route to every peer node's pod network through that node (host-gw).
     pub async fn route_peers(&self, peers: &[crate::config::Peer]) -> Result<(), String> {
+        let host = self.host().map_err(|e| crate::error_chain(&e))?;
         for peer in peers {
             let cidr: IpNet = peer
                 .pod_cidr
@@ -377,16 +413,15 @@ impl Network {
                 .node_ip
                 .parse()
                 .map_err(|_| format!("staticPeers: invalid nodeIP {:?}", peer.node_ip))?;
-            self.host
-                .add_route(
-                    cidr.network(),
-                    cidr.prefix_len(),
-                    Some(via),
-                    None,
-                    Origin::Peer,
-                )
-                .await
-                .map_err(|e| crate::error_chain(&e))?;
+            host.add_route(
+                cidr.network(),
+                cidr.prefix_len(),
+                Some(via),
+                None,
+                Origin::Peer,
+            )
+            .await
+            .map_err(|e| crate::error_chain(&e))?;
             info!(pod_cidr = %cidr, via = %via, "route to peer node");
         }
         if !peers.is_empty() {

@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use nodelet_sandbox::protocol::{self, Exit, Request, Response};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
 
 use super::backoff::Backoff;
@@ -55,7 +55,13 @@ pub struct WorkerHandle {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-pub fn spawn(node: Arc<Node>, pod: Arc<Pod>, adopted: bool) -> WorkerHandle {
+/// Starts the pod's worker; when it ends (the pod deleted), its UID is sent on `done`.
+pub fn spawn(
+    node: Arc<Node>,
+    pod: Arc<Pod>,
+    adopted: bool,
+    done: mpsc::UnboundedSender<String>,
+) -> WorkerHandle {
     let (tx, rx) = watch::channel(Desired::Run(pod.clone()));
     let span = tracing::info_span!(
         "pod",
@@ -80,7 +86,14 @@ pub fn spawn(node: Arc<Node>, pod: Arc<Pod>, adopted: bool) -> WorkerHandle {
         status: None,
         replacing: Default::default(),
     };
-    let task = tokio::spawn(worker.run(rx).instrument(span));
+    let uid = worker.uid.clone();
+    let task = tokio::spawn(
+        async move {
+            worker.run(rx).await;
+            let _ = done.send(uid);
+        }
+        .instrument(span),
+    );
     WorkerHandle { tx, task }
 }
 
