@@ -60,10 +60,37 @@ pub fn open_here() -> Result<Netlink> {
     })
 }
 
-/// Runs async netlink work inside the network namespace at `path`: on a dedicated OS thread
-/// that entered the namespace, with a netlink socket opened there and a current-thread runtime of
-/// its own (the socket is registered with that runtime, never shared). The caller's runtime only
-/// waits for the result.
+type Job = Box<dyn FnOnce(&tokio::runtime::Runtime) + Send>;
+
+/// The thread that does the work inside pods' namespaces, one job at a time, with a runtime of
+/// its own. Starting a thread and a runtime per job cost more than the netlink work itself.
+fn executor() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<Job>> {
+    static EXECUTOR: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    EXECUTOR.get_or_init(|| std::sync::Mutex::new(spawn_executor()))
+}
+
+fn spawn_executor() -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .expect("build the namespace thread's runtime");
+            for job in rx {
+                job(&runtime);
+            }
+        })
+        .expect("start the namespace thread");
+    tx
+}
+
+/// Runs async netlink work inside the network namespace at `path`, on the namespace thread: it
+/// enters the namespace (a guard brings it back), opens a netlink socket there, and runs `f`
+/// with it; the socket is closed as soon as `f` is done, so it never keeps a namespace alive.
 pub async fn within<T, F, Fut>(path: &Path, f: F) -> Result<T>
 where
     T: Send + 'static,
@@ -72,29 +99,51 @@ where
 {
     let path = path.to_owned();
     let namespace = path.display().to_string();
-    tokio::task::spawn_blocking(move || {
-        run_in(&path, move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-                .map_err(|source| Error::Connect {
-                    namespace: namespace.clone(),
-                    source,
-                })?;
-            runtime.block_on(async move {
-                let (connection, handle, _) =
-                    rtnetlink::new_connection().map_err(|source| Error::Connect {
-                        namespace: namespace.clone(),
+    let label = namespace.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job =
+        Box::new(move |runtime| {
+            let result =
+                Guard::enter(&path)
+                    .map_err(|source| Error::Enter {
+                        path: namespace.clone(),
                         source,
-                    })?;
-                tokio::spawn(connection);
-                f(Netlink { handle, namespace }).await
-            })
-        })?
+                    })
+                    .and_then(|_guard| {
+                        runtime.block_on(async move {
+                    let (connection, handle, _) = rtnetlink::new_connection()
+                        .map_err(|source| Error::Connect { namespace: namespace.clone(), source })?;
+                    tokio::select! {
+                        result = f(Netlink { handle, namespace: namespace.clone() }) => result,
+                        () = connection => Err(Error::Connect {
+                            namespace,
+                            source: std::io::Error::other("netlink connection ended"),
+                        }),
+                    }
+                })
+                    });
+            let _ = tx.send(result);
+        });
+    let sent = {
+        let mut sender = executor().lock().expect("executor lock");
+        sender.send(job).or_else(|std::sync::mpsc::SendError(job)| {
+            // The thread died (a job panicked): start another.
+            *sender = spawn_executor();
+            sender.send(job)
+        })
+    };
+    if sent.is_err() {
+        return Err(Error::Enter {
+            path: label,
+            source: std::io::Error::other("namespace thread unavailable"),
+        });
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(Error::Enter {
+            path: label,
+            source: std::io::Error::other("namespace job panicked"),
+        })
     })
-    .await
-    .expect("namespace task panicked")
 }
 
 /// An open handle on the caller's network namespace, for moving links into it.

@@ -567,7 +567,9 @@ fn a_thousand_create_delete_cycles_leave_nothing_behind() -> Result<()> {
         }
         // The bridge and its subnet route stay (as with the plugin); nothing else may pile up.
         // ("linkdown" comes and goes with the bridge's carrier, as ports come and go.)
-        let routes = String::from_utf8(node.command("ip").args(["route", "show"]).output()?.stdout)?.replace(" linkdown", "");
+        let routes =
+            String::from_utf8(node.command("ip").args(["route", "show"]).output()?.stdout)?
+                .replace(" linkdown", "");
         ensure!(
             *routes_before.get_or_insert_with(|| routes.clone()) == routes,
             "routes changed in round {round}"

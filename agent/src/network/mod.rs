@@ -266,12 +266,7 @@ impl Network {
         host_veth: &mut Option<String>,
     ) -> Result<Attachment, Error> {
         let first = allocations.first().ok_or(Error::NoAddress)?.clone();
-        let bridge_index = self
-            .host()?
-            .ensure_bridge(&bridge.bridge, bridge.mtu)
-            .await?;
-        sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", bridge.bridge), "0")?;
-
+        let host = self.host()?;
         let host_ns = ns::current().map_err(|source| nodelet_netns::Error::Enter {
             path: "host".into(),
             source,
@@ -281,30 +276,37 @@ impl Network {
             routes: bridge.ipam.routes.clone(),
             mtu: bridge.mtu,
         };
-        let (created, configured) = ns::within(netns, move |pod| async move {
+        // The bridge (node side) and the veth with the pod's addresses (pod side) do not depend
+        // on each other: make them at the same time.
+        let bridge_ready = async {
+            let index = host.ensure_bridge(&bridge.bridge, bridge.mtu).await?;
+            sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", bridge.bridge), "0")?;
+            Ok::<u32, Error>(index)
+        };
+        let pod_ready = ns::within(netns, move |pod| async move {
             Ok(pod_side.wire(&pod, host_ns).await)
-        })
-        .await?;
+        });
+        let (bridge_index, pod_result) = tokio::join!(bridge_ready, pod_ready);
+        let (created, configured) = pod_result?;
         *host_veth = created;
         configured?;
+        let bridge_index = bridge_index?;
         let host_name = host_veth.clone().ok_or(Error::NoVethName)?;
 
-        let veth = self.host()?.find_link(&host_name).await?;
+        let veth = host.find_link(&host_name).await?;
         sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_ra"), "0")?;
-        self.host()?
-            .attach_port(veth.header.index, bridge_index, bridge.hairpin_mode)
+        host.attach_port(veth.header.index, bridge_index, bridge.hairpin_mode)
             .await?;
         if bridge.is_gateway {
             for a in allocations {
-                self.host()?
-                    .ensure_gateway(
-                        &bridge.bridge,
-                        bridge_index,
-                        a.gateway,
-                        a.prefix_len,
-                        bridge.force_address,
-                    )
-                    .await?;
+                host.ensure_gateway(
+                    &bridge.bridge,
+                    bridge_index,
+                    a.gateway,
+                    a.prefix_len,
+                    bridge.force_address,
+                )
+                .await?;
                 let forwarding = if a.ip.is_ipv4() {
                     "net/ipv4/ip_forward"
                 } else {

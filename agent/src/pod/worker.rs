@@ -240,11 +240,14 @@ impl Worker {
                 let _ = self.node.teardown_pod(&self.uid, None).await;
                 return Err(crate::error_chain(&e));
             }
-            if let Err(message) = self.attach_network().await {
-                let _ = self.node.teardown_pod(&self.uid, None).await;
-                return Err(message);
-            }
-            info!(pod_ip = ?self.observed.pod_ip, "pod sandbox started");
+            let network_us = match self.attach_network().await {
+                Ok(took) => took.as_micros() as u64,
+                Err(message) => {
+                    let _ = self.node.teardown_pod(&self.uid, None).await;
+                    return Err(message);
+                }
+            };
+            info!(pod_ip = ?self.observed.pod_ip, network_us, "pod sandbox started");
         } else {
             let shim = self.node.runtime.shim(&self.uid);
             let attachment = network::read_attachment(shim.path());
@@ -264,7 +267,8 @@ impl Worker {
     }
 
     /// Wires the new sandbox into the pod network and gives the pod's /etc/hosts its address.
-    async fn attach_network(&mut self) -> Result<(), String> {
+    /// Returns how long the wiring itself (the CNI ADD's equivalent) took.
+    async fn attach_network(&mut self) -> Result<std::time::Duration, String> {
         let net = self.node.network()?;
         let shim = self.node.runtime.shim(&self.uid);
         let (namespace, name) = namespace_name(&self.pod);
@@ -273,10 +277,12 @@ impl Worker {
             namespace,
             name,
         };
+        let started = std::time::Instant::now();
         let attachment = net
             .attach(&pod, &shim.ns_dir().join("net"))
             .await
             .map_err(|e| format!("network {}: {}", net.name(), crate::error_chain(&e)))?;
+        let took = started.elapsed();
         network::save_attachment(shim.path(), &attachment)
             .map_err(|e| format!("save network attachment: {e}"))?;
         self.observed.pod_ip = attachment.pod_ip();
@@ -288,7 +294,8 @@ impl Worker {
             self.node.ctx.paths.pod_root(&self.uid).join("etc-hosts"),
             hosts,
         )
-        .map_err(|e| format!("write /etc/hosts: {e}"))
+        .map_err(|e| format!("write /etc/hosts: {e}"))?;
+        Ok(took)
     }
 
     /// The pod's own directories and the files kubelet manages inside its containers.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use nodelet_tests::{wait_for, TestNode};
+
 use serde_json::Value;
 
 const PODS: usize = 50;
@@ -71,6 +72,162 @@ fn shim_rss_kib(node: &TestNode) -> Vec<u64> {
         .collect()
 }
 
+/// Native wiring time (from the agent's log) against the reference bridge plugin binary on the
+/// same conflist, and TCP throughput pod to pod over the bridge against loopback.
+fn network(node: &TestNode) -> Result<()> {
+    let mut native: Vec<f64> = node
+        .agent_log()
+        .lines()
+        .filter(|l| l.contains("pod sandbox started"))
+        .filter_map(|l| {
+            l.split("network_us=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|us| us / 1000.0)
+        .collect();
+    native.sort_by(f64::total_cmp);
+    let plugin = plugin_wiring(node, 20)?;
+    let (n, p) = (percentile(&native, 0.5), percentile(&plugin, 0.5));
+    println!("wire one pod: native median {n:.1} ms (n={}), bridge plugin binary median {p:.1} ms (n={}): {:.1}x (target >= 5x)", native.len(), plugin.len(), p / n);
+
+    let a = node.pod("bench-10").context("pod bench-10")?;
+    let b = node.pod("bench-11").context("pod bench-11")?;
+    let a_ns = format!("/proc/{}/ns/net", node.container_pid(&a, "a")?);
+    let b_ns = format!("/proc/{}/ns/net", node.container_pid(&b, "a")?);
+    let a_ip: std::net::IpAddr = a["status"]["podIP"].as_str().context("pod IP")?.parse()?;
+    let bridge = throughput(&a_ns, &b_ns, a_ip)?;
+    let loopback = throughput(&a_ns, &a_ns, "127.0.0.1".parse()?)?;
+    println!("TCP pod to pod over the bridge: {bridge:.2} GB/s; loopback in one pod: {loopback:.2} GB/s ({:.0} %)", 100.0 * bridge / loopback);
+    Ok(())
+}
+
+/// ADD+DEL with /usr/lib/cni/bridge (and host-local) in the node's network namespace, timing
+/// ADD. The plugin is started from a thread that entered that namespace (a child starts in its
+/// parent thread's namespaces), so no nsenter is timed with it.
+fn plugin_wiring(node: &TestNode, runs: usize) -> Result<Vec<f64>> {
+    use std::io::Write;
+    let conf: Value = serde_json::from_slice(&std::fs::read(
+        node.dir.join("cni/net.d/10-nodelet.conflist"),
+    )?)?;
+    let mut plugin = conf["plugins"][0].clone();
+    plugin["name"] = conf["name"].clone();
+    plugin["cniVersion"] = conf["cniVersion"].clone();
+    let mut holder = node
+        .command("unshare")
+        .args(["--net", "sleep", "600"])
+        .spawn()?;
+    let host_pid: i32 = wait_for("namespace holder", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", holder.id()))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })?;
+    let node_netns = format!("/proc/{}/ns/net", node.reaper);
+    let times = std::thread::spawn(move || -> Result<Vec<f64>> {
+        nix::sched::setns(
+            std::fs::File::open(&node_netns)?,
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )?;
+        let run = |command: &str| -> Result<Duration> {
+            let start = Instant::now();
+            let mut child = std::process::Command::new("/usr/lib/cni/bridge")
+                .env("CNI_COMMAND", command)
+                .env("CNI_CONTAINERID", "benchref")
+                .env("CNI_NETNS", format!("/proc/{host_pid}/ns/net"))
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", "/usr/lib/cni")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(plugin.to_string().as_bytes())?;
+            let out = child.wait_with_output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "bridge {command}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            Ok(start.elapsed())
+        };
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            times.push(run("ADD")?.as_secs_f64() * 1000.0);
+            run("DEL")?;
+        }
+        Ok(times)
+    })
+    .join()
+    .expect("plugin thread")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    holder.wait()?;
+    let mut times = times;
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// Sends 2 GiB over one TCP connection from the namespace `client_ns` to a listener in
+/// `server_ns` at `addr`; returns GB/s. Each side is a thread that entered its namespace.
+fn throughput(server_ns: &str, client_ns: &str, addr: std::net::IpAddr) -> Result<f64> {
+    use std::io::{Read, Write};
+    const TOTAL: usize = 2 << 30;
+    let enter = |ns: &str| -> Result<()> {
+        nix::sched::setns(
+            std::fs::File::open(ns)?,
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )?;
+        Ok(())
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server_ns = server_ns.to_owned();
+    let server = std::thread::spawn(move || -> Result<usize> {
+        enter(&server_ns)?;
+        let listener = std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, 5201))
+            .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", 5201)))?;
+        ready_tx.send(())?;
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            match stream.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5))?;
+    let client_ns = client_ns.to_owned();
+    let client = std::thread::spawn(move || -> Result<f64> {
+        enter(&client_ns)?;
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&(addr, 5201).into(), Duration::from_secs(5))?;
+        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let buf = vec![7u8; 1 << 20];
+        let start = Instant::now();
+        for _ in 0..TOTAL / buf.len() {
+            stream.write_all(&buf)?;
+        }
+        drop(stream);
+        Ok(start.elapsed().as_secs_f64())
+    });
+    let seconds = client.join().expect("client thread")?;
+    let received = server.join().expect("server thread")?;
+    anyhow::ensure!(received == TOTAL, "received {received} of {TOTAL} bytes");
+    Ok(TOTAL as f64 / seconds / 1e9)
+}
+
 fn main() -> Result<()> {
     let mut node = TestNode::new()?;
     node.start_agent()?;
@@ -116,6 +273,7 @@ fn main() -> Result<()> {
     println!("delete (manifest removed -> pod gone, containers exit on TERM): median {:.0} ms, max {:.0} ms (includes the source's detection and 50 ms polling)",
         percentile(&deletes, 0.5), deletes[deletes.len() - 1]);
 
+    network(&node)?;
     for i in 10..PODS {
         node.remove_manifest(&format!("bench-{i}.yaml"));
     }
