@@ -103,6 +103,37 @@ impl DiskStore {
     }
 }
 
+impl DiskStore {
+    /// Every allocation file (named after an IP) whose size passes `size_ok`, with its holder.
+    fn read_allocations(
+        &self,
+        size_ok: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(IpAddr, Attachment)>, Error> {
+        let entries = fs::read_dir(&self.dir).map_err(|source| Error::Io {
+            action: "list",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            if !entry.metadata().is_ok_and(|m| size_ok(m.len())) {
+                continue;
+            }
+            if let Ok(content) = fs::read_to_string(entry.path()) {
+                out.push((ip, Attachment::parse(&content)));
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Store for DiskStore {
     fn locked<T>(&self, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
         let path = self.dir.join("lock");
@@ -170,25 +201,7 @@ impl Store for DiskStore {
     }
 
     fn allocations(&self) -> Result<Vec<(IpAddr, Attachment)>, Error> {
-        let entries = fs::read_dir(&self.dir).map_err(|source| Error::Io {
-            action: "list",
-            path: self.dir.clone(),
-            source,
-        })?;
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<IpAddr>().ok())
-            else {
-                continue;
-            };
-            if let Ok(content) = fs::read_to_string(entry.path()) {
-                out.push((ip, Attachment::parse(&content)));
-            }
-        }
-        Ok(out)
+        self.read_allocations(|_| true)
     }
 
     /// Reads only files whose size fits `id\r\nifname` or `id`: with many pods, reading every
@@ -196,31 +209,11 @@ impl Store for DiskStore {
     fn held_by(&self, id: &str, ifname: &str) -> Result<Vec<(IpAddr, Attachment)>, Error> {
         let id = id.trim();
         let sizes = [(id.len() + 2 + ifname.len()) as u64, id.len() as u64];
-        let entries = fs::read_dir(&self.dir).map_err(|source| Error::Io {
-            action: "list",
-            path: self.dir.clone(),
-            source,
-        })?;
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<IpAddr>().ok())
-            else {
-                continue;
-            };
-            if !entry.metadata().is_ok_and(|m| sizes.contains(&m.len())) {
-                continue;
-            }
-            if let Ok(content) = fs::read_to_string(entry.path()) {
-                let a = Attachment::parse(&content);
-                if a.id == id && a.ifname.as_deref().is_none_or(|i| i == ifname) {
-                    out.push((ip, a));
-                }
-            }
-        }
-        Ok(out)
+        let found = self.read_allocations(|size| sizes.contains(&size))?;
+        Ok(found
+            .into_iter()
+            .filter(|(_, a)| a.id == id && a.ifname.as_deref().is_none_or(|i| i == ifname))
+            .collect())
     }
 
     fn release(&self, ip: IpAddr) -> Result<(), Error> {

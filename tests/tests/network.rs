@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
-use nodelet_tests::{wait_for, TestNode};
+use anyhow::{ensure, Context, Result};
+use nodelet_tests::{run_cni, sleeper_pod, wait_for, TestNode};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -180,7 +180,7 @@ fn a_bad_cni_config_holds_pods_with_its_reason_until_fixed() -> Result<()> {
         r#"{"cniVersion":"1.0.0","name":"podnet","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.66.0.0/24","gateway":"10.67.0.1"}]]}}]}"#,
     )?;
     node.start_agent()?;
-    node.write_manifest("p.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n");
+    node.write_manifest("p.yaml", &sleeper_pod("p"));
     let waiting = node.wait_pod("p", "waiting on the network", T, |p| {
         TestNode::container_status(p, "c")["state"]["waiting"]["message"]
             .as_str()
@@ -218,9 +218,7 @@ fn a_bad_cni_config_holds_pods_with_its_reason_until_fixed() -> Result<()> {
 fn an_exhausted_pool_fails_the_pod_with_a_reason_and_leaks_nothing() -> Result<()> {
     // A /30 has one address for pods besides the gateway.
     let node = node_with_agent("node1", "podCIDR: 10.99.0.0/30\n")?;
-    let pod = |name: &str| {
-        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, command: [sleep, '3600']}}\n")
-    };
+    let pod = sleeper_pod;
     node.write_manifest("first.yaml", &pod("first"));
     node.wait_pod("first", "running", T, |p| running(p, "c"))?;
     node.write_manifest("second.yaml", &pod("second"));
@@ -248,17 +246,14 @@ fn other_plugin_chains_run_as_cni_binaries() -> Result<()> {
     let node = TestNode::with_config("node1", "cniBinDirs: [/usr/lib/cni]\n")?;
     let conf_dir = node.dir.join("cni/net.d");
     std::fs::create_dir_all(&conf_dir)?;
-    let data = node.dir.join("cni/data/networks");
-    std::fs::write(
-        conf_dir.join("10-chain.conflist"),
-        format!(
-            r#"{{"cniVersion":"1.0.0","name":"chain","plugins":[
-              {{"type":"bridge","bridge":"cbr0","isGateway":true,"hairpinMode":true,
-               "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.55.0.0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}},
-              {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
-            data.display()
-        ),
-    )?;
+    let chain = format!(
+        r#"{{"cniVersion":"1.0.0","name":"chain","plugins":[
+          {{"type":"bridge","bridge":"cbr0","isGateway":true,"hairpinMode":true,
+           "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.55.0.0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}},
+          {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
+        node.dir.join("cni/data/networks").display()
+    );
+    std::fs::write(conf_dir.join("10-chain.conflist"), &chain)?;
     let mut node = node;
     node.start_agent()?;
     node.write_manifest("server.yaml", ECHO_SERVER);
@@ -306,16 +301,7 @@ fn other_plugin_chains_run_as_cni_binaries() -> Result<()> {
     node.remove_manifest("third.yaml");
     node.wait_gone("third", T)?;
     node.stop_agent(nix::sys::signal::Signal::SIGTERM)?;
-    std::fs::write(
-        conf_dir.join("10-chain.conflist"),
-        format!(
-            r#"{{"cniVersion":"1.0.0","name":"chain","plugins":[
-              {{"type":"bridge","bridge":"cbr0","isGateway":true,"hairpinMode":true,
-               "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.55.0.0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}},
-              {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
-            data.display()
-        ),
-    )?;
+    std::fs::write(conf_dir.join("10-chain.conflist"), &chain)?;
     node.start_agent()?;
     node.remove_manifest("client.yaml");
     node.remove_manifest("server.yaml");
@@ -346,7 +332,7 @@ fn ip_json(node: &TestNode, netns: Option<&str>, args: &[&str]) -> Result<Vec<Va
 #[test]
 fn native_wiring_matches_the_reference_bridge_plugin_and_shares_its_store() -> Result<()> {
     let node = node_with_agent("node1", "")?;
-    node.write_manifest("p.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n");
+    node.write_manifest("p.yaml", &sleeper_pod("p"));
     let pod = node.wait_pod("p", "running", T, |p| running(p, "c"))?;
     let uid = pod["metadata"]["uid"]
         .as_str()
@@ -355,57 +341,19 @@ fn native_wiring_matches_the_reference_bridge_plugin_and_shares_its_store() -> R
     let native_ns = format!("{}/run/pods/{uid}/ns/net", node.dir.display());
 
     // The reference plugin, on the same conflist and the same host-local directory.
-    let conf = std::fs::read_to_string(node.dir.join("cni/net.d/10-nodelet.conflist"))?;
-    let conf: Value = serde_json::from_str(&conf)?;
-    let mut plugin = conf["plugins"][0].clone();
-    plugin["name"] = conf["name"].clone();
-    plugin["cniVersion"] = conf["cniVersion"].clone();
-    // A namespace for the reference plugin's "container", held by a sleeper inside the node
-    // (no named netns: /run/netns would be the host's directory).
-    let mut holder = node
-        .command("unshare")
-        .args(["--net", "sleep", "120"])
-        .spawn()?;
-    let (holder_host_pid, holder_pid) = nodelet_tests::wait_for("namespace holder", T, || {
-        let pid =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", holder.id())).ok()?;
-        let pid: i32 = pid.split_whitespace().next()?.parse().ok()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let in_node = status
-            .lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse::<i32>()
-            .ok()?;
-        Some((pid, in_node))
-    })?;
-    let ref_ns = format!("/proc/{holder_pid}/ns/net");
-    let run_plugin = |command: &str| -> Result<std::process::Output> {
-        let mut child = node
-            .command("/usr/lib/cni/bridge")
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", "reference0")
-            .env("CNI_NETNS", &ref_ns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(plugin.to_string().as_bytes())?;
-        Ok(child.wait_with_output()?)
+    let plugin = node.cni_plugin_config("10-nodelet.conflist")?;
+    let holder = node.netns_holder()?;
+    let ref_ns = holder.node_path();
+    let run_plugin = |op: &str| {
+        run_cni(
+            node.command("/usr/lib/cni/bridge"),
+            op,
+            "reference0",
+            &ref_ns,
+            &plugin,
+        )
     };
     let out = run_plugin("ADD")?;
-    ensure!(
-        out.status.success(),
-        "reference ADD: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
     let result: Value = serde_json::from_slice(&out.stdout)?;
     let ref_ip = result["ips"][0]["address"]
         .as_str()
@@ -445,7 +393,20 @@ fn native_wiring_matches_the_reference_bridge_plugin_and_shares_its_store() -> R
     );
 
     // Host side: both veths are ports of cni0 with hairpin on, up, same MTU.
-    let links = ip_json(&node, None, &["-d", "link", "show", "type", "veth"])?;
+    // Both host ends converge to UP (the kernel's link watch reports operstate asynchronously).
+    let links = wait_for("both host veths up", T, || {
+        let links = ip_json(&node, None, &["-d", "link", "show", "type", "veth"]).ok()?;
+        links
+            .iter()
+            .all(|l| l["operstate"] == "UP")
+            .then_some(links)
+    })
+    .with_context(|| {
+        format!(
+            "{:#?}",
+            ip_json(&node, None, &["-d", "link", "show", "type", "veth"])
+        )
+    })?;
     ensure!(links.len() == 2, "{links:#?}");
     let port = |l: &Value| serde_json::json!({"master": l["master"], "mtu": l["mtu"], "operstate": l["operstate"], "hairpin": l["linkinfo"]["info_slave_data"]["hairpin"], "kind": l["linkinfo"]["info_slave_kind"]});
     ensure!(
@@ -456,13 +417,8 @@ fn native_wiring_matches_the_reference_bridge_plugin_and_shares_its_store() -> R
     );
     ensure!(port(&links[0])["hairpin"] == true && port(&links[0])["master"] == "cni0");
 
-    let out = run_plugin("DEL")?;
-    ensure!(out.status.success(), "reference DEL");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(holder_host_pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    holder.wait()?;
+    run_plugin("DEL")?;
+    drop(holder);
     node.remove_manifest("p.yaml");
     node.wait_gone("p", T)?;
     node.assert_clean()
@@ -483,7 +439,7 @@ fn ip_masq_true_adds_a_masquerade_rule_per_pod_and_removes_it() -> Result<()> {
     )?;
     let mut node = node;
     node.start_agent()?;
-    node.write_manifest("p.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n");
+    node.write_manifest("p.yaml", &sleeper_pod("p"));
     let pod = node.wait_pod("p", "running", T, |p| running(p, "c"))?;
     let ip = TestNode::pod_ip(&pod);
     let ruleset = String::from_utf8(
@@ -516,9 +472,7 @@ fn ip_masq_true_adds_a_masquerade_rule_per_pod_and_removes_it() -> Result<()> {
 #[test]
 fn a_restarted_agent_keeps_pod_addresses_and_frees_those_of_vanished_pods() -> Result<()> {
     let mut node = node_with_agent("node1", "")?;
-    let pod = |name: &str| {
-        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, command: [sleep, '3600']}}\n")
-    };
+    let pod = sleeper_pod;
     node.write_manifest("keep.yaml", &pod("keep"));
     let before = node.wait_pod("keep", "running", T, |p| {
         running(p, "c") && !TestNode::pod_ip(p).is_empty()

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
-use nodelet_tests::TestNode;
+use nodelet_tests::{sleeper_pod, TestNode};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -276,10 +276,7 @@ fn restart_policies_and_crash_loop_backoff() -> Result<()> {
 #[test]
 fn agent_restart_readopts_pods_without_restarting_them() -> Result<()> {
     let mut node = started_node()?;
-    node.write_manifest(
-        "steady.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: steady}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n",
-    );
+    node.write_manifest("steady.yaml", &sleeper_pod("steady"));
     node.write_manifest(
         "brief.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: brief}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox, command: [sh, -c, 'sleep 2; exit 7']}\n",
@@ -325,7 +322,7 @@ fn agent_restart_readopts_pods_without_restarting_them() -> Result<()> {
 #[test]
 fn bad_manifests_are_reported_and_change_nothing_else() -> Result<()> {
     let node = started_node()?;
-    let good = "apiVersion: v1\nkind: Pod\nmetadata: {name: good}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n";
+    let good = &sleeper_pod("good");
     node.write_manifest("good.yaml", good);
     let before = node.wait_pod("good", "running", T, |p| running(p, "c"))?;
     node.write_manifest("typo.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: typo}\nspec:\n  containers:\n  - {name: c, image: busybox, ports: [{containerPort: eighty}]}\n");
@@ -527,7 +524,7 @@ fn logs_follow_until_the_container_stops_and_previous_shows_the_last_instance() 
 #[test]
 fn a_manifest_removed_while_the_agent_is_down_deletes_its_pod_at_start() -> Result<()> {
     let mut node = started_node()?;
-    node.write_manifest("gone.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: gone}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n");
+    node.write_manifest("gone.yaml", &sleeper_pod("gone"));
     node.wait_pod("gone", "running", T, |p| running(p, "c"))?;
     node.stop_agent(Signal::SIGKILL)?;
     node.remove_manifest("gone.yaml");

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use nodelet_tests::{wait_for, TestNode};
+use nodelet_tests::{run_cni, wait_for, TestNode};
 
 use serde_json::Value;
 
@@ -109,70 +109,28 @@ fn network(node: &TestNode) -> Result<()> {
 /// ADD. The plugin is started from a thread that entered that namespace (a child starts in its
 /// parent thread's namespaces), so no nsenter is timed with it.
 fn plugin_wiring(node: &TestNode, runs: usize) -> Result<Vec<f64>> {
-    use std::io::Write;
-    let conf: Value = serde_json::from_slice(&std::fs::read(
-        node.dir.join("cni/net.d/10-nodelet.conflist"),
-    )?)?;
-    let mut plugin = conf["plugins"][0].clone();
-    plugin["name"] = conf["name"].clone();
-    plugin["cniVersion"] = conf["cniVersion"].clone();
-    let mut holder = node
-        .command("unshare")
-        .args(["--net", "sleep", "600"])
-        .spawn()?;
-    let host_pid: i32 = wait_for("namespace holder", Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", holder.id()))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })?;
+    let plugin = node.cni_plugin_config("10-nodelet.conflist")?;
+    let holder = node.netns_holder()?;
+    let netns = holder.host_path();
     let node_netns = format!("/proc/{}/ns/net", node.reaper);
-    let times = std::thread::spawn(move || -> Result<Vec<f64>> {
+    let mut times = std::thread::spawn(move || -> Result<Vec<f64>> {
         nix::sched::setns(
             std::fs::File::open(&node_netns)?,
             nix::sched::CloneFlags::CLONE_NEWNET,
         )?;
-        let run = |command: &str| -> Result<Duration> {
-            let start = Instant::now();
-            let mut child = std::process::Command::new("/usr/lib/cni/bridge")
-                .env("CNI_COMMAND", command)
-                .env("CNI_CONTAINERID", "benchref")
-                .env("CNI_NETNS", format!("/proc/{host_pid}/ns/net"))
-                .env("CNI_IFNAME", "eth0")
-                .env("CNI_PATH", "/usr/lib/cni")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()?;
-            child
-                .stdin
-                .take()
-                .context("stdin")?
-                .write_all(plugin.to_string().as_bytes())?;
-            let out = child.wait_with_output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "bridge {command}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-            Ok(start.elapsed())
-        };
+        let bridge = || std::process::Command::new("/usr/lib/cni/bridge");
         let mut times = Vec::new();
         for _ in 0..runs {
-            times.push(run("ADD")?.as_secs_f64() * 1000.0);
-            run("DEL")?;
+            let start = Instant::now();
+            run_cni(bridge(), "ADD", "benchref", &netns, &plugin)?;
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+            run_cni(bridge(), "DEL", "benchref", &netns, &plugin)?;
         }
         Ok(times)
     })
     .join()
     .expect("plugin thread")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(host_pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    holder.wait()?;
-    let mut times = times;
+    drop(holder);
     times.sort_by(f64::total_cmp);
     Ok(times)
 }
