@@ -234,10 +234,10 @@ impl Network {
         netns: &Path,
     ) -> Result<Attachment, Error> {
         let store = self.store(bridge)?;
-        let allocations = hostlocal::allocate(&store, &bridge.ipam, id, IFNAME)?;
         let mut host_veth = None;
+        let mut allocated = false;
         let result = self
-            .wire(bridge, id, &allocations, netns, &mut host_veth)
+            .wire(bridge, id, &store, netns, &mut host_veth, &mut allocated)
             .await;
         match result {
             Ok(attachment) => Ok(attachment),
@@ -248,7 +248,9 @@ impl Network {
                         let _ = host.delete_link(name).await;
                     }
                 }
-                let _ = hostlocal::release(&store, id, IFNAME);
+                if allocated {
+                    let _ = hostlocal::release(&store, id, IFNAME);
+                }
                 if bridge.ip_masq {
                     let _ = masq::remove(id).await;
                 }
@@ -261,36 +263,45 @@ impl Network {
         &self,
         bridge: &Bridge,
         id: &str,
-        allocations: &[Allocation],
+        store: &DiskStore,
         netns: &Path,
         host_veth: &mut Option<String>,
+        allocated: &mut bool,
     ) -> Result<Attachment, Error> {
-        let first = allocations.first().ok_or(Error::NoAddress)?.clone();
         let host = self.host()?;
         let host_ns = ns::current().map_err(|source| nodelet_netns::Error::Enter {
             path: "host".into(),
             source,
         })?;
+        let (addresses_tx, addresses_rx) = tokio::sync::oneshot::channel();
         let pod_side = PodSide {
-            allocations: allocations.to_vec(),
             routes: bridge.ipam.routes.clone(),
             mtu: bridge.mtu,
         };
-        // The bridge (node side) and the veth with the pod's addresses (pod side) do not depend
-        // on each other: make them at the same time.
+        // The pod side creates its veth while the node side allocates the addresses and readies
+        // the bridge; the pod side then waits for the addresses to configure them.
+        let pod_ready = ns::within(netns, move |pod| async move {
+            Ok(pod_side.wire(&pod, host_ns, addresses_rx).await)
+        });
+        let node_ready = async {
+            let allocations = hostlocal::allocate(store, &bridge.ipam, id, IFNAME)?;
+            let _ = addresses_tx.send(allocations.clone());
+            Ok::<_, Error>(allocations)
+        };
         let bridge_ready = async {
             let index = host.ensure_bridge(&bridge.bridge, bridge.mtu).await?;
             sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", bridge.bridge), "0")?;
             Ok::<u32, Error>(index)
         };
-        let pod_ready = ns::within(netns, move |pod| async move {
-            Ok(pod_side.wire(&pod, host_ns).await)
-        });
-        let (bridge_index, pod_result) = tokio::join!(bridge_ready, pod_ready);
+        let (allocations, bridge_index, pod_result) =
+            tokio::join!(node_ready, bridge_ready, pod_ready);
+        *allocated = allocations.is_ok();
         let (created, configured) = pod_result?;
         *host_veth = created;
+        let allocations = allocations?;
         configured?;
         let bridge_index = bridge_index?;
+        let first = allocations.first().ok_or(Error::NoAddress)?.clone();
         let host_name = host_veth.clone().ok_or(Error::NoVethName)?;
 
         let veth = host.find_link(&host_name).await?;
@@ -298,7 +309,7 @@ impl Network {
         host.attach_port(veth.header.index, bridge_index, bridge.hairpin_mode)
             .await?;
         if bridge.is_gateway {
-            for a in allocations {
+            for a in &allocations {
                 host.ensure_gateway(
                     &bridge.bridge,
                     bridge_index,
@@ -316,7 +327,7 @@ impl Network {
             }
         }
         if bridge.ip_masq {
-            for a in allocations {
+            for a in &allocations {
                 let subnet = IpNet::new(a.ip, a.prefix_len)
                     .expect("prefix from a valid range")
                     .trunc();
@@ -435,19 +446,19 @@ impl Network {
 
 /// What is done from inside the pod's namespace (on its own thread, see `ns::within`).
 struct PodSide {
-    allocations: Vec<Allocation>,
     routes: Vec<nodelet_cni_config::Route>,
     mtu: Option<u32>,
 }
 
 impl PodSide {
-    /// Creates the veth pair (the host end straight into `host_ns`), then addresses, link up,
-    /// routes, as the bridge plugin does. Returns the host end's name if one was created, so
-    /// that a failure after it can be rolled back.
+    /// Creates the veth pair (the host end straight into `host_ns`), then, once the node side
+    /// sends the addresses, addresses, link up, routes, as the bridge plugin does. Returns the
+    /// host end's name if one was created, so that a failure after it can be rolled back.
     async fn wire(
         self,
         pod: &Netlink,
         host_ns: std::fs::File,
+        addresses: tokio::sync::oneshot::Receiver<Vec<Allocation>>,
     ) -> (Option<String>, Result<(), Error>) {
         let mut created = None;
         for _ in 0..10 {
@@ -467,21 +478,25 @@ impl PodSide {
         if created.is_none() {
             return (None, Err(Error::NoVethName));
         }
-        let result = self.configure(pod).await;
+        // No addresses: the allocation failed, and the node side reports why.
+        let Ok(allocations) = addresses.await else {
+            return (created, Err(Error::NoAddress));
+        };
+        let result = self.configure(pod, &allocations).await;
         (created, result)
     }
 
-    async fn configure(&self, pod: &Netlink) -> Result<(), Error> {
+    async fn configure(&self, pod: &Netlink, allocations: &[Allocation]) -> Result<(), Error> {
         sysctl::set(&format!("net/ipv4/conf/{IFNAME}/arp_notify"), "1")?;
         sysctl::set(&format!("net/ipv6/conf/{IFNAME}/accept_dad"), "0")?;
         let eth0 = pod.find_link(IFNAME).await?.header.index;
-        for a in &self.allocations {
+        for a in allocations {
             pod.add_address(eth0, a.ip, a.prefix_len).await?;
         }
         pod.set_up(eth0).await?;
         for route in &self.routes {
             let gateway = route.gw.or_else(|| {
-                self.allocations
+                allocations
                     .iter()
                     .find(|a| a.gateway.is_ipv4() == route.dst.addr().is_ipv4())
                     .map(|a| a.gateway)
