@@ -309,7 +309,8 @@ fn other_plugin_chains_run_as_cni_binaries() -> Result<()> {
     node.wait_gone("server", T)?;
     ensure!(
         std::fs::read_dir(node.dir.join("cni/data/results"))?.count() == 0,
-        "result cache removed"
+        "result cache removed; agent log:\n{}",
+        node.agent_log()
     );
     node.assert_clean()
 }
