@@ -6,6 +6,8 @@
 //! agent: `find_*` fails when the object is absent, `try_find_*` returns `None`, so "not found" is
 //! never confused with a netlink failure.
 
+pub use rtnetlink;
+
 pub mod addr;
 pub mod bridge;
 pub mod link;

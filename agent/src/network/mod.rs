@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use nodelet_cni_config::config::{self as cni, Bridge, NetworkList};
 use nodelet_cni_config::hostlocal::{self, Allocation, DiskStore};
+use nodelet_netns::rtnetlink::packet_route::link::LinkAttribute;
 use nodelet_netns::{ns, route::Origin, sysctl, Netlink};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -288,9 +289,24 @@ impl Network {
             let _ = addresses_tx.send(allocations.clone());
             Ok::<_, Error>(allocations)
         };
+        // A set of one range has one gateway, known before allocating: put it up front.
+        let early_gateways: Vec<(IpAddr, u8)> = if bridge.is_gateway {
+            bridge
+                .ipam
+                .ranges
+                .iter()
+                .filter(|set| set.len() == 1)
+                .map(|set| (set[0].gateway, set[0].subnet.prefix_len()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let bridge_ready = async {
             let index = host.ensure_bridge(&bridge.bridge, bridge.mtu).await?;
             sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", bridge.bridge), "0")?;
+            for (gateway, prefix) in &early_gateways {
+                ensure_gateway(&host, bridge, index, *gateway, *prefix).await?;
+            }
             Ok::<u32, Error>(index)
         };
         let (allocations, bridge_index, pod_result) =
@@ -299,31 +315,25 @@ impl Network {
         let (created, configured) = pod_result?;
         *host_veth = created;
         let allocations = allocations?;
-        configured?;
+        let peer_index = configured?;
         let bridge_index = bridge_index?;
         let first = allocations.first().ok_or(Error::NoAddress)?.clone();
         let host_name = host_veth.clone().ok_or(Error::NoVethName)?;
 
-        let veth = host.find_link(&host_name).await?;
+        // The pod's eth0 names its peer's index (IFLA_LINK); without it, look the peer up.
+        let veth_index = match peer_index {
+            Some(index) => index,
+            None => host.find_link(&host_name).await?.header.index,
+        };
         sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_ra"), "0")?;
-        host.attach_port(veth.header.index, bridge_index, bridge.hairpin_mode)
+        host.attach_port(veth_index, bridge_index, bridge.hairpin_mode)
             .await?;
         if bridge.is_gateway {
-            for a in &allocations {
-                host.ensure_gateway(
-                    &bridge.bridge,
-                    bridge_index,
-                    a.gateway,
-                    a.prefix_len,
-                    bridge.force_address,
-                )
-                .await?;
-                let forwarding = if a.ip.is_ipv4() {
-                    "net/ipv4/ip_forward"
-                } else {
-                    "net/ipv6/conf/all/forwarding"
-                };
-                sysctl::set(forwarding, "1")?;
+            for a in allocations
+                .iter()
+                .filter(|a| !early_gateways.contains(&(a.gateway, a.prefix_len)))
+            {
+                ensure_gateway(&host, bridge, bridge_index, a.gateway, a.prefix_len).await?;
             }
         }
         if bridge.ip_masq {
@@ -444,6 +454,24 @@ impl Network {
     }
 }
 
+/// The gateway address on the bridge, and forwarding on for its family (bridge plugin `isGateway`).
+async fn ensure_gateway(
+    host: &Netlink,
+    bridge: &Bridge,
+    index: u32,
+    gateway: IpAddr,
+    prefix: u8,
+) -> Result<(), Error> {
+    host.ensure_gateway(&bridge.bridge, index, gateway, prefix, bridge.force_address)
+        .await?;
+    let forwarding = if gateway.is_ipv4() {
+        "net/ipv4/ip_forward"
+    } else {
+        "net/ipv6/conf/all/forwarding"
+    };
+    Ok(sysctl::set(forwarding, "1")?)
+}
+
 /// What is done from inside the pod's namespace (on its own thread, see `ns::within`).
 struct PodSide {
     routes: Vec<nodelet_cni_config::Route>,
@@ -459,7 +487,7 @@ impl PodSide {
         pod: &Netlink,
         host_ns: std::fs::File,
         addresses: tokio::sync::oneshot::Receiver<Vec<Allocation>>,
-    ) -> (Option<String>, Result<(), Error>) {
+    ) -> (Option<String>, Result<Option<u32>, Error>) {
         let mut created = None;
         for _ in 0..10 {
             let name = format!("veth{}", crate::random_hex(4));
@@ -486,10 +514,20 @@ impl PodSide {
         (created, result)
     }
 
-    async fn configure(&self, pod: &Netlink, allocations: &[Allocation]) -> Result<(), Error> {
+    /// Returns the host end's index as the pod's eth0 reports it, if it does.
+    async fn configure(
+        &self,
+        pod: &Netlink,
+        allocations: &[Allocation],
+    ) -> Result<Option<u32>, Error> {
         sysctl::set(&format!("net/ipv4/conf/{IFNAME}/arp_notify"), "1")?;
         sysctl::set(&format!("net/ipv6/conf/{IFNAME}/accept_dad"), "0")?;
-        let eth0 = pod.find_link(IFNAME).await?.header.index;
+        let link = pod.find_link(IFNAME).await?;
+        let eth0 = link.header.index;
+        let peer = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Link(index) => Some(*index),
+            _ => None,
+        });
         for a in allocations {
             pod.add_address(eth0, a.ip, a.prefix_len).await?;
         }
@@ -510,7 +548,7 @@ impl PodSide {
             )
             .await?;
         }
-        Ok(())
+        Ok(peer)
     }
 }
 
