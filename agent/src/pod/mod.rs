@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod build;
+pub mod files;
 pub mod manifest;
 pub mod quantity;
 pub mod status;

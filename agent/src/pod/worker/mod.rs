@@ -15,18 +15,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use nodelet_sandbox::protocol::{self, Exit, Request, Response};
+use nodelet_sandbox::protocol::{self, Request, Response};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
 
 use super::backoff::Backoff;
-use super::build::{self, pod_spec, pod_uid, Instance as BuildInstance};
+use super::build::{self, pod_spec, pod_uid};
+use super::files;
 use super::status::{self, Instance, Observed};
 use crate::network;
 use crate::node::Node;
 use crate::runtime::ShimEvents;
+
+mod containers;
 
 const RESYNC: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(2);
@@ -286,7 +289,7 @@ impl Worker {
         network::save_attachment(shim.path(), &attachment)
             .map_err(|e| format!("save network attachment: {e}"))?;
         self.observed.pod_ip = attachment.pod_ip();
-        let hosts = build::hosts_file(
+        let hosts = files::hosts_file(
             &self.pod,
             self.observed.pod_ip.map(|ip| ip.to_string()).as_deref(),
         );
@@ -306,9 +309,9 @@ impl Worker {
         std::fs::create_dir_all(&root)?;
         self.save_record()?;
         let pod = &self.pod;
-        std::fs::write(root.join("etc-hosts"), build::hosts_file(pod, None))?;
+        std::fs::write(root.join("etc-hosts"), files::hosts_file(pod, None))?;
         std::fs::write(root.join("hostname"), format!("{}\n", build::hostname(pod)))?;
-        let resolv = build::resolv_conf(
+        let resolv = files::resolv_conf(
             pod,
             &self.node.host_resolv,
             &self.node.config.cluster_dns,
@@ -335,241 +338,6 @@ impl Worker {
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(&*self.pod)?)?;
         std::fs::rename(&tmp, &path)
-    }
-
-    /// Starts or restarts one container if its policy and backoff say so.
-    async fn sync_container(&mut self, c: &Container) -> Step {
-        let newest = self.newest(&c.name).cloned();
-        let hash = spec_hash(c);
-        let changed = |i: &Instance| i.record.labels.get(HASH_LABEL).is_some_and(|h| *h != hash);
-        let attempt = match &newest {
-            None => 0,
-            Some(i) if i.record.exit.is_none() => {
-                self.observed.waiting.remove(&c.name);
-                if changed(i) {
-                    self.replace(&c.name, &i.record.id);
-                }
-                return Step::Nothing;
-            }
-            // kubelet: "Container spec hash changed, will be restarted", whatever the policy.
-            Some(i) if changed(i) => i.record.attempt + 1,
-            Some(i) => {
-                let exit = i.record.exit.as_ref().expect("exited");
-                let policy = pod_spec(&self.pod)
-                    .restart_policy
-                    .as_deref()
-                    .unwrap_or("Always");
-                let restart = match policy {
-                    "Never" => false,
-                    "OnFailure" => exit.code != 0,
-                    _ => true,
-                };
-                if !restart {
-                    self.observed.waiting.remove(&c.name);
-                    return Step::Nothing;
-                }
-                let key = backoff_key(c);
-                let now = Timestamp::now();
-                if let Some(remaining) = self.backoff.remaining(&key, exit.finished_at, now) {
-                    let current = self.backoff.current(&key).unwrap_or_default();
-                    let (ns, name) = namespace_name(&self.pod);
-                    let message = format!(
-                        "back-off {} restarting failed container={} pod={name}_{ns}({})",
-                        humantime(current),
-                        c.name,
-                        self.uid
-                    );
-                    self.observed
-                        .waiting
-                        .insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
-                    return Step::WaitFor(remaining);
-                }
-                self.backoff.next(&key, exit.finished_at, now);
-                i.record.attempt + 1
-            }
-        };
-        self.start_container(c, attempt).await
-    }
-
-    /// Stops a running instance whose spec changed: SIGTERM, SIGKILL after the pod's grace.
-    /// Its exit then makes the next sync start the new spec.
-    fn replace(&mut self, name: &str, id: &str) {
-        if !self.replacing.insert(id.to_owned()) {
-            return;
-        }
-        info!(container = %name, "container spec changed; restarting it");
-        let grace = grace_period(&self.pod);
-        let (runtime, uid, id) = (self.node.runtime.clone(), self.uid.clone(), id.to_owned());
-        tokio::spawn(async move {
-            for (signal, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, Duration::ZERO)] {
-                let request = Request::Signal {
-                    id: id.clone(),
-                    signal,
-                };
-                if runtime.call(&uid, &request).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(wait).await;
-            }
-        });
-    }
-
-    fn newest(&self, name: &str) -> Option<&Instance> {
-        self.observed
-            .instances
-            .iter()
-            .filter(|i| i.record.name == name)
-            .max_by_key(|i| i.record.attempt)
-    }
-
-    async fn start_container(&mut self, c: &Container, attempt: u32) -> Step {
-        let image_name = c.image.clone().unwrap_or_default();
-        let image = match self.node.images.resolve(&image_name) {
-            Ok(image) => image,
-            Err(e) => {
-                let reason = if c.image_pull_policy.as_deref() == Some("Never") {
-                    "ErrImageNeverPull"
-                } else {
-                    "ErrImagePull"
-                };
-                self.observed
-                    .waiting
-                    .insert(c.name.clone(), (reason.into(), crate::error_chain(&e)));
-                return Step::WaitFor(RETRY);
-            }
-        };
-        self.observed.image_ids.insert(
-            c.name.clone(),
-            format!("{}@{}", image.reference, image.digest),
-        );
-        let id = crate::random_hex(32);
-        self.replacing.clear();
-        let inst = BuildInstance {
-            pod: &self.pod,
-            container: c,
-            image: &image,
-            id: &id,
-            attempt,
-        };
-        let mut spec = match build::container_spec(&self.node.ctx, &inst) {
-            Ok(spec) => spec,
-            Err(e) => {
-                self.observed
-                    .waiting
-                    .insert(c.name.clone(), ("CreateContainerConfigError".into(), e.0));
-                return Step::WaitFor(RETRY);
-            }
-        };
-        spec.labels.insert(HASH_LABEL.to_owned(), spec_hash(c));
-        if let Some(signal) = image
-            .config
-            .config()
-            .as_ref()
-            .and_then(|c| c.stop_signal().clone())
-        {
-            spec.labels.insert(STOP_SIGNAL_LABEL.to_owned(), signal);
-        }
-        let dir = self.node.ctx.paths.container_dir(&self.uid, &id);
-        for sub in ["upper", "work", "rootfs"] {
-            if let Err(e) = std::fs::create_dir_all(dir.join(sub)) {
-                self.observed.waiting.insert(
-                    c.name.clone(),
-                    (
-                        "CreateContainerError".into(),
-                        format!("create {}: {e}", dir.display()),
-                    ),
-                );
-                return Step::WaitFor(RETRY);
-            }
-        }
-        let result = self
-            .node
-            .runtime
-            .call(
-                &self.uid,
-                &Request::Create {
-                    spec: Box::new(spec),
-                },
-            )
-            .await;
-        self.prune(&c.name, attempt).await;
-        match result {
-            Ok(_) => {
-                info!(container = %c.name, attempt, "container started");
-                self.observed.waiting.remove(&c.name);
-                self.failed_starts.remove(&c.name);
-                Step::Started
-            }
-            Err(e) => {
-                let message = match e {
-                    crate::runtime::Error::Shim { message, .. } => message,
-                    other => crate::error_chain(&other),
-                };
-                warn!(container = %c.name, error = %message, "container failed to start");
-                let _ = std::fs::remove_dir_all(&dir);
-                let now = Timestamp::now();
-                let record = protocol::ContainerStatus {
-                    id,
-                    name: c.name.clone(),
-                    attempt,
-                    pid: 0,
-                    started_at: now,
-                    exit: Some(Exit {
-                        code: 128,
-                        signal: None,
-                        finished_at: now,
-                        oom_killed: false,
-                    }),
-                    labels: [(HASH_LABEL.to_owned(), spec_hash(c))].into(),
-                };
-                self.failed_starts.insert(
-                    c.name.clone(),
-                    Instance {
-                        record,
-                        start_error: Some(message.clone()),
-                    },
-                );
-                self.observed
-                    .waiting
-                    .insert(c.name.clone(), ("RunContainerError".into(), message));
-                Step::WaitFor(Duration::ZERO)
-            }
-        }
-    }
-
-    /// Keeps the newest two instances of a container (kubelet shows state and lastState), drops
-    /// older records, root filesystems of exited instances and logs older than the previous one.
-    async fn prune(&mut self, name: &str, newest_attempt: u32) {
-        let (ns, pod_name) = namespace_name(&self.pod);
-        let paths = self.node.ctx.paths.clone();
-        let old: Vec<Instance> = self
-            .observed
-            .instances
-            .iter()
-            .filter(|i| {
-                i.record.name == name
-                    && i.record.attempt < newest_attempt
-                    && i.record.exit.is_some()
-            })
-            .cloned()
-            .collect();
-        for i in old {
-            let _ = std::fs::remove_dir_all(paths.container_dir(&self.uid, &i.record.id));
-            if i.record.attempt + 1 < newest_attempt {
-                let _ = self
-                    .node
-                    .runtime
-                    .call(
-                        &self.uid,
-                        &Request::Remove {
-                            id: i.record.id.clone(),
-                        },
-                    )
-                    .await;
-                let log = paths.container_log(ns, pod_name, &self.uid, name, i.record.attempt);
-                let _ = std::fs::remove_file(log);
-            }
-        }
     }
 
     fn publish(&mut self) {
@@ -669,7 +437,7 @@ impl Worker {
     /// another), or `signal` when one is given.
     async fn signal_running(&self, signal: Option<i32>) {
         for c in self.running().await {
-            let signal = signal.unwrap_or_else(|| stop_signal(&c));
+            let signal = signal.unwrap_or_else(|| containers::stop_signal(&c));
             let id = c.id;
             if let Err(e) = self
                 .node
@@ -690,44 +458,6 @@ fn namespace_name(pod: &Pod) -> (&str, &str) {
     )
 }
 
-/// The CRI label under which each instance keeps the hash of the spec it was made from.
-const HASH_LABEL: &str = "io.kubernetes.container.hash";
-
-/// The image's `StopSignal`, kept with the instance for when it is stopped.
-const STOP_SIGNAL_LABEL: &str = "nodelet.io/stop-signal";
-
-/// The signal that asks an instance to stop: its image's (`SIGQUIT`, `QUIT` or `3`) or SIGTERM.
-fn stop_signal(c: &protocol::ContainerStatus) -> i32 {
-    let Some(name) = c.labels.get(STOP_SIGNAL_LABEL) else {
-        return libc::SIGTERM;
-    };
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.trim()
-        .parse::<i32>()
-        .ok()
-        .or_else(|| {
-            full.parse::<nix::sys::signal::Signal>()
-                .ok()
-                .map(|s| s as i32)
-        })
-        .unwrap_or(libc::SIGTERM)
-}
-
-/// A hash of a container's spec: a change restarts the container and its backoff curve.
-fn spec_hash(c: &Container) -> String {
-    crate::short_hash(&serde_json::to_vec(c).unwrap_or_default())
-}
-
-/// kubelet's stable key: a changed container spec starts a fresh backoff curve.
-fn backoff_key(c: &Container) -> String {
-    format!("{}_{}", c.name, spec_hash(c))
-}
-
 fn grace_period(pod: &Pod) -> Duration {
     Duration::from_secs(
         pod_spec(pod)
@@ -735,48 +465,4 @@ fn grace_period(pod: &Pod) -> Duration {
             .unwrap_or(30)
             .max(0) as u64,
     )
-}
-
-/// Go's Duration.String for whole seconds and minutes, as kubelet's message prints it ("40s", "5m0s").
-fn humantime(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 {
-        format!("{}m{}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(signal: Option<&str>) -> protocol::ContainerStatus {
-        protocol::ContainerStatus {
-            id: "x".into(),
-            name: "c".into(),
-            attempt: 0,
-            pid: 1,
-            started_at: Timestamp::now(),
-            exit: None,
-            labels: signal
-                .map(|s| [(STOP_SIGNAL_LABEL.to_owned(), s.to_owned())].into())
-                .unwrap_or_default(),
-        }
-    }
-
-    #[test]
-    fn stop_signal_from_the_image_in_any_spelling() {
-        assert_eq!(stop_signal(&record(None)), libc::SIGTERM);
-        assert_eq!(stop_signal(&record(Some("SIGQUIT"))), libc::SIGQUIT);
-        assert_eq!(stop_signal(&record(Some("int"))), libc::SIGINT);
-        assert_eq!(stop_signal(&record(Some("10"))), 10);
-        assert_eq!(stop_signal(&record(Some("SIGNOPE"))), libc::SIGTERM);
-    }
-
-    #[test]
-    fn go_style_back_off_durations() {
-        assert_eq!(humantime(Duration::from_secs(40)), "40s");
-        assert_eq!(humantime(Duration::from_secs(300)), "5m0s");
-    }
 }
