@@ -1,0 +1,481 @@
+//! A test node: its namespaces, its agent, its pods, and the checks that nothing is left.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+use crate::{nodelet_bin, shim_bin, test_images, wait_for};
+
+static NODES: AtomicU32 = AtomicU32::new(0);
+
+pub struct Agent {
+    nsenter: Child,
+    /// The agent's pid in the host's PID namespace.
+    pub pid: i32,
+}
+
+pub struct TestNode {
+    /// The node name; static pods are named `<pod>-<name>`.
+    pub name: String,
+    pub dir: PathBuf,
+    pub cgroup_root: String,
+    unshare: Child,
+    /// pid 1 of the node, as the host sees it.
+    pub reaper: i32,
+    pub agent: Option<Agent>,
+}
+
+pub(crate) fn child_of(pid: u32) -> Result<i32> {
+    wait_for("a child process", Duration::from_secs(5), || {
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+    })
+}
+
+impl TestNode {
+    /// A node called `node1` with the test images imported and no agent running yet.
+    pub fn new() -> Result<TestNode> {
+        Self::with_config("node1", "")
+    }
+
+    /// A node with its own name and extra configuration (YAML lines appended to the config).
+    pub fn with_config(name: &str, extra: &str) -> Result<TestNode> {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NODES.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("nodelet-it-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in ["root", "run", "logs", "manifests", "host"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let cgroup_root = format!("/nodelet-it-{id}");
+        let config = format!(
+            "rootDir: {d}/root\nrunDir: {d}/run\npodLogsDir: {d}/logs\nstaticPodPath: {d}/manifests\n\
+             cgroupRoot: {cgroup_root}\nhostnameOverride: {name}\nfileCheckFrequency: 2s\n\
+             cniConfDir: {d}/cni/net.d\ncniDataDir: {d}/cni/data\n{extra}",
+            d = dir.display()
+        );
+        fs::write(dir.join("config.yaml"), config)?;
+        let images = test_images();
+        for image in ["busybox", "kubia"] {
+            let out = Command::new(nodelet_bin())
+                .args(["--root-dir"])
+                .arg(dir.join("root"))
+                .args(["image", "import"])
+                .arg(images.join(image))
+                .output()?;
+            if !out.status.success() {
+                bail!("import {image}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let unshare = Command::new("unshare")
+            .args([
+                "--mount",
+                "--net",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+                "--mount-proc",
+            ])
+            .arg(shim_bin())
+            .arg("reaper")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start test node (unshare)")?;
+        let reaper = child_of(unshare.id())?;
+        Ok(TestNode {
+            name: name.to_owned(),
+            dir,
+            cgroup_root,
+            unshare,
+            reaper,
+            agent: None,
+        })
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.yaml")
+    }
+
+    /// A command that runs inside the node's namespaces.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.reaper.to_string(), "-m", "-n", "-p", "--"])
+            .arg(program);
+        cmd
+    }
+
+    /// A command in the node's network namespace only (it still sees the host's /proc).
+    pub fn net_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.reaper.to_string(), "-n", "--"])
+            .arg(program);
+        cmd
+    }
+
+    /// Runs a nodelet subcommand inside the node.
+    pub fn nodelet(&self, args: &[&str]) -> Output {
+        self.command(nodelet_bin())
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .output()
+            .expect("run nodelet")
+    }
+
+    pub fn start_agent(&mut self) -> Result<()> {
+        assert!(self.agent.is_none(), "agent already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
+        let nsenter = self
+            .command(nodelet_bin())
+            .arg("--config")
+            .arg(self.config())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let pid = child_of(nsenter.id())?;
+        self.agent = Some(Agent { nsenter, pid });
+        let socket = self.dir.join("run/nodelet.sock");
+        wait_for(
+            "the agent's control socket",
+            Duration::from_secs(10),
+            || UnixStream::connect(&socket).ok(),
+        )?;
+        Ok(())
+    }
+
+    /// Stops the agent with a signal (SIGKILL or SIGTERM) and waits for it.
+    pub fn stop_agent(&mut self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let mut agent = self
+            .agent
+            .take()
+            .ok_or_else(|| anyhow!("no agent running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid), signal)?;
+        agent.nsenter.wait()?;
+        Ok(())
+    }
+
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn write_manifest(&self, file: &str, yaml: &str) {
+        // Write then rename, as a careful operator (or a config tool) would.
+        let tmp = self.dir.join("manifests").join(format!(".{file}.tmp"));
+        fs::write(&tmp, yaml).expect("write manifest");
+        fs::rename(&tmp, self.dir.join("manifests").join(file)).expect("move manifest");
+    }
+
+    pub fn remove_manifest(&self, file: &str) {
+        fs::remove_file(self.dir.join("manifests").join(file)).expect("remove manifest");
+    }
+
+    /// The agent's pods (`Pod` objects with status), through its control socket.
+    pub fn pods(&self) -> Result<Vec<Value>> {
+        let mut stream = UnixStream::connect(self.dir.join("run/nodelet.sock"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"{\"op\":\"pods\"}\n")?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line)?;
+        let v: Value = serde_json::from_str(&line)?;
+        Ok(v["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The pod named `name` (static pods get `-<node name>` appended), if the agent has it.
+    pub fn pod(&self, name: &str) -> Option<Value> {
+        let full = format!("{name}-{}", self.name);
+        self.pods()
+            .ok()?
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == full.as_str())
+    }
+
+    /// Waits until `check` holds for the pod, returning the pod.
+    pub fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        wait_for(&format!("pod {name}: {what}"), timeout, || {
+            self.pod(name).filter(|p| check(p))
+        })
+        .with_context(|| {
+            format!(
+                "last seen: {:#}\nagent log:\n{}",
+                self.pod(name).unwrap_or_default(),
+                self.agent_log()
+            )
+        })
+    }
+
+    pub fn wait_gone(&self, name: &str, timeout: Duration) -> Result<()> {
+        wait_for(&format!("pod {name} to be deleted"), timeout, || {
+            self.pod(name).is_none().then_some(())
+        })
+    }
+
+    /// The status of one container of a pod.
+    pub fn container_status(pod: &Value, container: &str) -> Value {
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == container).cloned())
+            .unwrap_or_default()
+    }
+
+    /// The host pid of a running container's first process.
+    pub fn container_pid(&self, pod: &Value, container: &str) -> Result<i32> {
+        let id = Self::container_status(pod, container)["containerID"]
+            .as_str()
+            .and_then(|c| c.strip_prefix("nodelet://"))
+            .ok_or_else(|| anyhow!("container {container} has no id"))?
+            .to_owned();
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+        let record = self
+            .dir
+            .join("run/pods")
+            .join(uid)
+            .join("containers")
+            .join(format!("{id}.json"));
+        let record: Value = serde_json::from_slice(&fs::read(&record)?)?;
+        let ns_pid = record["pid"]
+            .as_i64()
+            .ok_or_else(|| anyhow!("no pid in record"))?;
+        self.host_pid(ns_pid as i32)
+    }
+
+    /// Maps a pid of the node's PID namespace to the host's.
+    fn host_pid(&self, ns_pid: i32) -> Result<i32> {
+        for entry in fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let nspid: Vec<i32> = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|l| {
+                    l.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // NSpid: host pid, node pid, [container pid]
+            if nspid.get(1) == Some(&ns_pid) && self.in_node(pid) {
+                return Ok(pid);
+            }
+        }
+        bail!("no process {ns_pid} in the test node")
+    }
+
+    /// Whether a host pid belongs to this node (its PID namespace or one nested in it).
+    fn in_node(&self, pid: i32) -> bool {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let depth = |s: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|l| l.split_whitespace().count())
+        };
+        let mine = fs::read_to_string(format!("/proc/{}/status", self.reaper)).unwrap_or_default();
+        let (Some(d), Some(root)) = (depth(&status), depth(&mine)) else {
+            return false;
+        };
+        if d < root {
+            return false;
+        }
+        // Walk up the parents until the reaper or the host init.
+        let mut p = pid;
+        for _ in 0..64 {
+            if p == self.reaper {
+                return true;
+            }
+            let stat = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let after = stat.rsplit(')').next().unwrap_or("");
+            match after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|pp| pp.parse().ok())
+            {
+                Some(pp) if pp > 1 => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// The IP the node reports for a pod.
+    pub fn pod_ip(pod: &Value) -> String {
+        pod["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Runs a command inside a running container (all of its namespaces, as `kubectl exec`).
+    pub fn exec(&self, pod: &Value, container: &str, args: &[&str]) -> Result<Output> {
+        let pid = self.container_pid(pod, container)?;
+        Ok(Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-a", "--"])
+            .args(args)
+            .output()?)
+    }
+
+    /// Host pids of every process in the node besides its pid 1 and the agent.
+    pub fn processes(&self) -> Vec<i32> {
+        let agent = self.agent.as_ref().map(|a| a.pid);
+        fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|p| *p != self.reaper && Some(*p) != agent && self.in_node(*p))
+            .collect()
+    }
+
+    /// Checks that no pod left anything: processes, mounts, cgroups, state, logs.
+    pub fn assert_clean(&self) -> Result<()> {
+        let procs = self.processes();
+        if !procs.is_empty() {
+            let names: Vec<String> = procs
+                .iter()
+                .map(|p| {
+                    fs::read_to_string(format!("/proc/{p}/cmdline"))
+                        .unwrap_or_default()
+                        .replace('\0', " ")
+                })
+                .collect();
+            bail!("processes left in the node: {names:?}");
+        }
+        let mountinfo = fs::read_to_string(format!("/proc/{}/mountinfo", self.reaper))?;
+        let dir = self.dir.display().to_string();
+        let mounts: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&dir)).collect();
+        if !mounts.is_empty() {
+            bail!("mounts left in the node: {mounts:#?}");
+        }
+        for (what, sub) in [
+            ("shim state", "run/pods"),
+            ("pod state", "root/pods"),
+            ("pod logs", "logs"),
+        ] {
+            let left: Vec<_> = fs::read_dir(self.dir.join(sub))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            if !left.is_empty() {
+                bail!("{what} left in {sub}: {left:?}");
+            }
+        }
+        let veths = self
+            .command("ip")
+            .args(["-o", "link", "show", "type", "veth"])
+            .output()?;
+        let veths: Vec<String> = String::from_utf8_lossy(&veths.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            })
+            .filter(|n| n.starts_with("veth"))
+            .collect();
+        if !veths.is_empty() {
+            bail!("pod veths left in the node: {veths:?}");
+        }
+        for network in fs::read_dir(self.dir.join("cni/data/networks"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let held: Vec<String> = fs::read_dir(network.path())?
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                        .map(str::to_owned)
+                })
+                .collect();
+            if !held.is_empty() {
+                bail!(
+                    "addresses still allocated in {}: {held:?}",
+                    network.path().display()
+                );
+            }
+        }
+        for controller in ["memory", "cpu", "pids", ""] {
+            let kubepods = Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(self.cgroup_root.trim_start_matches('/'))
+                .join("kubepods");
+            let pods = find_pod_cgroups(&kubepods);
+            if !pods.is_empty() {
+                bail!("cgroups left: {pods:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn find_pod_cgroups(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if entry.file_name().to_string_lossy().starts_with("pod") {
+                out.push(path.clone());
+            }
+            out.extend(find_pod_cgroups(&path));
+        }
+    }
+    out
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // pid 1 of the node first: the kernel then kills every process of the node, and the
+        // unshare and nsenter processes we started exit and are reaped here.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.reaper),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.unshare.wait();
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.nsenter.wait();
+        }
+        for controller in ["memory", "cpu", "cpuacct", "pids", ""] {
+            remove_cgroup_tree(
+                &Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(self.cgroup_root.trim_start_matches('/')),
+            );
+        }
+        if std::env::var_os("NODELET_KEEP_TEST_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
