@@ -57,6 +57,10 @@ pub struct Config {
     #[serde(rename = "clusterDNS")]
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
+    /// A container's log file is rotated when it reaches this size (a quantity, e.g. `10Mi`).
+    pub container_log_max_size: String,
+    /// Log files kept per container instance, the live one included.
+    pub container_log_max_files: usize,
 }
 
 impl Default for Config {
@@ -82,6 +86,8 @@ impl Default for Config {
             resolv_conf: "/etc/resolv.conf".into(),
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
+            container_log_max_size: "10Mi".into(),
+            container_log_max_files: 5,
         }
     }
 }

@@ -53,10 +53,28 @@ impl Node {
         let paths = NodePaths::new(&config);
         let images = ImageStore::open(paths.images())?;
         let host_resolv = std::fs::read_to_string(&config.resolv_conf).unwrap_or_default();
+        let max_size = crate::pod::quantity::parse_bytes(&config.container_log_max_size)
+            .filter(|size| *size > 0)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "config: containerLogMaxSize: invalid quantity {:?}",
+                    config.container_log_max_size
+                )
+            })?;
+        if config.container_log_max_files < 2 {
+            anyhow::bail!(
+                "config: containerLogMaxFiles: must be at least 2, got {}",
+                config.container_log_max_files
+            );
+        }
         let ctx = NodeContext {
             paths: paths.clone(),
             node_name: config.node_name(),
             cgroup_root: PathBuf::from(config.cgroup_root.trim_start_matches('/')),
+            log_rotation: nodelet_sandbox::logs::Rotation {
+                max_size,
+                max_files: config.container_log_max_files,
+            },
         };
         Ok(Node {
             runtime: Runtime::new(paths),

@@ -1,9 +1,13 @@
 //! CRI container log records, as containerd writes them (`internal/cri/io/logger.go`):
 //! `<RFC3339Nano timestamp> <stdout|stderr> <F|P> <content>\n`.
 
+use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 
 /// containerd's `max_container_log_line_size`: longer lines are cut into `P` records.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -107,6 +111,114 @@ fn write_record(
     out.write_all(&record)
 }
 
+/// kubelet's `containerLogMaxSize` and `containerLogMaxFiles` (10 MiB, 5 files by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    pub max_size: u64,
+    pub max_files: usize,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_size: 10 << 20,
+            max_files: 5,
+        }
+    }
+}
+
+/// A container's CRI log file that rotates itself, as kubelet's container log manager does:
+/// when the next record would take the file past `max_size`, the file is renamed to
+/// `<n>.log.<YYYYMMDD-hhmmss>` and a fresh `<n>.log` is opened; rotated files beyond
+/// `max_files - 1` are removed, oldest first. Records are never split across files.
+pub struct LogFile {
+    path: PathBuf,
+    file: fs::File,
+    written: u64,
+    rotation: Rotation,
+}
+
+impl LogFile {
+    pub fn open(path: &Path, rotation: Rotation) -> io::Result<LogFile> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)?;
+        let written = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_owned(),
+            file,
+            written,
+            rotation,
+        })
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let stamp = Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
+        let mut rotated = PathBuf::from(format!("{}.{stamp}", self.path.display()));
+        let mut n = 1;
+        while rotated.exists() {
+            rotated = PathBuf::from(format!("{}.{stamp}.{n}", self.path.display()));
+            n += 1;
+        }
+        fs::rename(&self.path, &rotated)?;
+        self.file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&self.path)?;
+        self.written = 0;
+        self.prune()
+    }
+
+    /// Keeps the newest `max_files - 1` rotated files.
+    fn prune(&self) -> io::Result<()> {
+        let (Some(dir), Some(name)) = (
+            self.path.parent(),
+            self.path.file_name().and_then(|n| n.to_str()),
+        ) else {
+            return Ok(());
+        };
+        let prefix = format!("{name}.");
+        let mut rotated: Vec<PathBuf> = fs::read_dir(dir)?
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .map(|e| e.path())
+            .collect();
+        rotated.sort();
+        let keep = self.rotation.max_files.saturating_sub(1);
+        let excess = rotated.len().saturating_sub(keep);
+        for old in &rotated[..excess] {
+            fs::remove_file(old)?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for LogFile {
+    /// One call is one record (see `write_record`): rotation happens between records.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written > 0 && self.written + buf.len() as u64 > self.rotation.max_size {
+            self.rotate()?;
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// One parsed record; `None` for lines that are not CRI records.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -154,6 +266,46 @@ mod tests {
              2026-03-01T10:04:05.1234Z stdout F \n\
              2026-03-01T10:04:05.1234Z stdout P tail\n"
         );
+    }
+
+    #[test]
+    fn log_file_rotates_between_records_and_keeps_max_files() {
+        let dir = std::env::temp_dir().join(format!("nodelet-logrot-{}", std::process::id()));
+        let path = dir.join("0.log");
+        let mut log = LogFile::open(
+            &path,
+            Rotation {
+                max_size: 100,
+                max_files: 3,
+            },
+        )
+        .unwrap();
+        let mut s = LineSplitter::new(Stream::Stdout);
+        for i in 0..40 {
+            s.feed(format!("line {i}\n").as_bytes(), ts(), &mut log)
+                .unwrap();
+        }
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names.len(),
+            3,
+            "the live file and two rotated ones: {names:?}"
+        );
+        assert_eq!(names[0], "0.log");
+        for name in &names {
+            let text = fs::read_to_string(dir.join(name)).unwrap();
+            assert!(text.len() <= 100, "{name} holds {} bytes", text.len());
+            assert!(
+                text.lines().all(|l| parse_record(l.as_bytes()).is_some()),
+                "whole records only"
+            );
+        }
+        assert!(fs::read_to_string(&path).unwrap().ends_with("line 39\n"));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct ContainerSpec {
     pub cgroup: Option<crate::cgroup::CgroupSpec>,
     /// CRI log file the shim writes stdout and stderr to.
     pub log_path: PathBuf,
+    /// When the log file is rotated, and how many files (the live one included) are kept.
+    #[serde(default)]
+    pub log_rotation: crate::logs::Rotation,
     /// Facts the agent needs back later (CRI labels, such as the container's spec hash); the shim
     /// keeps them in the instance's record and returns them with its status.
     #[serde(default)]

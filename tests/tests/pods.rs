@@ -533,3 +533,68 @@ fn a_manifest_removed_while_the_agent_is_down_deletes_its_pod_at_start() -> Resu
     assert!(node.pod("gone").is_none());
     Ok(())
 }
+
+#[test]
+fn container_logs_rotate_at_their_size_limit() -> Result<()> {
+    let mut node = TestNode::with_config(
+        "node1",
+        "containerLogMaxSize: 2Ki\ncontainerLogMaxFiles: 3\n",
+    )?;
+    node.start_agent()?;
+    node.write_manifest(
+        "chatty.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: chatty}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox, command: [sh, -c, 'i=0; while [ $i -lt 300 ]; do echo \"line $i of a chatty container\"; i=$((i+1)); done']}\n",
+    );
+    let pod = node.wait_pod("chatty", "done", T, |p| {
+        state(p, "c")["terminated"].is_object()
+    })?;
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let dir = node
+        .dir
+        .join("logs")
+        .join(format!("default_chatty-node1_{uid}"))
+        .join("c");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    files.sort();
+    assert_eq!(
+        files.len(),
+        3,
+        "the live file and two rotated ones: {files:?}"
+    );
+    assert_eq!(files[0], "0.log");
+    assert!(files[1].starts_with("0.log.") && files[2].starts_with("0.log."));
+    for f in &files {
+        assert!(
+            std::fs::metadata(dir.join(f))?.len() <= 2048,
+            "{f} is within the limit"
+        );
+    }
+    let current = logs(&node, "chatty", "c");
+    assert!(
+        current.ends_with("line 299 of a chatty container\n"),
+        "{current}"
+    );
+    assert!(
+        !current.contains("line 0 of"),
+        "only the live file is read, as kubelet does"
+    );
+    node.remove_manifest("chatty.yaml");
+    node.wait_gone("chatty", T)?;
+    node.assert_clean()
+}
+
+#[test]
+fn bad_rotation_settings_stop_the_agent_with_the_key_named() -> Result<()> {
+    let node = TestNode::with_config("node1", "containerLogMaxSize: lots\n")?;
+    let out = node
+        .command(nodelet_tests::nodelet_bin())
+        .arg("--config")
+        .arg(node.config())
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("containerLogMaxSize: invalid quantity \"lots\""));
+    Ok(())
+}

@@ -30,6 +30,7 @@ pub struct NodeContext {
     pub node_name: String,
     /// Relative cgroup under which `kubepods` lives ("" for the hierarchy root).
     pub cgroup_root: PathBuf,
+    pub log_rotation: nodelet_sandbox::logs::Rotation,
 }
 
 pub fn pod_uid(pod: &Pod) -> &str {
@@ -212,6 +213,7 @@ pub fn container_spec(
         log_path: node
             .paths
             .container_log(namespace, name, uid, &c.name, inst.attempt),
+        log_rotation: node.log_rotation,
         labels: Default::default(),
     })
 }

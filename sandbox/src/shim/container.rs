@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use jiff::Timestamp;
@@ -17,7 +17,7 @@ use nix::unistd::{pipe2, Pid};
 
 use super::error_chain;
 use super::server::Server;
-use crate::logs::{LineSplitter, Stream};
+use crate::logs::{LineSplitter, LogFile, Stream};
 use crate::protocol::{ContainerStatus, Exit};
 use crate::spec::ContainerSpec;
 use crate::sys::{self, Forked};
@@ -32,7 +32,7 @@ pub struct Container {
 pub struct LogPipe {
     pub file: fs::File,
     splitter: LineSplitter,
-    log: Rc<RefCell<fs::File>>,
+    log: Rc<RefCell<LogFile>>,
 }
 
 impl LogPipe {
@@ -70,7 +70,7 @@ impl Server {
         if self.containers.contains_key(&spec.id) {
             return Err(format!("container {} already exists", spec.id));
         }
-        let log = open_log(&spec.log_path)
+        let log = LogFile::open(&spec.log_path, spec.log_rotation)
             .map_err(|e| format!("open log {}: {e}", spec.log_path.display()))?;
         let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("create pipe: {e}"));
         let (out_r, out_w) = pipe()?;
@@ -198,16 +198,4 @@ fn release(
     } else {
         Err(text)
     }
-}
-
-fn open_log(path: &Path) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
 }
