@@ -10,8 +10,10 @@ MANIFESTS ?= $(CONFIG_DIR)/manifests
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 # busybox-static: the test and demo images; util-linux: unshare/nsenter for test nodes;
-# iproute2, nftables, containernetworking-plugins: the pod network and its reference plugins.
-DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins ca-certificates curl gcc
+# iproute2, nftables, containernetworking-plugins: the pod network and its reference plugins;
+# docker-registry, skopeo: a real registry for the image tests; libssl-dev, pkg-config: TLS.
+DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins docker-registry skopeo \
+        libssl-dev pkg-config ca-certificates curl gcc
 
 .PHONY: all deps build release images run test bench install uninstall fmt lint clean
 

@@ -61,6 +61,8 @@ pub struct Config {
     pub container_log_max_size: String,
     /// Log files kept per container instance, the live one included.
     pub container_log_max_files: usize,
+    /// Registries (`host` or `host:port`) spoken to over plain HTTP; those on 127.0.0.0/8 always are.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             cluster_domain: "cluster.local".into(),
             container_log_max_size: "10Mi".into(),
             container_log_max_files: 5,
+            insecure_registries: Vec::new(),
         }
     }
 }

@@ -29,6 +29,7 @@ pub struct Node {
     pub ctx: NodeContext,
     pub runtime: Runtime,
     pub images: ImageStore,
+    pub puller: crate::images::pull::Puller,
     /// The pods as last reported by their workers, with status (what `nodelet pods` shows).
     pub pods: Mutex<BTreeMap<String, Pod>>,
     pub host_resolv: String,
@@ -76,9 +77,12 @@ impl Node {
                 max_files: config.container_log_max_files,
             },
         };
+        let puller =
+            crate::images::pull::Puller::new(images.clone(), config.insecure_registries.clone());
         Ok(Node {
             runtime: Runtime::new(paths),
             images,
+            puller,
             pods: Mutex::new(BTreeMap::new()),
             host_resolv,
             ctx,

@@ -17,9 +17,11 @@ use anyhow::{bail, Result};
 
 mod cni;
 mod node;
+mod registry;
 
 pub use cni::{run_cni, NetnsHolder};
 pub use node::{Agent, TestNode};
+pub use registry::Registry;
 
 /// The workspace's directory.
 pub fn workspace() -> PathBuf {
@@ -75,7 +77,7 @@ pub fn test_images() -> PathBuf {
 /// A one-container busybox pod that sleeps, with a 1 s grace period.
 pub fn sleeper_pod(name: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, command: [sleep, '3600']}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}\n"
     )
 }
 

@@ -20,11 +20,11 @@ fn logs(node: &TestNode, pod: &str, container: &str) -> String {
 }
 
 /// A server that answers with the address the request came from.
-const ECHO_SERVER: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: server}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: s\n    image: luksa/kubia\n    command: [sh, -c, 'mkdir -p /w/cgi-bin && printf \"#!/bin/sh\\nprintf \\\"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\n\\\"\\necho from \\$REMOTE_ADDR\\n\" > /w/cgi-bin/index.cgi && chmod +x /w/cgi-bin/index.cgi && exec httpd -f -p 8080 -h /w']\n";
+const ECHO_SERVER: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: server}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: s\n    image: luksa/kubia\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'mkdir -p /w/cgi-bin && printf \"#!/bin/sh\\nprintf \\\"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\n\\\"\\necho from \\$REMOTE_ADDR\\n\" > /w/cgi-bin/index.cgi && chmod +x /w/cgi-bin/index.cgi && exec httpd -f -p 8080 -h /w']\n";
 
 fn client(name: &str, target: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'until wget -qO- http://{target}:8080/; do sleep 0.2; done; sleep 3600']\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'until wget -qO- http://{target}:8080/; do sleep 0.2; done; sleep 3600']\n"
     )
 }
 
@@ -303,6 +303,7 @@ fn other_plugin_chains_run_as_cni_binaries() -> Result<()> {
     node.stop_agent(nix::sys::signal::Signal::SIGTERM)?;
     std::fs::write(conf_dir.join("10-chain.conflist"), &chain)?;
     node.start_agent()?;
+    node.wait_pod("server", "re-adopted", T, |p| running(p, "s"))?;
     node.remove_manifest("client.yaml");
     node.remove_manifest("server.yaml");
     node.wait_gone("client", T)?;
@@ -501,7 +502,7 @@ const ROUNDS: usize = 100;
 fn a_thousand_create_delete_cycles_leave_nothing_behind() -> Result<()> {
     let node = node_with_agent("node1", "")?;
     let pod = |name: &str| {
-        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - {{name: c, image: busybox, command: [sleep, '3600']}}\n")
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - {{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}\n")
     };
     let names: Vec<String> = (0..10).map(|i| format!("cycle{i}")).collect();
     let mut routes_before = None;

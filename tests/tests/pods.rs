@@ -44,9 +44,11 @@ spec:
   containers:
   - name: server
     image: luksa/kubia
+    imagePullPolicy: IfNotPresent
     volumeMounts: [{name: shared, mountPath: /shared}]
   - name: client
     image: busybox
+    imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "echo mine > /tmp/only-client; echo from-client > /shared/note; until wget -qO- http://127.0.0.1:8080/; do sleep 0.2; done; sleep 3600"]
     volumeMounts: [{name: shared, mountPath: /shared}]
 "#,
@@ -131,6 +133,7 @@ spec:
   containers:
   - name: c
     image: busybox
+    imagePullPolicy: IfNotPresent
     volumeMounts: [{{name: out, mountPath: /out}}]
     command: ["sh", "-c", "trap 'echo got TERM; echo got TERM > /out/term; exit 0' TERM; echo ready; while true; do sleep 0.1; done"]
 "#,
@@ -148,6 +151,7 @@ spec:
   containers:
   - name: c
     image: busybox
+    imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
 "#,
     );
@@ -185,7 +189,7 @@ fn restart_policies_and_crash_loop_backoff() -> Result<()> {
     let node = started_node()?;
     let pod = |name: &str, policy: &str, script: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", \"{script}\"]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"{script}\"]\n"
         )
     };
     node.write_manifest("never.yaml", &pod("never", "Never", "echo done"));
@@ -279,7 +283,7 @@ fn agent_restart_readopts_pods_without_restarting_them() -> Result<()> {
     node.write_manifest("steady.yaml", &sleeper_pod("steady"));
     node.write_manifest(
         "brief.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: brief}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox, command: [sh, -c, 'sleep 2; exit 7']}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: brief}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'sleep 2; exit 7']}\n",
     );
     let before = node.wait_pod("steady", "running", T, |p| running(p, "c"))?;
     node.wait_pod("brief", "running", T, |p| running(p, "c"))?;
@@ -325,12 +329,12 @@ fn bad_manifests_are_reported_and_change_nothing_else() -> Result<()> {
     let good = &sleeper_pod("good");
     node.write_manifest("good.yaml", good);
     let before = node.wait_pod("good", "running", T, |p| running(p, "c"))?;
-    node.write_manifest("typo.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: typo}\nspec:\n  containers:\n  - {name: c, image: busybox, ports: [{containerPort: eighty}]}\n");
+    node.write_manifest("typo.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: typo}\nspec:\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, ports: [{containerPort: eighty}]}\n");
     node.write_manifest("noimage.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: noimage}\nspec:\n  containers:\n  - {name: c}\n");
     node.write_manifest("garbage.yaml", "{{{ not yaml");
     node.write_manifest(".hidden.yaml", "{{{ ignored");
     // An invalid edit of a running pod's file keeps the pod as it was.
-    node.write_manifest("good.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: good}\nspec:\n  restartPolicy: Sometimes\n  containers:\n  - {name: c, image: busybox}\n");
+    node.write_manifest("good.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: good}\nspec:\n  restartPolicy: Sometimes\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent}\n");
     nodelet_tests::wait_for("errors logged", T, || {
         let log = node.agent_log();
         (log.contains("typo.yaml")
@@ -351,16 +355,16 @@ fn bad_manifests_are_reported_and_change_nothing_else() -> Result<()> {
         assert!(!log.contains(".hidden.yaml"), "dot-files are ignored");
     })?;
     // An image the node does not have: the pod waits with a reason, nothing else changes.
-    node.write_manifest("missing.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: missing}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: nosuch/image:v1}\n");
+    node.write_manifest("missing.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: missing}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: nosuch/image:v1, imagePullPolicy: Never}\n");
     let missing = node.wait_pod("missing", "waiting on its image", T, |p| {
-        state(p, "c")["waiting"]["reason"] == "ErrImagePull"
+        state(p, "c")["waiting"]["reason"] == "ErrImageNeverPull"
     })?;
     assert!(state(&missing, "c")["waiting"]["message"]
         .as_str()
         .unwrap_or_default()
-        .contains("not found"));
+        .contains("is not present with pull policy of Never"));
     // A command that does not exist: RunContainerError, then back-off.
-    node.write_manifest("nocmd.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: nocmd}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [no-such-binary]}\n");
+    node.write_manifest("nocmd.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: nocmd}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [no-such-binary]}\n");
     let nocmd = node.wait_pod("nocmd", "start error", T, |p| {
         let reason = &state(p, "c")["waiting"]["reason"];
         *reason == "RunContainerError" || *reason == "CrashLoopBackOff"
@@ -391,7 +395,7 @@ fn memory_limit_is_enforced_and_reported_as_oomkilled() -> Result<()> {
     let node = started_node()?;
     node.write_manifest(
         "hog.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: hog}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'x=aaaaaaaa; while true; do x=$x$x; done']\n    resources: {limits: {memory: 16Mi, cpu: 500m}}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: hog}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'x=aaaaaaaa; while true; do x=$x$x; done']\n    resources: {limits: {memory: 16Mi, cpu: 500m}}\n",
     );
     let p = node.wait_pod("hog", "killed", T, |p| {
         state(p, "c")["terminated"].is_object()
@@ -409,7 +413,7 @@ fn shared_process_namespace_and_run_as_user() -> Result<()> {
     let node = started_node()?;
     node.write_manifest(
         "share.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: share}\nspec:\n  shareProcessNamespace: true\n  terminationGracePeriodSeconds: 1\n  securityContext: {runAsUser: 1000, runAsGroup: 3000}\n  containers:\n  - {name: a, image: busybox, command: [sleep, '3600']}\n  - {name: b, image: busybox, command: [sleep, '3601']}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: share}\nspec:\n  shareProcessNamespace: true\n  terminationGracePeriodSeconds: 1\n  securityContext: {runAsUser: 1000, runAsGroup: 3000}\n  containers:\n  - {name: a, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}\n  - {name: b, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3601']}\n",
     );
     let p = node.wait_pod("share", "running", T, |p| {
         running(p, "a") && running(p, "b")
@@ -439,7 +443,7 @@ fn shared_process_namespace_and_run_as_user() -> Result<()> {
 fn editing_a_manifest_replaces_the_pod() -> Result<()> {
     let node = started_node()?;
     let v = |msg: &str| {
-        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: edit}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, command: [sh, -c, 'echo {msg}; sleep 3600']}}\n")
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: edit}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'echo {msg}; sleep 3600']}}\n")
     };
     node.write_manifest("edit.yaml", &v("one"));
     let first = node.wait_pod("edit", "running", T, |p| running(p, "c"))?;
@@ -462,7 +466,7 @@ fn a_changed_container_spec_restarts_only_that_container() -> Result<()> {
     // With its own UID the pod stays the same pod across edits, as API-server pods do.
     let v = |msg: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fixed, uid: 0123456789abcdef0123456789abcdef}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: same, image: busybox, command: [sleep, '3600']}}\n  - {{name: edited, image: busybox, command: [sh, -c, 'echo {msg}; sleep 3600']}}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fixed, uid: 0123456789abcdef0123456789abcdef}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: same, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}\n  - {{name: edited, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'echo {msg}; sleep 3600']}}\n"
         )
     };
     node.write_manifest("fixed.yaml", &v("one"));
@@ -492,7 +496,7 @@ fn logs_follow_until_the_container_stops_and_previous_shows_the_last_instance() 
     let node = started_node()?;
     node.write_manifest(
         "talk.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: talk}\nspec:\n  restartPolicy: OnFailure\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, command: [sh, -c, 'for i in 1 2 3; do echo line $i; sleep 0.1; echo err $i >&2; sleep 0.2; done; printf partial; exit 1']}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: talk}\nspec:\n  restartPolicy: OnFailure\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'for i in 1 2 3; do echo line $i; sleep 0.1; echo err $i >&2; sleep 0.2; done; printf partial; exit 1']}\n",
     );
     node.wait_pod("talk", "running", T, |p| running(p, "c"))?;
     let out = node.nodelet(&["logs", "talk-node1", "-f"]);
@@ -543,7 +547,7 @@ fn container_logs_rotate_at_their_size_limit() -> Result<()> {
     node.start_agent()?;
     node.write_manifest(
         "chatty.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: chatty}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox, command: [sh, -c, 'i=0; while [ $i -lt 300 ]; do echo \"line $i of a chatty container\"; i=$((i+1)); done']}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: chatty}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'i=0; while [ $i -lt 300 ]; do echo \"line $i of a chatty container\"; i=$((i+1)); done']}\n",
     );
     let pod = node.wait_pod("chatty", "done", T, |p| {
         state(p, "c")["terminated"].is_object()

@@ -95,6 +95,17 @@ impl Reference {
     }
 }
 
+impl Reference {
+    /// kubelet's pull-policy default: `Always` for `:latest` or no tag, `IfNotPresent` otherwise.
+    pub fn default_pull_policy(&self) -> &'static str {
+        if self.digest.is_none() && self.tag.as_deref() == Some("latest") {
+            "Always"
+        } else {
+            "IfNotPresent"
+        }
+    }
+}
+
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.registry, self.repository)?;

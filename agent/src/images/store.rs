@@ -131,6 +131,14 @@ impl ImageStore {
         Ok(path)
     }
 
+    /// A fresh path under `tmp/` for a download in progress.
+    pub fn scratch_file(&self) -> Result<PathBuf> {
+        Ok(self
+            .root
+            .join("tmp")
+            .join(format!("{}.download", crate::random_hex(8))))
+    }
+
     fn lock(&self) -> Result<Flock<fs::File>> {
         let path = self.root.join("lock");
         let file = fs::OpenOptions::new()

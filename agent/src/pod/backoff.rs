@@ -40,6 +40,14 @@ impl Backoff {
         (waited < entry.backoff).then(|| entry.backoff - waited)
     }
 
+    /// How much longer to wait when the last failure was the last update (image pulls:
+    /// kubelet's `IsInBackOffSinceUpdate`).
+    pub fn remaining_since_update(&self, key: &str, now: Timestamp) -> Option<Duration> {
+        let entry = self.entries.get(key)?;
+        let waited = since(now, entry.last_update);
+        (waited < entry.backoff).then(|| entry.backoff - waited)
+    }
+
     /// The current backoff of a key (for the waiting message).
     pub fn current(&self, key: &str) -> Option<Duration> {
         self.entries.get(key).map(|e| e.backoff)

@@ -14,8 +14,8 @@ const PODS: usize = 50;
 fn pod_yaml(name: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 10\n  containers:\n\
-         \x20 - {{name: a, image: busybox, command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1 & wait; done']}}\n\
-         \x20 - {{name: b, image: busybox, command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1 & wait; done']}}\n"
+         \x20 - {{name: a, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1 & wait; done']}}\n\
+         \x20 - {{name: b, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1 & wait; done']}}\n"
     )
 }
 

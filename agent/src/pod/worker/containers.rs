@@ -90,6 +90,60 @@ impl Worker {
         });
     }
 
+    /// The container's image, pulled as its `imagePullPolicy` says (kubelet's image manager):
+    /// Never uses only what the node has, IfNotPresent pulls when missing, Always pulls every
+    /// time; failures show as ErrImagePull, then ImagePullBackOff while the back-off runs.
+    async fn ensure_image(&mut self, c: &Container) -> Result<crate::images::Image, Step> {
+        let name = c.image.clone().unwrap_or_default();
+        let reference = crate::images::Reference::parse(&name).map_err(|e| {
+            self.observed
+                .waiting
+                .insert(c.name.clone(), ("InvalidImageName".into(), e.to_string()));
+            Step::WaitFor(RETRY)
+        })?;
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| reference.default_pull_policy().to_owned());
+        let present = self.node.images.resolve(&name).ok();
+        match (policy.as_str(), present) {
+            ("Never" | "IfNotPresent", Some(image)) => return Ok(image),
+            ("Never", None) => {
+                let message =
+                    format!("Container image \"{name}\" is not present with pull policy of Never");
+                self.observed
+                    .waiting
+                    .insert(c.name.clone(), ("ErrImageNeverPull".into(), message));
+                return Err(Step::WaitFor(RETRY));
+            }
+            _ => {}
+        }
+        let key = format!("pull_{name}");
+        let now = Timestamp::now();
+        if let Some(remaining) = self.backoff.remaining_since_update(&key, now) {
+            let message = format!("Back-off pulling image \"{name}\"");
+            self.observed
+                .waiting
+                .insert(c.name.clone(), ("ImagePullBackOff".into(), message));
+            return Err(Step::WaitFor(remaining));
+        }
+        match self.node.puller.pull(&name).await {
+            Ok(image) => Ok(image),
+            Err(e) => {
+                self.backoff.next(&key, now, Timestamp::now());
+                let message = format!(
+                    "failed to pull image \"{name}\": {}",
+                    crate::error_chain(&e)
+                );
+                warn!(container = %c.name, error = %message, "image pull failed");
+                self.observed
+                    .waiting
+                    .insert(c.name.clone(), ("ErrImagePull".into(), message));
+                Err(Step::WaitFor(self.backoff.current(&key).unwrap_or(RETRY)))
+            }
+        }
+    }
+
     fn newest(&self, name: &str) -> Option<&Instance> {
         self.observed
             .instances
@@ -99,20 +153,9 @@ impl Worker {
     }
 
     async fn start_container(&mut self, c: &Container, attempt: u32) -> Step {
-        let image_name = c.image.clone().unwrap_or_default();
-        let image = match self.node.images.resolve(&image_name) {
+        let image = match self.ensure_image(c).await {
             Ok(image) => image,
-            Err(e) => {
-                let reason = if c.image_pull_policy.as_deref() == Some("Never") {
-                    "ErrImageNeverPull"
-                } else {
-                    "ErrImagePull"
-                };
-                self.observed
-                    .waiting
-                    .insert(c.name.clone(), (reason.into(), crate::error_chain(&e)));
-                return Step::WaitFor(RETRY);
-            }
+            Err(step) => return step,
         };
         self.observed.image_ids.insert(
             c.name.clone(),

@@ -73,7 +73,7 @@ pub fn spawn(
         name = pod.metadata.name.as_deref().unwrap_or_default()
     );
     let host_ip = node.config.node_ip.clone();
-    let worker = Worker {
+    let mut worker = Worker {
         node,
         uid: pod_uid(&pod).to_owned(),
         pod,
@@ -89,6 +89,9 @@ pub fn spawn(
         status: None,
         replacing: Default::default(),
     };
+    // Known from now on, before the first sync: a pod that is being adopted or created is never
+    // missing from what the node reports.
+    worker.publish();
     let uid = worker.uid.clone();
     let task = tokio::spawn(
         async move {
