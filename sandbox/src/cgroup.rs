@@ -50,6 +50,10 @@ pub struct CgroupSpec {
     pub cpu_quota_us: Option<u64>,
     /// cgroup v1 `cpu.shares`, from `requests.cpu`.
     pub cpu_shares: Option<u64>,
+    /// cgroup v2 `cpu.weight`: `shares_to_weight(cpu_shares)`, computed by the agent. (The shim
+    /// does no floating point: that keeps libm out of it, and ~0.4 MiB out of every pod's RSS.)
+    #[serde(default)]
+    pub cpu_weight: Option<u64>,
 }
 
 /// Which cgroup layout the machine offers.
@@ -162,11 +166,8 @@ fn apply_v2(dir: &Path, spec: &CgroupSpec) -> Result<(), Error> {
     if let Some(quota) = spec.cpu_quota_us {
         write_if_exists(dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
     }
-    if let Some(shares) = spec.cpu_shares {
-        write_if_exists(
-            dir.join("cpu.weight"),
-            &shares_to_weight(shares).to_string(),
-        )?;
+    if let Some(weight) = spec.cpu_weight {
+        write_if_exists(dir.join("cpu.weight"), &weight.to_string())?;
     }
     Ok(())
 }

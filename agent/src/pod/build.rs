@@ -110,15 +110,17 @@ pub fn pod_cgroup_path(node: &NodeContext, pod: &Pod) -> PathBuf {
 
 /// A container's cgroup numbers (kubelet's `MilliCPUToQuota` / `MilliCPUToShares`).
 fn container_cgroup(c: &Container, path: PathBuf) -> CgroupSpec {
+    let cpu_shares = request(c, "cpu")
+        .and_then(|q| quantity::parse_millicpu(&q))
+        .map(cgroup::millicpu_to_shares);
     CgroupSpec {
         path,
         memory_limit: resource(c, "limits", "memory").and_then(|q| quantity::parse_bytes(&q)),
         cpu_quota_us: resource(c, "limits", "cpu")
             .and_then(|q| quantity::parse_millicpu(&q))
             .map(cgroup::millicpu_to_quota),
-        cpu_shares: request(c, "cpu")
-            .and_then(|q| quantity::parse_millicpu(&q))
-            .map(cgroup::millicpu_to_shares),
+        cpu_shares,
+        cpu_weight: cpu_shares.map(cgroup::shares_to_weight),
     }
 }
 
@@ -145,6 +147,7 @@ pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
             memory_limit: all(|l| l.memory_limit),
             cpu_quota_us: all(|l| l.cpu_quota_us),
             cpu_shares: Some(cgroup::millicpu_to_shares(shares)),
+            cpu_weight: Some(cgroup::shares_to_weight(cgroup::millicpu_to_shares(shares))),
         }),
     }
 }
