@@ -1,6 +1,6 @@
 //! The node's bridge, and its ports.
 
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec};
 
 use crate::{is_errno, Error, Netlink, Result};
@@ -42,7 +42,9 @@ impl Netlink {
                 kind: "bridge",
             });
         }
-        self.set_up(bridge.header.index).await?;
+        if !bridge.header.flags.contains(LinkFlags::Up) {
+            self.set_up(bridge.header.index).await?;
+        }
         Ok(bridge.header.index)
     }
 

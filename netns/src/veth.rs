@@ -27,9 +27,6 @@ impl Netlink {
         host_ns: &File,
         mtu: Option<u32>,
     ) -> Result<std::result::Result<(), Collision>> {
-        if self.try_find_link(ifname).await?.is_some() {
-            return Ok(Err(Collision::ContainerName));
-        }
         let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(host_name.to_owned())
             .setns_by_fd(host_ns.as_raw_fd());
@@ -44,7 +41,11 @@ impl Netlink {
             .build();
         match self.handle.link().add(message).execute().await {
             Ok(()) => Ok(Ok(())),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(Err(Collision::HostName)),
+            // EEXIST: either name may be taken; the container's is the one that can't be retried.
+            Err(e) if is_errno(&e, libc::EEXIST) => match self.try_find_link(ifname).await? {
+                Some(_) => Ok(Err(Collision::ContainerName)),
+                None => Ok(Err(Collision::HostName)),
+            },
             Err(source) => Err(Error::Netlink {
                 action: "create veth",
                 object: format!("{ifname}/{host_name}"),
