@@ -275,14 +275,16 @@ impl Network {
             source,
         })?;
         let (addresses_tx, addresses_rx) = tokio::sync::oneshot::channel();
+        let (veth_tx, veth_rx) = tokio::sync::oneshot::channel::<(String, Option<u32>)>();
         let pod_side = PodSide {
             routes: bridge.ipam.routes.clone(),
             mtu: bridge.mtu,
         };
-        // The pod side creates its veth while the node side allocates the addresses and readies
-        // the bridge; the pod side then waits for the addresses to configure them.
+        // Three things at once: the pod side creates the veth, then configures the addresses
+        // once allocated; the node side allocates them; and readies the bridge, then attaches
+        // the veth's host end to it as soon as the pod side says it exists.
         let pod_ready = ns::within(netns, move |pod| async move {
-            Ok(pod_side.wire(&pod, host_ns, addresses_rx).await)
+            Ok(pod_side.wire(&pod, host_ns, veth_tx, addresses_rx).await)
         });
         let node_ready = async {
             let allocations = hostlocal::allocate(store, &bridge.ipam, id, IFNAME)?;
@@ -307,6 +309,14 @@ impl Network {
             for (gateway, prefix) in &early_gateways {
                 ensure_gateway(&host, bridge, index, *gateway, *prefix).await?;
             }
+            let (name, peer) = veth_rx.await.map_err(|_| Error::NoVethName)?;
+            // The pod's eth0 names its peer's index (IFLA_LINK); without it, look the peer up.
+            let port = match peer {
+                Some(port) => port,
+                None => host.find_link(&name).await?.header.index,
+            };
+            sysctl::set(&format!("net/ipv6/conf/{name}/accept_ra"), "0")?;
+            host.attach_port(port, index, bridge.hairpin_mode).await?;
             Ok::<u32, Error>(index)
         };
         let (allocations, bridge_index, pod_result) =
@@ -315,19 +325,11 @@ impl Network {
         let (created, configured) = pod_result?;
         *host_veth = created;
         let allocations = allocations?;
-        let peer_index = configured?;
+        configured?;
         let bridge_index = bridge_index?;
         let first = allocations.first().ok_or(Error::NoAddress)?.clone();
         let host_name = host_veth.clone().ok_or(Error::NoVethName)?;
 
-        // The pod's eth0 names its peer's index (IFLA_LINK); without it, look the peer up.
-        let veth_index = match peer_index {
-            Some(index) => index,
-            None => host.find_link(&host_name).await?.header.index,
-        };
-        sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_ra"), "0")?;
-        host.attach_port(veth_index, bridge_index, bridge.hairpin_mode)
-            .await?;
         if bridge.is_gateway {
             for a in allocations
                 .iter()
@@ -486,8 +488,9 @@ impl PodSide {
         self,
         pod: &Netlink,
         host_ns: std::fs::File,
+        veth: tokio::sync::oneshot::Sender<(String, Option<u32>)>,
         addresses: tokio::sync::oneshot::Receiver<Vec<Allocation>>,
-    ) -> (Option<String>, Result<Option<u32>, Error>) {
+    ) -> (Option<String>, Result<(), Error>) {
         let mut created = None;
         for _ in 0..10 {
             let name = format!("veth{}", crate::random_hex(4));
@@ -506,28 +509,32 @@ impl PodSide {
         if created.is_none() {
             return (None, Err(Error::NoVethName));
         }
-        // No addresses: the allocation failed, and the node side reports why.
-        let Ok(allocations) = addresses.await else {
-            return (created, Err(Error::NoAddress));
+        let name = created.clone().unwrap_or_default();
+        let link = match pod.find_link(IFNAME).await {
+            Ok(link) => link,
+            Err(e) => return (created, Err(e.into())),
         };
-        let result = self.configure(pod, &allocations).await;
-        (created, result)
-    }
-
-    /// Returns the host end's index as the pod's eth0 reports it, if it does.
-    async fn configure(
-        &self,
-        pod: &Netlink,
-        allocations: &[Allocation],
-    ) -> Result<Option<u32>, Error> {
-        sysctl::set(&format!("net/ipv4/conf/{IFNAME}/arp_notify"), "1")?;
-        sysctl::set(&format!("net/ipv6/conf/{IFNAME}/accept_dad"), "0")?;
-        let link = pod.find_link(IFNAME).await?;
-        let eth0 = link.header.index;
         let peer = link.attributes.iter().find_map(|a| match a {
             LinkAttribute::Link(index) => Some(*index),
             _ => None,
         });
+        let _ = veth.send((name, peer));
+        // No addresses: the allocation failed, and the node side reports why.
+        let Ok(allocations) = addresses.await else {
+            return (created, Err(Error::NoAddress));
+        };
+        let result = self.configure(pod, link.header.index, &allocations).await;
+        (created, result)
+    }
+
+    async fn configure(
+        &self,
+        pod: &Netlink,
+        eth0: u32,
+        allocations: &[Allocation],
+    ) -> Result<(), Error> {
+        sysctl::set(&format!("net/ipv4/conf/{IFNAME}/arp_notify"), "1")?;
+        sysctl::set(&format!("net/ipv6/conf/{IFNAME}/accept_dad"), "0")?;
         for a in allocations {
             pod.add_address(eth0, a.ip, a.prefix_len).await?;
         }
@@ -548,7 +555,7 @@ impl PodSide {
             )
             .await?;
         }
-        Ok(peer)
+        Ok(())
     }
 }
 
