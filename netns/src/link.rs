@@ -1,7 +1,7 @@
 //! Links by name: lookups, up, delete.
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::LinkUnspec;
 
 use crate::{is_errno, Error, Netlink, Result};
@@ -61,27 +61,4 @@ impl Netlink {
             }),
         }
     }
-
-    /// All links, for checks and comparisons.
-    pub async fn links(&self) -> Result<Vec<LinkMessage>> {
-        self.handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| Error::Netlink {
-                action: "list links",
-                object: self.namespace.clone(),
-                source,
-            })
-    }
-}
-
-/// The name of a link message.
-pub fn name(link: &LinkMessage) -> Option<&str> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.as_str()),
-        _ => None,
-    })
 }
