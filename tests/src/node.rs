@@ -320,6 +320,17 @@ impl TestNode {
         false
     }
 
+    /// Whether a container of the pod is running.
+    pub fn running(pod: &Value, container: &str) -> bool {
+        Self::container_status(pod, container)["state"]["running"].is_object()
+    }
+
+    /// `nodelet logs` of a container of a static pod (named `<pod>-<node>`), stderr after stdout.
+    pub fn logs(&self, pod: &str, container: &str) -> String {
+        let out = self.nodelet(&["logs", &format!("{pod}-{}", self.name), "-c", container]);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
     /// The IP the node reports for a pod.
     pub fn pod_ip(pod: &Value) -> String {
         pod["status"]["podIP"]

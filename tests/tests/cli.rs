@@ -15,6 +15,16 @@ fn nodelet(root: &Path, args: &[&str]) -> Output {
         .expect("run nodelet")
 }
 
+/// `nodelet images` with a configuration file: enough to load and check it.
+fn images_with_config(config: &Path) -> Output {
+    Command::new(nodelet_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("images")
+        .output()
+        .expect("run nodelet")
+}
+
 fn temp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("nodelet-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -36,12 +46,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn unknown_config_keys_and_bad_values_are_named() {
     let dir = temp("config");
     std::fs::write(dir.join("c.yaml"), "rootDir: /tmp/x\nstaticPodDir: /y\n").unwrap();
-    let out = Command::new(nodelet_bin())
-        .arg("--config")
-        .arg(dir.join("c.yaml"))
-        .arg("images")
-        .output()
-        .unwrap();
+    let out = images_with_config(&dir.join("c.yaml"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -50,12 +55,7 @@ fn unknown_config_keys_and_bad_values_are_named() {
     );
 
     std::fs::write(dir.join("c.yaml"), "fileCheckFrequency: often\n").unwrap();
-    let out = Command::new(nodelet_bin())
-        .arg("--config")
-        .arg(dir.join("c.yaml"))
-        .arg("images")
-        .output()
-        .unwrap();
+    let out = images_with_config(&dir.join("c.yaml"));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("fileCheckFrequency: invalid duration \"often\""));
 

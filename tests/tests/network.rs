@@ -10,15 +10,6 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
 
-fn running(pod: &Value, container: &str) -> bool {
-    TestNode::container_status(pod, container)["state"]["running"].is_object()
-}
-
-fn logs(node: &TestNode, pod: &str, container: &str) -> String {
-    let out = node.nodelet(&["logs", &format!("{pod}-{}", node.name), "-c", container]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A server that answers with the address the request came from.
 const ECHO_SERVER: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: server}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: s\n    image: luksa/kubia\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'mkdir -p /w/cgi-bin && printf \"#!/bin/sh\\nprintf \\\"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\n\\\"\\necho from \\$REMOTE_ADDR\\n\" > /w/cgi-bin/index.cgi && chmod +x /w/cgi-bin/index.cgi && exec httpd -f -p 8080 -h /w']\n";
 
@@ -37,6 +28,24 @@ fn seen_from(answer: &str) -> String {
     addr.trim_start_matches("::ffff:").to_owned()
 }
 
+/// Starts the echo server on `server_node` and, once it has an IP, a client on `client_node`
+/// that asks it; returns both pods and the address the server saw the request come from.
+fn round_trip(server_node: &TestNode, client_node: &TestNode) -> Result<(Value, Value, String)> {
+    server_node.write_manifest("server.yaml", ECHO_SERVER);
+    let server = server_node.wait_pod("server", "running with an IP", T, |p| {
+        TestNode::running(p, "s") && !TestNode::pod_ip(p).is_empty()
+    })?;
+    client_node.write_manifest("client.yaml", &client("client", &TestNode::pod_ip(&server)));
+    let client = client_node.wait_pod("client", "running with an IP", T, |p| {
+        TestNode::running(p, "c") && !TestNode::pod_ip(p).is_empty()
+    })?;
+    let seen = wait_for("the server's answer", T, || {
+        let l = client_node.logs("client", "c");
+        l.contains("from ").then_some(l)
+    })?;
+    Ok((server, client, seen_from(&seen)))
+}
+
 fn node_with_agent(name: &str, extra: &str) -> Result<TestNode> {
     let mut node = TestNode::with_config(name, extra)?;
     node.start_agent()?;
@@ -46,27 +55,16 @@ fn node_with_agent(name: &str, extra: &str) -> Result<TestNode> {
 #[test]
 fn pods_get_their_own_address_and_see_each_others_real_one() -> Result<()> {
     let node = node_with_agent("node1", "")?;
-    node.write_manifest("server.yaml", ECHO_SERVER);
-    let server = node.wait_pod("server", "running with an IP", T, |p| {
-        running(p, "s") && !TestNode::pod_ip(p).is_empty()
-    })?;
+    let (server, client, seen) = round_trip(&node, &node)?;
     let server_ip = TestNode::pod_ip(&server);
     ensure!(
         server_ip.starts_with("10.244.0."),
         "default pod CIDR: {server_ip}"
     );
-    node.write_manifest("client.yaml", &client("client", &server_ip));
-    let client = node.wait_pod("client", "running", T, |p| {
-        running(p, "c") && !TestNode::pod_ip(p).is_empty()
-    })?;
     let client_ip = TestNode::pod_ip(&client);
     ensure!(client_ip != server_ip);
-    let seen = wait_for("the server's answer", T, || {
-        let l = logs(&node, "client", "c");
-        l.contains("from ").then_some(l)
-    })?;
     ensure!(
-        seen_from(&seen) == client_ip,
+        seen == client_ip,
         "no NAT: the server sees the client's own address, got {seen:?}"
     );
 
@@ -142,24 +140,13 @@ fn pods_on_two_nodes_reach_each_other_with_their_own_addresses() -> Result<()> {
     a.start_agent()?;
     b.start_agent()?;
 
-    b.write_manifest("server.yaml", ECHO_SERVER);
-    let server = b.wait_pod("server", "running", T, |p| {
-        running(p, "s") && !TestNode::pod_ip(p).is_empty()
-    })?;
+    let (server, client, seen) = round_trip(&b, &a)?;
     let server_ip = TestNode::pod_ip(&server);
     ensure!(server_ip.starts_with("10.244.2."), "{server_ip}");
     ensure!(server["status"]["hostIP"] == "192.168.77.2");
-    a.write_manifest("client.yaml", &client("client", &server_ip));
-    let client = a.wait_pod("client", "running", T, |p| {
-        running(p, "c") && !TestNode::pod_ip(p).is_empty()
-    })?;
     let client_ip = TestNode::pod_ip(&client);
     ensure!(client_ip.starts_with("10.244.1."), "{client_ip}");
-    let seen = wait_for("the answer across nodes", T, || {
-        let l = logs(&a, "client", "c");
-        l.contains("from ").then_some(l)
-    })?;
-    ensure!(seen_from(&seen) == client_ip, "flat network: {seen:?}");
+    ensure!(seen == client_ip, "flat network: {seen:?}");
 
     a.remove_manifest("client.yaml");
     b.remove_manifest("server.yaml");
@@ -206,7 +193,7 @@ fn a_bad_cni_config_holds_pods_with_its_reason_until_fixed() -> Result<()> {
         r#"{"cniVersion":"1.0.0","name":"podnet","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.66.0.0/24"}]]}}]}"#,
     )?;
     let p = node.wait_pod("p", "running once the config is fixed", T, |p| {
-        running(p, "c")
+        TestNode::running(p, "c")
     })?;
     ensure!(TestNode::pod_ip(&p).starts_with("10.66.0."));
     node.remove_manifest("p.yaml");
@@ -220,7 +207,7 @@ fn an_exhausted_pool_fails_the_pod_with_a_reason_and_leaks_nothing() -> Result<(
     let node = node_with_agent("node1", "podCIDR: 10.99.0.0/30\n")?;
     let pod = sleeper_pod;
     node.write_manifest("first.yaml", &pod("first"));
-    node.wait_pod("first", "running", T, |p| running(p, "c"))?;
+    node.wait_pod("first", "running", T, |p| TestNode::running(p, "c"))?;
     node.write_manifest("second.yaml", &pod("second"));
     let second = node.wait_pod("second", "out of addresses", T, |p| {
         TestNode::container_status(p, "c")["state"]["waiting"]["message"]
@@ -233,7 +220,7 @@ fn an_exhausted_pool_fails_the_pod_with_a_reason_and_leaks_nothing() -> Result<(
     node.remove_manifest("first.yaml");
     node.wait_gone("first", T)?;
     let second = node.wait_pod("second", "running once an address is free", T, |p| {
-        running(p, "c")
+        TestNode::running(p, "c")
     })?;
     ensure!(TestNode::pod_ip(&second) == "10.99.0.2");
     node.remove_manifest("second.yaml");
@@ -256,21 +243,10 @@ fn other_plugin_chains_run_as_cni_binaries() -> Result<()> {
     std::fs::write(conf_dir.join("10-chain.conflist"), &chain)?;
     let mut node = node;
     node.start_agent()?;
-    node.write_manifest("server.yaml", ECHO_SERVER);
-    let server = node.wait_pod("server", "running", T, |p| {
-        running(p, "s") && !TestNode::pod_ip(p).is_empty()
-    })?;
+    let (server, client_pod, seen) = round_trip(&node, &node)?;
     let server_ip = TestNode::pod_ip(&server);
     ensure!(server_ip.starts_with("10.55.0."), "{server_ip}");
-    node.write_manifest("client.yaml", &client("client", &server_ip));
-    let client_pod = node.wait_pod("client", "running", T, |p| {
-        running(p, "c") && !TestNode::pod_ip(p).is_empty()
-    })?;
-    let seen = wait_for("the answer", T, || {
-        let l = logs(&node, "client", "c");
-        l.contains("from ").then_some(l)
-    })?;
-    ensure!(seen_from(&seen) == TestNode::pod_ip(&client_pod));
+    ensure!(seen == TestNode::pod_ip(&client_pod));
     let uid = client_pod["metadata"]["uid"].as_str().unwrap_or_default();
     let cache: Value = serde_json::from_slice(&std::fs::read(
         node.dir
@@ -296,14 +272,14 @@ fn other_plugin_chains_run_as_cni_binaries() -> Result<()> {
             .as_str()
             .is_some_and(|m| m.contains("failed to find plugin \"nosuch\" in path /usr/lib/cni"))
     })?;
-    ensure!(running(&node.pod("server").unwrap(), "s"));
+    ensure!(TestNode::running(&node.pod("server").unwrap(), "s"));
     // Deleting the first pods still needs their own chain's DEL: put the configuration back.
     node.remove_manifest("third.yaml");
     node.wait_gone("third", T)?;
     node.stop_agent(nix::sys::signal::Signal::SIGTERM)?;
     std::fs::write(conf_dir.join("10-chain.conflist"), &chain)?;
     node.start_agent()?;
-    node.wait_pod("server", "re-adopted", T, |p| running(p, "s"))?;
+    node.wait_pod("server", "re-adopted", T, |p| TestNode::running(p, "s"))?;
     node.remove_manifest("client.yaml");
     node.remove_manifest("server.yaml");
     node.wait_gone("client", T)?;
@@ -335,7 +311,7 @@ fn ip_json(node: &TestNode, netns: Option<&str>, args: &[&str]) -> Result<Vec<Va
 fn native_wiring_matches_the_reference_bridge_plugin_and_shares_its_store() -> Result<()> {
     let node = node_with_agent("node1", "")?;
     node.write_manifest("p.yaml", &sleeper_pod("p"));
-    let pod = node.wait_pod("p", "running", T, |p| running(p, "c"))?;
+    let pod = node.wait_pod("p", "running", T, |p| TestNode::running(p, "c"))?;
     let uid = pod["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()
@@ -442,7 +418,7 @@ fn ip_masq_true_adds_a_masquerade_rule_per_pod_and_removes_it() -> Result<()> {
     let mut node = node;
     node.start_agent()?;
     node.write_manifest("p.yaml", &sleeper_pod("p"));
-    let pod = node.wait_pod("p", "running", T, |p| running(p, "c"))?;
+    let pod = node.wait_pod("p", "running", T, |p| TestNode::running(p, "c"))?;
     let ip = TestNode::pod_ip(&pod);
     let ruleset = String::from_utf8(
         node.command("nft")
@@ -477,14 +453,14 @@ fn a_restarted_agent_keeps_pod_addresses_and_frees_those_of_vanished_pods() -> R
     let pod = sleeper_pod;
     node.write_manifest("keep.yaml", &pod("keep"));
     let before = node.wait_pod("keep", "running", T, |p| {
-        running(p, "c") && !TestNode::pod_ip(p).is_empty()
+        TestNode::running(p, "c") && !TestNode::pod_ip(p).is_empty()
     })?;
     node.stop_agent(nix::sys::signal::Signal::SIGKILL)?;
     // An address held by a pod that no longer exists (a crash between allocation and record).
     let networks = node.dir.join("cni/data/networks/nodelet");
     std::fs::write(networks.join("10.244.0.200"), "0000deadbeef0000\r\neth0")?;
     node.start_agent()?;
-    let after = node.wait_pod("keep", "re-adopted", T, |p| running(p, "c"))?;
+    let after = node.wait_pod("keep", "re-adopted", T, |p| TestNode::running(p, "c"))?;
     ensure!(TestNode::pod_ip(&after) == TestNode::pod_ip(&before));
     ensure!(
         !networks.join("10.244.0.200").exists(),
@@ -512,7 +488,7 @@ fn a_thousand_create_delete_cycles_leave_nothing_behind() -> Result<()> {
         }
         for name in &names {
             node.wait_pod(name, &format!("running in round {round}"), T, |p| {
-                running(p, "c")
+                TestNode::running(p, "c")
             })?;
         }
         for name in &names {

@@ -14,15 +14,6 @@ fn state(pod: &Value, container: &str) -> Value {
     TestNode::container_status(pod, container)["state"].clone()
 }
 
-fn running(pod: &Value, container: &str) -> bool {
-    state(pod, container)["running"].is_object()
-}
-
-fn logs(node: &TestNode, pod: &str, container: &str) -> String {
-    let out = node.nodelet(&["logs", &format!("{pod}-node1"), "-c", container]);
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
 fn started_node() -> Result<TestNode> {
     let mut node = TestNode::new()?;
     node.start_agent()?;
@@ -54,10 +45,10 @@ spec:
 "#,
     );
     let pod = node.wait_pod("web", "both containers running", T, |p| {
-        running(p, "server") && running(p, "client")
+        TestNode::running(p, "server") && TestNode::running(p, "client")
     })?;
     nodelet_tests::wait_for("client log", T, || {
-        logs(&node, "web", "client")
+        node.logs("web", "client")
             .contains("You've hit web-node1")
             .then_some(())
     })?;
@@ -155,8 +146,8 @@ spec:
     command: ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
 "#,
     );
-    node.wait_pod("polite", "running", T, |p| running(p, "c"))?;
-    node.wait_pod("stubborn", "running", T, |p| running(p, "c"))?;
+    node.wait_pod("polite", "running", T, |p| TestNode::running(p, "c"))?;
+    node.wait_pod("stubborn", "running", T, |p| TestNode::running(p, "c"))?;
     let start = Instant::now();
     node.remove_manifest("polite.yaml");
     // Its log says so while the pod is still being torn down, or the marker does afterwards.
@@ -208,7 +199,7 @@ fn restart_policies_and_crash_loop_backoff() -> Result<()> {
         p["status"]["phase"] == "Succeeded"
     })?;
     assert_eq!(state(&p, "c")["terminated"]["reason"], "Completed");
-    assert_eq!(logs(&node, "never", "c").trim(), "done");
+    assert_eq!(node.logs("never", "c").trim(), "done");
     node.wait_pod("onfailure-ok", "Succeeded", T, |p| {
         p["status"]["phase"] == "Succeeded"
     })?;
@@ -285,8 +276,8 @@ fn agent_restart_readopts_pods_without_restarting_them() -> Result<()> {
         "brief.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: brief}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'sleep 2; exit 7']}\n",
     );
-    let before = node.wait_pod("steady", "running", T, |p| running(p, "c"))?;
-    node.wait_pod("brief", "running", T, |p| running(p, "c"))?;
+    let before = node.wait_pod("steady", "running", T, |p| TestNode::running(p, "c"))?;
+    node.wait_pod("brief", "running", T, |p| TestNode::running(p, "c"))?;
     let pid = node.container_pid(&before, "c")?;
 
     node.stop_agent(Signal::SIGKILL)?;
@@ -297,7 +288,7 @@ fn agent_restart_readopts_pods_without_restarting_them() -> Result<()> {
     std::thread::sleep(Duration::from_secs(3)); // `brief` exits while no agent runs
     node.start_agent()?;
 
-    let after = node.wait_pod("steady", "re-adopted", T, |p| running(p, "c"))?;
+    let after = node.wait_pod("steady", "re-adopted", T, |p| TestNode::running(p, "c"))?;
     assert_eq!(
         TestNode::container_status(&after, "c")["containerID"],
         TestNode::container_status(&before, "c")["containerID"]
@@ -328,7 +319,7 @@ fn bad_manifests_are_reported_and_change_nothing_else() -> Result<()> {
     let node = started_node()?;
     let good = &sleeper_pod("good");
     node.write_manifest("good.yaml", good);
-    let before = node.wait_pod("good", "running", T, |p| running(p, "c"))?;
+    let before = node.wait_pod("good", "running", T, |p| TestNode::running(p, "c"))?;
     node.write_manifest("typo.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: typo}\nspec:\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, ports: [{containerPort: eighty}]}\n");
     node.write_manifest("noimage.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: noimage}\nspec:\n  containers:\n  - {name: c}\n");
     node.write_manifest("garbage.yaml", "{{{ not yaml");
@@ -416,7 +407,7 @@ fn shared_process_namespace_and_run_as_user() -> Result<()> {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: share}\nspec:\n  shareProcessNamespace: true\n  terminationGracePeriodSeconds: 1\n  securityContext: {runAsUser: 1000, runAsGroup: 3000}\n  containers:\n  - {name: a, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}\n  - {name: b, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3601']}\n",
     );
     let p = node.wait_pod("share", "running", T, |p| {
-        running(p, "a") && running(p, "b")
+        TestNode::running(p, "a") && TestNode::running(p, "b")
     })?;
     let ps = node.exec(&p, "b", &["ps"])?;
     let ps = String::from_utf8_lossy(&ps.stdout);
@@ -446,13 +437,13 @@ fn editing_a_manifest_replaces_the_pod() -> Result<()> {
         format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: edit}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'echo {msg}; sleep 3600']}}\n")
     };
     node.write_manifest("edit.yaml", &v("one"));
-    let first = node.wait_pod("edit", "running", T, |p| running(p, "c"))?;
+    let first = node.wait_pod("edit", "running", T, |p| TestNode::running(p, "c"))?;
     node.write_manifest("edit.yaml", &v("two"));
     let second = node.wait_pod("edit", "replaced", T, |p| {
-        p["metadata"]["uid"] != first["metadata"]["uid"] && running(p, "c")
+        p["metadata"]["uid"] != first["metadata"]["uid"] && TestNode::running(p, "c")
     })?;
     nodelet_tests::wait_for("new log", T, || {
-        (logs(&node, "edit", "c").trim() == "two").then_some(())
+        (node.logs("edit", "c").trim() == "two").then_some(())
     })?;
     assert_ne!(first["metadata"]["uid"], second["metadata"]["uid"]);
     node.remove_manifest("edit.yaml");
@@ -471,11 +462,12 @@ fn a_changed_container_spec_restarts_only_that_container() -> Result<()> {
     };
     node.write_manifest("fixed.yaml", &v("one"));
     let first = node.wait_pod("fixed", "running", T, |p| {
-        running(p, "same") && running(p, "edited")
+        TestNode::running(p, "same") && TestNode::running(p, "edited")
     })?;
     node.write_manifest("fixed.yaml", &v("two"));
     let second = node.wait_pod("fixed", "edited container restarted", T, |p| {
-        TestNode::container_status(p, "edited")["restartCount"] == 1 && running(p, "edited")
+        TestNode::container_status(p, "edited")["restartCount"] == 1
+            && TestNode::running(p, "edited")
     })?;
     assert_eq!(second["metadata"]["uid"], first["metadata"]["uid"]);
     assert_eq!(
@@ -484,7 +476,7 @@ fn a_changed_container_spec_restarts_only_that_container() -> Result<()> {
         "the unchanged container keeps running"
     );
     nodelet_tests::wait_for("new log", T, || {
-        (logs(&node, "fixed", "edited").trim() == "two").then_some(())
+        (node.logs("fixed", "edited").trim() == "two").then_some(())
     })?;
     node.remove_manifest("fixed.yaml");
     node.wait_gone("fixed", T)?;
@@ -498,7 +490,7 @@ fn logs_follow_until_the_container_stops_and_previous_shows_the_last_instance() 
         "talk.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: talk}\nspec:\n  restartPolicy: OnFailure\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'for i in 1 2 3; do echo line $i; sleep 0.1; echo err $i >&2; sleep 0.2; done; printf partial; exit 1']}\n",
     );
-    node.wait_pod("talk", "running", T, |p| running(p, "c"))?;
+    node.wait_pod("talk", "running", T, |p| TestNode::running(p, "c"))?;
     let out = node.nodelet(&["logs", "talk-node1", "-f"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -529,7 +521,7 @@ fn logs_follow_until_the_container_stops_and_previous_shows_the_last_instance() 
 fn a_manifest_removed_while_the_agent_is_down_deletes_its_pod_at_start() -> Result<()> {
     let mut node = started_node()?;
     node.write_manifest("gone.yaml", &sleeper_pod("gone"));
-    node.wait_pod("gone", "running", T, |p| running(p, "c"))?;
+    node.wait_pod("gone", "running", T, |p| TestNode::running(p, "c"))?;
     node.stop_agent(Signal::SIGKILL)?;
     node.remove_manifest("gone.yaml");
     node.start_agent()?;
@@ -575,7 +567,7 @@ fn container_logs_rotate_at_their_size_limit() -> Result<()> {
             "{f} is within the limit"
         );
     }
-    let current = logs(&node, "chatty", "c");
+    let current = node.logs("chatty", "c");
     assert!(
         current.ends_with("line 299 of a chatty container\n"),
         "{current}"

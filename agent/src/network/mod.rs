@@ -62,7 +62,6 @@ pub struct Attachment {
     /// The host end of the pod's veth (native path).
     pub host_veth: String,
     pub ips: Vec<(IpAddr, u8)>,
-    pub gateway: Option<IpAddr>,
     /// The chain's final ADD result and CNI_ARGS, when plugins were executed (for their DEL).
     #[serde(default)]
     pub result: Option<serde_json::Value>,
@@ -216,13 +215,11 @@ impl Network {
         if let Err(e) = plugins::write_cache(&self.cache_dir, &self.list, &inv, &result) {
             warn!(error = %e, "write CNI result cache");
         }
-        let ips = plugins::result_ips(&result, IFNAME);
         Ok(Attachment {
             network: self.list.name.clone(),
             ifname: IFNAME.into(),
             host_veth: String::new(),
-            ips: ips.iter().map(|(ip, prefix, _)| (*ip, *prefix)).collect(),
-            gateway: ips.iter().find_map(|(_, _, gw)| *gw),
+            ips: plugins::result_ips(&result, IFNAME),
             result: Some(result),
             args,
         })
@@ -327,7 +324,9 @@ impl Network {
         let allocations = allocations?;
         configured?;
         let bridge_index = bridge_index?;
-        let first = allocations.first().ok_or(Error::NoAddress)?.clone();
+        if allocations.is_empty() {
+            return Err(Error::NoAddress);
+        }
         let host_name = host_veth.clone().ok_or(Error::NoVethName)?;
 
         if bridge.is_gateway {
@@ -351,7 +350,6 @@ impl Network {
             ifname: IFNAME.into(),
             host_veth: host_name,
             ips: allocations.iter().map(|a| (a.ip, a.prefix_len)).collect(),
-            gateway: Some(first.gateway),
             result: None,
             args: Vec::new(),
         })

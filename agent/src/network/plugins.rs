@@ -225,10 +225,7 @@ pub async fn check(
 }
 
 /// The pod's addresses from a result: `ips` on the interface that lives in the sandbox.
-pub fn result_ips(
-    result: &Value,
-    ifname: &str,
-) -> Vec<(std::net::IpAddr, u8, Option<std::net::IpAddr>)> {
+pub fn result_ips(result: &Value, ifname: &str) -> Vec<(std::net::IpAddr, u8)> {
     let interfaces = result["interfaces"].as_array().cloned().unwrap_or_default();
     result["ips"]
         .as_array()
@@ -242,11 +239,7 @@ pub fn result_ips(
         })
         .filter_map(|ip| {
             let (addr, prefix) = ip["address"].as_str()?.split_once('/')?;
-            Some((
-                addr.parse().ok()?,
-                prefix.parse().ok()?,
-                ip["gateway"].as_str().and_then(|g| g.parse().ok()),
-            ))
+            Some((addr.parse().ok()?, prefix.parse().ok()?))
         })
         .collect()
 }
