@@ -63,6 +63,29 @@ pub struct Config {
     pub container_log_max_files: usize,
     /// Registries (`host` or `host:port`) spoken to over plain HTTP; those on 127.0.0.0/8 always are.
     pub insecure_registries: Vec<String>,
+    /// The built-in Kubernetes API, served when no `kubeconfig` names another API server.
+    #[serde(rename = "apiServer")]
+    pub api_server: ApiServerConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiServerConfig {
+    pub enabled: bool,
+    /// Where it listens (HTTPS).
+    pub address: std::net::SocketAddr,
+    /// Where the admin kubeconfig for it is written (mode 0600).
+    pub kubeconfig: PathBuf,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        ApiServerConfig {
+            enabled: true,
+            address: ([127, 0, 0, 1], 6443).into(),
+            kubeconfig: "/etc/nodelet/kubeconfig".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -91,6 +114,7 @@ impl Default for Config {
             container_log_max_size: "10Mi".into(),
             container_log_max_files: 5,
             insecure_registries: Vec::new(),
+            api_server: ApiServerConfig::default(),
         }
     }
 }

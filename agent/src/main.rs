@@ -2,6 +2,7 @@
 //! on the same node state. Pods' shims are the separate, single-threaded `nodelet-shim` binary,
 //! so nothing forks from the agent's multi-threaded runtime (DESIGN.md decision 1).
 
+mod apiserver;
 mod cli;
 mod config;
 mod images;

@@ -33,9 +33,25 @@ pub struct Node {
     /// The pods as last reported by their workers, with status (what `nodelet pods` shows).
     pub pods: Mutex<BTreeMap<String, Pod>>,
     pub host_resolv: String,
+    /// Rung whenever a pod's reported status changes or a pod leaves the node.
+    pub changed: tokio::sync::Notify,
+    events: mpsc::UnboundedSender<PodEvent>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<PodEvent>>>,
     /// The pod network, loaded on first use (and again after a failure, so a fixed CNI config
     /// takes effect without a restart).
     network: Mutex<Option<Arc<Network>>>,
+}
+
+/// Something that happened to a pod, for `kubectl describe` (kubelet's event recorder).
+#[derive(Debug, Clone)]
+pub struct PodEvent {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub container: Option<String>,
+    pub reason: &'static str,
+    pub message: String,
+    pub warning: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,7 +95,11 @@ impl Node {
         };
         let puller =
             crate::images::pull::Puller::new(images.clone(), config.insecure_registries.clone());
+        let (events, events_rx) = mpsc::unbounded_channel();
         Ok(Node {
+            changed: tokio::sync::Notify::new(),
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
             runtime: Runtime::new(paths),
             images,
             puller,
@@ -89,6 +109,19 @@ impl Node {
             config,
             network: Mutex::new(None),
         })
+    }
+
+    /// Records an event about a pod (and one of its containers); sent on by the API source.
+    pub fn event(&self, pod: &Pod, container: Option<&str>, reason: &'static str, message: String, warning: bool) {
+        let _ = self.events.send(PodEvent {
+            namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            container: container.map(str::to_owned),
+            reason,
+            message,
+            warning,
+        });
     }
 
     /// The pod network, loading the CNI configuration if needed. Errors name the file, field and
@@ -162,21 +195,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = bind_control(&paths)?;
     tokio::spawn(serve_control(listener, node.clone()));
 
-    let (tx, mut desired_rx) = watch::channel::<source::Desired>(None);
+    let (tx, mut files_rx) = watch::channel::<source::Desired>(None);
     let source = FileSource::new(
         node.config.static_pod_path.clone(),
         node.ctx.node_name.clone(),
         node.config.file_check_frequency,
     );
     tokio::spawn(source.run(tx));
+    let (api_tx, mut api_rx) = watch::channel::<source::Desired>(None);
+    let api_source = match api_kubeconfig(&node.config, &paths).await? {
+        Some(kubeconfig) => {
+            let client = source::api::client(&kubeconfig).await?;
+            let events = node.events_rx.lock().expect("events lock").take();
+            let api = source::api::ApiSource::new(client, node.clone());
+            tokio::spawn(async move {
+                if let Some(events) = events {
+                    api.run(api_tx, events).await;
+                }
+            });
+            true
+        }
+        None => false,
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        if let Some(desired) = desired_rx.borrow_and_update().clone() {
-            workers.reconcile(&desired);
+        let files = files_rx.borrow_and_update().clone();
+        let api = api_rx.borrow_and_update().clone();
+        if let Some(mut desired) = files {
+            // Until the API source has listed its pods once, pods not from files are kept.
+            let complete = !api_source || api.is_some();
+            desired.extend(api.unwrap_or_default());
+            workers.reconcile(&desired, complete);
         }
         tokio::select! {
-            changed = desired_rx.changed() => if changed.is_err() { break },
+            changed = files_rx.changed() => if changed.is_err() { break },
+            Ok(()) = api_rx.changed() => {}
             Some(uid) = done_rx.recv() => workers.finished(&uid),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -185,6 +239,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("nodelet stopping; pods keep running");
     let _ = std::fs::remove_file(paths.control_socket());
     Ok(())
+}
+
+/// The kubeconfig of the API server to take pods from: the configured one, or the built-in
+/// API's after starting it; `None` for static pods only.
+async fn api_kubeconfig(config: &Config, paths: &NodePaths) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(kubeconfig) = &config.kubeconfig {
+        return Ok(Some(kubeconfig.clone()));
+    }
+    if !config.api_server.enabled {
+        return Ok(None);
+    }
+    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), config.node_name()];
+    hosts.extend(config.node_ip.clone());
+    let address = config.api_server.address;
+    if !address.ip().is_unspecified() {
+        hosts.push(address.ip().to_string());
+    }
+    hosts.dedup();
+    crate::apiserver::start(crate::apiserver::Options {
+        address,
+        database: paths.root.join("api.db"),
+        pki_dir: paths.root.join("pki"),
+        hosts,
+        kubeconfig: config.api_server.kubeconfig.clone(),
+    })
+    .await
+    .context("start the built-in API")?;
+    Ok(Some(config.api_server.kubeconfig.clone()))
 }
 
 /// One agent per run directory: two would fight over the same shims.
@@ -227,9 +309,10 @@ impl Workers {
         self.deleting.remove(uid);
     }
 
-    /// Matches workers to the desired pods: new pods get a worker, changed ones an update,
-    /// vanished ones a graceful delete.
-    fn reconcile(&mut self, desired: &BTreeMap<String, Arc<Pod>>) {
+    /// Matches workers to the desired pods: new pods get a worker, changed ones an update, those
+    /// the API is deleting (deletionTimestamp) or that vanished a graceful delete. Unless
+    /// `complete`, vanished pods are kept (a source has not listed its pods yet).
+    fn reconcile(&mut self, desired: &BTreeMap<String, Arc<Pod>>, complete: bool) {
         // A worker that ended without saying so (it panicked) is forgotten too.
         let ended: Vec<String> = self
             .handles
@@ -241,9 +324,27 @@ impl Workers {
             self.finished(&uid);
         }
         for (uid, pod) in desired {
-            match self.handles.get(uid) {
-                Some(_) if self.deleting.contains(uid) => {} // comes back once the old worker finished
-                Some(w) => {
+            let deleting = pod.metadata.deletion_timestamp.is_some().then(|| Desired::Delete {
+                grace: pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .map(|s| std::time::Duration::from_secs(s.max(0) as u64)),
+            });
+            match (self.handles.get(uid), deleting) {
+                // A shorter grace reaches a worker that is already terminating.
+                (Some(w), Some(delete)) => {
+                    self.deleting.insert(uid.clone());
+                    w.tx.send_if_modified(|d| match (&*d, &delete) {
+                        (Desired::Delete { grace: Some(old) }, Desired::Delete { grace: Some(new) }) if new >= old => false,
+                        _ => {
+                            *d = delete;
+                            true
+                        }
+                    });
+                }
+                (None, Some(_)) => {}
+                (Some(_), None) if self.deleting.contains(uid) => {} // comes back once the old worker finished
+                (Some(w), None) => {
                     w.tx.send_if_modified(|d| match d {
                         Desired::Run(current) if Arc::ptr_eq(current, pod) => false,
                         _ => {
@@ -252,8 +353,11 @@ impl Workers {
                         }
                     });
                 }
-                None => self.spawn(pod.clone(), false),
+                (None, None) => self.spawn(pod.clone(), false),
             }
+        }
+        if !complete {
+            return;
         }
         for (uid, w) in &self.handles {
             if !desired.contains_key(uid) && self.deleting.insert(uid.clone()) {

@@ -62,7 +62,8 @@ impl TestNode {
         let config = format!(
             "rootDir: {d}/root\nrunDir: {d}/run\npodLogsDir: {d}/logs\nstaticPodPath: {d}/manifests\n\
              cgroupRoot: {cgroup_root}\nhostnameOverride: {name}\nfileCheckFrequency: 2s\n\
-             cniConfDir: {d}/cni/net.d\ncniDataDir: {d}/cni/data\n{extra}",
+             cniConfDir: {d}/cni/net.d\ncniDataDir: {d}/cni/data\n\
+             apiServer:\n  kubeconfig: {d}/kubeconfig\n{extra}",
             d = dir.display()
         );
         fs::write(dir.join("config.yaml"), config)?;
@@ -95,6 +96,13 @@ impl TestNode {
             .spawn()
             .context("start test node (unshare)")?;
         let reaper = child_of(unshare.id())?;
+        // A machine's loopback is up; the built-in API listens there.
+        let up = Command::new("nsenter")
+            .args(["-t", &reaper.to_string(), "-n", "--", "ip", "link", "set", "lo", "up"])
+            .output()?;
+        if !up.status.success() {
+            bail!("lo up: {}", String::from_utf8_lossy(&up.stderr));
+        }
         Ok(TestNode {
             name: name.to_owned(),
             dir,
@@ -169,6 +177,51 @@ impl TestNode {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid), signal)?;
         agent.nsenter.wait()?;
         Ok(())
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// Runs the default `kubectl` against the node's built-in API.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with("kubectl", args, None)
+    }
+
+    /// Runs `binary` (`kubectl`, `kubectl.1.27`, ...) against the node's built-in API, with its
+    /// own discovery cache and optional standard input.
+    pub fn kubectl_with(&self, binary: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let home = self.dir.join("home");
+        let _ = fs::create_dir_all(&home);
+        let mut cmd = self.net_command(binary);
+        cmd.env("HOME", &home)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(home.join(format!("cache-{binary}")))
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write kubectl stdin");
+        }
+        child.wait_with_output().expect("wait for kubectl")
+    }
+
+    /// Waits until the built-in API answers with the node registered.
+    pub fn wait_api(&self) -> Result<()> {
+        wait_for("the built-in API and the node's registration", Duration::from_secs(30), || {
+            let out = self.kubectl(&["get", "node", &self.name, "-o", "name"]);
+            out.status.success().then_some(())
+        })
+        .with_context(|| format!("agent log:\n{}", self.agent_log()))
     }
 
     pub fn agent_log(&self) -> String {

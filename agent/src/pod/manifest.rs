@@ -264,7 +264,7 @@ fn validate_container(
 }
 
 /// RFC 1123 label: at most 63 lower-case alphanumerics or '-', starting and ending alphanumeric.
-fn check_label(field: &str, value: &str) -> Result<(), FieldError> {
+pub fn check_label(field: &str, value: &str) -> Result<(), FieldError> {
     let ok = !value.is_empty()
         && value.len() <= 63
         && value
@@ -280,7 +280,7 @@ fn check_label(field: &str, value: &str) -> Result<(), FieldError> {
 }
 
 /// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-fn check_subdomain(field: &str, value: &str) -> Result<(), FieldError> {
+pub fn check_subdomain(field: &str, value: &str) -> Result<(), FieldError> {
     let ok = value.len() <= 253 && value.split('.').all(|l| check_label(field, l).is_ok());
     if ok {
         Ok(())

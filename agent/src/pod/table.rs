@@ -61,7 +61,10 @@ pub fn pod_row(pod: &Pod, now: Timestamp) -> PodRow {
     if reason == "Completed" && has_running {
         reason = "Running".into();
     }
-    if pod.metadata.deletion_timestamp.is_some() {
+    let terminal = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    if pod.metadata.deletion_timestamp.is_some() && status.reason.as_deref() == Some("NodeLost") {
+        reason = "Unknown".into();
+    } else if pod.metadata.deletion_timestamp.is_some() && !terminal {
         reason = "Terminating".into();
     }
     let restarts = match last_restart {

@@ -353,11 +353,16 @@ impl Worker {
         let mut pod = (*self.pod).clone();
         pod.status = Some(status.clone());
         self.status = Some(status);
-        self.node
+        let changed = self
+            .node
             .pods
             .lock()
             .expect("pod map lock")
-            .insert(self.uid.clone(), pod);
+            .insert(self.uid.clone(), pod.clone())
+            .is_none_or(|old| old.status != pod.status);
+        if changed {
+            self.node.changed.notify_one();
+        }
     }
 
     /// SIGTERM, wait up to the grace period (shrinking if asked), SIGKILL, then tear down.
@@ -423,6 +428,7 @@ impl Worker {
             .lock()
             .expect("pod map lock")
             .remove(&self.uid);
+        self.node.changed.notify_one();
         info!("pod deleted");
     }
 

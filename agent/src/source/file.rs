@@ -20,8 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::pod::manifest;
 
-/// The desired pods by UID; `None` until the first full scan (nothing is deleted before that).
-pub type Desired = Option<BTreeMap<String, Arc<Pod>>>;
+use super::Desired;
 
 struct FileState {
     content_hash: String,

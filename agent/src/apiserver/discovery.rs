@@ -1,0 +1,191 @@
+//! Discovery as kubectl 1.27–1.33 reads it: `/version`, legacy `/api`, `/apis`, `/api/v1`,
+//! `/apis/coordination.k8s.io/v1`, aggregated discovery v2 only when the Accept header asks for
+//! it, and just enough OpenAPI v3 that `kubectl create -f` sends `fieldValidation=Strict` and
+//! lets the server validate.
+
+use serde_json::{json, Value};
+
+use super::resource::{Resource, COORDINATION};
+
+pub const KUBE_VERSION: (&str, &str) = ("1", "33");
+
+pub fn version() -> Value {
+    let (major, minor) = KUBE_VERSION;
+    json!({
+        "major": major, "minor": minor,
+        "gitVersion": format!("v{major}.{minor}.0-nodelet.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "", "gitTreeState": "clean", "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "", "compiler": "rustc", "platform": format!("linux/{}", crate::apiserver::go_arch()),
+    })
+}
+
+const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+fn in_group(group_version: &str) -> impl Iterator<Item = Resource> + '_ {
+    Resource::ALL.into_iter().filter(move |r| r.api_version() == group_version)
+}
+
+/// `/api/v1` or `/apis/coordination.k8s.io/v1`.
+pub fn resource_list(group_version: &str) -> Option<Value> {
+    if group_version != "v1" && group_version != COORDINATION {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for r in in_group(group_version) {
+        let mut entry = json!({
+            "name": r.plural(), "singularName": r.kind().to_lowercase(), "namespaced": r.namespaced(),
+            "kind": r.kind(), "verbs": VERBS,
+        });
+        if !r.short_names().is_empty() {
+            entry["shortNames"] = json!(r.short_names());
+        }
+        if r == Resource::Pods {
+            entry["categories"] = json!(["all"]);
+        }
+        resources.push(entry);
+        for (sub, kind, verbs) in r.subresources() {
+            resources.push(json!({
+                "name": format!("{}/{sub}", r.plural()), "singularName": "", "namespaced": r.namespaced(),
+                "kind": kind, "verbs": verbs,
+            }));
+        }
+    }
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+}
+
+pub fn api_versions(server_address: &str) -> Value {
+    json!({"kind": "APIVersions", "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]})
+}
+
+pub fn api_group_list() -> Value {
+    let gv = json!({"groupVersion": COORDINATION, "version": "v1"});
+    json!({"kind": "APIGroupList", "apiVersion": "v1",
+        "groups": [{"name": "coordination.k8s.io", "versions": [gv.clone()], "preferredVersion": gv}]})
+}
+
+pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// True when the Accept header asks for aggregated discovery v2 (kubectl ≥ 1.30).
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        params.contains(&"g=apidiscovery.k8s.io") && params.contains(&"v=v2") && params.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
+/// The aggregated document for `/api` (core) or `/apis` (named groups).
+pub fn aggregated(core: bool) -> Value {
+    let group_version = if core { "v1" } else { COORDINATION };
+    let resources: Vec<Value> = in_group(group_version)
+        .map(|r| {
+            let (group, version) = match r.api_version().split_once('/') {
+                Some((g, v)) => (g, v),
+                None => ("", "v1"),
+            };
+            let mut entry = json!({
+                "resource": r.plural(),
+                "responseKind": {"group": group, "version": version, "kind": r.kind()},
+                "scope": if r.namespaced() { "Namespaced" } else { "Cluster" },
+                "singularResource": r.kind().to_lowercase(),
+                "verbs": VERBS,
+            });
+            if !r.short_names().is_empty() {
+                entry["shortNames"] = json!(r.short_names());
+            }
+            if r == Resource::Pods {
+                entry["categories"] = json!(["all"]);
+            }
+            let subs: Vec<Value> = r
+                .subresources()
+                .iter()
+                .map(|(sub, kind, verbs)| json!({"subresource": sub, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs}))
+                .collect();
+            if !subs.is_empty() {
+                entry["subresources"] = json!(subs);
+            }
+            entry
+        })
+        .collect();
+    let mut item = json!({"metadata": {"creationTimestamp": null},
+        "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]});
+    if !core {
+        item["metadata"]["name"] = json!("coordination.k8s.io");
+    }
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": [item]})
+}
+
+/// `/openapi/v3`: where each group-version's document is.
+pub fn openapi_root() -> Value {
+    json!({"paths": {
+        "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={}", openapi_hash())},
+        "apis/coordination.k8s.io/v1": {"serverRelativeURL": format!("/openapi/v3/apis/coordination.k8s.io/v1?hash={}", openapi_hash())},
+    }})
+}
+
+fn openapi_hash() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// A group-version's document: a PATCH operation per type carrying its GVK and the
+/// `fieldValidation` parameter, which is what kubectl's query-param verifier looks for.
+pub fn openapi_group(path: &str) -> Option<Value> {
+    let group_version = match path {
+        "api/v1" => "v1",
+        "apis/coordination.k8s.io/v1" => COORDINATION,
+        _ => return None,
+    };
+    let mut paths = serde_json::Map::new();
+    for r in in_group(group_version) {
+        let (group, version) = match r.api_version().split_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", "v1"),
+        };
+        let url = if r.namespaced() {
+            format!("/{path}/namespaces/{{namespace}}/{}/{{name}}", r.plural())
+        } else {
+            format!("/{path}/{}/{{name}}", r.plural())
+        };
+        let gvk = json!({"group": group, "version": version, "kind": r.kind()});
+        let params = json!([
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        ]);
+        let op = |verb: &str| json!({"operationId": format!("{verb}{}", r.kind()), "x-kubernetes-action": verb,
+            "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {}});
+        paths.insert(url, json!({"patch": op("patch"), "put": op("put")}));
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", KUBE_VERSION.0, KUBE_VERSION.1)},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregated_only_when_asked_for_v2() {
+        let k132 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        let k127 = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert!(wants_aggregated(k132));
+        assert!(!wants_aggregated(k127));
+        assert!(!wants_aggregated("application/json"));
+    }
+
+    #[test]
+    fn resource_lists() {
+        let core = resource_list("v1").unwrap();
+        let names: Vec<&str> = core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"pods") && names.contains(&"pods/exec") && names.contains(&"namespaces/finalize"));
+        assert!(!names.contains(&"leases"));
+        assert!(resource_list("apps/v1").is_none());
+        let doc = openapi_group("api/v1").unwrap();
+        let pod = &doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
+        assert_eq!(pod["x-kubernetes-group-version-kind"]["kind"], "Pod");
+    }
+}

@@ -1,0 +1,531 @@
+//! HTTPS for the built-in API: TLS with client-certificate authentication (or the bearer token),
+//! URL routing to resources, content negotiation (JSON, Tables, YAML and protobuf bodies) and
+//! `Status` errors.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use jiff::Timestamp;
+use openssl::ssl::{Ssl, SslAcceptor, SslMethod, SslVerifyMode};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use super::discovery;
+use super::error::ApiError;
+use super::handlers::{self, DeleteOptions, Selectors};
+use super::objects::FieldValidation;
+use super::patch::PatchType;
+use super::pki::Pki;
+use super::resource::Resource;
+use super::store::{Object, Store};
+use super::table;
+use super::watch::{self, Render, WatchRequest};
+
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// kube-apiserver's limit on request bodies.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+const TABLE_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
+
+pub fn acceptor(pki: &Pki) -> anyhow::Result<SslAcceptor> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_private_key(&pki.server_key)?;
+    b.set_certificate(&pki.server_cert)?;
+    b.cert_store_mut().add_cert(pki.ca.clone())?;
+    let mut names = openssl::stack::Stack::new()?;
+    names.push(pki.ca.subject_name().to_owned()?)?;
+    b.set_client_ca_list(names);
+    // Ask for a client certificate and check it when one comes; a request without one may
+    // still carry the bearer token.
+    b.set_verify(SslVerifyMode::PEER);
+    Ok(b.build())
+}
+
+pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, server: Arc<Server>) {
+    let acceptor = Arc::new(acceptor);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, server) = (acceptor.clone(), server.clone());
+        tokio::spawn(async move {
+            let Ok(ssl) = Ssl::new(acceptor.context()) else { return };
+            let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else { return };
+            if let Err(e) = std::pin::Pin::new(&mut tls).accept().await {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            let has_cert = tls.ssl().peer_certificate().is_some();
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req, has_cert).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+pub struct Server {
+    store: Arc<Store>,
+    token: String,
+    address: String,
+}
+
+/// What a URL names under `/api/v1` or `/apis/<group>/<version>`.
+#[derive(Debug, PartialEq)]
+struct Target {
+    resource: Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        Query(form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect())
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true" | "1"))
+    }
+
+    fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
+        self.get(key)
+            .map(|v| v.parse().map_err(|_| ApiError::bad_request(format!("{key}: invalid value {v:?}: not an integer"))))
+            .transpose()
+    }
+}
+
+/// The parts of a request the handlers need.
+struct Call {
+    method: Method,
+    query: Query,
+    accept: String,
+    content_type: String,
+    body: Bytes,
+}
+
+impl Call {
+    fn table(&self) -> bool {
+        self.accept.split(',').any(|p| p.contains("as=Table"))
+    }
+
+    fn validation(&self) -> Result<FieldValidation, ApiError> {
+        FieldValidation::parse(self.query.get("fieldValidation"))
+    }
+
+    fn dry_run(&self) -> bool {
+        self.query.get("dryRun") == Some("All")
+    }
+
+    /// The body as JSON, whatever it was sent as.
+    fn json_body(&self) -> Result<Value, ApiError> {
+        let media = self.content_type.split(';').next().unwrap_or_default().trim();
+        match media {
+            "application/json" | "" => serde_json::from_slice(&self.body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding request body as JSON: {e}"))),
+            "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(&self.body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding request body as YAML: {e}"))),
+            "application/vnd.kubernetes.protobuf" => super::protobuf::decode(&self.body),
+            other => Err(ApiError::unsupported_media_type(other)),
+        }
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn respond(code: u16, content_type: &str, body: Vec<u8>, warnings: &[String]) -> Response<Body> {
+    let mut r = Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("Content-Type", content_type)
+        .header("Cache-Control", "no-cache, private");
+    for w in warnings {
+        r = r.header("Warning", format!("299 - {:?}", w));
+    }
+    r.body(full(body)).expect("valid response")
+}
+
+fn json_response(code: u16, value: &Value) -> Response<Body> {
+    respond(code, "application/json", serde_json::to_vec(value).expect("serialise"), &[])
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.code, &e.status())
+}
+
+impl Server {
+    pub fn new(store: Arc<Store>, token: String, address: String) -> Server {
+        Server { store, token, address }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, has_cert: bool) -> Response<Body> {
+        let started = Instant::now();
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let response = match self.route(req, has_cert).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+        debug!(%method, %uri, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    fn authenticated(&self, req: &Request<Incoming>, has_cert: bool) -> bool {
+        has_cert
+            || req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| t.trim() == self.token)
+    }
+
+    async fn route(&self, req: Request<Incoming>, has_cert: bool) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
+            return Ok(respond(200, "text/plain; charset=utf-8", b"ok".to_vec(), &[]));
+        }
+        if !self.authenticated(&req, has_cert) {
+            return Err(ApiError::unauthorized());
+        }
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (accept, content_type) = (header("accept"), header("content-type"));
+        let query = Query::parse(req.uri().query());
+        let method = req.method().clone();
+        let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        if method == Method::GET {
+            if let Some(doc) = self.discovery(&segs, &accept) {
+                return Ok(doc);
+            }
+        }
+        let (group_version, rest) = match segs.as_slice() {
+            ["api", "v1", rest @ ..] => ("v1", rest),
+            ["apis", group, version, rest @ ..] => {
+                let gv = format!("{group}/{version}");
+                let gv = if gv == super::resource::COORDINATION { super::resource::COORDINATION } else { return Err(ApiError::no_route()) };
+                (gv, rest)
+            }
+            _ => return Err(ApiError::no_route()),
+        };
+        let target = parse_target(group_version, rest).ok_or_else(ApiError::no_route)?;
+        let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+            let limited = Limited::new(req.into_body(), MAX_BODY);
+            match limited.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(ApiError::too_large()),
+                Err(e) => return Err(ApiError::bad_request(format!("read request body: {e}"))),
+            }
+        } else {
+            Bytes::new()
+        };
+        let call = Call { method, query, accept, content_type, body };
+        self.resource(&target, &call)
+    }
+
+    fn discovery(&self, segs: &[&str], accept: &str) -> Option<Response<Body>> {
+        let aggregated = discovery::wants_aggregated(accept);
+        let doc = match segs {
+            ["version"] => discovery::version(),
+            ["api"] if aggregated => return Some(respond(200, discovery::AGGREGATED_V2, discovery::aggregated(true).to_string().into_bytes(), &[])),
+            ["apis"] if aggregated => return Some(respond(200, discovery::AGGREGATED_V2, discovery::aggregated(false).to_string().into_bytes(), &[])),
+            ["api"] => discovery::api_versions(&self.address),
+            ["apis"] => discovery::api_group_list(),
+            ["api", "v1"] => discovery::resource_list("v1")?,
+            ["apis", group, version] => discovery::resource_list(&format!("{group}/{version}"))?,
+            ["openapi", "v3"] => discovery::openapi_root(),
+            ["openapi", "v3", rest @ ..] => discovery::openapi_group(&rest.join("/"))?,
+            _ => return None,
+        };
+        Some(json_response(200, &doc))
+    }
+
+    fn resource(&self, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
+        let r = t.resource;
+        let ns = t.namespace.as_deref().unwrap_or_default();
+        match (&call.method, t.name.as_deref(), t.sub.as_deref()) {
+            (&Method::GET, None, None) if call.query.flag("watch") => self.watch(t, call),
+            (&Method::GET, None, None) => self.list(t, call),
+            (&Method::GET, Some(name), None | Some("status")) => {
+                let obj = handlers::get(&self.store, r, ns, name)?;
+                Ok(self.object(r, call, &obj, 200, &[]))
+            }
+            (&Method::POST, None, None) => {
+                if r.namespaced() && t.namespace.is_none() {
+                    return Err(ApiError::method_not_allowed());
+                }
+                let body = call.json_body()?;
+                if call.dry_run() {
+                    let admitted = super::objects::admit_create(r, t.namespace.as_deref(), body, call.validation()?)?;
+                    return Ok(self.object(r, call, &admitted.object, 201, &admitted.warnings));
+                }
+                let (obj, warnings) = handlers::create(&self.store, r, t.namespace.as_deref(), body, call.validation()?)?;
+                Ok(self.object(r, call, &obj, 201, &warnings))
+            }
+            (&Method::PUT, Some(name), sub @ (None | Some("status"))) => {
+                let (obj, warnings) = handlers::update(&self.store, r, ns, name, call.json_body()?, sub.is_some(), call.validation()?)?;
+                Ok(self.object(r, call, &obj, 200, &warnings))
+            }
+            (&Method::PUT, Some(name), Some("finalize")) if r == Resource::Namespaces => {
+                let obj = handlers::finalize_namespace(&self.store, name, call.json_body()?)?;
+                Ok(self.object(r, call, &obj, 200, &[]))
+            }
+            (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
+                let kind = PatchType::from_content_type(&call.content_type)
+                    .ok_or_else(|| ApiError::unsupported_media_type(&call.content_type))?;
+                let (obj, warnings) = handlers::patch(&self.store, r, ns, name, kind, &call.body, sub.is_some(), call.validation()?)?;
+                Ok(self.object(r, call, &obj, 200, &warnings))
+            }
+            (&Method::DELETE, Some(name), None) => {
+                let options = delete_options(call)?;
+                let obj = handlers::delete(&self.store, r, ns, name, &options)?;
+                Ok(self.object(r, call, &obj, 200, &[]))
+            }
+            (&Method::DELETE, None, None) => {
+                let selectors = selectors(r, &call.query)?;
+                let options = delete_options(call)?;
+                let items = handlers::delete_collection(&self.store, r, t.namespace.as_deref(), &selectors, &options)?;
+                let rv = self.store.resource_version().to_string();
+                Ok(json_response(200, &list_body(r, &items, &rv, None)))
+            }
+            (_, Some(_), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) if r == Resource::Pods => {
+                Err(ApiError::not_implemented(&format!("pods/{sub}")))
+            }
+            (_, _, Some(_)) => Err(ApiError::no_route()),
+            _ => Err(ApiError::method_not_allowed()),
+        }
+    }
+
+    /// One object as JSON, or as a one-row Table when asked for.
+    fn object(&self, r: Resource, call: &Call, obj: &Value, code: u16, warnings: &[String]) -> Response<Body> {
+        if call.table() && call.method == Method::GET {
+            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+            let t = table::table(r, &[obj], rv, true, Timestamp::now());
+            return respond(code, TABLE_TYPE, serde_json::to_vec(&t).expect("serialise"), warnings);
+        }
+        respond(code, "application/json", serde_json::to_vec(obj).expect("serialise"), warnings)
+    }
+
+    fn list(&self, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
+        let r = t.resource;
+        let selectors = selectors(r, &call.query)?;
+        let (mut items, rv) = handlers::list(&self.store, r, t.namespace.as_deref(), &selectors);
+        // Pages by key: the continue token is the last key returned and the list's version.
+        let mut rv = rv.to_string();
+        if let Some(token) = call.query.get("continue").filter(|c| !c.is_empty()) {
+            let (from_rv, after) = decode_continue(token)?;
+            rv = from_rv;
+            items.retain(|o| key_of(o) > after);
+        }
+        let mut next = None;
+        if let Some(limit) = call.query.int("limit")?.filter(|l| *l > 0) {
+            let limit = limit as usize;
+            if items.len() > limit {
+                items.truncate(limit);
+                next = items.last().map(|o| encode_continue(&rv, &key_of(o)));
+            }
+        }
+        if call.table() {
+            let objs: Vec<&Value> = items.iter().map(|o| &**o).collect();
+            let mut t = table::table(r, &objs, &rv, true, Timestamp::now());
+            match call.query.get("includeObject") {
+                Some("Object") => {
+                    for (row, obj) in t["rows"].as_array_mut().into_iter().flatten().zip(&items) {
+                        row["object"] = (**obj).clone();
+                    }
+                }
+                Some("None") => {
+                    for row in t["rows"].as_array_mut().into_iter().flatten() {
+                        row.as_object_mut().map(|m| m.remove("object"));
+                    }
+                }
+                _ => {}
+            }
+            if let Some(c) = &next {
+                t["metadata"]["continue"] = json!(c);
+            }
+            return Ok(respond(200, TABLE_TYPE, serde_json::to_vec(&t).expect("serialise"), &[]));
+        }
+        Ok(json_response(200, &list_body(r, &items, &rv, next)))
+    }
+
+    fn watch(&self, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
+        let r = t.resource;
+        let from = match call.query.get("resourceVersion") {
+            None | Some("") | Some("0") => None,
+            Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?),
+        };
+        let timeout = call.query.int("timeoutSeconds")?.filter(|s| *s > 0).unwrap_or(1800);
+        let render = if call.table() {
+            Render::Table { full: call.query.get("includeObject") == Some("Object") }
+        } else {
+            Render::Object
+        };
+        let req = WatchRequest {
+            resource: r,
+            namespace: t.namespace.clone(),
+            selectors: selectors(r, &call.query)?,
+            from,
+            initial_events_end: call.query.flag("sendInitialEvents"),
+            bookmarks: call.query.flag("allowWatchBookmarks"),
+            timeout: Duration::from_secs(timeout as u64),
+            render,
+        };
+        let rx = watch::start(self.store.clone(), req)?;
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+        });
+        let content_type = if call.table() { TABLE_TYPE } else { "application/json" };
+        Ok(Response::builder()
+            .status(200)
+            .header("Content-Type", content_type)
+            .header("Cache-Control", "no-cache, private")
+            .body(StreamBody::new(stream).boxed_unsync())
+            .expect("valid response"))
+    }
+}
+
+fn key_of(obj: &Value) -> String {
+    format!(
+        "{}/{}",
+        obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+        obj["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+fn encode_continue(rv: &str, key: &str) -> String {
+    openssl::base64::encode_block(json!({"rv": rv, "start": key}).to_string().as_bytes())
+}
+
+fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid");
+    let raw = openssl::base64::decode_block(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    Ok((v["rv"].as_str().ok_or_else(bad)?.to_owned(), v["start"].as_str().ok_or_else(bad)?.to_owned()))
+}
+
+fn selectors(r: Resource, q: &Query) -> Result<Selectors, ApiError> {
+    Selectors::parse(r, q.get("labelSelector"), q.get("fieldSelector"))
+}
+
+fn delete_options(call: &Call) -> Result<DeleteOptions, ApiError> {
+    let mut options: DeleteOptions = if call.body.iter().all(u8::is_ascii_whitespace) {
+        DeleteOptions::default()
+    } else {
+        let v = call.json_body()?;
+        serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
+    };
+    if let Some(g) = call.query.int("gracePeriodSeconds")? {
+        options.grace_period_seconds = Some(g);
+    }
+    if let Some(uid) = call.query.get("preconditions.uid") {
+        options.preconditions.get_or_insert_with(Default::default).uid = Some(uid.to_owned());
+    }
+    Ok(options)
+}
+
+fn list_body(r: Resource, items: &[Object], rv: &str, next: Option<String>) -> Value {
+    let mut meta = json!({"resourceVersion": rv});
+    if let Some(c) = next {
+        meta["continue"] = json!(c);
+    }
+    let items: Vec<&Value> = items.iter().map(|o| &**o).collect();
+    json!({"kind": format!("{}List", r.kind()), "apiVersion": r.api_version(), "metadata": meta, "items": items})
+}
+
+/// `pods`, `pods/NAME[/SUB]`, `namespaces/NS/pods[/NAME[/SUB]]`, `namespaces/NAME[/status|finalize]`.
+fn parse_target(group_version: &str, rest: &[&str]) -> Option<Target> {
+    let resource = |plural: &str| Resource::from_path(group_version, plural);
+    let t = |resource, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
+        resource,
+        namespace: namespace.map(str::to_owned),
+        name: name.map(str::to_owned),
+        sub: sub.map(str::to_owned),
+    };
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] if group_version != "v1" || !matches!(*plural, "status" | "finalize") => {
+            let r = resource(plural).filter(|r| r.namespaced())?;
+            match tail {
+                [] => Some(t(r, Some(ns), None, None)),
+                [name] => Some(t(r, Some(ns), Some(name), None)),
+                [name, sub] => Some(t(r, Some(ns), Some(name), Some(sub))),
+                _ => None,
+            }
+        }
+        [plural, tail @ ..] => {
+            let r = resource(plural)?;
+            if r.namespaced() && !tail.is_empty() {
+                return None;
+            }
+            match tail {
+                [] => Some(t(r, None, None, None)),
+                [name] => Some(t(r, None, Some(name), None)),
+                [name, sub] => Some(t(r, None, Some(name), Some(sub))),
+                _ => None,
+            }
+        }
+        [] => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let p = |s: &str| {
+            let segs: Vec<&str> = s.split('/').collect();
+            parse_target("v1", &segs)
+        };
+        let t = p("namespaces/default/pods/kubia/status").unwrap();
+        assert_eq!((t.resource, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref()), (Resource::Pods, Some("default"), Some("kubia"), Some("status")));
+        let t = p("namespaces/x/status").unwrap();
+        assert_eq!((t.resource, t.name.as_deref(), t.sub.as_deref()), (Resource::Namespaces, Some("x"), Some("status")));
+        let t = p("namespaces/x").unwrap();
+        assert_eq!((t.resource, t.name.as_deref()), (Resource::Namespaces, Some("x")));
+        assert_eq!(p("pods").unwrap().namespace, None);
+        assert!(p("pods/x").is_none());
+        assert!(p("nodes/n1/status").is_some());
+        assert!(p("namespaces/x/nodes").is_none());
+        assert!(p("widgets").is_none());
+        let lease = parse_target("coordination.k8s.io/v1", &["namespaces", "kube-node-lease", "leases", "n1"]).unwrap();
+        assert_eq!(lease.resource, Resource::Leases);
+    }
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let token = encode_continue("42", "default/kubia");
+        assert_eq!(decode_continue(&token).unwrap(), ("42".into(), "default/kubia".into()));
+        assert_eq!(decode_continue("!!").unwrap_err().code, 400);
+    }
+}

@@ -1,0 +1,78 @@
+//! nodelet's built-in Kubernetes API: on a machine with no control plane, the stock `kubectl`
+//! (1.27–1.33) drives pods through it exactly as against a real cluster, and the agent itself
+//! consumes its pods from it through the same client code it uses with kube-apiserver.
+//!
+//! ```text
+//!  kubectl ──HTTPS (client cert | token)──▶ http: route ─▶ handlers ─▶ store (memory + redb)
+//!                                                   └──▶ watch ◀── changes ──┘
+//!  controllers (scheduler, namespaces) ◀── changes; write through handlers
+//! ```
+
+mod controllers;
+mod discovery;
+mod error;
+mod handlers;
+mod http;
+mod objects;
+mod patch;
+pub mod pki;
+mod protobuf;
+mod resource;
+mod selector;
+mod store;
+mod table;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing::info;
+
+pub use store::Store;
+
+pub struct Options {
+    pub address: SocketAddr,
+    /// The embedded database file.
+    pub database: PathBuf,
+    pub pki_dir: PathBuf,
+    /// Names and addresses the serving certificate is valid for.
+    pub hosts: Vec<String>,
+    /// Where the admin kubeconfig is written (mode 0600).
+    pub kubeconfig: PathBuf,
+}
+
+/// Starts the API on `options.address`; returns once it is listening and the kubeconfig is written.
+pub async fn start(options: Options) -> anyhow::Result<()> {
+    let store = Arc::new(Store::open(&options.database)?);
+    handlers::seed(&store).map_err(|e| anyhow::anyhow!("seed namespaces: {}", e.message))?;
+    let pki = pki::Pki::ensure(&options.pki_dir, &options.hosts)?;
+    let listener = tokio::net::TcpListener::bind(options.address)
+        .await
+        .with_context(|| format!("listen on {}", options.address))?;
+    let address = listener.local_addr()?;
+    let host = match address.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!("https://{host}:{}", address.port());
+    pki::write_private(&options.kubeconfig, pki.kubeconfig(&url).as_bytes())?;
+    let acceptor = http::acceptor(&pki)?;
+    let server = Arc::new(http::Server::new(store.clone(), pki.token.clone(), address.to_string()));
+    tokio::spawn(http::serve(listener, acceptor, server));
+    tokio::spawn(controllers::run(store));
+    info!(%url, kubeconfig = %options.kubeconfig.display(), "built-in Kubernetes API serving");
+    Ok(())
+}
+
+/// Go's name for this machine's architecture (`kubernetes.io/arch`, `/version`'s platform).
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}

@@ -1,0 +1,192 @@
+//! The one protobuf body kubectl sends that JSON cannot replace: kubectl 1.32+ creates namespaces
+//! with `application/vnd.kubernetes.protobuf` (and does not retry a 415 as JSON). The envelope is
+//! `k8s\0` + `runtime.Unknown{1: TypeMeta{1: apiVersion, 2: kind}, 2: raw}`; the Namespace message
+//! uses the field numbers of `k8s.io/api/core/v1/generated.proto`.
+
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+
+const MAGIC: &[u8] = b"k8s\0";
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = self.0.split_first()?;
+            self.0 = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    /// The next field as (number, bytes); varint fields come back as their value's bytes
+    /// (unused here) and fixed-width ones are skipped over.
+    fn field(&mut self) -> Option<(u64, &'a [u8])> {
+        let tag = self.varint()?;
+        let (number, wire) = (tag >> 3, tag & 7);
+        match wire {
+            0 => {
+                self.varint()?;
+                Some((number, &[]))
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                if len > self.0.len() {
+                    return None;
+                }
+                let (bytes, rest) = self.0.split_at(len);
+                self.0 = rest;
+                Some((number, bytes))
+            }
+            1 | 5 => {
+                let width = if wire == 1 { 8 } else { 4 };
+                if width > self.0.len() {
+                    return None;
+                }
+                self.0 = &self.0[width..];
+                Some((number, &[]))
+            }
+            _ => None,
+        }
+    }
+
+    fn fields(bytes: &'a [u8]) -> Option<Vec<(u64, &'a [u8])>> {
+        let mut reader = Reader(bytes);
+        let mut out = Vec::new();
+        while !reader.0.is_empty() {
+            out.push(reader.field()?);
+        }
+        Some(out)
+    }
+}
+
+fn text(bytes: &[u8]) -> Option<String> {
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+fn string_map(entries: &[&[u8]]) -> Option<Value> {
+    let mut map = Map::new();
+    for entry in entries {
+        let (mut k, mut v) = (String::new(), String::new());
+        for (n, b) in Reader::fields(entry)? {
+            match n {
+                1 => k = text(b)?,
+                2 => v = text(b)?,
+                _ => {}
+            }
+        }
+        map.insert(k, json!(v));
+    }
+    Some(Value::Object(map))
+}
+
+fn object_meta(bytes: &[u8]) -> Option<Value> {
+    let mut meta = Map::new();
+    let (mut labels, mut annotations) = (Vec::new(), Vec::new());
+    for (n, b) in Reader::fields(bytes)? {
+        match n {
+            1 => { meta.insert("name".into(), json!(text(b)?)); }
+            2 => { meta.insert("generateName".into(), json!(text(b)?)); }
+            3 => { meta.insert("namespace".into(), json!(text(b)?)); }
+            11 => labels.push(b),
+            12 => annotations.push(b),
+            _ => {}
+        }
+    }
+    meta.retain(|_, v| v.as_str() != Some(""));
+    if !labels.is_empty() {
+        meta.insert("labels".into(), string_map(&labels)?);
+    }
+    if !annotations.is_empty() {
+        meta.insert("annotations".into(), string_map(&annotations)?);
+    }
+    Some(Value::Object(meta))
+}
+
+fn namespace(raw: &[u8]) -> Option<Value> {
+    let mut ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {}});
+    for (n, b) in Reader::fields(raw)? {
+        match n {
+            1 => ns["metadata"] = object_meta(b)?,
+            2 => {
+                let finalizers: Vec<String> = Reader::fields(b)?
+                    .into_iter()
+                    .filter(|(n, _)| *n == 1)
+                    .map(|(_, b)| text(b))
+                    .collect::<Option<_>>()?;
+                if !finalizers.is_empty() {
+                    ns["spec"] = json!({"finalizers": finalizers});
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(ns)
+}
+
+/// Decodes a protobuf request body into the JSON object it stands for.
+pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
+    let bad = || ApiError::bad_request("invalid protobuf body");
+    let envelope = body.strip_prefix(MAGIC).ok_or_else(bad)?;
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
+    for (n, b) in Reader::fields(envelope).ok_or_else(bad)? {
+        match n {
+            1 => {
+                for (m, v) in Reader::fields(b).ok_or_else(bad)? {
+                    match m {
+                        1 => api_version = text(v).ok_or_else(bad)?,
+                        2 => kind = text(v).ok_or_else(bad)?,
+                        _ => {}
+                    }
+                }
+            }
+            2 => raw = b,
+            _ => {}
+        }
+    }
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => namespace(raw).ok_or_else(bad),
+        _ => Err(ApiError::unsupported_media_type(&format!(
+            "application/vnd.kubernetes.protobuf ({api_version} {kind}; only v1 Namespace is decoded)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_132_create_namespace_body() {
+        // The bytes kubectl 1.32 sent for `kubectl create namespace custom33` (k8s-api.md A.9).
+        let mut body = b"k8s\0".to_vec();
+        body.extend([0x0a, 0x0f, 0x0a, 0x02]);
+        body.extend(b"v1");
+        body.extend([0x12, 0x09]);
+        body.extend(b"Namespace");
+        body.extend([0x12, 0x20, 0x0a, 0x18, 0x0a, 0x08]);
+        body.extend(b"custom33");
+        body.extend([0x12, 0x00, 0x1a, 0x00, 0x22, 0x00, 0x2a, 0x00, 0x32, 0x00, 0x38, 0x00, 0x42, 0x00]);
+        body.extend([0x12, 0x00, 0x1a, 0x02, 0x0a, 0x00, 0x1a, 0x00, 0x22, 0x00]);
+        let ns = decode(&body).unwrap();
+        assert_eq!(ns, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "custom33"}}));
+    }
+
+    #[test]
+    fn garbage_and_other_kinds() {
+        assert_eq!(decode(b"nope").unwrap_err().code, 400);
+        assert_eq!(decode(b"k8s\0\x0a\xff").unwrap_err().code, 400);
+        let mut pod = b"k8s\0".to_vec();
+        pod.extend([0x0a, 0x09, 0x0a, 0x02]);
+        pod.extend(b"v1");
+        pod.extend([0x12, 0x03]);
+        pod.extend(b"Pod");
+        assert_eq!(decode(&pod).unwrap_err().code, 415);
+    }
+}

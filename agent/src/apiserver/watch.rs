@@ -1,0 +1,151 @@
+//! Watches: newline-delimited `{"type": ..., "object": ...}` events for changes after a
+//! resourceVersion (or the current state first, as ADDED, when none is given), filtered by
+//! namespace and selectors with kube-apiserver's rule that an object entering or leaving the
+//! selector is ADDED or DELETED. As Tables, each event is a one-row Table and only the first
+//! carries the column definitions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use super::error::ApiError;
+use super::handlers::{self, Selectors};
+use super::resource::Resource;
+use super::store::{Change, ChangeType, Store};
+use super::table;
+
+/// How each event's object is rendered.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Render {
+    Object,
+    /// A one-row Table; the row object is metadata only unless `full`.
+    Table { full: bool },
+}
+
+pub struct WatchRequest {
+    pub resource: Resource,
+    pub namespace: Option<String>,
+    pub selectors: Selectors,
+    /// Changes after this version; `None` starts with the current objects as ADDED events.
+    pub from: Option<u64>,
+    /// WatchList: a BOOKMARK marked `k8s.io/initial-events-end` after the initial events.
+    pub initial_events_end: bool,
+    pub bookmarks: bool,
+    pub timeout: Duration,
+    pub render: Render,
+}
+
+const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+
+/// Starts the watch; the events arrive on the returned channel until the timeout, an error, or
+/// the receiver is dropped (the client went away).
+pub fn start(store: Arc<Store>, req: WatchRequest) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+    let (initial, from) = match req.from {
+        Some(rv) => (Vec::new(), rv),
+        None => handlers::list(&store, req.resource, req.namespace.as_deref(), &req.selectors),
+    };
+    let (replay, mut live) = store.watch(req.resource, from)?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut w = Writer { req: &req, tx: &tx, headers: true, rv: from };
+        for obj in &initial {
+            if !w.send("ADDED", obj).await {
+                return;
+            }
+        }
+        if req.initial_events_end && !w.bookmark(true).await {
+            return;
+        }
+        for change in &replay {
+            if !w.change(change).await {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + req.timeout;
+        loop {
+            let tick = tokio::time::sleep(BOOKMARK_EVERY);
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = tick => if req.bookmarks && !w.bookmark(false).await { return },
+                _ = tx.closed() => return,
+                change = live.recv() => match change {
+                    Ok(c) if c.resource == req.resource => if !w.change(&c).await { return },
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let status = ApiError::gone("the watch fell too far behind; list again").status();
+                        let line = json!({"type": "ERROR", "object": status});
+                        let _ = tx.send(line_bytes(&line)).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn line_bytes(v: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(v).expect("serialise JSON value");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+struct Writer<'a> {
+    req: &'a WatchRequest,
+    tx: &'a mpsc::Sender<Bytes>,
+    headers: bool,
+    rv: u64,
+}
+
+impl Writer<'_> {
+    fn in_scope(&self, obj: &Value) -> bool {
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+        self.req.namespace.as_deref().is_none_or(|want| want == ns) && self.req.selectors.matches(obj)
+    }
+
+    async fn change(&mut self, c: &Change) -> bool {
+        self.rv = self.rv.max(c.rv);
+        let now = self.in_scope(&c.object);
+        let before = c.previous.as_deref().is_some_and(|p| self.in_scope(p));
+        let kind = match (c.kind, before, now) {
+            (ChangeType::Added, _, true) => "ADDED",
+            (ChangeType::Modified, true, true) => "MODIFIED",
+            (ChangeType::Modified, false, true) => "ADDED",
+            (ChangeType::Modified, true, false) => "DELETED",
+            (ChangeType::Deleted, _, true) => "DELETED",
+            _ => return true,
+        };
+        self.send(kind, &c.object).await
+    }
+
+    async fn send(&mut self, kind: &str, obj: &Value) -> bool {
+        let object = match self.req.render {
+            Render::Object => obj.clone(),
+            Render::Table { full } => {
+                let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+                let mut t = table::table(self.req.resource, &[obj], rv, self.headers, Timestamp::now());
+                if full {
+                    t["rows"][0]["object"] = obj.clone();
+                }
+                self.headers = false;
+                t
+            }
+        };
+        self.tx.send(line_bytes(&json!({"type": kind, "object": object}))).await.is_ok()
+    }
+
+    async fn bookmark(&mut self, initial_end: bool) -> bool {
+        let r = self.req.resource;
+        let mut meta = json!({"resourceVersion": self.rv.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let object = json!({"kind": r.kind(), "apiVersion": r.api_version(), "metadata": meta});
+        self.tx.send(line_bytes(&json!({"type": "BOOKMARK", "object": object}))).await.is_ok()
+    }
+}

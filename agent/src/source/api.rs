@@ -1,0 +1,355 @@
+//! The API-server source, the same code for a real cluster and for nodelet's built-in API:
+//! register the Node and keep its status and Lease fresh, watch the pods bound to this node, report
+//! their status back (strategic merge patch with a uid precondition, as kubelet's status manager),
+//! finish graceful deletions with `DELETE gracePeriodSeconds=0` and a uid precondition, and post
+//! the events the pod workers record.
+//!
+//! ```text
+//!  watch pods (spec.nodeName=me) ──▶ desired ──▶ pod workers ──▶ node.pods (status) ─┐
+//!  PATCH pods/status, DELETE grace 0 ◀── reporter ◀── node.changed ◀────────────────┘
+//!  PUT lease every 10 s, PATCH nodes/status every 10 s
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{node_status, Desired};
+use crate::node::{Node as Agent, PodEvent};
+
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const LEASE_SECONDS: i32 = 40;
+const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("read kubeconfig {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| format!("kubeconfig {}", kubeconfig.display()))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn api_error_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+pub struct ApiSource {
+    client: kube::Client,
+    agent: Arc<Agent>,
+    name: String,
+    /// The pods this node runs as the API last said, by UID.
+    pods: Arc<Mutex<BTreeMap<String, Arc<Pod>>>>,
+}
+
+impl ApiSource {
+    pub fn new(client: kube::Client, agent: Arc<Agent>) -> ApiSource {
+        let name = agent.ctx.node_name.clone();
+        ApiSource { client, agent, name, pods: Default::default() }
+    }
+
+    /// Runs every part of the source until the agent stops.
+    pub async fn run(self, tx: watch::Sender<Desired>, events: tokio::sync::mpsc::UnboundedReceiver<PodEvent>) {
+        let this = Arc::new(self);
+        tokio::spawn(this.clone().heartbeat());
+        tokio::spawn(this.clone().report_status());
+        tokio::spawn(this.clone().post_events(events));
+        this.watch_pods(tx).await;
+    }
+
+    /// Registers the Node, then renews the Lease and the Node's status every 10 s.
+    async fn heartbeat(self: Arc<Self>) {
+        let since = Timestamp::now();
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut delay = Duration::from_millis(200);
+        let mut node_uid = loop {
+            match self.register(&nodes, since).await {
+                Ok(uid) => break uid,
+                Err(e) => {
+                    warn!(error = %crate::error_chain(e.as_ref()), "register node; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(7));
+                }
+            }
+        };
+        info!(node = %self.name, "node registered");
+        loop {
+            if let Err(e) = self.renew_lease(node_uid.as_deref()).await {
+                warn!(error = %crate::error_chain(&e), "renew node lease");
+            }
+            let status = node_status::status(&self.agent.config, &self.name, since);
+            let patch = Patch::Merge(json!({ "status": status }));
+            if let Err(e) = nodes.patch_status(&self.name, &PatchParams::default(), &patch).await {
+                warn!(error = %crate::error_chain(&e), "update node status");
+                if api_error_code(&e) == Some(404) {
+                    // Someone deleted the Node: register it again.
+                    if let Ok(uid) = self.register(&nodes, since).await {
+                        node_uid = uid;
+                    }
+                }
+            }
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+    }
+
+    /// Creates the Node, or brings an existing one's labels and podCIDR up to date.
+    async fn register(&self, nodes: &Api<Node>, since: Timestamp) -> anyhow::Result<Option<String>> {
+        let node = node_status::node(&self.agent.config, &self.name, since);
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(created) => {
+                let patch = Patch::Merge(json!({ "status": node.status }));
+                nodes.patch_status(&self.name, &PatchParams::default(), &patch).await?;
+                Ok(created.metadata.uid)
+            }
+            Err(e) if api_error_code(&e) == Some(409) => {
+                let existing = nodes.get(&self.name).await?;
+                let mut spec = json!({});
+                if existing.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none() {
+                    spec = json!({"podCIDR": self.agent.config.pod_cidr, "podCIDRs": [self.agent.config.pod_cidr]});
+                }
+                let patch = Patch::Merge(json!({
+                    "metadata": {"labels": node_status::labels(&self.agent.config, &self.name)},
+                    "spec": spec,
+                }));
+                nodes.patch(&self.name, &PatchParams::default(), &patch).await?;
+                Ok(existing.metadata.uid)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn renew_lease(&self, node_uid: Option<&str>) -> Result<(), kube::Error> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), NODE_LEASE_NAMESPACE);
+        let now = MicroTime(Timestamp::now());
+        let owner = node_uid.map(|uid| {
+            vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Node".into(),
+                name: self.name.clone(),
+                uid: uid.to_owned(),
+                ..Default::default()
+            }]
+        });
+        match leases.get_opt(&self.name).await? {
+            Some(mut lease) => {
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                spec.renew_time = Some(now);
+                spec.holder_identity = Some(self.name.clone());
+                spec.lease_duration_seconds = Some(LEASE_SECONDS);
+                if lease.metadata.owner_references.is_none() {
+                    lease.metadata.owner_references = owner;
+                }
+                leases.replace(&self.name, &PostParams::default(), &lease).await?;
+            }
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        namespace: Some(NODE_LEASE_NAMESPACE.into()),
+                        owner_references: owner,
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.name.clone()),
+                        lease_duration_seconds: Some(LEASE_SECONDS),
+                        renew_time: Some(now),
+                        ..Default::default()
+                    }),
+                };
+                leases.create(&PostParams::default(), &lease).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists and watches the pods bound to this node (kube-runtime's watcher relists on 410) and
+    /// publishes the whole set after each change.
+    async fn watch_pods(&self, tx: watch::Sender<Desired>) {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.name));
+        let mut stream = watcher(pods, config).boxed();
+        let mut buffer = BTreeMap::new();
+        while let Some(event) = stream.next().await {
+            let mut current = self.pods.lock().expect("pods lock");
+            match event {
+                Ok(watcher::Event::Init) => buffer.clear(),
+                Ok(watcher::Event::InitApply(pod)) => {
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    let pod = keep_if_same(current.get(&uid), pod);
+                    buffer.insert(uid, pod);
+                }
+                Ok(watcher::Event::InitDone) => *current = std::mem::take(&mut buffer),
+                Ok(watcher::Event::Apply(pod)) => {
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    let pod = keep_if_same(current.get(&uid), pod);
+                    current.insert(uid, pod);
+                }
+                Ok(watcher::Event::Delete(pod)) => {
+                    current.remove(pod.metadata.uid.as_deref().unwrap_or_default());
+                }
+                Err(e) => {
+                    warn!(error = %crate::error_chain(&e), "watch pods");
+                    drop(current);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            let snapshot = current.clone();
+            drop(current);
+            tx.send_if_modified(|d| {
+                let changed = d.as_ref().is_none_or(|old| !same_pods(old, &snapshot));
+                *d = Some(snapshot);
+                changed
+            });
+            self.agent.changed.notify_one();
+        }
+    }
+
+    /// Sends each pod's status when it changes, and finishes deletions once the pod is gone from
+    /// the node.
+    async fn report_status(self: Arc<Self>) {
+        let mut sent: HashMap<String, PodStatus> = HashMap::new();
+        loop {
+            let wanted: Vec<Arc<Pod>> = self.pods.lock().expect("pods lock").values().cloned().collect();
+            let running = self.agent.pods.lock().expect("pod map lock").clone();
+            sent.retain(|uid, _| wanted.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)));
+            for pod in wanted {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let (ns, name) = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                match running.get(&uid).and_then(|p| p.status.clone()) {
+                    Some(status) if sent.get(&uid) != Some(&status) => {
+                        let patch = Patch::Merge(json!({"metadata": {"uid": uid}, "status": status_patch(&pod, &status)}));
+                        match api.patch_status(&name, &PatchParams::default(), &patch).await {
+                            Ok(_) => {
+                                sent.insert(uid, status);
+                            }
+                            Err(e) => debug!(pod = %name, error = %crate::error_chain(&e), "patch pod status"),
+                        }
+                    }
+                    Some(_) => {}
+                    // Not on the node (any more): its worker has stopped everything.
+                    None if pod.metadata.deletion_timestamp.is_some() => {
+                        let params = DeleteParams {
+                            grace_period_seconds: Some(0),
+                            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+                            ..Default::default()
+                        };
+                        match api.delete(&name, &params).await {
+                            Ok(_) => info!(pod = %name, namespace = %ns, "pod deletion finished"),
+                            Err(e) if matches!(api_error_code(&e), Some(404 | 409)) => {}
+                            Err(e) => warn!(pod = %name, error = %crate::error_chain(&e), "finish pod deletion"),
+                        }
+                    }
+                    None => {}
+                }
+            }
+            tokio::select! {
+                _ = self.agent.changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+            }
+        }
+    }
+
+    /// Posts the events pod workers record, as core/v1 Events from the kubelet.
+    async fn post_events(self: Arc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<PodEvent>) {
+        while let Some(ev) = events.recv().await {
+            let ns = ev.namespace.clone();
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+            let now = Time(Timestamp::now());
+            let event = Event {
+                metadata: ObjectMeta {
+                    name: Some(format!("{}.{}", ev.name, crate::random_hex(8))),
+                    namespace: Some(ns.clone()),
+                    ..Default::default()
+                },
+                involved_object: ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: Some(ns),
+                    name: Some(ev.name.clone()),
+                    uid: Some(ev.uid.clone()),
+                    field_path: ev.container.as_ref().map(|c| format!("spec.containers{{{c}}}")),
+                    ..Default::default()
+                },
+                reason: Some(ev.reason.into()),
+                message: Some(ev.message),
+                source: Some(EventSource { component: Some("kubelet".into()), host: Some(self.name.clone()) }),
+                first_timestamp: Some(now.clone()),
+                last_timestamp: Some(now),
+                count: Some(1),
+                type_: Some(if ev.warning { "Warning" } else { "Normal" }.into()),
+                reporting_component: Some("kubelet".into()),
+                reporting_instance: Some(self.name.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = api.create(&PostParams::default(), &event).await {
+                debug!(error = %crate::error_chain(&e), "post event");
+            }
+        }
+    }
+}
+
+/// The merge patch that makes the API's status the node's: lists replaced whole (so no stale
+/// container state survives), fields the node no longer reports cleared, and the conditions the
+/// node does not own (PodScheduled, readiness gates) kept, as kubelet's status manager keeps them.
+fn status_patch(api: &Pod, status: &PodStatus) -> serde_json::Value {
+    let mut patch = serde_json::to_value(status).expect("serialise pod status");
+    let old = api.status.clone().unwrap_or_default();
+    let mine: Vec<String> = status.conditions.iter().flatten().map(|c| c.type_.clone()).collect();
+    let mut conditions: Vec<serde_json::Value> = old
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|c| !mine.contains(&c.type_))
+        .map(|c| serde_json::to_value(c).expect("serialise condition"))
+        .collect();
+    conditions.extend(patch["conditions"].as_array().cloned().unwrap_or_default());
+    patch["conditions"] = serde_json::Value::Array(conditions);
+    if let serde_json::Value::Object(old) = serde_json::to_value(&old).expect("serialise pod status") {
+        for key in old.keys() {
+            if patch.get(key).is_none() {
+                patch[key] = serde_json::Value::Null;
+            }
+        }
+    }
+    patch
+}
+
+/// Keeps the pod the workers already have when only its status or version changed, so the
+/// node's own status reports do not wake every worker.
+fn keep_if_same(old: Option<&Arc<Pod>>, new: Pod) -> Arc<Pod> {
+    match old {
+        Some(old) if old.spec == new.spec && same_meta(&old.metadata, &new.metadata) => old.clone(),
+        _ => Arc::new(new),
+    }
+}
+
+fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
+    let strip = |m: &ObjectMeta| ObjectMeta {
+        resource_version: None,
+        managed_fields: None,
+        ..m.clone()
+    };
+    strip(a) == strip(b)
+}
+
+fn same_pods(a: &BTreeMap<String, Arc<Pod>>, b: &BTreeMap<String, Arc<Pod>>) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
+}
