@@ -112,9 +112,20 @@ impl Node {
     }
 
     /// Records an event about a pod (and one of its containers); sent on by the API source.
-    pub fn event(&self, pod: &Pod, container: Option<&str>, reason: &'static str, message: String, warning: bool) {
+    pub fn event(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        reason: &'static str,
+        message: String,
+        warning: bool,
+    ) {
         let _ = self.events.send(PodEvent {
-            namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             container: container.map(str::to_owned),
@@ -250,7 +261,11 @@ async fn api_kubeconfig(config: &Config, paths: &NodePaths) -> anyhow::Result<Op
     if !config.api_server.enabled {
         return Ok(None);
     }
-    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), config.node_name()];
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        config.node_name(),
+    ];
     hosts.extend(config.node_ip.clone());
     let address = config.api_server.address;
     if !address.ip().is_unspecified() {
@@ -324,18 +339,25 @@ impl Workers {
             self.finished(&uid);
         }
         for (uid, pod) in desired {
-            let deleting = pod.metadata.deletion_timestamp.is_some().then(|| Desired::Delete {
-                grace: pod
-                    .metadata
-                    .deletion_grace_period_seconds
-                    .map(|s| std::time::Duration::from_secs(s.max(0) as u64)),
-            });
+            let deleting = pod
+                .metadata
+                .deletion_timestamp
+                .is_some()
+                .then(|| Desired::Delete {
+                    grace: pod
+                        .metadata
+                        .deletion_grace_period_seconds
+                        .map(|s| std::time::Duration::from_secs(s.max(0) as u64)),
+                });
             match (self.handles.get(uid), deleting) {
                 // A shorter grace reaches a worker that is already terminating.
                 (Some(w), Some(delete)) => {
                     self.deleting.insert(uid.clone());
                     w.tx.send_if_modified(|d| match (&*d, &delete) {
-                        (Desired::Delete { grace: Some(old) }, Desired::Delete { grace: Some(new) }) if new >= old => false,
+                        (
+                            Desired::Delete { grace: Some(old) },
+                            Desired::Delete { grace: Some(new) },
+                        ) if new >= old => false,
                         _ => {
                             *d = delete;
                             true

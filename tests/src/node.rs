@@ -32,6 +32,16 @@ pub struct TestNode {
     pub agent: Option<Agent>,
 }
 
+/// `kubectl` is on PATH; the versioned ones (`kubectl.1.27`, ...) sit beside the Cloud SDK's.
+pub fn kubectl_path(binary: &str) -> PathBuf {
+    let sdk = Path::new("/usr/lib/google-cloud-sdk/bin").join(binary);
+    if binary != "kubectl" && sdk.exists() {
+        sdk
+    } else {
+        PathBuf::from(binary)
+    }
+}
+
 pub(crate) fn child_of(pid: u32) -> Result<i32> {
     wait_for("a child process", Duration::from_secs(5), || {
         fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -98,7 +108,17 @@ impl TestNode {
         let reaper = child_of(unshare.id())?;
         // A machine's loopback is up; the built-in API listens there.
         let up = Command::new("nsenter")
-            .args(["-t", &reaper.to_string(), "-n", "--", "ip", "link", "set", "lo", "up"])
+            .args([
+                "-t",
+                &reaper.to_string(),
+                "-n",
+                "--",
+                "ip",
+                "link",
+                "set",
+                "lo",
+                "up",
+            ])
             .output()?;
         if !up.status.success() {
             bail!("lo up: {}", String::from_utf8_lossy(&up.stderr));
@@ -193,14 +213,18 @@ impl TestNode {
     pub fn kubectl_with(&self, binary: &str, args: &[&str], stdin: Option<&str>) -> Output {
         let home = self.dir.join("home");
         let _ = fs::create_dir_all(&home);
-        let mut cmd = self.net_command(binary);
+        let mut cmd = self.net_command(kubectl_path(binary));
         cmd.env("HOME", &home)
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--cache-dir")
             .arg(home.join(format!("cache-{binary}")))
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("run kubectl");
@@ -217,10 +241,14 @@ impl TestNode {
 
     /// Waits until the built-in API answers with the node registered.
     pub fn wait_api(&self) -> Result<()> {
-        wait_for("the built-in API and the node's registration", Duration::from_secs(30), || {
-            let out = self.kubectl(&["get", "node", &self.name, "-o", "name"]);
-            out.status.success().then_some(())
-        })
+        wait_for(
+            "the built-in API and the node's registration",
+            Duration::from_secs(30),
+            || {
+                let out = self.kubectl(&["get", "node", &self.name, "-o", "name"]);
+                out.status.success().then_some(())
+            },
+        )
         .with_context(|| format!("agent log:\n{}", self.agent_log()))
     }
 

@@ -22,14 +22,24 @@ fn text(out: &Output) -> String {
 /// Runs kubectl and requires success; returns stdout.
 fn ok(node: &TestNode, args: &[&str]) -> Result<String> {
     let out = node.kubectl(args);
-    ensure!(out.status.success(), "kubectl {}: {}", args.join(" "), text(&out));
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        text(&out)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs kubectl and requires failure; returns stderr.
 fn fails(node: &TestNode, args: &[&str]) -> Result<String> {
     let out = node.kubectl(args);
-    ensure!(!out.status.success(), "kubectl {} should fail: {}", args.join(" "), text(&out));
+    ensure!(
+        !out.status.success(),
+        "kubectl {} should fail: {}",
+        args.join(" "),
+        text(&out)
+    );
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -44,12 +54,48 @@ fn wait_phase(node: &TestNode, pod: &str, phase: &str) -> Result<Value> {
         let p = json(node, &["get", "pod", pod]).ok()?;
         (p["status"]["phase"] == phase).then_some(p)
     })
-    .with_context(|| format!("{}\nagent log:\n{}", text(&node.kubectl(&["describe", "pod", pod])), node.agent_log()))
+    .with_context(|| {
+        format!(
+            "{}\nagent log:\n{}",
+            text(&node.kubectl(&["describe", "pod", pod])),
+            node.agent_log()
+        )
+    })
+}
+
+/// A pod of busybox containers that sleep, from the images on the node.
+fn pod_yaml(name: &str, labels: &str, containers: &[&str], extra_spec: &str) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{{labels}}}\nspec:\n  terminationGracePeriodSeconds: 1\n{extra_spec}  containers:\n"
+    );
+    for c in containers {
+        yaml.push_str(&format!(
+            "  - name: {c}\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n"
+        ));
+    }
+    yaml
+}
+
+fn create(node: &TestNode, yaml: &str, extra: &[&str]) -> Result<String> {
+    let mut args = vec!["create", "-f", "-"];
+    args.extend(extra);
+    let out = node.kubectl_with("kubectl", &args, Some(yaml));
+    ensure!(out.status.success(), "create -f: {}", text(&out));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn pod_names(node: &TestNode, args: &[&str]) -> Result<Vec<String>> {
+    let mut all = vec!["get", "pods"];
+    all.extend(args);
+    Ok(names(&ok(node, &all)?))
 }
 
 /// The text with every run of spaces made one, so columns can be matched.
 fn squeeze(text: &str) -> String {
-    text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Names in the first column of a table, header skipped.
@@ -63,7 +109,7 @@ fn names(table: &str) -> Vec<String> {
 }
 
 #[test]
-fn walkthrough() -> Result<()> {
+fn run_get_describe_delete() -> Result<()> {
     let mut node = TestNode::with_config("node1", "")?;
     let registry = Registry::start(&node, 5000)?;
     registry.push(&node, "kubia", "luksa/kubia", "latest")?;
@@ -75,38 +121,415 @@ fn walkthrough() -> Result<()> {
     let out = ok(&node, &["run", "kubia", &image, "--port=8080"])?;
     ensure!(out.trim() == "pod/kubia created", "{out}");
     let again = fails(&node, &["run", "kubia", &image])?;
-    ensure!(again.contains("Error from server (AlreadyExists): pods \"kubia\" already exists"), "{again}");
+    ensure!(
+        again.contains("Error from server (AlreadyExists): pods \"kubia\" already exists"),
+        "{again}"
+    );
     let pod = wait_phase(&node, "kubia", "Running")?;
-    let ip = pod["status"]["podIP"].as_str().unwrap_or_default().to_owned();
+    let ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     ensure!(ip.starts_with("10.244."), "pod IP {ip}");
     let table = ok(&node, &["get", "pods"])?;
-    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-    ensure!(header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{table}");
-    ensure!(table.lines().nth(1).is_some_and(|l| l.starts_with("kubia") && l.contains("1/1") && l.contains("Running")), "{table}");
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "{table}"
+    );
+    ensure!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("kubia") && l.contains("1/1") && l.contains("Running")),
+        "{table}"
+    );
     let wide = ok(&node, &["get", "pods", "-o", "wide"])?;
-    ensure!(wide.contains(&ip) && wide.contains("node1") && wide.contains("NOMINATED NODE"), "{wide}");
+    ensure!(
+        wide.contains(&ip) && wide.contains("node1") && wide.contains("NOMINATED NODE"),
+        "{wide}"
+    );
 
     // describe, yaml, json
     let describe = squeeze(&ok(&node, &["describe", "pod", "kubia"])?);
-    for want in ["Name: kubia", "Node: node1", "Status: Running", &format!("IP: {ip}"), "Ready True", "Normal Scheduled", "default-scheduler Successfully assigned default/kubia to node1"] {
-        ensure!(describe.contains(want), "describe lacks {want:?}:\n{describe}");
+    for want in [
+        "Name: kubia",
+        "Node: node1",
+        "Status: Running",
+        &format!("IP: {ip}"),
+        "Ready True",
+        "Normal Scheduled",
+        "default-scheduler Successfully assigned default/kubia to node1",
+    ] {
+        ensure!(
+            describe.contains(want),
+            "describe lacks {want:?}:\n{describe}"
+        );
     }
     let yaml = ok(&node, &["get", "po", "kubia", "-o", "yaml"])?;
-    ensure!(yaml.contains("kind: Pod") && yaml.contains("nodeName: node1") && yaml.contains("terminationGracePeriodSeconds: 30"), "{yaml}");
+    ensure!(
+        yaml.contains("kind: Pod")
+            && yaml.contains("nodeName: node1")
+            && yaml.contains("terminationGracePeriodSeconds: 30"),
+        "{yaml}"
+    );
 
     // the pod answers on its IP
-    let hit = node.net_command("curl").args(["-s", "-m", "5", &format!("http://{ip}:8080/")]).output()?;
-    ensure!(String::from_utf8_lossy(&hit.stdout).contains("You've hit kubia"), "{}", text(&hit));
+    let hit = node
+        .net_command("curl")
+        .args(["-s", "-m", "5", &format!("http://{ip}:8080/")])
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&hit.stdout).contains("You've hit kubia"),
+        "{}",
+        text(&hit)
+    );
 
     // get nodes
     let nodes = ok(&node, &["get", "nodes"])?;
-    ensure!(nodes.lines().nth(1).is_some_and(|l| l.starts_with("node1") && l.contains("Ready")), "{nodes}");
+    ensure!(
+        nodes
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("node1") && l.contains("Ready")),
+        "{nodes}"
+    );
 
     // delete waits until the pod is gone
     let out = ok(&node, &["delete", "pod", "kubia", "--grace-period=1"])?;
     ensure!(out.trim() == "pod \"kubia\" deleted", "{out}");
     let gone = fails(&node, &["get", "pod", "kubia"])?;
-    ensure!(gone.contains("Error from server (NotFound): pods \"kubia\" not found"), "{gone}");
-    wait_for("the pod's sandbox to go", T, || node.pods().ok().filter(|p| p.is_empty()))?;
+    ensure!(
+        gone.contains("Error from server (NotFound): pods \"kubia\" not found"),
+        "{gone}"
+    );
+    wait_for("the pod's sandbox to go", T, || {
+        node.pods().ok().filter(|p| p.is_empty())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn labels_selectors_annotations_and_deletes() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let two = pod_yaml(
+        "kubia-manual",
+        "creation_method: manual, env: prod",
+        &["main", "side"],
+        "",
+    );
+    ensure!(create(&node, &two, &[])? == "pod/kubia-manual created");
+    create(
+        &node,
+        &pod_yaml("b", "creation_method: auto, env: devel", &["c"], ""),
+        &[],
+    )?;
+    create(&node, &pod_yaml("c", "run: c", &["c"], ""), &[])?;
+    let p = wait_phase(&node, "kubia-manual", "Running")?;
+    ensure!(
+        p["status"]["containerStatuses"].as_array().map(Vec::len) == Some(2),
+        "{p:#}"
+    );
+    wait_for("2/2 ready", T, || {
+        ok(&node, &["get", "po", "kubia-manual"])
+            .ok()
+            .filter(|t| t.contains("2/2"))
+    })?;
+
+    let labels = ok(&node, &["get", "po", "--show-labels"])?;
+    ensure!(
+        labels.lines().next().is_some_and(|h| h.ends_with("LABELS")),
+        "{labels}"
+    );
+    ensure!(
+        labels.contains("creation_method=manual,env=prod"),
+        "{labels}"
+    );
+    let columns = ok(&node, &["get", "po", "-L", "creation_method,env"])?;
+    ensure!(
+        squeeze(&columns).lines().next()
+            == Some("NAME READY STATUS RESTARTS AGE CREATION_METHOD ENV"),
+        "{columns}"
+    );
+    ensure!(
+        squeeze(&columns)
+            .lines()
+            .any(|l| l.starts_with("b ") && l.ends_with(" auto devel")),
+        "{columns}"
+    );
+
+    ensure!(ok(&node, &["label", "po", "c", "creation_method=manual"])?.trim() == "pod/c labeled");
+    let refused = fails(&node, &["label", "po", "kubia-manual", "creation_method=x"])?;
+    ensure!(
+        refused.contains("already has a value (manual)"),
+        "{refused}"
+    );
+    ok(
+        &node,
+        &[
+            "label",
+            "po",
+            "kubia-manual",
+            "creation_method=x",
+            "--overwrite",
+        ],
+    )?;
+
+    for (selector, want) in [
+        ("creation_method=manual", vec!["c"]),
+        ("creation_method==x", vec!["kubia-manual"]),
+        ("env", vec!["b", "kubia-manual"]),
+        ("!env", vec!["c"]),
+        ("env in (prod,devel)", vec!["b", "kubia-manual"]),
+        ("env notin (prod)", vec!["b", "c"]),
+        ("creation_method!=auto", vec!["c", "kubia-manual"]),
+        ("env,creation_method=x", vec!["kubia-manual"]),
+    ] {
+        let got = pod_names(&node, &["-l", selector])?;
+        ensure!(got == want, "-l {selector}: {got:?}, want {want:?}");
+    }
+    let none = node.kubectl(&["get", "po", "-l", "env=nothing"]);
+    ensure!(
+        String::from_utf8_lossy(&none.stderr).contains("No resources found in default namespace."),
+        "{}",
+        text(&none)
+    );
+    let bad = fails(&node, &["get", "po", "-l", "env in prod"])?;
+    ensure!(
+        bad.contains("unable to parse requirement") || bad.contains("unable to parse"),
+        "{bad}"
+    );
+
+    ensure!(
+        ok(
+            &node,
+            &[
+                "annotate",
+                "pod",
+                "kubia-manual",
+                "mycompany.com/someannotation=foo bar"
+            ]
+        )?
+        .trim()
+            == "pod/kubia-manual annotated"
+    );
+    let yaml = ok(&node, &["get", "po", "kubia-manual", "-o", "yaml"])?;
+    ensure!(
+        yaml.contains("mycompany.com/someannotation: foo bar"),
+        "{yaml}"
+    );
+
+    let out = ok(&node, &["delete", "po", "-l", "creation_method=manual"])?;
+    ensure!(out.trim() == "pod \"c\" deleted", "{out}");
+    ensure!(pod_names(&node, &[])? == ["b", "kubia-manual"]);
+    let out = ok(&node, &["delete", "po", "--all"])?;
+    ensure!(out.lines().count() == 2, "{out}");
+    let empty = node.kubectl(&["get", "pods"]);
+    ensure!(
+        String::from_utf8_lossy(&empty.stderr).contains("No resources found in default namespace."),
+        "{}",
+        text(&empty)
+    );
+    wait_for("the node's pods to go", T, || {
+        node.pods().ok().filter(|p| p.is_empty())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn namespaces() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let ns = squeeze(&ok(&node, &["get", "ns"])?);
+    for want in [
+        "default Active",
+        "kube-node-lease Active",
+        "kube-public Active",
+        "kube-system Active",
+    ] {
+        ensure!(ns.contains(want), "{ns}");
+    }
+    // kubectl 1.32+ sends this one as protobuf.
+    ensure!(ok(&node, &["create", "namespace", "custom"])?.trim() == "namespace/custom created");
+    let manifest = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: custom2\n";
+    ensure!(create(&node, manifest, &[])? == "namespace/custom2 created");
+    let made: Value = json(&node, &["get", "ns", "custom"])?;
+    ensure!(
+        made["spec"]["finalizers"] == serde_json::json!(["kubernetes"]),
+        "{made:#}"
+    );
+    ensure!(
+        made["metadata"]["labels"]["kubernetes.io/metadata.name"] == "custom",
+        "{made:#}"
+    );
+
+    create(
+        &node,
+        &pod_yaml("inside", "app: x", &["c"], ""),
+        &["--namespace", "custom"],
+    )?;
+    wait_for("the pod in custom to run", T, || {
+        ok(&node, &["get", "po", "--namespace", "custom"])
+            .ok()
+            .filter(|t| t.contains("Running"))
+    })?;
+    ensure!(pod_names(&node, &["-n", "custom"])? == ["inside"]);
+    let empty = node.kubectl(&["get", "po"]);
+    ensure!(
+        String::from_utf8_lossy(&empty.stderr).contains("No resources found in default namespace."),
+        "{}",
+        text(&empty)
+    );
+
+    let denied = fails(&node, &["delete", "ns", "default"])?;
+    ensure!(denied.contains("Forbidden"), "{denied}");
+    let out = ok(&node, &["delete", "ns", "custom"])?;
+    ensure!(out.trim() == "namespace \"custom\" deleted", "{out}");
+    let gone = fails(&node, &["get", "ns", "custom"])?;
+    ensure!(gone.contains("NotFound"), "{gone}");
+    let second = node.kubectl_with(
+        "kubectl",
+        &["create", "-f", "-", "-n", "custom2"],
+        Some(&pod_yaml("x", "a: b", &["c"], "")),
+    );
+    ensure!(second.status.success(), "{}", text(&second));
+    ok(&node, &["delete", "ns", "custom2"])?;
+    wait_for("the node's pods to go", T, || {
+        node.pods().ok().filter(|p| p.is_empty())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn node_selector_waits_for_a_label() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "nodeLabels:\n  disk: ssd\n")?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let labels = ok(&node, &["get", "nodes", "--show-labels"])?;
+    for want in [
+        "disk=ssd",
+        "kubernetes.io/hostname=node1",
+        "kubernetes.io/os=linux",
+    ] {
+        ensure!(labels.contains(want), "{labels}");
+    }
+    let wide = squeeze(&ok(&node, &["get", "nodes", "-o", "wide"])?);
+    ensure!(
+        wide.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("node1 Ready <none>")),
+        "{wide}"
+    );
+    let n = json(&node, &["get", "node", "node1"])?;
+    ensure!(
+        n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250,
+        "{n:#}"
+    );
+    ensure!(n["spec"]["podCIDR"] == "10.244.0.0/24", "{n:#}");
+    ensure!(n["status"]["capacity"]["pods"] == "110", "{n:#}");
+    let lease = json(&node, &["get", "lease", "node1", "-n", "kube-node-lease"])?;
+    ensure!(lease["spec"]["holderIdentity"] == "node1", "{lease:#}");
+
+    create(
+        &node,
+        &pod_yaml(
+            "gpu",
+            "a: b",
+            &["c"],
+            "  nodeSelector:\n    gpu: \"true\"\n",
+        ),
+        &[],
+    )?;
+    let pod = wait_for("FailedScheduling", T, || {
+        let p = json(&node, &["get", "pod", "gpu"]).ok()?;
+        let conditions = p["status"]["conditions"].as_array()?.clone();
+        conditions
+            .iter()
+            .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
+            .then_some(p)
+    })?;
+    ensure!(
+        pod["status"]["phase"] == "Pending" && pod["spec"]["nodeName"].is_null(),
+        "{pod:#}"
+    );
+    let describe = squeeze(&ok(&node, &["describe", "pod", "gpu"])?);
+    ensure!(describe.contains("Warning FailedScheduling"), "{describe}");
+    ensure!(
+        describe.contains("didn't match Pod's node affinity/selector"),
+        "{describe}"
+    );
+    let none = node.kubectl(&["get", "nodes", "-l", "gpu=true"]);
+    ensure!(
+        String::from_utf8_lossy(&none.stderr).contains("No resources found"),
+        "{}",
+        text(&none)
+    );
+
+    ensure!(ok(&node, &["label", "node", "node1", "gpu=true"])?.trim() == "node/node1 labeled");
+    ensure!(names(&ok(&node, &["get", "nodes", "-l", "gpu=true"])?) == ["node1"]);
+    let running = wait_phase(&node, "gpu", "Running")?;
+    ensure!(running["spec"]["nodeName"] == "node1");
+    let events = squeeze(&ok(&node, &["describe", "pod", "gpu"])?);
+    for want in [
+        "Normal Scheduled",
+        "Normal Pulled",
+        "Normal Created",
+        "Normal Started",
+    ] {
+        ensure!(events.contains(want), "lacks {want}: {events}");
+    }
+    ok(&node, &["delete", "pod", "gpu"])?;
+    Ok(())
+}
+
+#[test]
+fn watch_sees_the_phases() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let home = node.dir.join("home");
+    let mut watcher = node
+        .net_command("kubectl")
+        .env("HOME", &home)
+        .arg("--kubeconfig")
+        .arg(node.kubeconfig())
+        .args(["get", "pods", "-w"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(node.dir.join("watch.out"))?)
+        .stderr(std::fs::File::create(node.dir.join("watch.err"))?)
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    create(&node, &pod_yaml("w", "a: b", &["c"], ""), &[])?;
+    wait_phase(&node, "w", "Running")?;
+    ok(&node, &["delete", "pod", "w", "--wait=false"])?;
+    let seen = wait_for("the watch to see the pod go", T, || {
+        let out = std::fs::read_to_string(node.dir.join("watch.out")).ok()?;
+        out.contains("Terminating").then_some(out)
+    });
+    watcher.kill()?;
+    watcher.wait()?;
+    let seen = seen?;
+    let statuses: Vec<String> = squeeze(&seen)
+        .lines()
+        .filter_map(|l| l.split(' ').nth(2).map(str::to_owned))
+        .collect();
+    ensure!(
+        squeeze(&seen).lines().next() == Some("NAME READY STATUS RESTARTS AGE"),
+        "{seen}"
+    );
+    for want in ["Pending", "Running", "Terminating"] {
+        ensure!(
+            statuses.iter().any(|s| s == want),
+            "watch lacks {want}: {seen}"
+        );
+    }
     Ok(())
 }

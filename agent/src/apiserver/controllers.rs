@@ -55,14 +55,19 @@ impl Scheduler {
                 *load.entry(n.to_owned()).or_default() += 1;
             }
         }
-        self.reported.retain(|uid, _| pods.iter().any(|p| p["metadata"]["uid"] == *uid.as_str()));
+        self.reported
+            .retain(|uid, _| pods.iter().any(|p| p["metadata"]["uid"] == *uid.as_str()));
         for pod in pods.iter().filter(|p| {
             p["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
                 && p["metadata"]["deletionTimestamp"].is_null()
-                && p["spec"]["schedulerName"].as_str().is_none_or(|s| s == "default-scheduler")
+                && p["spec"]["schedulerName"]
+                    .as_str()
+                    .is_none_or(|s| s == "default-scheduler")
         }) {
             let fits: Vec<&Arc<Value>> = nodes.iter().filter(|n| fits(pod, n)).collect();
-            let chosen = fits.iter().min_by_key(|n| load.get(name_of(n)).copied().unwrap_or(0));
+            let chosen = fits
+                .iter()
+                .min_by_key(|n| load.get(name_of(n)).copied().unwrap_or(0));
             let result = match chosen {
                 Some(node) => {
                     let node = name_of(node).to_owned();
@@ -85,12 +90,23 @@ impl Scheduler {
         } else {
             format!("0/{nodes} nodes are available: {nodes} node(s) didn't match Pod's node affinity/selector. preemption: 0/{nodes} nodes are available: {nodes} Preemption is not helpful for scheduling.")
         };
-        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         if self.reported.get(&uid) == Some(&message) {
             return Ok(());
         }
         set_scheduled_condition(store, pod, None, "False", Some(("Unschedulable", &message)))?;
-        record_event(store, pod, "Warning", "FailedScheduling", &message, "default-scheduler", None)?;
+        record_event(
+            store,
+            pod,
+            "Warning",
+            "FailedScheduling",
+            &message,
+            "default-scheduler",
+            None,
+        )?;
         self.reported.insert(uid, message);
         Ok(())
     }
@@ -184,7 +200,14 @@ pub fn record_event(
         "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": ty,
         "reportingComponent": component, "reportingInstance": host.unwrap_or_default(),
     });
-    handlers::create(store, Resource::Events, Some(ns), event, FieldValidation::Ignore).map(|_| ())
+    handlers::create(
+        store,
+        Resource::Events,
+        Some(ns),
+        event,
+        FieldValidation::Ignore,
+    )
+    .map(|_| ())
 }
 
 /// Empties each Terminating namespace (pods gracefully, the rest at once) and removes it once no
@@ -197,7 +220,13 @@ fn namespaces(store: &Store) {
         }
         let name = name_of(&ns);
         for r in [Resource::Pods, Resource::Events, Resource::Leases] {
-            if let Err(e) = handlers::delete_collection(store, r, Some(name), &everything, &DeleteOptions::default()) {
+            if let Err(e) = handlers::delete_collection(
+                store,
+                r,
+                Some(name),
+                &everything,
+                &DeleteOptions::default(),
+            ) {
                 warn!(namespace = name, error = %e.message, "delete namespace content");
             }
         }

@@ -19,10 +19,21 @@ pub fn version() -> Value {
     })
 }
 
-const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 fn in_group(group_version: &str) -> impl Iterator<Item = Resource> + '_ {
-    Resource::ALL.into_iter().filter(move |r| r.api_version() == group_version)
+    Resource::ALL
+        .into_iter()
+        .filter(move |r| r.api_version() == group_version)
 }
 
 /// `/api/v1` or `/apis/coordination.k8s.io/v1`.
@@ -50,7 +61,9 @@ pub fn resource_list(group_version: &str) -> Option<Value> {
             }));
         }
     }
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+    )
 }
 
 pub fn api_versions(server_address: &str) -> Value {
@@ -64,13 +77,16 @@ pub fn api_group_list() -> Value {
         "groups": [{"name": "coordination.k8s.io", "versions": [gv.clone()], "preferredVersion": gv}]})
 }
 
-pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// True when the Accept header asks for aggregated discovery v2 (kubectl ≥ 1.30).
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|part| {
         let params: Vec<&str> = part.split(';').map(str::trim).collect();
-        params.contains(&"g=apidiscovery.k8s.io") && params.contains(&"v=v2") && params.contains(&"as=APIGroupDiscoveryList")
+        params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
     })
 }
 
@@ -152,8 +168,10 @@ pub fn openapi_group(path: &str) -> Option<Value> {
             {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
             {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
         ]);
-        let op = |verb: &str| json!({"operationId": format!("{verb}{}", r.kind()), "x-kubernetes-action": verb,
-            "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {}});
+        let op = |verb: &str| {
+            json!({"operationId": format!("{verb}{}", r.kind()), "x-kubernetes-action": verb,
+            "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {}})
+        };
         paths.insert(url, json!({"patch": op("patch"), "put": op("put")}));
     }
     Some(json!({
@@ -180,8 +198,17 @@ mod tests {
     #[test]
     fn resource_lists() {
         let core = resource_list("v1").unwrap();
-        let names: Vec<&str> = core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-        assert!(names.contains(&"pods") && names.contains(&"pods/exec") && names.contains(&"namespaces/finalize"));
+        let names: Vec<&str> = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"pods")
+                && names.contains(&"pods/exec")
+                && names.contains(&"namespaces/finalize")
+        );
         assert!(!names.contains(&"leases"));
         assert!(resource_list("apps/v1").is_none());
         let doc = openapi_group("api/v1").unwrap();

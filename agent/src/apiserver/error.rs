@@ -27,7 +27,8 @@ impl ApiError {
     }
 
     pub fn not_found(plural: &str, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{plural} \"{name}\" not found")).with_details(plural, name)
+        Self::new(404, "NotFound", format!("{plural} \"{name}\" not found"))
+            .with_details(plural, name)
     }
 
     pub fn no_route() -> Self {
@@ -39,8 +40,12 @@ impl ApiError {
     }
 
     pub fn already_exists(plural: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{plural} \"{name}\" already exists"))
-            .with_details(plural, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{plural} \"{name}\" already exists"),
+        )
+        .with_details(plural, name)
     }
 
     pub fn conflict(plural: &str, name: &str, why: &str) -> Self {
@@ -82,8 +87,12 @@ impl ApiError {
     }
 
     pub fn forbidden(plural: &str, name: &str, why: &str) -> Self {
-        Self::new(403, "Forbidden", format!("{plural} \"{name}\" is forbidden: {why}"))
-            .with_details(plural, name)
+        Self::new(
+            403,
+            "Forbidden",
+            format!("{plural} \"{name}\" is forbidden: {why}"),
+        )
+        .with_details(plural, name)
     }
 
     /// A JSON patch that cannot be applied (kube-apiserver answers 422 with no causes).
@@ -96,7 +105,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
     }
 
     pub fn unsupported_media_type(content_type: &str) -> Self {
@@ -108,7 +121,11 @@ impl ApiError {
     }
 
     pub fn too_large() -> Self {
-        Self::new(413, "RequestEntityTooLarge", "the request entity is too large")
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            "the request entity is too large",
+        )
     }
 
     pub fn gone(message: impl Into<String>) -> Self {
@@ -116,7 +133,11 @@ impl ApiError {
     }
 
     pub fn not_implemented(what: &str) -> Self {
-        Self::new(501, "NotImplemented", format!("{what} is not implemented by this server yet"))
+        Self::new(
+            501,
+            "NotImplemented",
+            format!("{what} is not implemented by this server yet"),
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

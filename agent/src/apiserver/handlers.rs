@@ -13,7 +13,8 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Object, Store};
 
 /// Namespaces that exist from the start and cannot be deleted.
-pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 pub struct Selectors {
     pub labels: LabelSelector,
@@ -21,7 +22,11 @@ pub struct Selectors {
 }
 
 impl Selectors {
-    pub fn parse(resource: Resource, labels: Option<&str>, fields: Option<&str>) -> Result<Selectors, ApiError> {
+    pub fn parse(
+        resource: Resource,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> Result<Selectors, ApiError> {
         Ok(Selectors {
             labels: LabelSelector::parse(labels.unwrap_or_default())?,
             fields: FieldSelector::parse(fields.unwrap_or_default(), resource.field_labels())?,
@@ -33,20 +38,38 @@ impl Selectors {
     }
 }
 
-pub fn get(store: &Store, resource: Resource, namespace: &str, name: &str) -> Result<Object, ApiError> {
+pub fn get(
+    store: &Store,
+    resource: Resource,
+    namespace: &str,
+    name: &str,
+) -> Result<Object, ApiError> {
     store
         .get(resource, namespace, name)
         .ok_or_else(|| ApiError::not_found(resource.plural(), name))
 }
 
-pub fn list(store: &Store, resource: Resource, namespace: Option<&str>, selectors: &Selectors) -> (Vec<Object>, u64) {
+pub fn list(
+    store: &Store,
+    resource: Resource,
+    namespace: Option<&str>,
+    selectors: &Selectors,
+) -> (Vec<Object>, u64) {
     let namespace = namespace.or(selectors.fields.required("metadata.namespace"));
     let (items, rv) = store.list(resource, namespace);
-    (items.into_iter().filter(|o| selectors.matches(o)).collect(), rv)
+    (
+        items.into_iter().filter(|o| selectors.matches(o)).collect(),
+        rv,
+    )
 }
 
 /// Creation needs an existing namespace that is not being deleted (NamespaceLifecycle).
-fn check_namespace(store: &Store, resource: Resource, namespace: &str, name: &str) -> Result<(), ApiError> {
+fn check_namespace(
+    store: &Store,
+    resource: Resource,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ApiError> {
     let Some(ns) = store.get(Resource::Namespaces, "", namespace) else {
         return Err(ApiError::not_found("namespaces", namespace));
     };
@@ -67,7 +90,8 @@ pub fn create(
     body: Value,
     validation: FieldValidation,
 ) -> Result<(Object, Vec<String>), ApiError> {
-    let Admitted { object, warnings } = objects::admit_create(resource, namespace, body, validation)?;
+    let Admitted { object, warnings } =
+        objects::admit_create(resource, namespace, body, validation)?;
     if let Some(ns) = namespace {
         check_namespace(store, resource, ns, name_of(&object))?;
     }
@@ -137,7 +161,9 @@ fn finish_if_done(store: &Store, resource: Resource, obj: Object) -> Result<Obje
     }
     let done = match resource {
         Resource::Pods => obj["metadata"]["deletionGracePeriodSeconds"].as_i64() == Some(0),
-        Resource::Namespaces => obj["spec"]["finalizers"].as_array().is_none_or(|f| f.is_empty()),
+        Resource::Namespaces => obj["spec"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty()),
         _ => true,
     };
     if !done {
@@ -151,7 +177,9 @@ fn finish_if_done(store: &Store, resource: Resource, obj: Object) -> Result<Obje
 }
 
 fn has_finalizers(obj: &Value) -> bool {
-    obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty())
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,7 +196,11 @@ pub struct Preconditions {
     pub resource_version: Option<String>,
 }
 
-fn check_preconditions(resource: Resource, obj: &Value, p: Option<&Preconditions>) -> Result<(), ApiError> {
+fn check_preconditions(
+    resource: Resource,
+    obj: &Value,
+    p: Option<&Preconditions>,
+) -> Result<(), ApiError> {
     let Some(p) = p else { return Ok(()) };
     let name = name_of(obj);
     if let Some(uid) = &p.uid {
@@ -177,12 +209,16 @@ fn check_preconditions(resource: Resource, obj: &Value, p: Option<&Preconditions
             return Err(ApiError::conflict(
                 resource.plural(),
                 name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                ),
             ));
         }
     }
     if let Some(rv) = &p.resource_version {
-        let actual = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        let actual = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
         if rv != actual {
             return Err(ApiError::conflict(
                 resource.plural(),
@@ -214,7 +250,9 @@ pub fn delete(
                 return mark_deleting(store, resource, &current, grace, options);
             }
         }
-        _ if has_finalizers(&current) => return mark_deleting(store, resource, &current, 0, options),
+        _ if has_finalizers(&current) => {
+            return mark_deleting(store, resource, &current, 0, options)
+        }
         _ => {}
     }
     let uid = current["metadata"]["uid"].clone();
@@ -231,7 +269,10 @@ pub fn delete(
 /// runs (unscheduled or finished); negative means 1.
 fn pod_grace(pod: &Value, requested: Option<i64>) -> i64 {
     let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
-    let finished = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
     if unscheduled || finished {
         return 0;
     }
@@ -256,13 +297,22 @@ fn mark_deleting(
     let uid = current["metadata"]["uid"].clone();
     let obj = store.update(resource, namespace_of(current), name_of(current), |obj| {
         if obj["metadata"]["uid"] != uid {
-            return Err(ApiError::conflict(resource.plural(), name_of(obj), "the object has been modified"));
+            return Err(ApiError::conflict(
+                resource.plural(),
+                name_of(obj),
+                "the object has been modified",
+            ));
         }
         check_preconditions(resource, obj, options.preconditions.as_ref())?;
         let now = Timestamp::now();
         let deadline = now + SignedDuration::from_secs(grace);
-        if let Some(existing) = obj["metadata"]["deletionTimestamp"].as_str().and_then(|t| t.parse::<Timestamp>().ok()) {
-            let current_grace = obj["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(0);
+        if let Some(existing) = obj["metadata"]["deletionTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+        {
+            let current_grace = obj["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(0);
             if grace >= current_grace || deadline >= existing {
                 return Ok(None);
             }
@@ -271,7 +321,8 @@ fn mark_deleting(
         new["metadata"]["deletionTimestamp"] = json!(format!("{deadline:.0}"));
         new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         if resource == Resource::Pods {
-            new["metadata"]["generation"] = json!(obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+            new["metadata"]["generation"] =
+                json!(obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
         }
         Ok(Some(new))
     })?;
@@ -280,7 +331,11 @@ fn mark_deleting(
 
 fn delete_namespace(store: &Store, name: &str) -> Result<Object, ApiError> {
     if SYSTEM_NAMESPACES.contains(&name) {
-        return Err(ApiError::forbidden("namespaces", name, "this namespace may not be deleted"));
+        return Err(ApiError::forbidden(
+            "namespaces",
+            name,
+            "this namespace may not be deleted",
+        ));
     }
     store.update(Resource::Namespaces, "", name, |ns| {
         if !ns["metadata"]["deletionTimestamp"].is_null() {
@@ -319,7 +374,13 @@ pub fn seed(store: &Store) -> Result<(), ApiError> {
     for ns in SYSTEM_NAMESPACES {
         if store.get(Resource::Namespaces, "", ns).is_none() {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            create(store, Resource::Namespaces, None, body, FieldValidation::Strict)?;
+            create(
+                store,
+                Resource::Namespaces,
+                None,
+                body,
+                FieldValidation::Strict,
+            )?;
         }
     }
     Ok(())
@@ -348,23 +409,58 @@ mod tests {
     #[test]
     fn graceful_pod_deletion_finishes_with_grace_zero_and_uid() {
         let (_d, s) = store();
-        let (p, _) = create(&s, Resource::Pods, Some("default"), pod("a", Some("n1")), FieldValidation::Strict).unwrap();
+        let (p, _) = create(
+            &s,
+            Resource::Pods,
+            Some("default"),
+            pod("a", Some("n1")),
+            FieldValidation::Strict,
+        )
+        .unwrap();
         let uid = p["metadata"]["uid"].as_str().unwrap().to_owned();
-        let marked = delete(&s, Resource::Pods, "default", "a", &DeleteOptions::default()).unwrap();
+        let marked = delete(
+            &s,
+            Resource::Pods,
+            "default",
+            "a",
+            &DeleteOptions::default(),
+        )
+        .unwrap();
         assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
         assert!(s.get(Resource::Pods, "default", "a").is_some());
         // A longer grace never extends it.
-        let again = delete(&s, Resource::Pods, "default", "a", &DeleteOptions { grace_period_seconds: Some(60), ..Default::default() }).unwrap();
+        let again = delete(
+            &s,
+            Resource::Pods,
+            "default",
+            "a",
+            &DeleteOptions {
+                grace_period_seconds: Some(60),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(again["metadata"]["deletionGracePeriodSeconds"], 30);
         let wrong = DeleteOptions {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some("other".into()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some("other".into()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
-        assert_eq!(delete(&s, Resource::Pods, "default", "a", &wrong).unwrap_err().code, 409);
+        assert_eq!(
+            delete(&s, Resource::Pods, "default", "a", &wrong)
+                .unwrap_err()
+                .code,
+            409
+        );
         let right = DeleteOptions {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         delete(&s, Resource::Pods, "default", "a", &right).unwrap();
@@ -374,24 +470,70 @@ mod tests {
     #[test]
     fn unscheduled_pods_go_at_once() {
         let (_d, s) = store();
-        create(&s, Resource::Pods, Some("default"), pod("a", None), FieldValidation::Strict).unwrap();
-        delete(&s, Resource::Pods, "default", "a", &DeleteOptions::default()).unwrap();
+        create(
+            &s,
+            Resource::Pods,
+            Some("default"),
+            pod("a", None),
+            FieldValidation::Strict,
+        )
+        .unwrap();
+        delete(
+            &s,
+            Resource::Pods,
+            "default",
+            "a",
+            &DeleteOptions::default(),
+        )
+        .unwrap();
         assert!(s.get(Resource::Pods, "default", "a").is_none());
     }
 
     #[test]
     fn namespace_lifecycle() {
         let (_d, s) = store();
-        assert_eq!(delete(&s, Resource::Namespaces, "", "default", &DeleteOptions::default()).unwrap_err().code, 403);
-        let e = create(&s, Resource::Pods, Some("nope"), pod("a", None), FieldValidation::Strict).unwrap_err();
-        assert_eq!((e.code, e.message.as_str()), (404, "namespaces \"nope\" not found"));
+        assert_eq!(
+            delete(
+                &s,
+                Resource::Namespaces,
+                "",
+                "default",
+                &DeleteOptions::default()
+            )
+            .unwrap_err()
+            .code,
+            403
+        );
+        let e = create(
+            &s,
+            Resource::Pods,
+            Some("nope"),
+            pod("a", None),
+            FieldValidation::Strict,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "namespaces \"nope\" not found")
+        );
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
         let (ns, _) = create(&s, Resource::Namespaces, None, ns, FieldValidation::Strict).unwrap();
         assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
         assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "x");
         let gone = delete(&s, Resource::Namespaces, "", "x", &DeleteOptions::default()).unwrap();
         assert_eq!(gone["status"]["phase"], "Terminating");
-        assert_eq!(create(&s, Resource::Pods, Some("x"), pod("a", None), FieldValidation::Strict).unwrap_err().code, 403);
+        assert_eq!(
+            create(
+                &s,
+                Resource::Pods,
+                Some("x"),
+                pod("a", None),
+                FieldValidation::Strict
+            )
+            .unwrap_err()
+            .code,
+            403
+        );
         finalize_namespace(&s, "x", json!({"spec": {"finalizers": []}})).unwrap();
         assert!(s.get(Resource::Namespaces, "", "x").is_none());
     }
@@ -399,12 +541,39 @@ mod tests {
     #[test]
     fn status_patch_leaves_spec_and_merges_conditions() {
         let (_d, s) = store();
-        create(&s, Resource::Pods, Some("default"), pod("a", Some("n1")), FieldValidation::Strict).unwrap();
+        create(
+            &s,
+            Resource::Pods,
+            Some("default"),
+            pod("a", Some("n1")),
+            FieldValidation::Strict,
+        )
+        .unwrap();
         let body = br#"{"spec": {"nodeName": "elsewhere"}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}"#;
-        let (p, _) = patch(&s, Resource::Pods, "default", "a", PatchType::Strategic, body, true, FieldValidation::Strict).unwrap();
+        let (p, _) = patch(
+            &s,
+            Resource::Pods,
+            "default",
+            "a",
+            PatchType::Strategic,
+            body,
+            true,
+            FieldValidation::Strict,
+        )
+        .unwrap();
         assert_eq!(p["status"]["phase"], "Running");
         assert_eq!(p["spec"]["nodeName"], "n1");
-        let (p, _) = patch(&s, Resource::Pods, "default", "a", PatchType::Merge, br#"{"metadata": {"labels": {"k": "v"}}, "status": {"phase": "Failed"}}"#, false, FieldValidation::Strict).unwrap();
+        let (p, _) = patch(
+            &s,
+            Resource::Pods,
+            "default",
+            "a",
+            PatchType::Merge,
+            br#"{"metadata": {"labels": {"k": "v"}}, "status": {"phase": "Failed"}}"#,
+            false,
+            FieldValidation::Strict,
+        )
+        .unwrap();
         assert_eq!(p["metadata"]["labels"]["k"], "v");
         assert_eq!(p["status"]["phase"], "Running");
     }

@@ -62,8 +62,12 @@ pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, server: Arc<Ser
         let _ = tcp.set_nodelay(true);
         let (acceptor, server) = (acceptor.clone(), server.clone());
         tokio::spawn(async move {
-            let Ok(ssl) = Ssl::new(acceptor.context()) else { return };
-            let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else { return };
+            let Ok(ssl) = Ssl::new(acceptor.context()) else {
+                return;
+            };
+            let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else {
+                return;
+            };
             if let Err(e) = std::pin::Pin::new(&mut tls).accept().await {
                 debug!(%peer, error = %e, "TLS handshake failed");
                 return;
@@ -100,11 +104,18 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(query: Option<&str>) -> Query {
-        Query(form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect())
+        Query(
+            form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, key: &str) -> bool {
@@ -113,7 +124,11 @@ impl Query {
 
     fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
         self.get(key)
-            .map(|v| v.parse().map_err(|_| ApiError::bad_request(format!("{key}: invalid value {v:?}: not an integer"))))
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("{key}: invalid value {v:?}: not an integer"))
+                })
+            })
             .transpose()
     }
 }
@@ -142,12 +157,21 @@ impl Call {
 
     /// The body as JSON, whatever it was sent as.
     fn json_body(&self) -> Result<Value, ApiError> {
-        let media = self.content_type.split(';').next().unwrap_or_default().trim();
+        let media = self
+            .content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim();
         match media {
-            "application/json" | "" => serde_json::from_slice(&self.body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding request body as JSON: {e}"))),
-            "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(&self.body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding request body as YAML: {e}"))),
+            "application/json" | "" => serde_json::from_slice(&self.body).map_err(|e| {
+                ApiError::bad_request(format!("error decoding request body as JSON: {e}"))
+            }),
+            "application/yaml" | "application/x-yaml" | "text/yaml" => {
+                serde_yaml::from_slice(&self.body).map_err(|e| {
+                    ApiError::bad_request(format!("error decoding request body as YAML: {e}"))
+                })
+            }
             "application/vnd.kubernetes.protobuf" => super::protobuf::decode(&self.body),
             other => Err(ApiError::unsupported_media_type(other)),
         }
@@ -155,7 +179,9 @@ impl Call {
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn respond(code: u16, content_type: &str, body: Vec<u8>, warnings: &[String]) -> Response<Body> {
@@ -170,7 +196,12 @@ fn respond(code: u16, content_type: &str, body: Vec<u8>, warnings: &[String]) ->
 }
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {
-    respond(code, "application/json", serde_json::to_vec(value).expect("serialise"), &[])
+    respond(
+        code,
+        "application/json",
+        serde_json::to_vec(value).expect("serialise"),
+        &[],
+    )
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
@@ -179,7 +210,11 @@ fn error_response(e: &ApiError) -> Response<Body> {
 
 impl Server {
     pub fn new(store: Arc<Store>, token: String, address: String) -> Server {
-        Server { store, token, address }
+        Server {
+            store,
+            token,
+            address,
+        }
     }
 
     pub async fn handle(&self, req: Request<Incoming>, has_cert: bool) -> Response<Body> {
@@ -203,10 +238,19 @@ impl Server {
                 .is_some_and(|t| t.trim() == self.token)
     }
 
-    async fn route(&self, req: Request<Incoming>, has_cert: bool) -> Result<Response<Body>, ApiError> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        has_cert: bool,
+    ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
-            return Ok(respond(200, "text/plain; charset=utf-8", b"ok".to_vec(), &[]));
+            return Ok(respond(
+                200,
+                "text/plain; charset=utf-8",
+                b"ok".to_vec(),
+                &[],
+            ));
         }
         if !self.authenticated(&req, has_cert) {
             return Err(ApiError::unauthorized());
@@ -221,7 +265,11 @@ impl Server {
         let (accept, content_type) = (header("accept"), header("content-type"));
         let query = Query::parse(req.uri().query());
         let method = req.method().clone();
-        let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let segments: Vec<String> = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         if method == Method::GET {
             if let Some(doc) = self.discovery(&segs, &accept) {
@@ -232,23 +280,41 @@ impl Server {
             ["api", "v1", rest @ ..] => ("v1", rest),
             ["apis", group, version, rest @ ..] => {
                 let gv = format!("{group}/{version}");
-                let gv = if gv == super::resource::COORDINATION { super::resource::COORDINATION } else { return Err(ApiError::no_route()) };
+                let gv = if gv == super::resource::COORDINATION {
+                    super::resource::COORDINATION
+                } else {
+                    return Err(ApiError::no_route());
+                };
                 (gv, rest)
             }
             _ => return Err(ApiError::no_route()),
         };
         let target = parse_target(group_version, rest).ok_or_else(ApiError::no_route)?;
-        let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        let body = if matches!(
+            method,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        ) {
             let limited = Limited::new(req.into_body(), MAX_BODY);
             match limited.collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(ApiError::too_large()),
+                Err(e)
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    return Err(ApiError::too_large())
+                }
                 Err(e) => return Err(ApiError::bad_request(format!("read request body: {e}"))),
             }
         } else {
             Bytes::new()
         };
-        let call = Call { method, query, accept, content_type, body };
+        let call = Call {
+            method,
+            query,
+            accept,
+            content_type,
+            body,
+        };
         self.resource(&target, &call)
     }
 
@@ -256,8 +322,22 @@ impl Server {
         let aggregated = discovery::wants_aggregated(accept);
         let doc = match segs {
             ["version"] => discovery::version(),
-            ["api"] if aggregated => return Some(respond(200, discovery::AGGREGATED_V2, discovery::aggregated(true).to_string().into_bytes(), &[])),
-            ["apis"] if aggregated => return Some(respond(200, discovery::AGGREGATED_V2, discovery::aggregated(false).to_string().into_bytes(), &[])),
+            ["api"] if aggregated => {
+                return Some(respond(
+                    200,
+                    discovery::AGGREGATED_V2,
+                    discovery::aggregated(true).to_string().into_bytes(),
+                    &[],
+                ))
+            }
+            ["apis"] if aggregated => {
+                return Some(respond(
+                    200,
+                    discovery::AGGREGATED_V2,
+                    discovery::aggregated(false).to_string().into_bytes(),
+                    &[],
+                ))
+            }
             ["api"] => discovery::api_versions(&self.address),
             ["apis"] => discovery::api_group_list(),
             ["api", "v1"] => discovery::resource_list("v1")?,
@@ -285,14 +365,33 @@ impl Server {
                 }
                 let body = call.json_body()?;
                 if call.dry_run() {
-                    let admitted = super::objects::admit_create(r, t.namespace.as_deref(), body, call.validation()?)?;
+                    let admitted = super::objects::admit_create(
+                        r,
+                        t.namespace.as_deref(),
+                        body,
+                        call.validation()?,
+                    )?;
                     return Ok(self.object(r, call, &admitted.object, 201, &admitted.warnings));
                 }
-                let (obj, warnings) = handlers::create(&self.store, r, t.namespace.as_deref(), body, call.validation()?)?;
+                let (obj, warnings) = handlers::create(
+                    &self.store,
+                    r,
+                    t.namespace.as_deref(),
+                    body,
+                    call.validation()?,
+                )?;
                 Ok(self.object(r, call, &obj, 201, &warnings))
             }
             (&Method::PUT, Some(name), sub @ (None | Some("status"))) => {
-                let (obj, warnings) = handlers::update(&self.store, r, ns, name, call.json_body()?, sub.is_some(), call.validation()?)?;
+                let (obj, warnings) = handlers::update(
+                    &self.store,
+                    r,
+                    ns,
+                    name,
+                    call.json_body()?,
+                    sub.is_some(),
+                    call.validation()?,
+                )?;
                 Ok(self.object(r, call, &obj, 200, &warnings))
             }
             (&Method::PUT, Some(name), Some("finalize")) if r == Resource::Namespaces => {
@@ -302,7 +401,16 @@ impl Server {
             (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
                 let kind = PatchType::from_content_type(&call.content_type)
                     .ok_or_else(|| ApiError::unsupported_media_type(&call.content_type))?;
-                let (obj, warnings) = handlers::patch(&self.store, r, ns, name, kind, &call.body, sub.is_some(), call.validation()?)?;
+                let (obj, warnings) = handlers::patch(
+                    &self.store,
+                    r,
+                    ns,
+                    name,
+                    kind,
+                    &call.body,
+                    sub.is_some(),
+                    call.validation()?,
+                )?;
                 Ok(self.object(r, call, &obj, 200, &warnings))
             }
             (&Method::DELETE, Some(name), None) => {
@@ -313,11 +421,19 @@ impl Server {
             (&Method::DELETE, None, None) => {
                 let selectors = selectors(r, &call.query)?;
                 let options = delete_options(call)?;
-                let items = handlers::delete_collection(&self.store, r, t.namespace.as_deref(), &selectors, &options)?;
+                let items = handlers::delete_collection(
+                    &self.store,
+                    r,
+                    t.namespace.as_deref(),
+                    &selectors,
+                    &options,
+                )?;
                 let rv = self.store.resource_version().to_string();
                 Ok(json_response(200, &list_body(r, &items, &rv, None)))
             }
-            (_, Some(_), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) if r == Resource::Pods => {
+            (_, Some(_), Some(sub @ ("log" | "exec" | "attach" | "portforward")))
+                if r == Resource::Pods =>
+            {
                 Err(ApiError::not_implemented(&format!("pods/{sub}")))
             }
             (_, _, Some(_)) => Err(ApiError::no_route()),
@@ -326,13 +442,32 @@ impl Server {
     }
 
     /// One object as JSON, or as a one-row Table when asked for.
-    fn object(&self, r: Resource, call: &Call, obj: &Value, code: u16, warnings: &[String]) -> Response<Body> {
+    fn object(
+        &self,
+        r: Resource,
+        call: &Call,
+        obj: &Value,
+        code: u16,
+        warnings: &[String],
+    ) -> Response<Body> {
         if call.table() && call.method == Method::GET {
-            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+            let rv = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default();
             let t = table::table(r, &[obj], rv, true, Timestamp::now());
-            return respond(code, TABLE_TYPE, serde_json::to_vec(&t).expect("serialise"), warnings);
+            return respond(
+                code,
+                TABLE_TYPE,
+                serde_json::to_vec(&t).expect("serialise"),
+                warnings,
+            );
         }
-        respond(code, "application/json", serde_json::to_vec(obj).expect("serialise"), warnings)
+        respond(
+            code,
+            "application/json",
+            serde_json::to_vec(obj).expect("serialise"),
+            warnings,
+        )
     }
 
     fn list(&self, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
@@ -373,20 +508,34 @@ impl Server {
             if let Some(c) = &next {
                 t["metadata"]["continue"] = json!(c);
             }
-            return Ok(respond(200, TABLE_TYPE, serde_json::to_vec(&t).expect("serialise"), &[]));
+            return Ok(respond(
+                200,
+                TABLE_TYPE,
+                serde_json::to_vec(&t).expect("serialise"),
+                &[],
+            ));
         }
         Ok(json_response(200, &list_body(r, &items, &rv, next)))
     }
 
     fn watch(&self, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
         let r = t.resource;
-        let from = match call.query.get("resourceVersion") {
-            None | Some("") | Some("0") => None,
-            Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?),
-        };
-        let timeout = call.query.int("timeoutSeconds")?.filter(|s| *s > 0).unwrap_or(1800);
+        let from =
+            match call.query.get("resourceVersion") {
+                None | Some("") | Some("0") => None,
+                Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {rv}"))
+                })?),
+            };
+        let timeout = call
+            .query
+            .int("timeoutSeconds")?
+            .filter(|s| *s > 0)
+            .unwrap_or(1800);
         let render = if call.table() {
-            Render::Table { full: call.query.get("includeObject") == Some("Object") }
+            Render::Table {
+                full: call.query.get("includeObject") == Some("Object"),
+            }
         } else {
             Render::Object
         };
@@ -402,9 +551,15 @@ impl Server {
         };
         let rx = watch::start(self.store.clone(), req)?;
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
         });
-        let content_type = if call.table() { TABLE_TYPE } else { "application/json" };
+        let content_type = if call.table() {
+            TABLE_TYPE
+        } else {
+            "application/json"
+        };
         Ok(Response::builder()
             .status(200)
             .header("Content-Type", content_type)
@@ -430,7 +585,10 @@ fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     let bad = || ApiError::bad_request("continue key is not valid");
     let raw = openssl::base64::decode_block(token).map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    Ok((v["rv"].as_str().ok_or_else(bad)?.to_owned(), v["start"].as_str().ok_or_else(bad)?.to_owned()))
+    Ok((
+        v["rv"].as_str().ok_or_else(bad)?.to_owned(),
+        v["start"].as_str().ok_or_else(bad)?.to_owned(),
+    ))
 }
 
 fn selectors(r: Resource, q: &Query) -> Result<Selectors, ApiError> {
@@ -442,13 +600,17 @@ fn delete_options(call: &Call) -> Result<DeleteOptions, ApiError> {
         DeleteOptions::default()
     } else {
         let v = call.json_body()?;
-        serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
+        serde_json::from_value(v)
+            .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
     };
     if let Some(g) = call.query.int("gracePeriodSeconds")? {
         options.grace_period_seconds = Some(g);
     }
     if let Some(uid) = call.query.get("preconditions.uid") {
-        options.preconditions.get_or_insert_with(Default::default).uid = Some(uid.to_owned());
+        options
+            .preconditions
+            .get_or_insert_with(Default::default)
+            .uid = Some(uid.to_owned());
     }
     Ok(options)
 }
@@ -472,7 +634,9 @@ fn parse_target(group_version: &str, rest: &[&str]) -> Option<Target> {
         sub: sub.map(str::to_owned),
     };
     match rest {
-        ["namespaces", ns, plural, tail @ ..] if group_version != "v1" || !matches!(*plural, "status" | "finalize") => {
+        ["namespaces", ns, plural, tail @ ..]
+            if group_version != "v1" || !matches!(*plural, "status" | "finalize") =>
+        {
             let r = resource(plural).filter(|r| r.namespaced())?;
             match tail {
                 [] => Some(t(r, Some(ns), None, None)),
@@ -508,24 +672,50 @@ mod tests {
             parse_target("v1", &segs)
         };
         let t = p("namespaces/default/pods/kubia/status").unwrap();
-        assert_eq!((t.resource, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref()), (Resource::Pods, Some("default"), Some("kubia"), Some("status")));
+        assert_eq!(
+            (
+                t.resource,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
+            (
+                Resource::Pods,
+                Some("default"),
+                Some("kubia"),
+                Some("status")
+            )
+        );
         let t = p("namespaces/x/status").unwrap();
-        assert_eq!((t.resource, t.name.as_deref(), t.sub.as_deref()), (Resource::Namespaces, Some("x"), Some("status")));
+        assert_eq!(
+            (t.resource, t.name.as_deref(), t.sub.as_deref()),
+            (Resource::Namespaces, Some("x"), Some("status"))
+        );
         let t = p("namespaces/x").unwrap();
-        assert_eq!((t.resource, t.name.as_deref()), (Resource::Namespaces, Some("x")));
+        assert_eq!(
+            (t.resource, t.name.as_deref()),
+            (Resource::Namespaces, Some("x"))
+        );
         assert_eq!(p("pods").unwrap().namespace, None);
         assert!(p("pods/x").is_none());
         assert!(p("nodes/n1/status").is_some());
         assert!(p("namespaces/x/nodes").is_none());
         assert!(p("widgets").is_none());
-        let lease = parse_target("coordination.k8s.io/v1", &["namespaces", "kube-node-lease", "leases", "n1"]).unwrap();
+        let lease = parse_target(
+            "coordination.k8s.io/v1",
+            &["namespaces", "kube-node-lease", "leases", "n1"],
+        )
+        .unwrap();
         assert_eq!(lease.resource, Resource::Leases);
     }
 
     #[test]
     fn continue_tokens_round_trip() {
         let token = encode_continue("42", "default/kubia");
-        assert_eq!(decode_continue(&token).unwrap(), ("42".into(), "default/kubia".into()));
+        assert_eq!(
+            decode_continue(&token).unwrap(),
+            ("42".into(), "default/kubia".into())
+        );
         assert_eq!(decode_continue("!!").unwrap_err().code, 400);
     }
 }

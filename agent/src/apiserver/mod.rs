@@ -60,7 +60,11 @@ pub async fn start(options: Options) -> anyhow::Result<()> {
     let url = format!("https://{host}:{}", address.port());
     pki::write_private(&options.kubeconfig, pki.kubeconfig(&url).as_bytes())?;
     let acceptor = http::acceptor(&pki)?;
-    let server = Arc::new(http::Server::new(store.clone(), pki.token.clone(), address.to_string()));
+    let server = Arc::new(http::Server::new(
+        store.clone(),
+        pki.token.clone(),
+        address.to_string(),
+    ));
     tokio::spawn(http::serve(listener, acceptor, server));
     tokio::spawn(controllers::run(store));
     info!(%url, kubeconfig = %options.kubeconfig.display(), "built-in Kubernetes API serving");

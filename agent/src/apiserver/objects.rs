@@ -67,8 +67,15 @@ pub fn namespace_of(obj: &Value) -> &str {
 
 /// Decodes `body` as the resource's type, reporting unknown fields as `fieldValidation` asks,
 /// and returns the object as that type serialises it (unknown fields dropped).
-fn decode(resource: Resource, body: &Value, validation: FieldValidation) -> Result<Admitted, ApiError> {
-    fn typed<T: DeserializeOwned + Serialize>(resource: Resource, body: &Value) -> Result<Value, ApiError> {
+fn decode(
+    resource: Resource,
+    body: &Value,
+    validation: FieldValidation,
+) -> Result<Admitted, ApiError> {
+    fn typed<T: DeserializeOwned + Serialize>(
+        resource: Resource,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
         let obj: T = serde_path_to_error::deserialize(body.clone()).map_err(|e| {
             let kind = resource.kind();
             ApiError::bad_request(format!(
@@ -91,10 +98,16 @@ fn decode(resource: Resource, body: &Value, validation: FieldValidation) -> Resu
     unknown_fields(body, &object, "", &mut unknown);
     let warnings = match validation {
         FieldValidation::Ignore => Vec::new(),
-        FieldValidation::Warn => unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect(),
+        FieldValidation::Warn => unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect(),
         FieldValidation::Strict if unknown.is_empty() => Vec::new(),
         FieldValidation::Strict => {
-            let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
             let kind = resource.kind();
             return Err(ApiError::bad_request(format!(
                 "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
@@ -135,7 +148,9 @@ fn unknown_fields(sent: &Value, kept: &Value, path: &str, out: &mut Vec<String>)
 /// Checks what the body says it is against what the URL says.
 fn check_type(resource: Resource, body: &Value) -> Result<(), ApiError> {
     let kind = body["kind"].as_str().unwrap_or(resource.kind());
-    let version = body["apiVersion"].as_str().unwrap_or(resource.api_version());
+    let version = body["apiVersion"]
+        .as_str()
+        .unwrap_or(resource.api_version());
     if kind != resource.kind() || version != resource.api_version() {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({version}) does not match the expected API version ({})",
@@ -167,7 +182,9 @@ pub fn admit_create(
     validation: FieldValidation,
 ) -> Result<Admitted, ApiError> {
     if !body.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     check_type(resource, &body)?;
     body["kind"] = json!(resource.kind());
@@ -196,7 +213,14 @@ pub fn admit_create(
     let mut admitted = decode(resource, &body, validation)?;
     let obj = &mut admitted.object;
     let meta = &mut obj["metadata"];
-    for server_set in ["uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+    for server_set in [
+        "uid",
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "selfLink",
+    ] {
         if let Some(m) = meta.as_object_mut() {
             m.remove(server_set);
         }
@@ -221,7 +245,9 @@ pub fn admit_update(
     validation: FieldValidation,
 ) -> Result<Admitted, ApiError> {
     if !new.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     check_type(resource, &new)?;
     new["kind"] = json!(resource.kind());
@@ -233,7 +259,10 @@ pub fn admit_update(
             name_of(&new)
         )));
     }
-    if let Some(rv) = new["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty()) {
+    if let Some(rv) = new["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+    {
         if Some(rv) != old["metadata"]["resourceVersion"].as_str() {
             return Err(ApiError::conflict(
                 resource.plural(),
@@ -247,14 +276,24 @@ pub fn admit_update(
             return Err(ApiError::conflict(
                 resource.plural(),
                 name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", old["metadata"]["uid"].as_str().unwrap_or_default()),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    old["metadata"]["uid"].as_str().unwrap_or_default()
+                ),
             ));
         }
     }
     let mut admitted = decode(resource, &new, validation)?;
     let obj = &mut admitted.object;
     // Server-owned metadata never changes through an update.
-    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+    ] {
         match old["metadata"].get(field) {
             Some(v) => obj["metadata"][field] = v.clone(),
             None => {
@@ -282,7 +321,8 @@ pub fn admit_update(
     if resource == Resource::Pods && !status {
         check_pod_update(old, obj)?;
         if obj["spec"] != old["spec"] {
-            obj["metadata"]["generation"] = json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+            obj["metadata"]["generation"] =
+                json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
         }
     }
     validate(resource, obj)?;
@@ -341,7 +381,8 @@ fn default(resource: Resource, obj: &mut Value) {
         Resource::Namespaces => {
             let name = name_of(obj).to_owned();
             obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
-            if obj["spec"]["finalizers"].is_null() && obj["metadata"]["deletionTimestamp"].is_null() {
+            if obj["spec"]["finalizers"].is_null() && obj["metadata"]["deletionTimestamp"].is_null()
+            {
                 obj["spec"]["finalizers"] = json!(["kubernetes"]);
             }
             if obj["status"]["phase"].is_null() {
@@ -449,12 +490,16 @@ fn tag_is_latest(image: &str) -> bool {
 fn validate(resource: Resource, obj: &Value) -> Result<(), ApiError> {
     let name = name_of(obj);
     let kind = resource.kind();
-    let field_error = |e: manifest::FieldError| ApiError::invalid(kind, name, &[(e.field, e.reason)]);
+    let field_error =
+        |e: manifest::FieldError| ApiError::invalid(kind, name, &[(e.field, e.reason)]);
     if name.is_empty() {
         return Err(ApiError::invalid(
             kind,
             name,
-            &[("metadata.name".into(), "Required value: name or generateName is required".into())],
+            &[(
+                "metadata.name".into(),
+                "Required value: name or generateName is required".into(),
+            )],
         ));
     }
     match resource {
@@ -480,7 +525,13 @@ mod tests {
 
     #[test]
     fn create_defaults_a_pod_like_kube_apiserver() {
-        let a = admit_create(Resource::Pods, Some("default"), run_pod(), FieldValidation::Strict).unwrap();
+        let a = admit_create(
+            Resource::Pods,
+            Some("default"),
+            run_pod(),
+            FieldValidation::Strict,
+        )
+        .unwrap();
         let p = &a.object;
         assert!(a.warnings.is_empty());
         assert_eq!(p["metadata"]["namespace"], "default");
@@ -497,51 +548,143 @@ mod tests {
         let mut body = run_pod();
         body["spec"]["containers"][0]["imagePolicy"] = json!("x");
         body["spec"]["bogus"] = json!(1);
-        let e = admit_create(Resource::Pods, Some("default"), body.clone(), FieldValidation::Strict)
-            .err()
-            .unwrap();
+        let e = admit_create(
+            Resource::Pods,
+            Some("default"),
+            body.clone(),
+            FieldValidation::Strict,
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.code, 400);
-        assert!(e.message.contains("unknown field \"spec.containers[0].imagePolicy\""), "{}", e.message);
-        assert!(e.message.contains("unknown field \"spec.bogus\""), "{}", e.message);
-        let warned = admit_create(Resource::Pods, Some("default"), body.clone(), FieldValidation::Warn).unwrap();
+        assert!(
+            e.message
+                .contains("unknown field \"spec.containers[0].imagePolicy\""),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("unknown field \"spec.bogus\""),
+            "{}",
+            e.message
+        );
+        let warned = admit_create(
+            Resource::Pods,
+            Some("default"),
+            body.clone(),
+            FieldValidation::Warn,
+        )
+        .unwrap();
         assert_eq!(warned.warnings.len(), 2);
-        assert!(admit_create(Resource::Pods, Some("default"), body, FieldValidation::Ignore).unwrap().warnings.is_empty());
+        assert!(admit_create(
+            Resource::Pods,
+            Some("default"),
+            body,
+            FieldValidation::Ignore
+        )
+        .unwrap()
+        .warnings
+        .is_empty());
     }
 
     #[test]
     fn invalid_and_mismatched_bodies() {
         let mut body = run_pod();
         body["spec"]["containers"][0]["image"] = json!("");
-        let e = admit_create(Resource::Pods, Some("default"), body, FieldValidation::Strict).err().unwrap();
+        let e = admit_create(
+            Resource::Pods,
+            Some("default"),
+            body,
+            FieldValidation::Strict,
+        )
+        .err()
+        .unwrap();
         assert_eq!((e.code, e.reason), (422, "Invalid"));
-        assert!(e.message.contains("spec.containers[0].image"), "{}", e.message);
+        assert!(
+            e.message.contains("spec.containers[0].image"),
+            "{}",
+            e.message
+        );
         let mut body = run_pod();
         body["metadata"]["namespace"] = json!("other");
-        assert_eq!(admit_create(Resource::Pods, Some("default"), body, FieldValidation::Strict).err().unwrap().code, 400);
+        assert_eq!(
+            admit_create(
+                Resource::Pods,
+                Some("default"),
+                body,
+                FieldValidation::Strict
+            )
+            .err()
+            .unwrap()
+            .code,
+            400
+        );
         let mut body = run_pod();
         body["spec"]["containers"] = json!("nope");
-        let e = admit_create(Resource::Pods, Some("default"), body, FieldValidation::Strict).err().unwrap();
+        let e = admit_create(
+            Resource::Pods,
+            Some("default"),
+            body,
+            FieldValidation::Strict,
+        )
+        .err()
+        .unwrap();
         assert!(e.message.contains("spec.containers"), "{}", e.message);
-        let e = admit_create(Resource::Pods, Some("default"), json!({"kind": "Node", "apiVersion": "v1"}), FieldValidation::Strict).err().unwrap();
+        let e = admit_create(
+            Resource::Pods,
+            Some("default"),
+            json!({"kind": "Node", "apiVersion": "v1"}),
+            FieldValidation::Strict,
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.code, 400);
     }
 
     #[test]
     fn pod_spec_is_mostly_immutable() {
-        let old = admit_create(Resource::Pods, Some("default"), run_pod(), FieldValidation::Strict).unwrap().object;
+        let old = admit_create(
+            Resource::Pods,
+            Some("default"),
+            run_pod(),
+            FieldValidation::Strict,
+        )
+        .unwrap()
+        .object;
         let mut new = old.clone();
         new["spec"]["containers"][0]["image"] = json!("luksa/kubia:v2");
         new["metadata"]["labels"]["x"] = json!("y");
-        let ok = admit_update(Resource::Pods, &old, new.clone(), false, FieldValidation::Strict).unwrap();
+        let ok = admit_update(
+            Resource::Pods,
+            &old,
+            new.clone(),
+            false,
+            FieldValidation::Strict,
+        )
+        .unwrap();
         assert_eq!(ok.object["metadata"]["generation"], 2);
         new["spec"]["restartPolicy"] = json!("Never");
-        let e = admit_update(Resource::Pods, &old, new, false, FieldValidation::Strict).err().unwrap();
+        let e = admit_update(Resource::Pods, &old, new, false, FieldValidation::Strict)
+            .err()
+            .unwrap();
         assert_eq!(e.code, 422);
         let mut stale = old.clone();
         stale["metadata"]["resourceVersion"] = json!("999");
         let mut old_rv = old.clone();
         old_rv["metadata"]["resourceVersion"] = json!("5");
-        assert_eq!(admit_update(Resource::Pods, &old_rv, stale, false, FieldValidation::Strict).err().unwrap().code, 409);
+        assert_eq!(
+            admit_update(
+                Resource::Pods,
+                &old_rv,
+                stale,
+                false,
+                FieldValidation::Strict
+            )
+            .err()
+            .unwrap()
+            .code,
+            409
+        );
     }
 
     #[test]

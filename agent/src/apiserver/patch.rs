@@ -27,7 +27,8 @@ impl PatchType {
 }
 
 pub fn apply(kind: PatchType, target: &Value, body: &[u8]) -> Result<Value, ApiError> {
-    let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(format!("error decoding patch: {e}"));
+    let bad =
+        |e: &dyn std::fmt::Display| ApiError::bad_request(format!("error decoding patch: {e}"));
     let mut doc = target.clone();
     match kind {
         PatchType::Merge => {
@@ -40,13 +41,17 @@ pub fn apply(kind: PatchType, target: &Value, body: &[u8]) -> Result<Value, ApiE
         PatchType::Json => {
             let patch: json_patch::Patch = serde_json::from_slice(body).map_err(|e| bad(&e))?;
             json_patch::patch(&mut doc, &patch).map_err(|e| {
-                ApiError::invalid_patch(format!("the server rejected our request due to an error in our request: {e}"))
+                ApiError::invalid_patch(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ))
             })?;
         }
         PatchType::Strategic => {
             let patch: Value = serde_json::from_slice(body).map_err(|e| bad(&e))?;
             let Value::Object(patch) = patch else {
-                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
             };
             strategic(&mut doc, &patch);
         }
@@ -58,9 +63,17 @@ pub fn apply(kind: PatchType, target: &Value, body: &[u8]) -> Result<Value, ApiE
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "conditions" | "addresses" => "type",
-        "containers" | "initContainers" | "ephemeralContainers" | "containerStatuses"
-        | "initContainerStatuses" | "ephemeralContainerStatuses" | "env" | "volumes"
-        | "imagePullSecrets" | "resourceClaims" | "schedulingGates" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "containerStatuses"
+        | "initContainerStatuses"
+        | "ephemeralContainerStatuses"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => "name",
         "ports" => "containerPort",
         "volumeMounts" | "volumeDevices" => "mountPath",
         "podIPs" | "hostIPs" => "ip",
@@ -91,7 +104,8 @@ fn strategic(doc: &mut Value, patch: &Map<String, Value>) {
             continue;
         }
         if let Some(list) = field.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(current)), Value::Array(gone)) = (target.get_mut(list), value) {
+            if let (Some(Value::Array(current)), Value::Array(gone)) = (target.get_mut(list), value)
+            {
                 current.retain(|v| !gone.contains(v));
             }
             continue;
@@ -164,7 +178,11 @@ mod tests {
     #[test]
     fn merge_patch_sets_and_deletes_labels() {
         let doc = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
-        let out = run(PatchType::Merge, doc, json!({"metadata": {"labels": {"a": null, "c": "3"}}}));
+        let out = run(
+            PatchType::Merge,
+            doc,
+            json!({"metadata": {"labels": {"a": null, "c": "3"}}}),
+        );
         assert_eq!(out, json!({"metadata": {"labels": {"b": "2", "c": "3"}}}));
     }
 
@@ -193,20 +211,39 @@ mod tests {
         let patch = json!({"spec": {"containers": [{"name": "b", "$patch": "delete"}, {"name": "a", "image": "y"}]},
             "metadata": {"finalizers": ["f2"]}});
         let out = run(PatchType::Strategic, doc, patch);
-        assert_eq!(out["spec"]["containers"], json!([{"name": "a", "image": "y"}]));
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "a", "image": "y"}])
+        );
         assert_eq!(out["metadata"]["finalizers"], json!(["f1", "f2"]));
-        let out = run(PatchType::Strategic, out, json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["f1"]}}));
+        let out = run(
+            PatchType::Strategic,
+            out,
+            json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["f1"]}}),
+        );
         assert_eq!(out["metadata"]["finalizers"], json!(["f2"]));
     }
 
     #[test]
     fn json_patch_and_errors() {
         let doc = json!({"metadata": {"labels": {"a": "1"}}});
-        let out = run(PatchType::Json, doc.clone(), json!([{"op": "replace", "path": "/metadata/labels/a", "value": "2"}]));
+        let out = run(
+            PatchType::Json,
+            doc.clone(),
+            json!([{"op": "replace", "path": "/metadata/labels/a", "value": "2"}]),
+        );
         assert_eq!(out["metadata"]["labels"]["a"], "2");
-        let bad = apply(PatchType::Json, &doc, br#"[{"op": "remove", "path": "/nope"}]"#).unwrap_err();
+        let bad = apply(
+            PatchType::Json,
+            &doc,
+            br#"[{"op": "remove", "path": "/nope"}]"#,
+        )
+        .unwrap_err();
         assert_eq!(bad.code, 422);
-        assert_eq!(apply(PatchType::Merge, &doc, b"{nope").unwrap_err().code, 400);
+        assert_eq!(
+            apply(PatchType::Merge, &doc, b"{nope").unwrap_err().code,
+            400
+        );
         assert_eq!(apply(PatchType::Merge, &doc, b"[1]").unwrap_err().code, 400);
     }
 }

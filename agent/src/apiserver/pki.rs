@@ -71,10 +71,27 @@ enum Role<'a> {
 impl Pki {
     /// Loads the certificates from `dir`, making whatever is missing.
     pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki, PkiError> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+            path: dir.into(),
+            source,
+        })?;
         let ca = pair(dir, "ca", None, "nodelet-ca", None, Role::Ca)?;
-        let server = pair(dir, "apiserver", Some(&ca), "nodelet-apiserver", None, Role::Server(hosts))?;
-        let admin = pair(dir, "admin", Some(&ca), "kubernetes-admin", Some("system:masters"), Role::Client)?;
+        let server = pair(
+            dir,
+            "apiserver",
+            Some(&ca),
+            "nodelet-apiserver",
+            None,
+            Role::Server(hosts),
+        )?;
+        let admin = pair(
+            dir,
+            "admin",
+            Some(&ca),
+            "kubernetes-admin",
+            Some("system:masters"),
+            Role::Client,
+        )?;
         let token_path = dir.join("token");
         let token = match std::fs::read_to_string(&token_path) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
@@ -99,7 +116,10 @@ impl Pki {
         let b64 = |pem: Vec<u8>| openssl::base64::encode_block(&pem);
         let ca = b64(self.ca.to_pem().expect("encode CA"));
         let cert = b64(self.admin_cert.to_pem().expect("encode certificate"));
-        let key = b64(self.admin_key.private_key_to_pem_pkcs8().expect("encode key"));
+        let key = b64(self
+            .admin_key
+            .private_key_to_pem_pkcs8()
+            .expect("encode key"));
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: nodelet\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: nodelet\n  context:\n    cluster: nodelet\n    user: admin\n    namespace: default\ncurrent-context: nodelet\npreferences: {{}}\n"
         )
@@ -108,7 +128,10 @@ impl Pki {
 
 /// Writes a file readable by its owner only, atomically (a reader never sees half of it).
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
-    let err = |source| PkiError::Write { path: path.into(), source };
+    let err = |source| PkiError::Write {
+        path: path.into(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
@@ -132,16 +155,30 @@ fn pair(
     org: Option<&str>,
     role: Role,
 ) -> Result<Pair, PkiError> {
-    let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     if cert_path.exists() && key_path.exists() {
-        let read = |p: &Path| std::fs::read(p).map_err(|source| PkiError::Read { path: p.into(), source });
-        let parse = |p: &Path, source| PkiError::Parse { path: p.into(), source };
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| PkiError::Read {
+                path: p.into(),
+                source,
+            })
+        };
+        let parse = |p: &Path, source| PkiError::Parse {
+            path: p.into(),
+            source,
+        };
         return Ok(Pair {
             cert: X509::from_pem(&read(&cert_path)?).map_err(|e| parse(&cert_path, e))?,
             key: PKey::private_key_from_pem(&read(&key_path)?).map_err(|e| parse(&key_path, e))?,
         });
     }
-    let make = |source| PkiError::Make { what: "certificate", source };
+    let make = |source| PkiError::Make {
+        what: "certificate",
+        source,
+    };
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(make)?;
     let key = EcKey::generate(&group)
         .and_then(PKey::from_ec_key)
@@ -176,17 +213,33 @@ fn sign(
     b.set_pubkey(key)?;
     // An hour of slack for clocks a little behind.
     let now = jiff::Timestamp::now().as_second();
-    let (not_before, not_after) = (Asn1Time::from_unix(now - 3600)?, Asn1Time::days_from_now(3650)?);
+    let (not_before, not_after) = (
+        Asn1Time::from_unix(now - 3600)?,
+        Asn1Time::days_from_now(3650)?,
+    );
     b.set_not_before(&not_before)?;
     b.set_not_after(&not_after)?;
     match role {
         Role::Ca => {
             b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
-            b.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().digital_signature().build()?)?;
+            b.append_extension(
+                KeyUsage::new()
+                    .critical()
+                    .key_cert_sign()
+                    .crl_sign()
+                    .digital_signature()
+                    .build()?,
+            )?;
         }
         Role::Server(hosts) => {
             b.append_extension(BasicConstraints::new().critical().build()?)?;
-            b.append_extension(KeyUsage::new().critical().digital_signature().key_encipherment().build()?)?;
+            b.append_extension(
+                KeyUsage::new()
+                    .critical()
+                    .digital_signature()
+                    .key_encipherment()
+                    .build()?,
+            )?;
             b.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
             let mut san = SubjectAlternativeName::new();
             for h in hosts {
@@ -201,14 +254,23 @@ fn sign(
         }
         Role::Client => {
             b.append_extension(BasicConstraints::new().critical().build()?)?;
-            b.append_extension(KeyUsage::new().critical().digital_signature().key_encipherment().build()?)?;
+            b.append_extension(
+                KeyUsage::new()
+                    .critical()
+                    .digital_signature()
+                    .key_encipherment()
+                    .build()?,
+            )?;
             b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
         }
     }
-    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(issuer.map(|i| &*i.cert), None))?;
+    let ski =
+        SubjectKeyIdentifier::new().build(&b.x509v3_context(issuer.map(|i| &*i.cert), None))?;
     b.append_extension(ski)?;
     if let Some(i) = issuer {
-        let aki = AuthorityKeyIdentifier::new().keyid(false).build(&b.x509v3_context(Some(&i.cert), None))?;
+        let aki = AuthorityKeyIdentifier::new()
+            .keyid(false)
+            .build(&b.x509v3_context(Some(&i.cert), None))?;
         b.append_extension(aki)?;
     }
     b.sign(issuer.map_or(key, |i| &i.key), MessageDigest::sha256())?;
@@ -225,13 +287,21 @@ mod tests {
         let hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let a = Pki::ensure(dir.path(), &hosts).unwrap();
         let b = Pki::ensure(dir.path(), &hosts).unwrap();
-        assert_eq!(a.server_cert.to_pem().unwrap(), b.server_cert.to_pem().unwrap());
+        assert_eq!(
+            a.server_cert.to_pem().unwrap(),
+            b.server_cert.to_pem().unwrap()
+        );
         assert_eq!(a.token, b.token);
         assert!(a.server_cert.verify(&a.ca.public_key().unwrap()).unwrap());
         assert!(a.admin_cert.verify(&a.ca.public_key().unwrap()).unwrap());
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("admin.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("admin.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(a.kubeconfig("https://127.0.0.1:6443").contains("client-key-data: "));
+        assert!(a
+            .kubeconfig("https://127.0.0.1:6443")
+            .contains("client-key-data: "));
     }
 }

@@ -91,9 +91,15 @@ fn object_meta(bytes: &[u8]) -> Option<Value> {
     let (mut labels, mut annotations) = (Vec::new(), Vec::new());
     for (n, b) in Reader::fields(bytes)? {
         match n {
-            1 => { meta.insert("name".into(), json!(text(b)?)); }
-            2 => { meta.insert("generateName".into(), json!(text(b)?)); }
-            3 => { meta.insert("namespace".into(), json!(text(b)?)); }
+            1 => {
+                meta.insert("name".into(), json!(text(b)?));
+            }
+            2 => {
+                meta.insert("generateName".into(), json!(text(b)?));
+            }
+            3 => {
+                meta.insert("namespace".into(), json!(text(b)?));
+            }
             11 => labels.push(b),
             12 => annotations.push(b),
             _ => {}
@@ -172,10 +178,15 @@ mod tests {
         body.extend(b"Namespace");
         body.extend([0x12, 0x20, 0x0a, 0x18, 0x0a, 0x08]);
         body.extend(b"custom33");
-        body.extend([0x12, 0x00, 0x1a, 0x00, 0x22, 0x00, 0x2a, 0x00, 0x32, 0x00, 0x38, 0x00, 0x42, 0x00]);
+        body.extend([
+            0x12, 0x00, 0x1a, 0x00, 0x22, 0x00, 0x2a, 0x00, 0x32, 0x00, 0x38, 0x00, 0x42, 0x00,
+        ]);
         body.extend([0x12, 0x00, 0x1a, 0x02, 0x0a, 0x00, 0x1a, 0x00, 0x22, 0x00]);
         let ns = decode(&body).unwrap();
-        assert_eq!(ns, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "custom33"}}));
+        assert_eq!(
+            ns,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "custom33"}})
+        );
     }
 
     #[test]

@@ -86,7 +86,10 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
         return Ok(Requirement::DoesNotExist(check_key(key.trim())?));
     }
     for (op, ctor) in [
-        ("!=", Requirement::NotEquals as fn(String, String) -> Requirement),
+        (
+            "!=",
+            Requirement::NotEquals as fn(String, String) -> Requirement,
+        ),
         ("==", Requirement::Equals),
         ("=", Requirement::Equals),
     ] {
@@ -126,13 +129,16 @@ fn check_key(key: &str) -> Result<String, String> {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     let prefix_ok = prefix.is_none_or(|p| {
         !p.is_empty()
             && p.len() <= 253
-            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c))
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c))
     });
     if name_ok && prefix_ok {
         Ok(key.to_owned())
@@ -144,7 +150,9 @@ fn check_key(key: &str) -> Result<String, String> {
 fn check_value(value: &str) -> Result<String, String> {
     let ok = value.is_empty()
         || (value.len() <= 63
-            && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && value.starts_with(|c: char| c.is_ascii_alphanumeric())
             && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
     if ok {
@@ -244,7 +252,14 @@ mod tests {
         for s in yes {
             assert!(LabelSelector::parse(s).unwrap().matches(&l), "{s}");
         }
-        let no = ["env=devel", "gpu", "!env", "env in (devel)", "env notin (prod,x)", "app=kubia,env!=prod"];
+        let no = [
+            "env=devel",
+            "gpu",
+            "!env",
+            "env in (devel)",
+            "env notin (prod,x)",
+            "app=kubia,env!=prod",
+        ];
         for s in no {
             assert!(!LabelSelector::parse(s).unwrap().matches(&l), "{s}");
         }
@@ -262,11 +277,20 @@ mod tests {
     fn fields() {
         let pod = serde_json::json!({"metadata": {"name": "a", "namespace": "default"},
             "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        let sel = FieldSelector::parse("metadata.name=a,spec.nodeName==n1,status.phase!=Failed", &["spec.nodeName", "status.phase"]).unwrap();
+        let sel = FieldSelector::parse(
+            "metadata.name=a,spec.nodeName==n1,status.phase!=Failed",
+            &["spec.nodeName", "status.phase"],
+        )
+        .unwrap();
         assert!(sel.matches(&pod));
         assert_eq!(sel.required("metadata.name"), Some("a"));
-        assert!(!FieldSelector::parse("spec.nodeName=", &["spec.nodeName"]).unwrap().matches(&pod));
-        assert_eq!(FieldSelector::parse("spec.foo=x", &[]).unwrap_err().code, 400);
+        assert!(!FieldSelector::parse("spec.nodeName=", &["spec.nodeName"])
+            .unwrap()
+            .matches(&pod));
+        assert_eq!(
+            FieldSelector::parse("spec.foo=x", &[]).unwrap_err().code,
+            400
+        );
         assert_eq!(FieldSelector::parse("nonsense", &[]).unwrap_err().code, 400);
     }
 }

@@ -61,7 +61,12 @@ impl Key {
     }
 
     fn db_key(&self) -> String {
-        format!("{}/{}/{}", self.resource.plural(), self.namespace, self.name)
+        format!(
+            "{}/{}/{}",
+            self.resource.plural(),
+            self.namespace,
+            self.name
+        )
     }
 }
 
@@ -189,7 +194,14 @@ impl Store {
             return Ok(current);
         }
         obj["metadata"]["resourceVersion"] = Value::String((state.rv + 1).to_string());
-        self.commit(&mut state, resource, key, ChangeType::Modified, Arc::new(obj), Some(current))
+        self.commit(
+            &mut state,
+            resource,
+            key,
+            ChangeType::Modified,
+            Arc::new(obj),
+            Some(current),
+        )
     }
 
     /// Removes an object once `check` (preconditions) accepts the current one.
@@ -210,7 +222,14 @@ impl Store {
         check(&current)?;
         let mut obj = (*current).clone();
         obj["metadata"]["resourceVersion"] = Value::String((state.rv + 1).to_string());
-        self.commit(&mut state, resource, key, ChangeType::Deleted, Arc::new(obj), Some(current))
+        self.commit(
+            &mut state,
+            resource,
+            key,
+            ChangeType::Deleted,
+            Arc::new(obj),
+            Some(current),
+        )
     }
 
     /// Writes the change to disk, then makes it visible: memory, history, watchers.
@@ -297,26 +316,33 @@ fn load(db: &Database) -> Result<(u64, BTreeMap<Key, Object>), StoreError> {
     let txn = db.begin_write().map_err(|e| StoreError::Read(e.into()))?;
     {
         // Create the tables on first start, so reads below find them.
-        txn.open_table(OBJECTS).map_err(|e| StoreError::Read(e.into()))?;
-        txn.open_table(META).map_err(|e| StoreError::Read(e.into()))?;
+        txn.open_table(OBJECTS)
+            .map_err(|e| StoreError::Read(e.into()))?;
+        txn.open_table(META)
+            .map_err(|e| StoreError::Read(e.into()))?;
     }
     txn.commit().map_err(|e| StoreError::Read(e.into()))?;
     let read = db.begin_read().map_err(|e| StoreError::Read(e.into()))?;
-    let meta = read.open_table(META).map_err(|e| StoreError::Read(e.into()))?;
+    let meta = read
+        .open_table(META)
+        .map_err(|e| StoreError::Read(e.into()))?;
     let rv = meta
         .get("resourceVersion")
         .map_err(|e| StoreError::Read(e.into()))?
         .map(|v| v.value())
         .unwrap_or(0);
-    let table = read.open_table(OBJECTS).map_err(|e| StoreError::Read(e.into()))?;
+    let table = read
+        .open_table(OBJECTS)
+        .map_err(|e| StoreError::Read(e.into()))?;
     let mut objects = BTreeMap::new();
     for entry in table.iter().map_err(|e| StoreError::Read(e.into()))? {
         let (k, v) = entry.map_err(|e| StoreError::Read(e.into()))?;
         let key = k.value().to_owned();
-        let obj: Value = serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-            key: key.clone(),
-            source,
-        })?;
+        let obj: Value =
+            serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                key: key.clone(),
+                source,
+            })?;
         let Some(resource) = key
             .split('/')
             .next()
@@ -348,7 +374,9 @@ mod tests {
             store.create(Resource::Pods, pod("b")).unwrap();
             let err = store.create(Resource::Pods, pod("a")).unwrap_err();
             assert_eq!(err.reason, "AlreadyExists");
-            store.remove(Resource::Pods, "default", "b", |_| Ok(())).unwrap();
+            store
+                .remove(Resource::Pods, "default", "b", |_| Ok(()))
+                .unwrap();
             assert_eq!(store.resource_version(), 3);
         }
         let store = Store::open(&path).unwrap();

@@ -74,7 +74,13 @@ pub fn column_definitions(resource: Resource) -> Value {
 }
 
 /// A Table of these objects; `headers` false for watch events after the first.
-pub fn table(resource: Resource, objects: &[&Value], rv: &str, headers: bool, now: Timestamp) -> Value {
+pub fn table(
+    resource: Resource,
+    objects: &[&Value],
+    rv: &str,
+    headers: bool,
+    now: Timestamp,
+) -> Value {
     let rows: Vec<Value> = objects.iter().map(|o| row(resource, o, now)).collect();
     json!({
         "kind": "Table",
@@ -122,11 +128,16 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
             };
             let r = pod_row(&pod, now);
             let gates = obj["spec"]["readinessGates"].as_array().map(|gates| {
-                let conds = obj["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                let conds = obj["status"]["conditions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 let ready = gates
                     .iter()
                     .filter(|g| {
-                        conds.iter().any(|c| c["type"] == g["conditionType"] && c["status"] == "True")
+                        conds
+                            .iter()
+                            .any(|c| c["type"] == g["conditionType"] && c["status"] == "True")
                     })
                     .count();
                 format!("{ready}/{}", gates.len())
@@ -172,7 +183,11 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
                 })
                 .collect();
             roles.sort();
-            let roles = if roles.is_empty() { "<none>".into() } else { roles.join(",") };
+            let roles = if roles.is_empty() {
+                "<none>".into()
+            } else {
+                roles.join(",")
+            };
             let address = |ty: &str| {
                 status
                     .addresses
@@ -183,7 +198,13 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
                     .unwrap_or_else(|| "<none>".into())
             };
             let info = status.node_info.unwrap_or_default();
-            let unknown = |s: String| if s.is_empty() { "<unknown>".to_owned() } else { s };
+            let unknown = |s: String| {
+                if s.is_empty() {
+                    "<unknown>".to_owned()
+                } else {
+                    s
+                }
+            };
             vec![
                 name,
                 json!(state),
@@ -197,7 +218,11 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
                 json!(unknown(info.container_runtime_version)),
             ]
         }
-        Resource::Namespaces => vec![name, json!(obj["status"]["phase"].as_str().unwrap_or_default()), json!(created)],
+        Resource::Namespaces => vec![
+            name,
+            json!(obj["status"]["phase"].as_str().unwrap_or_default()),
+            json!(created),
+        ],
         Resource::Events => {
             let ev: Event = serde_json::from_value(obj.clone()).unwrap_or_default();
             let last = ev
@@ -212,7 +237,11 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
                 t.map(|t| human_duration(now.duration_since(t).as_secs()))
                     .unwrap_or_else(|| "<unknown>".into())
             };
-            let first = ev.first_timestamp.as_ref().map(|t| t.0).or(ev.event_time.as_ref().map(|t| t.0));
+            let first = ev
+                .first_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or(ev.event_time.as_ref().map(|t| t.0));
             let involved = &ev.involved_object;
             let object = format!(
                 "{}/{}",
@@ -226,12 +255,21 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
                 .filter(|c| !c.is_empty())
                 .or(ev.reporting_component.clone())
                 .unwrap_or_default();
-            let host = source.host.clone().filter(|h| !h.is_empty()).or(ev.reporting_instance.clone());
+            let host = source
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .or(ev.reporting_instance.clone());
             let source = match host {
                 Some(h) if !h.is_empty() => format!("{component}, {h}"),
                 _ => component,
             };
-            let count = ev.series.as_ref().and_then(|s| s.count).or(ev.count).unwrap_or(1);
+            let count = ev
+                .series
+                .as_ref()
+                .and_then(|s| s.count)
+                .or(ev.count)
+                .unwrap_or(1);
             vec![
                 json!(since(last)),
                 json!(ev.type_.clone().unwrap_or_default()),
@@ -245,7 +283,11 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
                 name,
             ]
         }
-        Resource::Leases => vec![name, json!(obj["spec"]["holderIdentity"].as_str().unwrap_or_default()), json!(created)],
+        Resource::Leases => vec![
+            name,
+            json!(obj["spec"]["holderIdentity"].as_str().unwrap_or_default()),
+            json!(created),
+        ],
     }
 }
 
@@ -262,7 +304,20 @@ mod tests {
                 "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
                     "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}}}]}});
         let t = table(Resource::Pods, &[&pod], "7", true, now);
-        assert_eq!(t["rows"][0]["cells"], json!(["kubia", "1/1", "Running", "0", "10m", "10.244.0.7", "node1", "<none>", "<none>"]));
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "kubia",
+                "1/1",
+                "Running",
+                "0",
+                "10m",
+                "10.244.0.7",
+                "node1",
+                "<none>",
+                "<none>"
+            ])
+        );
         assert_eq!(t["rows"][0]["object"]["metadata"]["labels"]["a"], "b");
         assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 9);
         assert!(table(Resource::Pods, &[&pod], "7", false, now)["columnDefinitions"].is_null());
@@ -278,6 +333,20 @@ mod tests {
                 "nodeInfo": {"kubeletVersion": "v1.33.0", "osImage": "Debian", "kernelVersion": "6.1", "containerRuntimeVersion": "nodelet://0.1.0",
                     "machineID": "", "systemUUID": "", "bootID": "", "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"}}});
         let t = table(Resource::Nodes, &[&node], "1", true, now);
-        assert_eq!(t["rows"][0]["cells"], json!(["node1", "Ready,SchedulingDisabled", "control-plane", "10m", "v1.33.0", "10.0.0.1", "<none>", "Debian", "6.1", "nodelet://0.1.0"]));
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "node1",
+                "Ready,SchedulingDisabled",
+                "control-plane",
+                "10m",
+                "v1.33.0",
+                "10.0.0.1",
+                "<none>",
+                "Debian",
+                "6.1",
+                "nodelet://0.1.0"
+            ])
+        );
     }
 }

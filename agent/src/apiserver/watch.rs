@@ -23,7 +23,9 @@ use super::table;
 pub enum Render {
     Object,
     /// A one-row Table; the row object is metadata only unless `full`.
-    Table { full: bool },
+    Table {
+        full: bool,
+    },
 }
 
 pub struct WatchRequest {
@@ -46,12 +48,22 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 pub fn start(store: Arc<Store>, req: WatchRequest) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let (initial, from) = match req.from {
         Some(rv) => (Vec::new(), rv),
-        None => handlers::list(&store, req.resource, req.namespace.as_deref(), &req.selectors),
+        None => handlers::list(
+            &store,
+            req.resource,
+            req.namespace.as_deref(),
+            &req.selectors,
+        ),
     };
     let (replay, mut live) = store.watch(req.resource, from)?;
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let mut w = Writer { req: &req, tx: &tx, headers: true, rv: from };
+        let mut w = Writer {
+            req: &req,
+            tx: &tx,
+            headers: true,
+            rv: from,
+        };
         for obj in &initial {
             if !w.send("ADDED", obj).await {
                 return;
@@ -105,7 +117,8 @@ struct Writer<'a> {
 impl Writer<'_> {
     fn in_scope(&self, obj: &Value) -> bool {
         let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
-        self.req.namespace.as_deref().is_none_or(|want| want == ns) && self.req.selectors.matches(obj)
+        self.req.namespace.as_deref().is_none_or(|want| want == ns)
+            && self.req.selectors.matches(obj)
     }
 
     async fn change(&mut self, c: &Change) -> bool {
@@ -127,8 +140,16 @@ impl Writer<'_> {
         let object = match self.req.render {
             Render::Object => obj.clone(),
             Render::Table { full } => {
-                let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-                let mut t = table::table(self.req.resource, &[obj], rv, self.headers, Timestamp::now());
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                let mut t = table::table(
+                    self.req.resource,
+                    &[obj],
+                    rv,
+                    self.headers,
+                    Timestamp::now(),
+                );
                 if full {
                     t["rows"][0]["object"] = obj.clone();
                 }
@@ -136,7 +157,10 @@ impl Writer<'_> {
                 t
             }
         };
-        self.tx.send(line_bytes(&json!({"type": kind, "object": object}))).await.is_ok()
+        self.tx
+            .send(line_bytes(&json!({"type": kind, "object": object})))
+            .await
+            .is_ok()
     }
 
     async fn bookmark(&mut self, initial_end: bool) -> bool {
@@ -146,6 +170,9 @@ impl Writer<'_> {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let object = json!({"kind": r.kind(), "apiVersion": r.api_version(), "metadata": meta});
-        self.tx.send(line_bytes(&json!({"type": "BOOKMARK", "object": object}))).await.is_ok()
+        self.tx
+            .send(line_bytes(&json!({"type": "BOOKMARK", "object": object})))
+            .await
+            .is_ok()
     }
 }

@@ -61,11 +61,20 @@ pub struct ApiSource {
 impl ApiSource {
     pub fn new(client: kube::Client, agent: Arc<Agent>) -> ApiSource {
         let name = agent.ctx.node_name.clone();
-        ApiSource { client, agent, name, pods: Default::default() }
+        ApiSource {
+            client,
+            agent,
+            name,
+            pods: Default::default(),
+        }
     }
 
     /// Runs every part of the source until the agent stops.
-    pub async fn run(self, tx: watch::Sender<Desired>, events: tokio::sync::mpsc::UnboundedReceiver<PodEvent>) {
+    pub async fn run(
+        self,
+        tx: watch::Sender<Desired>,
+        events: tokio::sync::mpsc::UnboundedReceiver<PodEvent>,
+    ) {
         let this = Arc::new(self);
         tokio::spawn(this.clone().heartbeat());
         tokio::spawn(this.clone().report_status());
@@ -95,7 +104,10 @@ impl ApiSource {
             }
             let status = node_status::status(&self.agent.config, &self.name, since);
             let patch = Patch::Merge(json!({ "status": status }));
-            if let Err(e) = nodes.patch_status(&self.name, &PatchParams::default(), &patch).await {
+            if let Err(e) = nodes
+                .patch_status(&self.name, &PatchParams::default(), &patch)
+                .await
+            {
                 warn!(error = %crate::error_chain(&e), "update node status");
                 if api_error_code(&e) == Some(404) {
                     // Someone deleted the Node: register it again.
@@ -109,25 +121,38 @@ impl ApiSource {
     }
 
     /// Creates the Node, or brings an existing one's labels and podCIDR up to date.
-    async fn register(&self, nodes: &Api<Node>, since: Timestamp) -> anyhow::Result<Option<String>> {
+    async fn register(
+        &self,
+        nodes: &Api<Node>,
+        since: Timestamp,
+    ) -> anyhow::Result<Option<String>> {
         let node = node_status::node(&self.agent.config, &self.name, since);
         match nodes.create(&PostParams::default(), &node).await {
             Ok(created) => {
                 let patch = Patch::Merge(json!({ "status": node.status }));
-                nodes.patch_status(&self.name, &PatchParams::default(), &patch).await?;
+                nodes
+                    .patch_status(&self.name, &PatchParams::default(), &patch)
+                    .await?;
                 Ok(created.metadata.uid)
             }
             Err(e) if api_error_code(&e) == Some(409) => {
                 let existing = nodes.get(&self.name).await?;
                 let mut spec = json!({});
-                if existing.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none() {
+                if existing
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.pod_cidr.as_ref())
+                    .is_none()
+                {
                     spec = json!({"podCIDR": self.agent.config.pod_cidr, "podCIDRs": [self.agent.config.pod_cidr]});
                 }
                 let patch = Patch::Merge(json!({
                     "metadata": {"labels": node_status::labels(&self.agent.config, &self.name)},
                     "spec": spec,
                 }));
-                nodes.patch(&self.name, &PatchParams::default(), &patch).await?;
+                nodes
+                    .patch(&self.name, &PatchParams::default(), &patch)
+                    .await?;
                 Ok(existing.metadata.uid)
             }
             Err(e) => Err(e.into()),
@@ -155,7 +180,9 @@ impl ApiSource {
                 if lease.metadata.owner_references.is_none() {
                     lease.metadata.owner_references = owner;
                 }
-                leases.replace(&self.name, &PostParams::default(), &lease).await?;
+                leases
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await?;
             }
             None => {
                 let lease = Lease {
@@ -226,21 +253,41 @@ impl ApiSource {
     async fn report_status(self: Arc<Self>) {
         let mut sent: HashMap<String, PodStatus> = HashMap::new();
         loop {
-            let wanted: Vec<Arc<Pod>> = self.pods.lock().expect("pods lock").values().cloned().collect();
+            let wanted: Vec<Arc<Pod>> = self
+                .pods
+                .lock()
+                .expect("pods lock")
+                .values()
+                .cloned()
+                .collect();
             let running = self.agent.pods.lock().expect("pod map lock").clone();
-            sent.retain(|uid, _| wanted.iter().any(|p| p.metadata.uid.as_deref() == Some(uid)));
+            sent.retain(|uid, _| {
+                wanted
+                    .iter()
+                    .any(|p| p.metadata.uid.as_deref() == Some(uid))
+            });
             for pod in wanted {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let (ns, name) = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+                let (ns, name) = (
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                );
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
                 match running.get(&uid).and_then(|p| p.status.clone()) {
                     Some(status) if sent.get(&uid) != Some(&status) => {
-                        let patch = Patch::Merge(json!({"metadata": {"uid": uid}, "status": status_patch(&pod, &status)}));
-                        match api.patch_status(&name, &PatchParams::default(), &patch).await {
+                        let patch = Patch::Merge(
+                            json!({"metadata": {"uid": uid}, "status": status_patch(&pod, &status)}),
+                        );
+                        match api
+                            .patch_status(&name, &PatchParams::default(), &patch)
+                            .await
+                        {
                             Ok(_) => {
                                 sent.insert(uid, status);
                             }
-                            Err(e) => debug!(pod = %name, error = %crate::error_chain(&e), "patch pod status"),
+                            Err(e) => {
+                                debug!(pod = %name, error = %crate::error_chain(&e), "patch pod status")
+                            }
                         }
                     }
                     Some(_) => {}
@@ -248,13 +295,18 @@ impl ApiSource {
                     None if pod.metadata.deletion_timestamp.is_some() => {
                         let params = DeleteParams {
                             grace_period_seconds: Some(0),
-                            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+                            preconditions: Some(Preconditions {
+                                uid: Some(uid.clone()),
+                                resource_version: None,
+                            }),
                             ..Default::default()
                         };
                         match api.delete(&name, &params).await {
                             Ok(_) => info!(pod = %name, namespace = %ns, "pod deletion finished"),
                             Err(e) if matches!(api_error_code(&e), Some(404 | 409)) => {}
-                            Err(e) => warn!(pod = %name, error = %crate::error_chain(&e), "finish pod deletion"),
+                            Err(e) => {
+                                warn!(pod = %name, error = %crate::error_chain(&e), "finish pod deletion")
+                            }
                         }
                     }
                     None => {}
@@ -268,7 +320,10 @@ impl ApiSource {
     }
 
     /// Posts the events pod workers record, as core/v1 Events from the kubelet.
-    async fn post_events(self: Arc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<PodEvent>) {
+    async fn post_events(
+        self: Arc<Self>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<PodEvent>,
+    ) {
         while let Some(ev) = events.recv().await {
             let ns = ev.namespace.clone();
             let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
@@ -285,12 +340,18 @@ impl ApiSource {
                     namespace: Some(ns),
                     name: Some(ev.name.clone()),
                     uid: Some(ev.uid.clone()),
-                    field_path: ev.container.as_ref().map(|c| format!("spec.containers{{{c}}}")),
+                    field_path: ev
+                        .container
+                        .as_ref()
+                        .map(|c| format!("spec.containers{{{c}}}")),
                     ..Default::default()
                 },
                 reason: Some(ev.reason.into()),
                 message: Some(ev.message),
-                source: Some(EventSource { component: Some("kubelet".into()), host: Some(self.name.clone()) }),
+                source: Some(EventSource {
+                    component: Some("kubelet".into()),
+                    host: Some(self.name.clone()),
+                }),
                 first_timestamp: Some(now.clone()),
                 last_timestamp: Some(now),
                 count: Some(1),
@@ -312,7 +373,12 @@ impl ApiSource {
 fn status_patch(api: &Pod, status: &PodStatus) -> serde_json::Value {
     let mut patch = serde_json::to_value(status).expect("serialise pod status");
     let old = api.status.clone().unwrap_or_default();
-    let mine: Vec<String> = status.conditions.iter().flatten().map(|c| c.type_.clone()).collect();
+    let mine: Vec<String> = status
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| c.type_.clone())
+        .collect();
     let mut conditions: Vec<serde_json::Value> = old
         .conditions
         .iter()
@@ -322,7 +388,9 @@ fn status_patch(api: &Pod, status: &PodStatus) -> serde_json::Value {
         .collect();
     conditions.extend(patch["conditions"].as_array().cloned().unwrap_or_default());
     patch["conditions"] = serde_json::Value::Array(conditions);
-    if let serde_json::Value::Object(old) = serde_json::to_value(&old).expect("serialise pod status") {
+    if let serde_json::Value::Object(old) =
+        serde_json::to_value(&old).expect("serialise pod status")
+    {
         for key in old.keys() {
             if patch.get(key).is_none() {
                 patch[key] = serde_json::Value::Null;
@@ -351,5 +419,8 @@ fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
 }
 
 fn same_pods(a: &BTreeMap<String, Arc<Pod>>, b: &BTreeMap<String, Arc<Pod>>) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
 }

@@ -56,7 +56,10 @@ pub fn node(config: &Config, name: &str, since: jiff::Timestamp) -> Node {
 }
 
 fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default().trim().to_owned()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 fn memory_kib() -> u64 {
@@ -87,7 +90,10 @@ pub fn status(config: &Config, name: &str, since: jiff::Timestamp) -> NodeStatus
     let resources = BTreeMap::from([
         ("cpu".to_owned(), Quantity(cpus.to_string())),
         ("memory".to_owned(), Quantity(format!("{}Ki", memory_kib()))),
-        ("ephemeral-storage".to_owned(), Quantity(storage_bytes(&config.root_dir).to_string())),
+        (
+            "ephemeral-storage".to_owned(),
+            Quantity(storage_bytes(&config.root_dir).to_string()),
+        ),
         ("pods".to_owned(), Quantity("110".into())),
     ]);
     let condition = |ty: &str, status: &str, reason: &str, message: &str| NodeCondition {
@@ -100,18 +106,44 @@ pub fn status(config: &Config, name: &str, since: jiff::Timestamp) -> NodeStatus
     };
     let mut addresses = Vec::new();
     if let Some(ip) = &config.node_ip {
-        addresses.push(NodeAddress { type_: "InternalIP".into(), address: ip.clone() });
+        addresses.push(NodeAddress {
+            type_: "InternalIP".into(),
+            address: ip.clone(),
+        });
     }
-    addresses.push(NodeAddress { type_: "Hostname".into(), address: name.to_owned() });
+    addresses.push(NodeAddress {
+        type_: "Hostname".into(),
+        address: name.to_owned(),
+    });
     let uname = nix::sys::utsname::uname().ok();
     NodeStatus {
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         conditions: Some(vec![
-            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-            condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            condition(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
+            condition(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            ),
+            condition(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
+            condition(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status",
+            ),
         ]),
         addresses: Some(addresses),
         daemon_endpoints: Some(NodeDaemonEndpoints {
@@ -121,7 +153,10 @@ pub fn status(config: &Config, name: &str, since: jiff::Timestamp) -> NodeStatus
             machine_id: read("/etc/machine-id"),
             system_uuid: read("/sys/class/dmi/id/product_uuid"),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
-            kernel_version: uname.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            kernel_version: uname
+                .as_ref()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
             os_image: os_image(),
             container_runtime_version: format!("nodelet://{}", env!("CARGO_PKG_VERSION")),
             kubelet_version: kubelet_version(),

@@ -55,9 +55,12 @@ impl Worker {
                         c.name,
                         self.uid
                     );
-                    self.observed
-                        .waiting
-                        .insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
+                    let (ns, pod) = namespace_name(&self.pod);
+                    let event = format!(
+                        "Back-off restarting failed container {} in pod {pod}_{ns}({})",
+                        c.name, self.uid
+                    );
+                    self.wait(c, "CrashLoopBackOff", message, Some(("BackOff", event)));
                     return Step::WaitFor(remaining);
                 }
                 self.backoff.next(&key, exit.finished_at, now);
@@ -107,13 +110,21 @@ impl Worker {
             .unwrap_or_else(|| reference.default_pull_policy().to_owned());
         let present = self.node.images.resolve(&name).ok();
         match (policy.as_str(), present) {
-            ("Never" | "IfNotPresent", Some(image)) => return Ok(image),
+            ("Never" | "IfNotPresent", Some(image)) => {
+                let message = format!("Container image \"{name}\" already present on machine");
+                self.event(Some(&c.name), "Pulled", message, false);
+                return Ok(image);
+            }
             ("Never", None) => {
                 let message =
                     format!("Container image \"{name}\" is not present with pull policy of Never");
-                self.observed
-                    .waiting
-                    .insert(c.name.clone(), ("ErrImageNeverPull".into(), message));
+                let event = message.clone();
+                self.wait(
+                    c,
+                    "ErrImageNeverPull",
+                    message,
+                    Some(("ErrImageNeverPull", event)),
+                );
                 return Err(Step::WaitFor(RETRY));
             }
             _ => {}
@@ -122,13 +133,24 @@ impl Worker {
         let now = Timestamp::now();
         if let Some(remaining) = self.backoff.remaining_since_update(&key, now) {
             let message = format!("Back-off pulling image \"{name}\"");
-            self.observed
-                .waiting
-                .insert(c.name.clone(), ("ImagePullBackOff".into(), message));
+            let event = message.clone();
+            self.wait(c, "ImagePullBackOff", message, Some(("BackOff", event)));
             return Err(Step::WaitFor(remaining));
         }
+        self.event(
+            Some(&c.name),
+            "Pulling",
+            format!("Pulling image \"{name}\""),
+            false,
+        );
+        let started = std::time::Instant::now();
         match self.node.puller.pull(&name).await {
-            Ok(image) => Ok(image),
+            Ok(image) => {
+                let took = started.elapsed().as_secs_f64();
+                let message = format!("Successfully pulled image \"{name}\" in {took:.3}s");
+                self.event(Some(&c.name), "Pulled", message, false);
+                Ok(image)
+            }
             Err(e) => {
                 self.backoff.next(&key, now, Timestamp::now());
                 let message = format!(
@@ -136,10 +158,42 @@ impl Worker {
                     crate::error_chain(&e)
                 );
                 warn!(container = %c.name, error = %message, "image pull failed");
-                self.observed
-                    .waiting
-                    .insert(c.name.clone(), ("ErrImagePull".into(), message));
+                self.event(
+                    Some(&c.name),
+                    "Failed",
+                    format!(
+                        "Failed to pull image \"{name}\": {}",
+                        crate::error_chain(&e)
+                    ),
+                    true,
+                );
+                self.wait(
+                    c,
+                    "ErrImagePull",
+                    message,
+                    Some(("Failed", "Error: ErrImagePull".into())),
+                );
                 Err(Step::WaitFor(self.backoff.current(&key).unwrap_or(RETRY)))
+            }
+        }
+    }
+
+    /// Records why a container waits; the event, if any, is recorded when the reason is new
+    /// (not on every sync that finds it still waiting).
+    fn wait(
+        &mut self,
+        c: &Container,
+        reason: &str,
+        message: String,
+        event: Option<(&'static str, String)>,
+    ) {
+        let previous = self
+            .observed
+            .waiting
+            .insert(c.name.clone(), (reason.to_owned(), message));
+        if previous.is_none_or(|(r, _)| r != reason) {
+            if let Some((event_reason, event_message)) = event {
+                self.event(Some(&c.name), event_reason, event_message, true);
             }
         }
     }
@@ -215,6 +269,18 @@ impl Worker {
         match result {
             Ok(_) => {
                 info!(container = %c.name, attempt, "container started");
+                self.event(
+                    Some(&c.name),
+                    "Created",
+                    format!("Created container: {}", c.name),
+                    false,
+                );
+                self.event(
+                    Some(&c.name),
+                    "Started",
+                    format!("Started container {}", c.name),
+                    false,
+                );
                 self.observed.waiting.remove(&c.name);
                 self.failed_starts.remove(&c.name);
                 Step::Started
@@ -225,6 +291,7 @@ impl Worker {
                     other => crate::error_chain(&other),
                 };
                 warn!(container = %c.name, error = %message, "container failed to start");
+                self.event(Some(&c.name), "Failed", format!("Error: {message}"), true);
                 let _ = std::fs::remove_dir_all(&dir);
                 let now = Timestamp::now();
                 let record = protocol::ContainerStatus {

@@ -391,6 +391,14 @@ impl Worker {
             if self.events.is_none() {
                 self.events = self.node.runtime.subscribe(&self.uid).await.ok();
             }
+            for c in self.running().await {
+                self.event(
+                    Some(&c.name),
+                    "Killing",
+                    format!("Stopping container {}", c.name),
+                    false,
+                );
+            }
             self.signal_running(None).await;
             while !self.running().await.is_empty() {
                 let left = grace.saturating_sub(started.elapsed());
@@ -430,6 +438,11 @@ impl Worker {
             .remove(&self.uid);
         self.node.changed.notify_one();
         info!("pod deleted");
+    }
+
+    fn event(&self, container: Option<&str>, reason: &'static str, message: String, warning: bool) {
+        self.node
+            .event(&self.pod, container, reason, message, warning);
     }
 
     async fn running(&self) -> Vec<protocol::ContainerStatus> {
