@@ -533,3 +533,285 @@ fn watch_sees_the_phases() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn core_commands_with_kubectl_127_130_132_133() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    for version in ["1.27", "1.30", "1.32", "1.33"] {
+        let bin = format!("kubectl.{version}");
+        let k = |args: &[&str]| -> Result<String> {
+            let out = node.kubectl_with(&bin, args, None);
+            ensure!(
+                out.status.success(),
+                "{bin} {}: {}",
+                args.join(" "),
+                text(&out)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let pod = format!("p{}", version.replace('.', ""));
+        let ns = format!("ns{}", version.replace('.', ""));
+        k(&[
+            "run",
+            &pod,
+            "--image=busybox",
+            "--image-pull-policy=IfNotPresent",
+            "--labels=v=x",
+            "--",
+            "sleep",
+            "3600",
+        ])?;
+        wait_for(&format!("{bin}: {pod} running"), T, || {
+            k(&["get", "pods", &pod])
+                .ok()
+                .filter(|t| squeeze(t).contains(&format!("{pod} 1/1 Running")))
+        })?;
+        let wide = k(&["get", "pods", "-o", "wide"])?;
+        ensure!(
+            wide.contains("node1") && wide.contains("10.244.0."),
+            "{bin}: {wide}"
+        );
+        k(&["label", "pod", &pod, "extra=yes"])?;
+        ensure!(
+            names(&k(&["get", "pods", "-l", "extra=yes,v in (x)"])?) == [pod.clone()],
+            "{bin}: selector"
+        );
+        ensure!(
+            k(&["create", "namespace", &ns])?.trim() == format!("namespace/{ns} created"),
+            "{bin}: create namespace"
+        );
+        ensure!(squeeze(&k(&["get", "ns", &ns])?).contains(&format!("{ns} Active")));
+        k(&["delete", "pod", &pod, "--grace-period=1"])?;
+        k(&["delete", "namespace", &ns])?;
+        let left = node.kubectl_with(&bin, &["get", "pod", &pod], None);
+        ensure!(
+            String::from_utf8_lossy(&left.stderr).contains("NotFound"),
+            "{bin}: {}",
+            text(&left)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn agent_restart_loses_nothing() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    create(&node, &pod_yaml("a", "keep: me", &["c"], ""), &[])?;
+    wait_phase(&node, "a", "Running")?;
+    let rv = |node: &TestNode| -> Result<u64> {
+        let list: Value = serde_json::from_str(&ok(
+            node,
+            &["get", "--raw", "/api/v1/namespaces/default/pods"],
+        )?)?;
+        Ok(list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()?)
+    };
+    let before = rv(&node)?;
+    let uid = json(&node, &["get", "pod", "a"])?["metadata"]["uid"].clone();
+
+    node.stop_agent(nix::sys::signal::Signal::SIGTERM)?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let after = json(&node, &["get", "pod", "a"])?;
+    ensure!(
+        after["metadata"]["uid"] == uid && after["metadata"]["labels"]["keep"] == "me",
+        "{after:#}"
+    );
+    ensure!(after["status"]["phase"] == "Running", "{after:#}");
+    ensure!(rv(&node)? > before, "resourceVersion went back");
+    // The agent's watch resumed: new pods run, deletions finish.
+    create(&node, &pod_yaml("b", "x: z", &["c"], ""), &[])?;
+    wait_phase(&node, "b", "Running")?;
+    ok(&node, &["delete", "pod", "a", "b"])?;
+    wait_for("the node's pods to go", T, || {
+        node.pods().ok().filter(|p| p.is_empty())
+    })?;
+    // A watch from before the restart's history window is told to list again.
+    let old = node.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods?watch=true&resourceVersion=1",
+    ]);
+    ensure!(
+        String::from_utf8_lossy(&old.stderr).contains("410")
+            || String::from_utf8_lossy(&old.stderr).contains("too old"),
+        "{}",
+        text(&old)
+    );
+    Ok(())
+}
+
+/// curl with the admin client certificate from the kubeconfig (or without any).
+fn curl(node: &TestNode, auth: bool, args: &[&str]) -> Result<(u16, Value)> {
+    let dir = node.dir.join("curl");
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = std::fs::read_to_string(node.kubeconfig())?;
+    for (field, file) in [
+        ("certificate-authority-data", "ca.crt"),
+        ("client-certificate-data", "admin.crt"),
+        ("client-key-data", "admin.key"),
+    ] {
+        let b64 = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{field}: ")))
+            .unwrap_or_default();
+        let out = std::process::Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        use std::io::Write;
+        out.stdin.as_ref().unwrap().write_all(b64.as_bytes())?;
+        std::fs::write(dir.join(file), out.wait_with_output()?.stdout)?;
+    }
+    let mut cmd = node.net_command("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(dir.join("ca.crt"));
+    if auth {
+        cmd.arg("--cert")
+            .arg(dir.join("admin.crt"))
+            .arg("--key")
+            .arg(dir.join("admin.key"));
+    }
+    let out = cmd.args(args).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
+    Ok((
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+    ))
+}
+
+#[test]
+fn bad_requests_get_status_errors() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let pods = "https://127.0.0.1:6443/api/v1/namespaces/default/pods";
+    let (code, _) = curl(&node, false, &[pods])?;
+    ensure!(code == 401, "no credentials: {code}");
+    let token = std::fs::read_to_string(node.dir.join("root/pki/token"))?;
+    let (code, _) = curl(
+        &node,
+        false,
+        &[
+            "-H",
+            &format!("Authorization: Bearer {}", token.trim()),
+            pods,
+        ],
+    )?;
+    ensure!(code == 200, "token: {code}");
+    let (code, _) = curl(&node, false, &["-H", "Authorization: Bearer wrong", pods])?;
+    ensure!(code == 401, "wrong token: {code}");
+
+    let post = |body: &str, content_type: &str, query: &str| {
+        curl(
+            &node,
+            true,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("Content-Type: {content_type}"),
+                "--data-binary",
+                body,
+                &format!("{pods}{query}"),
+            ],
+        )
+    };
+    let (code, status) = post("{nope", "application/json", "")?;
+    ensure!(
+        code == 400 && status["reason"] == "BadRequest" && status["kind"] == "Status",
+        "{code} {status}"
+    );
+    let (code, status) = post("{}", "text/plain", "")?;
+    ensure!(
+        code == 415 && status["reason"] == "UnsupportedMediaType",
+        "{code} {status}"
+    );
+    let unknown = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"u"},"spec":{"containers":[{"name":"c","image":"busybox","bogus":1}]}}"#;
+    let (code, status) = post(unknown, "application/json", "?fieldValidation=Strict")?;
+    ensure!(
+        code == 400
+            && status["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(r#"unknown field "spec.containers[0].bogus""#),
+        "{code} {status}"
+    );
+    let (code, status) = post(
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"n"},"spec":{"containers":[{"name":"c"}]}}"#,
+        "application/json",
+        "",
+    )?;
+    ensure!(
+        code == 422 && status["reason"] == "Invalid",
+        "{code} {status}"
+    );
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(4 << 20));
+    std::fs::write(node.dir.join("big.json"), big)?;
+    let (code, status) = curl(
+        &node,
+        true,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", node.dir.join("big.json").display()),
+            pods,
+        ],
+    )?;
+    ensure!(code == 413, "{code} {status}");
+    let (code, status) = curl(&node, true, &[&format!("{pods}?labelSelector=a%20in%20b")])?;
+    ensure!(code == 400, "{code} {status}");
+    let (code, status) = curl(
+        &node,
+        true,
+        &[&format!("{pods}?fieldSelector=spec.bogus%3Dx")],
+    )?;
+    ensure!(
+        code == 400 && status["message"] == "field label not supported: spec.bogus",
+        "{code} {status}"
+    );
+    let (code, _) = curl(&node, true, &["https://127.0.0.1:6443/api/v1/widgets"])?;
+    ensure!(code == 404, "{code}");
+
+    // kubectl shows the server's reasons.
+    let strict = node.kubectl_with("kubectl", &["create", "-f", "-"], Some("apiVersion: v1\nkind: Pod\nmetadata: {name: s}\nspec:\n  containers:\n  - {name: c, image: busybox, imagePolicy: x}\n"));
+    ensure!(
+        !strict.status.success()
+            && String::from_utf8_lossy(&strict.stderr)
+                .contains(r#"unknown field "spec.containers[0].imagePolicy""#),
+        "{}",
+        text(&strict)
+    );
+    let invalid = node.kubectl_with(
+        "kubectl",
+        &["create", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: s}\nspec:\n  containers:\n  - {name: c}\n",
+        ),
+    );
+    ensure!(
+        String::from_utf8_lossy(&invalid.stderr)
+            .contains("The Pod \"s\" is invalid: spec.containers[0].image: Required value"),
+        "{}",
+        text(&invalid)
+    );
+    let missing = fails(&node, &["get", "pod", "nosuch"])?;
+    ensure!(
+        missing.contains("Error from server (NotFound): pods \"nosuch\" not found"),
+        "{missing}"
+    );
+    // Still serving.
+    ok(&node, &["get", "ns"])?;
+    Ok(())
+}
