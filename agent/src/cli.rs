@@ -283,3 +283,24 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// `nodelet kubectl ...`: execs kubectl with the kubeconfig of the API this node uses (the
+/// configured cluster's, or the built-in API's admin kubeconfig).
+pub fn kubectl(config: &Config, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let kubeconfig = config
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| config.api_server.kubeconfig.clone());
+    if !kubeconfig.exists() {
+        anyhow::bail!(
+            "{} does not exist: is the agent running with its built-in API (apiServer.enabled)?",
+            kubeconfig.display()
+        );
+    }
+    let err = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(args)
+        .exec();
+    Err(anyhow::anyhow!("run kubectl: {err}"))
+}

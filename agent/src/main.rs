@@ -49,6 +49,11 @@ enum Command {
     },
     /// Print a container's logs
     Logs(cli::LogsArgs),
+    /// Run the installed kubectl against this node's API (its kubeconfig)
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +85,7 @@ fn main() -> ExitCode {
             Some(Command::Images) => cli::images(&config),
             Some(Command::Pods { namespace }) => cli::pods(&config, namespace.as_deref()),
             Some(Command::Logs(args)) => cli::logs(&config, args),
+            Some(Command::Kubectl { args }) => cli::kubectl(&config, args),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

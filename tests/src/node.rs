@@ -239,6 +239,36 @@ impl TestNode {
         child.wait_with_output().expect("wait for kubectl")
     }
 
+    /// `curl` in the node's network namespace, trusting the built-in API's CA and, with `auth`,
+    /// presenting the admin client certificate from the kubeconfig.
+    pub fn api_curl(&self, auth: bool) -> Result<Command> {
+        use base64::Engine as _;
+        let dir = self.dir.join("curl");
+        fs::create_dir_all(&dir)?;
+        let kubeconfig = fs::read_to_string(self.kubeconfig())?;
+        for (field, file) in [
+            ("certificate-authority-data", "ca.crt"),
+            ("client-certificate-data", "admin.crt"),
+            ("client-key-data", "admin.key"),
+        ] {
+            let b64 = kubeconfig
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(&format!("{field}: ")))
+                .ok_or_else(|| anyhow!("kubeconfig has no {field}"))?;
+            let pem = base64::engine::general_purpose::STANDARD.decode(b64.trim())?;
+            fs::write(dir.join(file), pem)?;
+        }
+        let mut cmd = self.net_command("curl");
+        cmd.args(["-s", "--cacert"]).arg(dir.join("ca.crt"));
+        if auth {
+            cmd.arg("--cert")
+                .arg(dir.join("admin.crt"))
+                .arg("--key")
+                .arg(dir.join("admin.key"));
+        }
+        Ok(cmd)
+    }
+
     /// Waits until the built-in API answers with the node registered.
     pub fn wait_api(&self) -> Result<()> {
         wait_for(

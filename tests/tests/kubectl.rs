@@ -647,39 +647,13 @@ fn agent_restart_loses_nothing() -> Result<()> {
     Ok(())
 }
 
-/// curl with the admin client certificate from the kubeconfig (or without any).
+/// A request to the built-in API: the status code and the body (JSON when it is).
 fn curl(node: &TestNode, auth: bool, args: &[&str]) -> Result<(u16, Value)> {
-    let dir = node.dir.join("curl");
-    std::fs::create_dir_all(&dir)?;
-    let kubeconfig = std::fs::read_to_string(node.kubeconfig())?;
-    for (field, file) in [
-        ("certificate-authority-data", "ca.crt"),
-        ("client-certificate-data", "admin.crt"),
-        ("client-key-data", "admin.key"),
-    ] {
-        let b64 = kubeconfig
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{field}: ")))
-            .unwrap_or_default();
-        let out = std::process::Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        use std::io::Write;
-        out.stdin.as_ref().unwrap().write_all(b64.as_bytes())?;
-        std::fs::write(dir.join(file), out.wait_with_output()?.stdout)?;
-    }
-    let mut cmd = node.net_command("curl");
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
-        .arg(dir.join("ca.crt"));
-    if auth {
-        cmd.arg("--cert")
-            .arg(dir.join("admin.crt"))
-            .arg("--key")
-            .arg(dir.join("admin.key"));
-    }
-    let out = cmd.args(args).output()?;
+    let out = node
+        .api_curl(auth)?
+        .args(["-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
     Ok((
