@@ -25,6 +25,13 @@ deps:
 	  echo "installing $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@dpkg -s kubectl >/dev/null 2>&1 || { \
+	  echo "installing kubectl (the Google Cloud SDK package: kubectl and kubectl.1.27 ... 1.33)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gpg && \
+	  curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | gpg --dearmor --yes -o /usr/share/keyrings/cloud.google.gpg && \
+	  echo "deb [signed-by=/usr/share/keyrings/cloud.google.gpg] https://packages.cloud.google.com/apt cloud-sdk main" \
+	    > /etc/apt/sources.list.d/google-cloud-sdk.list && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl; }
 	@command -v $(CARGO) >/dev/null || { \
 	  echo "cargo not found: installing Rust with rustup"; \
 	  curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; }
@@ -45,7 +52,8 @@ run: release images
 	target/release/nodelet image import target/test-images/busybox
 	target/release/nodelet image import target/test-images/kubia
 	@[ -n "$$(ls -A $(MANIFESTS))" ] || cp docs/examples/kubia.yaml $(MANIFESTS)/
-	@echo "nodelet: static pods from $(MANIFESTS); try 'target/release/nodelet pods' in another shell"
+	@echo "nodelet: static pods from $(MANIFESTS) and the built-in API on https://127.0.0.1:6443;"
+	@echo "  try 'target/release/nodelet kubectl get pods -o wide' in another shell"
 	exec target/release/nodelet --pod-manifest-path $(MANIFESTS)
 
 test: build

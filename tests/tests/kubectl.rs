@@ -789,3 +789,100 @@ fn bad_requests_get_status_errors() -> Result<()> {
     ok(&node, &["get", "ns"])?;
     Ok(())
 }
+
+#[test]
+fn create_a_list_and_patch_every_way() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: l1}, spec: {nodeName: ghost, containers: [{name: c, image: busybox}]}}\n- {apiVersion: v1, kind: Pod, metadata: {name: l2}, spec: {nodeName: ghost, containers: [{name: c, image: busybox}]}}\n";
+    // kubectl validates a List against the full OpenAPI v2 schema, which this API does not serve.
+    let out = create(&node, list, &["--validate=false"])?;
+    ensure!(out == "pod/l1 created\npod/l2 created", "{out}");
+    let docs = "apiVersion: v1\nkind: Pod\nmetadata: {name: d1}\nspec: {nodeName: ghost, containers: [{name: c, image: busybox}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: d2}\nspec: {nodeName: ghost, containers: [{name: c, image: busybox}]}\n";
+    ensure!(create(&node, docs, &[])? == "pod/d1 created\npod/d2 created");
+    ok(
+        &node,
+        &[
+            "patch",
+            "pod",
+            "l1",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"m":"1"}}}"#,
+        ],
+    )?;
+    ok(
+        &node,
+        &[
+            "patch",
+            "pod",
+            "l1",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/metadata/labels/j","value":"2"}]"#,
+        ],
+    )?;
+    ok(
+        &node,
+        &[
+            "patch",
+            "pod",
+            "l1",
+            "-p",
+            r#"{"metadata":{"labels":{"s":"3"}}}"#,
+        ],
+    )?;
+    let labels = json(&node, &["get", "pod", "l1"])?["metadata"]["labels"].clone();
+    ensure!(
+        labels == serde_json::json!({"m": "1", "j": "2", "s": "3"}),
+        "{labels}"
+    );
+    let refused = fails(
+        &node,
+        &[
+            "patch",
+            "pod",
+            "l1",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/nope"}]"#,
+        ],
+    )?;
+    ensure!(
+        refused.contains("Invalid") || refused.contains("invalid"),
+        "{refused}"
+    );
+    let immutable = fails(
+        &node,
+        &[
+            "patch",
+            "pod",
+            "l1",
+            "-p",
+            r#"{"spec":{"restartPolicy":"Never"}}"#,
+        ],
+    )?;
+    ensure!(
+        immutable.contains("pod updates may not change fields other than"),
+        "{immutable}"
+    );
+    // `nodelet kubectl` uses the node's kubeconfig.
+    let out = node
+        .command(nodelet_tests::nodelet_bin())
+        .arg("--config")
+        .arg(node.config())
+        .args(["kubectl", "get", "pods", "-o", "name"])
+        .env("HOME", node.dir.join("home"))
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "pod/d1\npod/d2\npod/l1\npod/l2\n",
+        "{}",
+        text(&out)
+    );
+    ok(
+        &node,
+        &["delete", "pods", "--all", "--force", "--grace-period=0"],
+    )?;
+    Ok(())
+}

@@ -252,10 +252,10 @@ const WATCHERS: usize = 50;
 /// node that does not exist, so nothing runs them.
 fn api(node: &TestNode) -> Result<()> {
     node.wait_api()?;
-    let mut list = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    let mut list = String::new();
     for i in 0..API_PODS {
         list.push_str(&format!(
-            "- apiVersion: v1\n  kind: Pod\n  metadata: {{name: api-{i}, labels: {{app: bench}}}}\n  spec:\n    nodeName: elsewhere\n    containers: [{{name: c, image: busybox}}]\n"
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: api-{i}, labels: {{app: bench}}}}\nspec:\n  nodeName: elsewhere\n  containers: [{{name: c, image: busybox}}]\n"
         ));
     }
     let t = Instant::now();
