@@ -66,6 +66,28 @@ pub struct Config {
     /// The built-in Kubernetes API, served when no `kubeconfig` names another API server.
     #[serde(rename = "apiServer")]
     pub api_server: ApiServerConfig,
+    /// The kubelet API (logs, exec, attach, port-forward): its address and port (0: off).
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    /// Its serving certificate; made at first start (signed by `<rootDir>/pki/ca.crt`) if unset.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    pub authentication: Authentication,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Authentication {
+    pub x509: X509Authentication,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct X509Authentication {
+    /// CA bundle that signs the clients of the kubelet API (kube-apiserver's
+    /// `--kubelet-client-certificate`); default: the built-in API's CA.
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -115,6 +137,11 @@ impl Default for Config {
             container_log_max_files: 5,
             insecure_registries: Vec::new(),
             api_server: ApiServerConfig::default(),
+            address: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: 10250,
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            authentication: Authentication::default(),
         }
     }
 }

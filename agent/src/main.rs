@@ -6,6 +6,7 @@ mod apiserver;
 mod cli;
 mod config;
 mod images;
+mod kubelet;
 mod network;
 mod node;
 mod paths;

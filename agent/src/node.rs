@@ -214,7 +214,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tokio::spawn(source.run(tx));
     let (api_tx, mut api_rx) = watch::channel::<source::Desired>(None);
-    let api_source = match api_kubeconfig(&node.config, &paths).await? {
+    let api_source = match api_kubeconfig(&node.config, &paths, &node).await? {
         Some(kubeconfig) => {
             let client = source::api::client(&kubeconfig).await?;
             let events = node.events_rx.lock().expect("events lock").take();
@@ -254,13 +254,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The kubeconfig of the API server to take pods from: the configured one, or the built-in
 /// API's after starting it; `None` for static pods only.
-async fn api_kubeconfig(config: &Config, paths: &NodePaths) -> anyhow::Result<Option<PathBuf>> {
-    if let Some(kubeconfig) = &config.kubeconfig {
-        return Ok(Some(kubeconfig.clone()));
-    }
-    if !config.api_server.enabled {
-        return Ok(None);
-    }
+async fn api_kubeconfig(
+    config: &Config,
+    paths: &NodePaths,
+    node: &Arc<Node>,
+) -> anyhow::Result<Option<PathBuf>> {
     let mut hosts = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -272,16 +270,61 @@ async fn api_kubeconfig(config: &Config, paths: &NodePaths) -> anyhow::Result<Op
         hosts.push(address.ip().to_string());
     }
     hosts.dedup();
+    let pki = crate::apiserver::pki::Pki::ensure(&paths.root.join("pki"), &hosts)?;
+    let kubelet = crate::kubelet::Kubelet { node: node.clone() };
+    if config.port != 0 {
+        start_kubelet_api(config, &pki, kubelet.clone()).await?;
+    }
+    if let Some(kubeconfig) = &config.kubeconfig {
+        return Ok(Some(kubeconfig.clone()));
+    }
+    if !config.api_server.enabled {
+        return Ok(None);
+    }
     crate::apiserver::start(crate::apiserver::Options {
         address,
         database: paths.root.join("api.db"),
-        pki_dir: paths.root.join("pki"),
-        hosts,
+        pki: &pki,
         kubeconfig: config.api_server.kubeconfig.clone(),
+        node_name: node.ctx.node_name.clone(),
+        kubelet: Some(kubelet),
     })
     .await
     .context("start the built-in API")?;
     Ok(Some(config.api_server.kubeconfig.clone()))
+}
+
+/// The kubelet API on `address:port`, with the configured (or made) serving certificate and the
+/// configured client CA (or the built-in API's).
+async fn start_kubelet_api(
+    config: &Config,
+    pki: &crate::apiserver::pki::Pki,
+    kubelet: crate::kubelet::Kubelet,
+) -> anyhow::Result<()> {
+    use openssl::pkey::PKey;
+    use openssl::x509::X509;
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let (cert, key) = match (&config.tls_cert_file, &config.tls_private_key_file) {
+        (Some(c), Some(k)) => (
+            X509::from_pem(&read(c)?).with_context(|| format!("tlsCertFile {}", c.display()))?,
+            PKey::private_key_from_pem(&read(k)?)
+                .with_context(|| format!("tlsPrivateKeyFile {}", k.display()))?,
+        ),
+        (None, None) => (pki.kubelet_cert.clone(), pki.kubelet_key.clone()),
+        _ => anyhow::bail!("config: tlsCertFile and tlsPrivateKeyFile go together"),
+    };
+    let client_ca = match &config.authentication.x509.client_ca_file {
+        Some(f) => X509::stack_from_pem(&read(f)?)
+            .with_context(|| format!("authentication.x509.clientCAFile {}", f.display()))?,
+        None => vec![pki.ca.clone()],
+    };
+    let acceptor = crate::kubelet::acceptor(&cert, &key, &client_ca)?;
+    let address = std::net::SocketAddr::new(config.address, config.port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("kubelet API: listen on {address}"))?;
+    tokio::spawn(crate::kubelet::serve(listener, acceptor, kubelet));
+    Ok(())
 }
 
 /// One agent per run directory: two would fight over the same shims.

@@ -109,7 +109,7 @@ fn cstrings(items: &[String]) -> Result<Vec<CString>, Error> {
 }
 
 /// execvp(3)'s search, over the container's `PATH` (its filesystem is already `/`).
-fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Error> {
+pub fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Error> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }

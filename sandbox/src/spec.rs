@@ -124,3 +124,17 @@ pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
+
+/// A process to start inside a running container (`kubectl exec`), for `nodelet-shim exec`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExecSpec {
+    /// The container's first process (in the caller's PID namespace): its namespaces and cgroup
+    /// are the ones joined.
+    pub pid: i32,
+    /// The container's own process settings with `args` replaced by the command.
+    pub process: ProcessSpec,
+    /// Standard input is a terminal: the process gets it as its controlling terminal.
+    pub tty: bool,
+    /// Where a failure to start (not the command's own failure) is written.
+    pub error_file: PathBuf,
+}

@@ -139,3 +139,69 @@ pub fn reset_signals() {
     }
     let _ = SigSet::empty().thread_set_mask();
 }
+
+/// Makes the terminal on standard input the caller's controlling terminal (TIOCSCTTY, tty_ioctl(4));
+/// the caller must lead a session without one (just after setsid).
+pub fn set_controlling_terminal() -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument and touches no memory of ours.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets a terminal's window size (TIOCSWINSZ, tty_ioctl(4)); its foreground process group gets
+/// SIGWINCH.
+pub fn set_window_size(fd: BorrowedFd<'_>, columns: u16, rows: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which points at a live local.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends one descriptor over a unix socket (SCM_RIGHTS, unix(7)) with a one-byte message.
+pub fn send_fd(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<UnixAddr>(
+        socket.as_raw_fd(),
+        &[io::IoSlice::new(b"t")],
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one descriptor sent by `send_fd`; `None` if the peer closed without sending.
+pub fn recv_fd(socket: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: SCM_RIGHTS installed this descriptor in our table just now; nothing else
+                // owns it, so the OwnedFd is its only owner.
+                return Ok(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+    }
+    Ok(None)
+}

@@ -256,7 +256,10 @@ impl TestNode {
                 .find_map(|l| l.trim().strip_prefix(&format!("{field}: ")))
                 .ok_or_else(|| anyhow!("kubeconfig has no {field}"))?;
             let pem = base64::engine::general_purpose::STANDARD.decode(b64.trim())?;
-            fs::write(dir.join(file), pem)?;
+            // Atomically: curls already running may be reading the previous copy.
+            let tmp = dir.join(format!(".{file}.{}", std::process::id()));
+            fs::write(&tmp, pem)?;
+            fs::rename(&tmp, dir.join(file))?;
         }
         let mut cmd = self.net_command("curl");
         cmd.args(["-s", "--cacert"]).arg(dir.join("ca.crt"));

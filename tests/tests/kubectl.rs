@@ -886,3 +886,17 @@ fn create_a_list_and_patch_every_way() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+fn stored_pods_carry_no_fields_they_were_not_given() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    create(&node, "apiVersion: v1\nkind: Pod\nmetadata: {name: lean}\nspec: {nodeName: ghost, containers: [{name: c, image: busybox}]}\n", &[])?;
+    let raw = ok(
+        &node,
+        &["get", "--raw", "/api/v1/namespaces/default/pods/lean"],
+    )?;
+    ensure!(!raw.contains(":null"), "{raw}");
+    Ok(())
+}

@@ -89,6 +89,8 @@ pub struct Server {
     store: Arc<Store>,
     token: String,
     address: String,
+    node_name: String,
+    kubelet: Option<crate::kubelet::Kubelet>,
 }
 
 /// What a URL names under `/api/v1` or `/apis/<group>/<version>`.
@@ -209,11 +211,19 @@ fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 impl Server {
-    pub fn new(store: Arc<Store>, token: String, address: String) -> Server {
+    pub fn new(
+        store: Arc<Store>,
+        token: String,
+        address: String,
+        node_name: String,
+        kubelet: Option<crate::kubelet::Kubelet>,
+    ) -> Server {
         Server {
             store,
             token,
             address,
+            node_name,
+            kubelet,
         }
     }
 
@@ -290,6 +300,12 @@ impl Server {
             _ => return Err(ApiError::no_route()),
         };
         let target = parse_target(group_version, rest).ok_or_else(ApiError::no_route)?;
+        if let (Resource::Pods, Some(sub @ ("log" | "exec" | "attach" | "portforward"))) =
+            (target.resource, target.sub.as_deref())
+        {
+            let sub = sub.to_owned();
+            return self.streaming(req, &target, &sub).await;
+        }
         let body = if matches!(
             method,
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -438,6 +454,90 @@ impl Server {
             }
             (_, _, Some(_)) => Err(ApiError::no_route()),
             _ => Err(ApiError::method_not_allowed()),
+        }
+    }
+
+    /// `pods/log`, `exec`, `attach` and `portforward`: kube-apiserver's checks, then the node's
+    /// kubelet API, which for this node's pods is in this process.
+    async fn streaming(
+        &self,
+        req: Request<Incoming>,
+        t: &Target,
+        sub: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let (ns, name) = (
+            t.namespace.as_deref().unwrap_or_default(),
+            t.name.as_deref().unwrap_or_default(),
+        );
+        let pod = handlers::get(&self.store, Resource::Pods, ns, name)?;
+        let q = crate::kubelet::Query::parse(req.uri().query());
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        if node.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "pod {name} does not have a host assigned"
+            )));
+        }
+        let Some(kubelet) = self.kubelet.as_ref().filter(|_| node == self.node_name) else {
+            return Err(ApiError::not_implemented(&format!(
+                "pods/{sub} for pods on node {node:?} (this API reaches only {:?})",
+                self.node_name
+            )));
+        };
+        let containers: Vec<&str> = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        let container = match (q.get("container"), containers.as_slice()) {
+            (Some(c), _) if !c.is_empty() => c.to_owned(),
+            (_, [only]) => (*only).to_owned(),
+            _ if sub == "portforward" => String::new(),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                )))
+            }
+        };
+        if sub != "portforward" && !containers.contains(&container.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "container {container} is not valid for pod {name}"
+            )));
+        }
+        let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+        match sub {
+            "log" => Ok(kubelet.logs(ns, name, &container, &q).await),
+            "exec" | "attach" => {
+                if matches!(phase, "Succeeded" | "Failed") {
+                    return Err(ApiError::bad_request(format!("cannot {sub} into a container in a completed pod; current phase is {phase}")));
+                }
+                let flag = |k: &str| matches!(q.get(k), Some("true" | "1"));
+                let request = crate::kubelet::exec::ExecRequest {
+                    namespace: ns.to_owned(),
+                    pod: name.to_owned(),
+                    container,
+                    command: req
+                        .uri()
+                        .query()
+                        .map(|q| {
+                            form_urlencoded::parse(q.as_bytes())
+                                .filter(|(k, _)| k == "command")
+                                .map(|(_, v)| v.into_owned())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    stdin: flag("stdin"),
+                    stdout: q.get("stdout").is_none_or(|v| v == "true" || v == "1"),
+                    stderr: q.get("stderr").is_none_or(|v| v == "true" || v == "1"),
+                    tty: flag("tty"),
+                };
+                if sub == "exec" && request.command.is_empty() {
+                    return Err(ApiError::bad_request("you must specify at least 1 command"));
+                }
+                Ok(kubelet.remote_command(req, request, sub == "attach"))
+            }
+            _ => Ok(kubelet.port_forward(req, ns, name)),
         }
     }
 

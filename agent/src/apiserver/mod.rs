@@ -32,22 +32,23 @@ use tracing::info;
 
 pub use store::Store;
 
-pub struct Options {
+pub struct Options<'a> {
     pub address: SocketAddr,
     /// The embedded database file.
     pub database: PathBuf,
-    pub pki_dir: PathBuf,
-    /// Names and addresses the serving certificate is valid for.
-    pub hosts: Vec<String>,
+    pub pki: &'a pki::Pki,
     /// Where the admin kubeconfig is written (mode 0600).
     pub kubeconfig: PathBuf,
+    /// This node: `pods/log`, `exec`, `attach` and `portforward` of its pods are served in process.
+    pub node_name: String,
+    pub kubelet: Option<crate::kubelet::Kubelet>,
 }
 
 /// Starts the API on `options.address`; returns once it is listening and the kubeconfig is written.
-pub async fn start(options: Options) -> anyhow::Result<()> {
+pub async fn start(options: Options<'_>) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&options.database)?);
     handlers::seed(&store).map_err(|e| anyhow::anyhow!("seed namespaces: {}", e.message))?;
-    let pki = pki::Pki::ensure(&options.pki_dir, &options.hosts)?;
+    let pki = options.pki;
     let listener = tokio::net::TcpListener::bind(options.address)
         .await
         .with_context(|| format!("listen on {}", options.address))?;
@@ -59,11 +60,13 @@ pub async fn start(options: Options) -> anyhow::Result<()> {
     };
     let url = format!("https://{host}:{}", address.port());
     pki::write_private(&options.kubeconfig, pki.kubeconfig(&url).as_bytes())?;
-    let acceptor = http::acceptor(&pki)?;
+    let acceptor = http::acceptor(pki)?;
     let server = Arc::new(http::Server::new(
         store.clone(),
         pki.token.clone(),
         address.to_string(),
+        options.node_name,
+        options.kubelet,
     ));
     tokio::spawn(http::serve(listener, acceptor, server));
     tokio::spawn(controllers::run(store));

@@ -336,7 +336,7 @@ fn check_pod_update(old: &Value, new: &Value) -> Result<(), ApiError> {
     let mut b = new["spec"].clone();
     for spec in [&mut a, &mut b] {
         for list in ["containers", "initContainers"] {
-            if let Some(cs) = spec[list].as_array_mut() {
+            if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
                 for c in cs {
                     c["image"] = Value::Null;
                 }
@@ -430,7 +430,7 @@ fn default_pod(pod: &mut Value) {
         ]),
     );
     for list in ["containers", "initContainers"] {
-        let Some(containers) = spec[list].as_array_mut() else {
+        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
             continue;
         };
         for c in containers {
@@ -443,14 +443,14 @@ fn default_pod(pod: &mut Value) {
             set(c, "terminationMessagePath", json!("/dev/termination-log"));
             set(c, "terminationMessagePolicy", json!("File"));
             set(c, "resources", json!({}));
-            if let Some(ports) = c["ports"].as_array_mut() {
+            if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports {
                     set(p, "protocol", json!("TCP"));
                 }
             }
         }
     }
-    if let Some(volumes) = spec["volumes"].as_array_mut() {
+    if let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
         for v in volumes {
             if v.as_object().is_some_and(|o| o.len() == 1) {
                 v["emptyDir"] = json!({});

@@ -54,6 +54,8 @@ pub struct Pki {
     pub server_key: PKey<Private>,
     pub admin_cert: X509,
     pub admin_key: PKey<Private>,
+    pub kubelet_cert: X509,
+    pub kubelet_key: PKey<Private>,
     pub token: String,
 }
 
@@ -92,6 +94,14 @@ impl Pki {
             Some("system:masters"),
             Role::Client,
         )?;
+        let kubelet = pair(
+            dir,
+            "kubelet",
+            Some(&ca),
+            "nodelet-kubelet",
+            None,
+            Role::Server(hosts),
+        )?;
         let token_path = dir.join("token");
         let token = match std::fs::read_to_string(&token_path) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
@@ -107,6 +117,8 @@ impl Pki {
             server_key: server.key,
             admin_cert: admin.cert,
             admin_key: admin.key,
+            kubelet_cert: kubelet.cert,
+            kubelet_key: kubelet.key,
             token,
         })
     }

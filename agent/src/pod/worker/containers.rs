@@ -255,6 +255,18 @@ impl Worker {
                 return Step::WaitFor(RETRY);
             }
         }
+        // What `kubectl exec` runs with: the container's user, capabilities and environment.
+        let process = serde_json::to_vec(&spec.process).expect("serialise process spec");
+        if let Err(e) = std::fs::write(dir.join("process.json"), process) {
+            self.observed.waiting.insert(
+                c.name.clone(),
+                (
+                    "CreateContainerError".into(),
+                    format!("write {}: {e}", dir.join("process.json").display()),
+                ),
+            );
+            return Step::WaitFor(RETRY);
+        }
         let result = self
             .node
             .runtime

@@ -1,0 +1,354 @@
+//! The kubelet API on port 10250, what kube-apiserver (and nodelet's built-in API, in process)
+//! calls for `kubectl logs`, `exec`, `attach` and `port-forward`: `/healthz`, `/pods`,
+//! `/containerLogs/{ns}/{pod}/{container}`, `/exec|attach/{ns}/{pod}[/{uid}]/{container}` and
+//! `/portForward/{ns}/{pod}[/{uid}]`, over HTTPS with client certificates signed by the
+//! configured CA. Anonymous requests are refused at the TLS handshake.
+
+pub mod exec;
+pub mod logs;
+mod portforward;
+mod remotecommand;
+pub mod spdy;
+pub mod streams;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use openssl::ssl::{Ssl, SslAcceptor, SslMethod, SslVerifyMode};
+use openssl::x509::X509;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use self::exec::ExecRequest;
+use self::streams::Transport;
+use crate::node::Node;
+
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn full(code: u16, content_type: &str, bytes: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("Content-Type", content_type)
+        .body(
+            Full::new(bytes.into())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .expect("valid response")
+}
+
+/// A `metav1.Status` failure, as kube-apiserver relays kubelet errors.
+pub fn status_error(code: u16, reason: &str, message: &str) -> Response<Body> {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code});
+    full(code, "application/json", status.to_string())
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        403 => "Forbidden",
+        404 => "NotFound",
+        _ => "InternalError",
+    }
+}
+
+/// What a streaming request asks for, in either API's parameter names.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(q: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, k: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn flag(&self, names: &[&str]) -> bool {
+        names
+            .iter()
+            .any(|n| matches!(self.get(n), Some("1" | "true" | "True")))
+    }
+}
+
+/// The node's streaming server, shared by the 10250 listener and the built-in API.
+#[derive(Clone)]
+pub struct Kubelet {
+    pub node: Arc<Node>,
+}
+
+impl Kubelet {
+    /// `containerLogs` / `pods/log`.
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        q: &Query,
+    ) -> Response<Body> {
+        let num = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok());
+        let since = match (q.get("sinceTime"), num("sinceSeconds")) {
+            (Some(t), _) => match t.parse::<jiff::Timestamp>() {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    return status_error(
+                        400,
+                        "BadRequest",
+                        &format!("sinceTime: invalid value {t:?}"),
+                    )
+                }
+            },
+            (None, Some(s)) if s > 0 => {
+                Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s))
+            }
+            _ => None,
+        };
+        let options = logs::LogOptions {
+            follow: q.flag(&["follow"]),
+            previous: q.flag(&["previous"]),
+            timestamps: q.flag(&["timestamps"]),
+            tail_lines: num("tailLines").filter(|n| *n >= 0).map(|n| n as usize),
+            since,
+            limit_bytes: num("limitBytes").filter(|n| *n > 0).map(|n| n as u64),
+        };
+        match logs::stream(self.node.clone(), namespace, pod, container, options).await {
+            Ok(rx) => {
+                let body = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+                });
+                Response::builder()
+                    .status(200)
+                    .header("Content-Type", "text/plain")
+                    .body(StreamBody::new(body).boxed_unsync())
+                    .expect("valid response")
+            }
+            Err(e) => status_error(e.http_code(), reason(e.http_code()), &e.to_string()),
+        }
+    }
+
+    /// `exec` / `attach`: upgrades the request and runs the session on the upgraded connection.
+    pub fn remote_command(
+        &self,
+        req: Request<Incoming>,
+        exec: ExecRequest,
+        attach: bool,
+    ) -> Response<Body> {
+        let up = match streams::negotiate(
+            req.headers(),
+            &remotecommand::SPDY_PROTOCOLS,
+            &remotecommand::WEBSOCKET_PROTOCOLS,
+        ) {
+            Ok(up) => up,
+            Err(e) => return status_error(400, "BadRequest", &e),
+        };
+        let response = streams::switching_protocols(&up);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let Ok(io) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            match up.transport {
+                Transport::Spdy => {
+                    remotecommand::serve_spdy(node, TokioIo::new(io), exec, attach).await
+                }
+                Transport::WebSocket { .. } => {
+                    let ws = streams::websocket(io).await;
+                    let v5 = up.protocol.starts_with("v5.");
+                    remotecommand::serve_websocket(node, ws, exec, attach, v5).await
+                }
+            }
+        });
+        response
+    }
+
+    /// `portForward` / `pods/portforward`.
+    pub fn port_forward(
+        &self,
+        req: Request<Incoming>,
+        namespace: &str,
+        pod: &str,
+    ) -> Response<Body> {
+        let found = self
+            .node
+            .pods
+            .lock()
+            .expect("pod map lock")
+            .iter()
+            .find_map(|(uid, p)| {
+                (p.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                    && p.metadata.name.as_deref() == Some(pod))
+                .then(|| uid.clone())
+            });
+        let Some(uid) = found else {
+            return status_error(404, "NotFound", &format!("pod {namespace}/{pod} not found"));
+        };
+        let target = portforward::Target {
+            pod: format!("{namespace}/{pod}"),
+            netns: self.node.runtime.shim(&uid).ns_dir().join("net"),
+            uid,
+        };
+        let up = match streams::negotiate(
+            req.headers(),
+            &portforward::SPDY_PROTOCOLS,
+            &portforward::WEBSOCKET_PROTOCOLS,
+        ) {
+            Ok(up) => up,
+            Err(e) => return status_error(400, "BadRequest", &e),
+        };
+        let response = streams::switching_protocols(&up);
+        tokio::spawn(async move {
+            let Ok(io) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            match up.transport {
+                Transport::Spdy => portforward::serve(TokioIo::new(io), target).await,
+                Transport::WebSocket { .. } => {
+                    let ws = streams::websocket(io).await;
+                    portforward::serve(streams::websocket_bytes(ws), target).await
+                }
+            }
+        });
+        response
+    }
+
+    /// The kubelet API's routes.
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path: Vec<String> = req
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let p: Vec<&str> = path.iter().map(String::as_str).collect();
+        let q = Query::parse(req.uri().query());
+        let exec_request = |ns: &str, pod: &str, container: &str, q: &Query| ExecRequest {
+            namespace: ns.to_owned(),
+            pod: pod.to_owned(),
+            container: container.to_owned(),
+            command: q.all("command"),
+            stdin: q.flag(&["input", "stdin"]),
+            stdout: q.flag(&["output", "stdout"]),
+            stderr: q.flag(&["error", "stderr"]),
+            tty: q.flag(&["tty"]),
+        };
+        match (req.method(), p.as_slice()) {
+            (&Method::GET, ["healthz"]) => full(200, "text/plain", "ok"),
+            (&Method::GET, ["pods"]) => {
+                let items: Vec<_> = self
+                    .node
+                    .pods
+                    .lock()
+                    .expect("pod map lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                let list =
+                    json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
+                full(200, "application/json", list.to_string())
+            }
+            (&Method::GET, ["containerLogs", ns, pod, container]) => {
+                self.logs(ns, pod, container, &q).await
+            }
+            (_, [verb @ ("exec" | "attach"), ns, pod, container])
+            | (_, [verb @ ("exec" | "attach"), ns, pod, _, container]) => {
+                let r = exec_request(ns, pod, container, &q);
+                let attach = *verb == "attach";
+                if !attach && r.command.is_empty() {
+                    return status_error(400, "BadRequest", "you must specify at least 1 command");
+                }
+                self.remote_command(req, r, attach)
+            }
+            (_, ["portForward", ns, pod]) | (_, ["portForward", ns, pod, _]) => {
+                let (ns, pod) = (ns.to_string(), pod.to_string());
+                self.port_forward(req, &ns, &pod)
+            }
+            _ => status_error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        }
+    }
+}
+
+/// TLS for the kubelet API: this node's serving certificate, and client certificates required
+/// and checked against `client_ca`.
+pub fn acceptor(
+    cert: &X509,
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+    client_ca: &[X509],
+) -> anyhow::Result<SslAcceptor> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_private_key(key)?;
+    b.set_certificate(cert)?;
+    let mut names = openssl::stack::Stack::new()?;
+    for ca in client_ca {
+        b.cert_store_mut().add_cert(ca.clone())?;
+        names.push(ca.subject_name().to_owned()?)?;
+    }
+    b.set_client_ca_list(names);
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    Ok(b.build())
+}
+
+pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, kubelet: Kubelet) {
+    let acceptor = Arc::new(acceptor);
+    info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "kubelet API serving");
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "kubelet API accept");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, kubelet) = (acceptor.clone(), kubelet.clone());
+        tokio::spawn(async move {
+            let Ok(ssl) = Ssl::new(acceptor.context()) else {
+                return;
+            };
+            let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else {
+                return;
+            };
+            if let Err(e) = std::pin::Pin::new(&mut tls).accept().await {
+                debug!(%peer, error = %e, "kubelet API: TLS handshake refused");
+                return;
+            }
+            let service = hyper::service::service_fn(move |req| {
+                let kubelet = kubelet.clone();
+                async move { Ok::<_, Infallible>(kubelet.handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}

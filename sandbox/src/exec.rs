@@ -1,0 +1,251 @@
+//! `nodelet-shim exec SPEC`: starts a process inside a running container, as `runc exec` does.
+//!
+//! This helper runs single-threaded (forking is sound): it joins the container's cgroup and its
+//! IPC, UTS, network, PID and mount namespaces (the mount namespace last: its root is the
+//! container's root), forks so the command is born in the container's PID namespace, and waits.
+//! The command dies with the helper (PR_SET_PDEATHSIG), so ending the stream ends the exec.
+//! A failure to start goes to `error_file`; the helper's exit status is the command's.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+
+use crate::spec::ExecSpec;
+use crate::sys::{self, Forked};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("container process {0} is not running")]
+    NotRunning(i32),
+    #[error("join namespace {path}")]
+    Join {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("join cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fork")]
+    Fork(#[source] std::io::Error),
+    #[error("apply user and capabilities")]
+    Caps(#[from] crate::caps::Error),
+    #[error("change to working directory {0}")]
+    Cwd(PathBuf, #[source] nix::Error),
+    #[error("exec: {0:?}: executable file not found in $PATH")]
+    NotFound(String),
+    #[error("exec {0}")]
+    Exec(PathBuf, #[source] std::io::Error),
+    #[error("argument or environment contains a NUL byte")]
+    Nul,
+    #[error("set up the terminal")]
+    Terminal(#[source] std::io::Error),
+}
+
+/// The namespaces joined, in order: the mount namespace last, since it changes `/`.
+const NAMESPACES: [(&str, CloneFlags); 5] = [
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// Runs the exec; returns the helper's exit status.
+pub fn main(spec: &ExecSpec) -> i32 {
+    // Opened before the mount namespace changes: the path is the caller's.
+    let mut errors = match File::create(&spec.error_file) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "nodelet-shim exec: create {}: {e}",
+                spec.error_file.display()
+            );
+            return 126;
+        }
+    };
+    match run(spec, &mut errors) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = errors.write_all(crate::shim::error_chain(&e).as_bytes());
+            126
+        }
+    }
+}
+
+fn run(spec: &ExecSpec, errors: &mut File) -> Result<i32, Error> {
+    let pid = spec.pid;
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(Error::NotRunning(pid));
+    }
+    let mut files = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+        let file = File::open(&path).map_err(|_| Error::NotRunning(pid))?;
+        files.push((path, file, flag));
+    }
+    join_cgroups(pid)?;
+    for (path, file, flag) in &files {
+        nix::sched::setns(file, *flag).map_err(|source| Error::Join {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    drop(files);
+    // A terminal of the container's own devpts (its /dev/ptmx), as runc makes for `exec -t`; the
+    // controlling side goes back to the caller over standard input, a unix socket.
+    let terminal = if spec.tty {
+        Some(open_terminal()?)
+    } else {
+        None
+    };
+    // The child reports its own setup failures through this pipe (close-on-exec: empty on success).
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Fork(e.into()))?;
+    match sys::fork().map_err(Error::Fork)? {
+        Forked::Child => {
+            drop(err_r);
+            let _ = errors;
+            let err = child(spec, terminal.as_ref().map(|(_, slave)| slave)).unwrap_err();
+            let _ = File::from(err_w).write_all(crate::shim::error_chain(&err).as_bytes());
+            sys::exit_now(127)
+        }
+        Forked::Parent(child) => {
+            drop(err_w);
+            if let Some((master, slave)) = terminal {
+                drop(slave);
+                let stdin = std::io::stdin();
+                sys::send_fd(
+                    std::os::fd::AsFd::as_fd(&stdin),
+                    std::os::fd::AsFd::as_fd(&master),
+                )
+                .map_err(Error::Terminal)?;
+            }
+            for sig in [
+                Signal::SIGINT,
+                Signal::SIGQUIT,
+                Signal::SIGTERM,
+                Signal::SIGHUP,
+            ] {
+                let _ = sys::ignore_signal(sig);
+            }
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut File::from(err_r), &mut text);
+            let status = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break code,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break 1,
+                }
+            };
+            if !text.is_empty() {
+                let _ = errors.write_all(text.as_bytes());
+                return Ok(126);
+            }
+            Ok(status)
+        }
+    }
+}
+
+/// Moves the helper into every cgroup of the container's process (cgroup v2's one, or each v1
+/// hierarchy's), so the command is counted and limited with the container.
+fn join_cgroups(pid: i32) -> Result<(), Error> {
+    let me = std::process::id().to_string();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|_| Error::NotRunning(pid))?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (
+            parts.next(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let path = path.trim_start_matches('/');
+        let dirs: Vec<PathBuf> = if controllers.is_empty() {
+            let unified = Path::new("/sys/fs/cgroup/unified");
+            let root = if unified.join("cgroup.procs").exists() {
+                unified
+            } else {
+                Path::new("/sys/fs/cgroup")
+            };
+            vec![root.join(path)]
+        } else {
+            controllers
+                .split(',')
+                .filter(|c| !c.starts_with("name="))
+                .map(|c| Path::new("/sys/fs/cgroup").join(c).join(path))
+                .collect()
+        };
+        for dir in dirs {
+            let procs = dir.join("cgroup.procs");
+            if !procs.exists() {
+                continue;
+            }
+            std::fs::write(&procs, &me).map_err(|source| Error::Cgroup {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The controlling and the process side of a new terminal in the current mount namespace's devpts.
+fn open_terminal() -> Result<(OwnedFd, OwnedFd), Error> {
+    use nix::fcntl::OFlag;
+    let err = |e: nix::Error| Error::Terminal(e.into());
+    let master =
+        nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(err)?;
+    nix::pty::grantpt(&master).map_err(err)?;
+    nix::pty::unlockpt(&master).map_err(err)?;
+    let name = nix::pty::ptsname_r(&master).map_err(err)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(err)?;
+    Ok((master.into(), slave))
+}
+
+fn child(spec: &ExecSpec, terminal: Option<&OwnedFd>) -> Result<std::convert::Infallible, Error> {
+    sys::reset_signals();
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let _ = nix::unistd::setsid();
+    if let Some(slave) = terminal {
+        for target in 0..3 {
+            sys::dup_onto(slave.as_fd(), target).map_err(Error::Terminal)?;
+        }
+        sys::set_controlling_terminal().map_err(Error::Terminal)?;
+    }
+    let process = &spec.process;
+    let env: Vec<CString> = process
+        .env
+        .iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul))
+        .collect::<Result<_, _>>()?;
+    let argv: Vec<CString> = process
+        .args
+        .iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul))
+        .collect::<Result<_, _>>()?;
+    let program = crate::init::find_program(&process.args[0], &process.env)
+        .map_err(|_| Error::NotFound(process.args[0].clone()))?;
+    crate::caps::apply(process)?;
+    nix::unistd::chdir(&process.cwd).map_err(|e| Error::Cwd(process.cwd.clone(), e))?;
+    sys::cloexec_from(3).map_err(Error::Terminal)?;
+    let path = CString::new(program.as_os_str().as_bytes()).map_err(|_| Error::Nul)?;
+    Err(Error::Exec(program, sys::execve(&path, &argv, &env)))
+}

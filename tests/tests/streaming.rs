@@ -1,0 +1,444 @@
+//! `kubectl logs`, `exec` and `port-forward` through the built-in API to the node's kubelet API,
+//! over WebSocket and over SPDY, with several kubectl versions.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use nodelet_tests::{kubectl_path, wait_for, TestNode};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// kubectl (`binary`) with extra environment, in the node.
+fn kubectl_env(node: &TestNode, binary: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let home = node.dir.join("home");
+    let _ = std::fs::create_dir_all(&home);
+    let mut cmd = node.net_command(kubectl_path(binary));
+    cmd.env("HOME", &home)
+        .arg("--kubeconfig")
+        .arg(node.kubeconfig())
+        .arg("--cache-dir")
+        .arg(home.join(format!("cache-{binary}")))
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn ok(node: &TestNode, args: &[&str]) -> Result<String> {
+    let out = node.kubectl(args);
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        text(&out)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn create(node: &TestNode, yaml: &str) -> Result<()> {
+    let out = node.kubectl_with("kubectl", &["create", "-f", "-"], Some(yaml));
+    ensure!(out.status.success(), "create: {}", text(&out));
+    Ok(())
+}
+
+fn running(node: &TestNode, pod: &str) -> Result<Value> {
+    wait_for(&format!("{pod} running"), T, || {
+        let out = node.kubectl(&["get", "pod", pod, "-o", "json"]);
+        let p: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let ready = p["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .all(|c| c["ready"] == true);
+        (p["status"]["phase"] == "Running" && ready).then_some(p)
+    })
+    .with_context(|| node.agent_log())
+}
+
+const PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: talk}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    env: [{name: GREETING, value: hello}]\n    command: [sh, -c, 'i=0; while true; do echo \"line $i\"; i=$((i+1)); sleep 0.2; done']\n  - name: side\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'echo side says hi; echo to stderr >&2; sleep 3600']\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: kubia\n    image: luksa/kubia\n    imagePullPolicy: IfNotPresent\n    ports: [{containerPort: 8080}]\n  - name: blob\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'mkdir -p /srv && head -c 100000000 /dev/urandom > /srv/blob && sha256sum /srv/blob > /srv/blob.sum && echo serving blob && httpd -f -p 9090 -h /srv']\n";
+
+#[test]
+fn logs_exec_and_port_forward() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    create(&node, PODS)?;
+    running(&node, "talk")?;
+    running(&node, "web")?;
+
+    // logs, logs -c, with kubectl's container defaulting
+    wait_for("some log lines", T, || {
+        ok(&node, &["logs", "talk", "-c", "main"])
+            .ok()
+            .filter(|l| l.contains("line 3"))
+    })?;
+    let side = node.kubectl(&["logs", "talk", "-c", "side"]);
+    // stdout and stderr are two pipes: their lines interleave in either order.
+    let mut lines: Vec<String> = String::from_utf8_lossy(&side.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    ensure!(lines == ["side says hi", "to stderr"], "{}", text(&side));
+    let defaulted = node.kubectl(&["logs", "talk"]);
+    ensure!(
+        String::from_utf8_lossy(&defaulted.stderr)
+            .contains("Defaulted container \"main\" out of: main, side"),
+        "{}",
+        text(&defaulted)
+    );
+    let tail = ok(&node, &["logs", "talk", "-c", "main", "--tail=2"])?;
+    ensure!(tail.lines().count() == 2, "{tail}");
+    let stamped = ok(&node, &["logs", "talk", "-c", "side", "--timestamps"])?;
+    ensure!(
+        stamped.starts_with("20") && stamped.contains("Z side says hi"),
+        "{stamped}"
+    );
+    let previous = node.kubectl(&["logs", "talk", "-c", "main", "--previous"]);
+    ensure!(
+        String::from_utf8_lossy(&previous.stderr)
+            .contains("previous terminated container \"main\" in pod \"talk\" not found"),
+        "{}",
+        text(&previous)
+    );
+
+    // logs -f keeps streaming while the container writes
+    let mut follow = kubectl_env(&node, "kubectl", &[], &["logs", "-f", "talk", "-c", "main"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = follow.stdout.take().expect("stdout");
+    let seen = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            match stdout.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.len() > 30 {
+                return text;
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let followed = seen.join().expect("reader");
+    follow.kill()?;
+    follow.wait()?;
+    ensure!(
+        followed.lines().count() > 30,
+        "logs -f stopped early: {followed}"
+    );
+
+    // exec: output, exit codes, environment, -c
+    let out = ok(
+        &node,
+        &[
+            "exec",
+            "talk",
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING; hostname; id -u",
+        ],
+    )?;
+    ensure!(out == "hello\ntalk\n0\n", "{out}");
+    let failing = node.kubectl(&[
+        "exec",
+        "talk",
+        "-c",
+        "side",
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 3",
+    ]);
+    ensure!(failing.status.code() == Some(3), "{}", text(&failing));
+    ensure!(
+        String::from_utf8_lossy(&failing.stderr).contains("oops"),
+        "{}",
+        text(&failing)
+    );
+    ensure!(
+        String::from_utf8_lossy(&failing.stderr).contains("command terminated with exit code 3"),
+        "{}",
+        text(&failing)
+    );
+    let missing = node.kubectl(&["exec", "talk", "-c", "main", "--", "/no/such/thing"]);
+    ensure!(
+        !missing.status.success()
+            && String::from_utf8_lossy(&missing.stderr).contains("/no/such/thing"),
+        "exec of a missing program: {}",
+        text(&missing)
+    );
+    let bad = node.kubectl(&["exec", "talk", "-c", "nope", "--", "true"]);
+    ensure!(
+        String::from_utf8_lossy(&bad.stderr).contains("container nope is not valid for pod talk"),
+        "exec -c nope: {}",
+        text(&bad)
+    );
+    // stdin
+    let piped = node.kubectl_with(
+        "kubectl",
+        &[
+            "exec",
+            "-i",
+            "talk",
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z",
+        ],
+        Some("shout\n"),
+    );
+    ensure!(
+        String::from_utf8_lossy(&piped.stdout) == "SHOUT\n",
+        "exec -i: {}",
+        text(&piped)
+    );
+    // The same over SPDY.
+    let spdy = kubectl_env(
+        &node,
+        "kubectl",
+        &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")],
+        &[
+            "exec",
+            "talk",
+            "-c",
+            "side",
+            "--",
+            "sh",
+            "-c",
+            "echo via spdy; exit 4",
+        ],
+    )
+    .output()?;
+    ensure!(
+        spdy.status.code() == Some(4) && String::from_utf8_lossy(&spdy.stdout) == "via spdy\n",
+        "exec over SPDY: {}",
+        text(&spdy)
+    );
+    let spdy_in = kubectl_env(
+        &node,
+        "kubectl",
+        &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")],
+        &["exec", "-i", "talk", "-c", "main", "--", "cat"],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()?;
+    spdy_in
+        .stdin
+        .as_ref()
+        .expect("stdin")
+        .write_all(b"round trip\n")?;
+    let spdy_in = {
+        let mut c = spdy_in;
+        drop(c.stdin.take());
+        c.wait_with_output()?
+    };
+    ensure!(
+        String::from_utf8_lossy(&spdy_in.stdout) == "round trip\n",
+        "exec -i over SPDY: {}",
+        text(&spdy_in)
+    );
+
+    // exec -it through a terminal (script(1) gives kubectl one)
+    let script = node
+        .net_command("script")
+        .env("HOME", node.dir.join("home"))
+        .args(["-qec"])
+        .arg(format!(
+            "{} --kubeconfig {} --cache-dir {} exec -it talk -c main -- sh -c 'tty; stty size; echo $TERM'",
+            kubectl_path("kubectl").display(),
+            node.kubeconfig().display(),
+            node.dir.join("home/cache-kubectl").display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()?;
+    let shown = String::from_utf8_lossy(&script.stdout);
+    ensure!(
+        shown.contains("/dev/pts/") && shown.contains("xterm"),
+        "{}",
+        text(&script)
+    );
+
+    // port-forward: one request, many at once, 100 MB checked, WebSocket and SPDY
+    let hit = forward(&node, "kubectl", &[], "18080:8080", |port| {
+        let out = node
+            .net_command("curl")
+            .args(["-s", "-m", "10", &format!("http://127.0.0.1:{port}/")])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })?;
+    ensure!(hit.contains("You've hit web"), "{hit}");
+    let parallel = forward(
+        &node,
+        "kubectl",
+        &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")],
+        "18081:8080",
+        |port| {
+            let url = format!("http://127.0.0.1:{port}/");
+            let mut args = vec![
+                "-s".to_owned(),
+                "-m".into(),
+                "20".into(),
+                "--parallel".into(),
+                "--parallel-max".into(),
+                "20".into(),
+            ];
+            for _ in 0..40 {
+                args.extend(["-o".to_owned(), "-".into(), url.clone()]);
+            }
+            let out = node.net_command("curl").args(&args).output()?;
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .matches("You've hit web")
+                .count()
+                .to_string())
+        },
+    )?;
+    ensure!(
+        parallel == "40",
+        "{parallel} of 40 parallel requests answered"
+    );
+    wait_for("the 100 MB file", T, || {
+        ok(
+            &node,
+            &["exec", "web", "-c", "blob", "--", "cat", "/srv/blob.sum"],
+        )
+        .ok()
+        .filter(|s| s.len() > 64)
+    })?;
+    let want = ok(
+        &node,
+        &["exec", "web", "-c", "blob", "--", "cat", "/srv/blob.sum"],
+    )?;
+    let want = want
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    for (env, port) in [
+        (vec![], "18082"),
+        (vec![("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")], "18083"),
+    ] {
+        let got = forward(&node, "kubectl", &env, &format!("{port}:9090"), |port| {
+            let out = node
+                .net_command("sh")
+                .args([
+                    "-c",
+                    &format!("curl -s -m 60 http://127.0.0.1:{port}/blob | sha256sum"),
+                ])
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned())
+        })?;
+        ensure!(
+            got == want,
+            "100 MB through port-forward ({env:?}): sha256 {got}, want {want}"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `kubectl port-forward web <ports>` while `check` uses the local port.
+fn forward(
+    node: &TestNode,
+    binary: &str,
+    env: &[(&str, &str)],
+    ports: &str,
+    check: impl Fn(&str) -> Result<String>,
+) -> Result<String> {
+    let local = ports.split(':').next().unwrap_or_default().to_owned();
+    let log = node.dir.join(format!("pf-{local}.log"));
+    let mut pf: Child = kubectl_env(node, binary, env, &["port-forward", "web", ports])
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(
+            node.dir.join(format!("pf-{local}.err")),
+        )?)
+        .spawn()?;
+    let ready = wait_for("port-forward to listen", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("Forwarding from 127.0.0.1"))
+    });
+    let result = ready.and_then(|_| check(&local));
+    let _ = pf.kill();
+    let _ = pf.wait();
+    result.with_context(|| {
+        std::fs::read_to_string(node.dir.join(format!("pf-{local}.err"))).unwrap_or_default()
+    })
+}
+
+#[test]
+fn exec_and_port_forward_with_kubectl_127_and_133() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    create(&node, PODS)?;
+    running(&node, "web")?;
+    for (binary, port) in [("kubectl.1.27", "18090"), ("kubectl.1.33", "18091")] {
+        let out = kubectl_env(
+            &node,
+            binary,
+            &[],
+            &[
+                "exec",
+                "web",
+                "-c",
+                "blob",
+                "--",
+                "sh",
+                "-c",
+                "echo in; exit 2",
+            ],
+        )
+        .output()?;
+        ensure!(
+            out.status.code() == Some(2) && String::from_utf8_lossy(&out.stdout) == "in\n",
+            "{binary}: {}",
+            text(&out)
+        );
+        wait_for(&format!("{binary}: logs"), T, || {
+            let logs = kubectl_env(&node, binary, &[], &["logs", "web", "-c", "blob"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&logs.stdout)
+                .contains("serving blob")
+                .then_some(())
+        })?;
+        let hit = forward(&node, binary, &[], &format!("{port}:8080"), |port| {
+            let out = node
+                .net_command("curl")
+                .args(["-s", "-m", "10", &format!("http://127.0.0.1:{port}/")])
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        })?;
+        ensure!(hit.contains("You've hit web"), "{binary}: {hit}");
+    }
+    Ok(())
+}
