@@ -442,3 +442,81 @@ fn exec_and_port_forward_with_kubectl_127_and_133() -> Result<()> {
     }
     Ok(())
 }
+
+/// kube-rs speaks kubelet's WebSocket protocols: `v4.channel.k8s.io` port-forward (2-byte port
+/// preamble, channels 2i and 2i+1) and WebSocket exec, both through the built-in API.
+#[test]
+fn kube_rs_port_forward_and_exec() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    create(&node, PODS)?;
+    running(&node, "web")?;
+    // The client runs in the node's network namespace: enter it on a thread of our own.
+    let kubeconfig = node.kubeconfig();
+    let netns = format!("/proc/{}/ns/net", node.reaper);
+    let result = std::thread::spawn(move || -> Result<(String, String)> {
+        let ns = std::fs::File::open(&netns)?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            use futures_util::StreamExt;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            let client = kube::Client::try_from(config)?;
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(client, "default");
+            let mut pf = pods.portforward("web", &[8080]).await?;
+            let mut stream = pf
+                .take_stream(8080)
+                .ok_or_else(|| anyhow::anyhow!("no stream for 8080"))?;
+            stream
+                .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                .await?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply).await?;
+            drop(stream);
+            let _ = pf.join().await;
+            let params = kube::api::AttachParams::default()
+                .container("blob")
+                .stdout(true)
+                .stderr(false);
+            let mut proc = pods
+                .exec("web", ["sh", "-c", "echo from kube-rs"], &params)
+                .await?;
+            let mut out = proc.stdout().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+            let mut text = Vec::new();
+            out.read_to_end(&mut text).await?;
+            let status = proc
+                .take_status()
+                .ok_or_else(|| anyhow::anyhow!("no status"))?
+                .await;
+            let _ = futures_util::stream::iter([()]).next().await;
+            Ok((
+                String::from_utf8_lossy(&reply).into_owned(),
+                format!(
+                    "{}|{:?}",
+                    String::from_utf8_lossy(&text),
+                    status.and_then(|s| s.status)
+                ),
+            ))
+        })
+    })
+    .join()
+    .expect("client thread")
+    .with_context(|| node.agent_log())?;
+    ensure!(
+        result.0.contains("You've hit web"),
+        "port-forward reply: {}",
+        result.0
+    );
+    ensure!(
+        result.1 == "from kube-rs\n|Some(\"Success\")",
+        "exec: {}",
+        result.1
+    );
+    Ok(())
+}

@@ -45,6 +45,9 @@ pub fn acceptor(pki: &Pki) -> anyhow::Result<SslAcceptor> {
     // Ask for a client certificate and check it when one comes; a request without one may
     // still carry the bearer token.
     b.set_verify(SslVerifyMode::PEER);
+    // Clients resume sessions (Go's and kube-rs' do); with client certificates OpenSSL refuses
+    // a resumption unless the session has a context to belong to.
+    b.set_session_id_context(b"nodelet")?;
     Ok(b.build())
 }
 

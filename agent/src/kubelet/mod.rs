@@ -219,6 +219,21 @@ impl Kubelet {
             Ok(up) => up,
             Err(e) => return status_error(400, "BadRequest", &e),
         };
+        let q = Query::parse(req.uri().query());
+        let ports: Vec<u16> = q
+            .all("port")
+            .iter()
+            .chain(q.all("ports").iter())
+            .flat_map(|p| {
+                p.split(',')
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect::<Vec<u16>>()
+            })
+            .collect();
+        let tunnelled = up.protocol.starts_with("SPDY/3.1");
+        if matches!(up.transport, Transport::WebSocket { .. }) && !tunnelled && ports.is_empty() {
+            return status_error(400, "BadRequest", "query parameter \"port\" is required");
+        }
         let response = streams::switching_protocols(&up);
         tokio::spawn(async move {
             let Ok(io) = hyper::upgrade::on(req).await else {
@@ -226,9 +241,13 @@ impl Kubelet {
             };
             match up.transport {
                 Transport::Spdy => portforward::serve(TokioIo::new(io), target).await,
-                Transport::WebSocket { .. } => {
+                Transport::WebSocket { .. } if tunnelled => {
                     let ws = streams::websocket(io).await;
                     portforward::serve(streams::websocket_bytes(ws), target).await
+                }
+                Transport::WebSocket { .. } => {
+                    let ws = streams::websocket(io).await;
+                    portforward::serve_websocket(ws, target, ports).await
                 }
             }
         });
@@ -313,6 +332,9 @@ pub fn acceptor(
     }
     b.set_client_ca_list(names);
     b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    // Clients resume sessions (Go's and kube-rs' do); with client certificates OpenSSL refuses
+    // a resumption unless the session has a context to belong to.
+    b.set_session_id_context(b"nodelet")?;
     Ok(b.build())
 }
 

@@ -13,7 +13,11 @@ use tracing::debug;
 use super::spdy;
 
 pub const SPDY_PROTOCOLS: [&str; 1] = ["portforward.k8s.io"];
-pub const WEBSOCKET_PROTOCOLS: [&str; 1] = ["SPDY/3.1+portforward.k8s.io"];
+pub const WEBSOCKET_PROTOCOLS: [&str; 3] = [
+    "SPDY/3.1+portforward.k8s.io",
+    "v4.channel.k8s.io",
+    "portforward.k8s.io",
+];
 
 /// The pod a port-forward reaches: its name (for messages) and its network namespace.
 #[derive(Clone, Debug)]
@@ -116,4 +120,98 @@ async fn forward(mut stream: spdy::Stream, error: Option<spdy::Sender>, target: 
     if let Some(e) = error {
         e.finish(&[]).await;
     }
+}
+
+/// kubelet's own WebSocket port-forward (`v4.channel.k8s.io`, what kube-rs speaks): the ports
+/// come in the query; port i has data channel 2i and error channel 2i+1, each opened by a
+/// message holding the port as two little-endian bytes; one connection per port.
+pub async fn serve_websocket(
+    ws: tokio_tungstenite::WebSocketStream<super::streams::Io>,
+    target: Target,
+    ports: Vec<u16>,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Message;
+    let (mut sink, mut source) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    let mut inputs: Vec<mpsc::Sender<bytes::Bytes>> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for ch in [data_ch, err_ch] {
+            let mut preamble = vec![ch];
+            preamble.extend_from_slice(&port.to_le_bytes());
+            let _ = out_tx.send(preamble).await;
+        }
+        let (in_tx, mut in_rx) = mpsc::channel::<bytes::Bytes>(64);
+        inputs.push(in_tx);
+        let (out, netns, port, target) =
+            (out_tx.clone(), target.netns.clone(), *port, target.clone());
+        tokio::spawn(async move {
+            let tcp = match connect(netns, port).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let mut msg = vec![err_ch];
+                    msg.extend_from_slice(
+                        format!(
+                            "error forwarding port {port} to pod {}, uid {}: {e}",
+                            target.pod, target.uid
+                        )
+                        .as_bytes(),
+                    );
+                    let _ = out.send(msg).await;
+                    return;
+                }
+            };
+            let (mut r, mut w) = tcp.into_split();
+            let up = tokio::spawn(async move {
+                while let Some(b) = in_rx.recv().await {
+                    if w.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = w.shutdown().await;
+            });
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut msg = Vec::with_capacity(n + 1);
+                        msg.push(data_ch);
+                        msg.extend_from_slice(&buf[..n]);
+                        if out.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            // The pod closed the connection: this port is done (the WebSocket closes when
+            // every port is, as kubelet's does).
+            up.abort();
+        });
+    }
+    drop(out_tx);
+    loop {
+        tokio::select! {
+            msg = out_rx.recv() => match msg {
+                Some(m) => if sink.send(Message::Binary(m.into())).await.is_err() { break },
+                None => break,
+            },
+            msg = source.next() => match msg {
+                Some(Ok(Message::Binary(d))) => {
+                    // Only data channels carry input; their index is the port's.
+                    if let Some((&ch, rest)) = d.split_first() {
+                        if ch % 2 == 0 {
+                            if let Some(tx) = inputs.get(usize::from(ch / 2)) {
+                                let _ = tx.send(bytes::Bytes::copy_from_slice(rest)).await;
+                            }
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = sink.close().await;
 }
