@@ -529,27 +529,69 @@ fn kubelet_api_needs_a_client_certificate() -> Result<()> {
     node.wait_api()?;
     create(&node, PODS)?;
     let pod = running(&node, "talk")?;
-    wait_for("some log lines", T, || ok(&node, &["logs", "talk", "-c", "main"]).ok().filter(|l| l.contains("line 3")))?;
+    wait_for("some log lines", T, || {
+        ok(&node, &["logs", "talk", "-c", "main"])
+            .ok()
+            .filter(|l| l.contains("line 3"))
+    })?;
     let base = "https://127.0.0.1:10250";
     // No certificate: the handshake is refused, nothing is readable.
     for path in ["/healthz", "/pods", "/containerLogs/default/talk/main"] {
-        let out = node.api_curl(false)?.args(["-k", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}{path}")]).output()?;
-        ensure!(String::from_utf8_lossy(&out.stdout) == "000" && !out.status.success(), "{path} without a certificate: {}", text(&out));
+        let out = node
+            .api_curl(false)?
+            .args([
+                "-k",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{base}{path}"),
+            ])
+            .output()?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout) == "000" && !out.status.success(),
+            "{path} without a certificate: {}",
+            text(&out)
+        );
     }
     let get = |path: &str| -> Result<String> {
-        let out = node.api_curl(true)?.args(["-k", "-f", &format!("{base}{path}")]).output()?;
+        let out = node
+            .api_curl(true)?
+            .args(["-k", "-f", &format!("{base}{path}")])
+            .output()?;
         ensure!(out.status.success(), "{path}: {}", text(&out));
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     ensure!(get("/healthz")? == "ok");
     let pods: Value = serde_json::from_str(&get("/pods")?)?;
-    ensure!(pods["items"].as_array().is_some_and(|i| i.iter().any(|p| p["metadata"]["uid"] == pod["metadata"]["uid"])), "{pods}");
+    ensure!(
+        pods["items"].as_array().is_some_and(|i| i
+            .iter()
+            .any(|p| p["metadata"]["uid"] == pod["metadata"]["uid"])),
+        "{pods}"
+    );
     let tail = get("/containerLogs/default/talk/main?tailLines=1&timestamps=true")?;
-    ensure!(tail.lines().count() == 1 && tail.contains("Z line "), "{tail}");
+    ensure!(
+        tail.lines().count() == 1 && tail.contains("Z line "),
+        "{tail}"
+    );
     let limited = get("/containerLogs/default/talk/main?limitBytes=5")?;
     ensure!(limited == "line ", "{limited}");
-    let missing = node.api_curl(true)?.args(["-k", "-s", "-w", "\n%{http_code}", &format!("{base}/containerLogs/default/nosuch/main")]).output()?;
-    ensure!(String::from_utf8_lossy(&missing.stdout).ends_with("404"), "{}", text(&missing));
+    let missing = node
+        .api_curl(true)?
+        .args([
+            "-k",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("{base}/containerLogs/default/nosuch/main"),
+        ])
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&missing.stdout).ends_with("404"),
+        "{}",
+        text(&missing)
+    );
     Ok(())
 }
 
@@ -557,7 +599,10 @@ fn kubelet_api_needs_a_client_certificate() -> Result<()> {
 /// leaving nothing behind.
 #[test]
 fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
-    let mut node = TestNode::with_config("node1", "containerLogMaxSize: 4Ki\ncontainerLogMaxFiles: 3\n")?;
+    let mut node = TestNode::with_config(
+        "node1",
+        "containerLogMaxSize: 4Ki\ncontainerLogMaxFiles: 3\n",
+    )?;
     node.start_agent()?;
     node.wait_api()?;
     // 100-byte lines, one every 10 ms: a 4 KiB file rotates every ~0.4 s.
@@ -565,15 +610,29 @@ fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
     create(&node, chatty)?;
     running(&node, "chatty")?;
     let follow = kubectl_env(&node, "kubectl", &[], &["logs", "-f", "chatty"]).output()?;
-    let lines: Vec<String> = String::from_utf8_lossy(&follow.stdout).lines().map(str::to_owned).collect();
-    ensure!(lines.last().map(String::as_str) == Some("done"), "logs -f did not reach the end: {} lines", lines.len());
+    let lines: Vec<String> = String::from_utf8_lossy(&follow.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ensure!(
+        lines.last().map(String::as_str) == Some("done"),
+        "logs -f did not reach the end: {} lines",
+        lines.len()
+    );
     // Every line from the moment kubectl attached, in order, none lost at a rotation.
-    let numbers: Vec<u32> = lines.iter().filter_map(|l| l.split(' ').next()?.parse().ok()).collect();
-    ensure!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "gap or reorder in followed lines");
+    let numbers: Vec<u32> = lines
+        .iter()
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    ensure!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap or reorder in followed lines"
+    );
     ensure!(numbers.last() == Some(&399), "{:?}", numbers.last());
     // The container exits 1 and restarts: --previous shows the finished instance.
     wait_for("a restart", T, || {
-        let p: Value = serde_json::from_str(&ok(&node, &["get", "pod", "chatty", "-o", "json"]).ok()?).ok()?;
+        let p: Value =
+            serde_json::from_str(&ok(&node, &["get", "pod", "chatty", "-o", "json"]).ok()?).ok()?;
         (p["status"]["containerStatuses"][0]["restartCount"].as_i64()? >= 1).then_some(())
     })?;
     let previous = ok(&node, &["logs", "chatty", "--previous", "--tail=1"])?;
@@ -583,7 +642,10 @@ fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
     // attach follows the container's output from now on.
     create(&node, PODS)?;
     running(&node, "talk")?;
-    let mut attach = kubectl_env(&node, "kubectl", &[], &["attach", "talk", "-c", "main"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut attach = kubectl_env(&node, "kubectl", &[], &["attach", "talk", "-c", "main"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
     let mut out = attach.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -602,7 +664,14 @@ fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
     ensure!(seen.contains("line "), "attach: {seen}");
 
     // Many execs: no process, descriptor or socket left behind.
-    let agent_fds = || std::fs::read_dir(format!("/proc/{}/fd", node.agent.as_ref().map(|a| a.pid).unwrap_or(0))).map(|d| d.count()).unwrap_or(0);
+    let agent_fds = || {
+        std::fs::read_dir(format!(
+            "/proc/{}/fd",
+            node.agent.as_ref().map(|a| a.pid).unwrap_or(0)
+        ))
+        .map(|d| d.count())
+        .unwrap_or(0)
+    };
     let before_fds = agent_fds();
     let before_procs = node.processes().len();
     let script = format!(
@@ -613,17 +682,46 @@ fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
     );
     let mut loops = Vec::new();
     for _ in 0..4 {
-        loops.push(node.net_command("sh").args(["-c", &script]).env("HOME", node.dir.join("home")).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?);
+        loops.push(
+            node.net_command("sh")
+                .args(["-c", &script])
+                .env("HOME", node.dir.join("home"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?,
+        );
     }
     for l in loops {
         let out = l.wait_with_output()?;
-        ensure!(out.status.success(), "exec loop: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "exec loop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    wait_for("exec helpers to be gone", Duration::from_secs(10), || (node.processes().len() <= before_procs).then_some(()))
-        .with_context(|| format!("{} processes before, {} after", before_procs, node.processes().len()))?;
+    wait_for("exec helpers to be gone", Duration::from_secs(10), || {
+        (node.processes().len() <= before_procs).then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "{} processes before, {} after",
+            before_procs,
+            node.processes().len()
+        )
+    })?;
     let after_fds = agent_fds();
-    ensure!(after_fds <= before_fds + 5, "agent descriptors: {before_fds} before 1,000 execs, {after_fds} after");
-    let leftovers: Vec<_> = std::fs::read_dir(node.dir.join("run"))?.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("exec-")).collect();
-    ensure!(leftovers.is_empty(), "exec error files left: {}", leftovers.len());
+    ensure!(
+        after_fds <= before_fds + 5,
+        "agent descriptors: {before_fds} before 1,000 execs, {after_fds} after"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(node.dir.join("run"))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("exec-"))
+        .collect();
+    ensure!(
+        leftovers.is_empty(),
+        "exec error files left: {}",
+        leftovers.len()
+    );
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `make bench`: pod start latency (manifest written -> every container running, from the shim's
 //! own start timestamps), delete latency for a pod whose containers exit on TERM, and shim memory
 //! with many idle pods, pod network wiring and throughput, and the built-in API (1,000-pod
-//! Table list, watch fan-out). Runs in a throwaway test node like the tests.
+//! Table list, watch fan-out), exec round trips and port-forward throughput. Runs in a
+//! throwaway test node like the tests.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -234,6 +235,7 @@ fn main() -> Result<()> {
 
     network(&node)?;
     api(&node)?;
+    streaming(&node)?;
     for i in 10..PODS {
         node.remove_manifest(&format!("bench-{i}.yaml"));
     }
@@ -384,5 +386,78 @@ fn api(node: &TestNode) -> Result<()> {
         "--wait=false",
     ]);
     anyhow::ensure!(out.status.success(), "delete bench pods");
+    Ok(())
+}
+
+/// Exec round trip (`kubectl exec -- true` less a plain `kubectl get --raw /healthz`, both
+/// whole kubectl runs) and port-forward throughput against a direct connection to the pod.
+fn streaming(node: &TestNode) -> Result<()> {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: serve}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'mkdir -p /srv && head -c 200000000 /dev/zero > /srv/blob && echo ready && httpd -f -p 9090 -h /srv']}\n";
+    let out = node.kubectl_with("kubectl", &["create", "-f", "-"], Some(pod));
+    anyhow::ensure!(out.status.success(), "create serve pod");
+    let ip = wait_for("the serve pod", Duration::from_secs(60), || {
+        let logs = node.kubectl(&["logs", "serve"]);
+        if !String::from_utf8_lossy(&logs.stdout).contains("ready") {
+            return None;
+        }
+        let p: Value =
+            serde_json::from_slice(&node.kubectl(&["get", "pod", "serve", "-o", "json"]).stdout)
+                .ok()?;
+        p["status"]["podIP"].as_str().map(str::to_owned)
+    })?;
+    let time = |args: &[&str]| -> Result<f64> {
+        let t = Instant::now();
+        let out = node.kubectl(args);
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    let (mut exec, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        exec.push(time(&["exec", "serve", "--", "true"])?);
+        base.push(time(&["get", "--raw", "/healthz"])?);
+    }
+    exec.sort_by(f64::total_cmp);
+    base.sort_by(f64::total_cmp);
+    let (e, b) = (percentile(&exec, 0.5), percentile(&base, 0.5));
+    println!("exec round trip: `kubectl exec -- true` median {e:.0} ms, a plain kubectl request {b:.0} ms: server part ~{:.0} ms", e - b);
+
+    let fetch = |url: &str| -> Result<f64> {
+        let out = node
+            .net_command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{speed_download}", url])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<f64>()
+            .unwrap_or(0.0)
+            / 1e6)
+    };
+    let direct = fetch(&format!("http://{ip}:9090/blob"))?;
+    let home = node.dir.join("home");
+    let mut pf = node
+        .net_command("kubectl")
+        .env("HOME", &home)
+        .arg("--kubeconfig")
+        .arg(node.kubeconfig())
+        .args(["port-forward", "serve", "19090:9090"])
+        .stdout(std::fs::File::create(node.dir.join("pf.out"))?)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let forwarded = wait_for("port-forward", Duration::from_secs(20), || {
+        std::fs::read_to_string(node.dir.join("pf.out"))
+            .ok()
+            .filter(|s| s.contains("Forwarding from"))
+    })
+    .and_then(|_| fetch("http://127.0.0.1:19090/blob"));
+    let _ = pf.kill();
+    let _ = pf.wait();
+    let forwarded = forwarded?;
+    println!("port-forward: 200 MB at {forwarded:.0} MB/s through kubectl port-forward (WebSocket-tunnelled SPDY), {direct:.0} MB/s direct to the pod IP ({:.0} %)", 100.0 * forwarded / direct.max(1e-9));
+    let _ = node.kubectl(&["delete", "pod", "serve", "--grace-period=1"]);
     Ok(())
 }
