@@ -66,6 +66,10 @@ impl Netlink {
             .execute()
             .await
             .map_err(what)?;
+        if !hairpin {
+            // A new port starts with hairpin off: nothing to change.
+            return Ok(());
+        }
         self.handle
             .link()
             .set_port(LinkBridgePort::new(port).hairpin(hairpin).build())

@@ -30,8 +30,11 @@ impl Netlink {
         let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(host_name.to_owned())
             .setns_by_fd(host_ns.as_raw_fd());
+        // Up from the start: one request fewer than bringing it up after (the host end comes up
+        // when it joins the bridge).
         let mut builder = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(ifname.to_owned());
+            .name(ifname.to_owned())
+            .up();
         if let Some(mtu) = mtu {
             peer = peer.mtu(mtu);
             builder = builder.mtu(mtu);

@@ -79,11 +79,17 @@ impl Attachment {
     }
 }
 
+/// How long a checked bridge (and its gateway) is trusted before the next pod checks it again.
+const BRIDGE_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Network {
     list: NetworkList,
     bin_dirs: Vec<PathBuf>,
     /// libcni's cache directory (`<cniDataDir>`, holding `results/`).
     cache_dir: PathBuf,
+    /// The bridge's index once it was made ready with its one-range gateways, and when: pods
+    /// wired in the next `BRIDGE_RECHECK` skip those checks. Forgotten when attaching to it fails.
+    bridge_ready: std::sync::Mutex<Option<(u32, std::time::Instant)>>,
 }
 
 /// The pod a network operation is for.
@@ -145,6 +151,7 @@ impl Network {
             list,
             bin_dirs: config.cni_bin_dirs.clone(),
             cache_dir: config.cni_data_dir.clone(),
+            bridge_ready: std::sync::Mutex::new(None),
         })
     }
 
@@ -301,11 +308,20 @@ impl Network {
             Vec::new()
         };
         let bridge_ready = async {
-            let index = host.ensure_bridge(&bridge.bridge, bridge.mtu).await?;
-            sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", bridge.bridge), "0")?;
-            for (gateway, prefix) in &early_gateways {
-                ensure_gateway(&host, bridge, index, *gateway, *prefix).await?;
-            }
+            let known = *self.bridge_ready.lock().expect("bridge lock");
+            let index = match known {
+                Some((index, at)) if at.elapsed() < BRIDGE_RECHECK => index,
+                _ => {
+                    let index = host.ensure_bridge(&bridge.bridge, bridge.mtu).await?;
+                    sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", bridge.bridge), "0")?;
+                    for (gateway, prefix) in &early_gateways {
+                        ensure_gateway(&host, bridge, index, *gateway, *prefix).await?;
+                    }
+                    *self.bridge_ready.lock().expect("bridge lock") =
+                        Some((index, std::time::Instant::now()));
+                    index
+                }
+            };
             let (name, peer) = veth_rx.await.map_err(|_| Error::NoVethName)?;
             // The pod's eth0 names its peer's index (IFLA_LINK); without it, look the peer up.
             let port = match peer {
@@ -313,7 +329,10 @@ impl Network {
                 None => host.find_link(&name).await?.header.index,
             };
             sysctl::set(&format!("net/ipv6/conf/{name}/accept_ra"), "0")?;
-            host.attach_port(port, index, bridge.hairpin_mode).await?;
+            if let Err(e) = host.attach_port(port, index, bridge.hairpin_mode).await {
+                *self.bridge_ready.lock().expect("bridge lock") = None;
+                return Err(e.into());
+            }
             Ok::<u32, Error>(index)
         };
         let (allocations, bridge_index, pod_result) =
@@ -536,7 +555,6 @@ impl PodSide {
         for a in allocations {
             pod.add_address(eth0, a.ip, a.prefix_len).await?;
         }
-        pod.set_up(eth0).await?;
         for route in &self.routes {
             let gateway = route.gw.or_else(|| {
                 allocations
