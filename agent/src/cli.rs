@@ -260,6 +260,27 @@ pub fn import(config: &Config, source: &Path, reference: Option<&str>) -> anyhow
     Ok(())
 }
 
+/// `nodelet kubectl ...`: execs kubectl with the kubeconfig of the API this node uses (the
+/// configured cluster's, or the built-in API's admin kubeconfig).
+pub fn kubectl(config: &Config, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let kubeconfig = config
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| config.api_server.kubeconfig.clone());
+    if !kubeconfig.exists() {
+        anyhow::bail!(
+            "{} does not exist: is the agent running with its built-in API (apiServer.enabled)?",
+            kubeconfig.display()
+        );
+    }
+    let err = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(args)
+        .exec();
+    Err(anyhow::anyhow!("run kubectl: {err}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,25 +303,4 @@ mod tests {
             .starts_with("2026-01-01T00:00:00Z hel"));
         std::fs::remove_file(&path).unwrap();
     }
-}
-
-/// `nodelet kubectl ...`: execs kubectl with the kubeconfig of the API this node uses (the
-/// configured cluster's, or the built-in API's admin kubeconfig).
-pub fn kubectl(config: &Config, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
-    let kubeconfig = config
-        .kubeconfig
-        .clone()
-        .unwrap_or_else(|| config.api_server.kubeconfig.clone());
-    if !kubeconfig.exists() {
-        anyhow::bail!(
-            "{} does not exist: is the agent running with its built-in API (apiServer.enabled)?",
-            kubeconfig.display()
-        );
-    }
-    let err = std::process::Command::new("kubectl")
-        .env("KUBECONFIG", &kubeconfig)
-        .args(args)
-        .exec();
-    Err(anyhow::anyhow!("run kubectl: {err}"))
 }

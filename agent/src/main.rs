@@ -5,6 +5,7 @@
 mod apiserver;
 mod cli;
 mod config;
+mod https;
 mod images;
 mod kubelet;
 mod network;

@@ -111,6 +111,19 @@ impl Node {
         })
     }
 
+    /// The node's pod of that namespace and name, as last reported (with its UID as key).
+    pub fn find_pod(&self, namespace: &str, name: &str) -> Option<(String, Pod)> {
+        self.pods
+            .lock()
+            .expect("pod map lock")
+            .iter()
+            .find(|(_, p)| {
+                p.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .map(|(uid, p)| (uid.clone(), p.clone()))
+    }
+
     /// Records an event about a pod (and one of its containers); sent on by the API source.
     pub fn event(
         &self,

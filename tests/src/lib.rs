@@ -20,7 +20,7 @@ mod node;
 mod registry;
 
 pub use cni::{run_cni, NetnsHolder};
-pub use node::{kubectl_path, Agent, TestNode};
+pub use node::{describe_output, kubectl_path, Agent, TestNode};
 pub use registry::Registry;
 
 /// The workspace's directory.

@@ -32,6 +32,16 @@ pub struct TestNode {
     pub agent: Option<Agent>,
 }
 
+/// Exit code, stdout and stderr of a finished command, for failure messages.
+pub fn describe_output(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// `kubectl` is on PATH; the versioned ones (`kubectl.1.27`, ...) sit beside the Cloud SDK's.
 pub fn kubectl_path(binary: &str) -> PathBuf {
     let sdk = Path::new("/usr/lib/google-cloud-sdk/bin").join(binary);
@@ -270,6 +280,26 @@ impl TestNode {
                 .arg(dir.join("admin.key"));
         }
         Ok(cmd)
+    }
+
+    /// Runs kubectl and requires success; returns its standard output.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args);
+        if !out.status.success() {
+            bail!("kubectl {}: {}", args.join(" "), describe_output(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl create -f -` of `yaml` (plus `extra` arguments); returns what kubectl printed.
+    pub fn kubectl_create(&self, yaml: &str, extra: &[&str]) -> Result<String> {
+        let mut args = vec!["create", "-f", "-"];
+        args.extend(extra);
+        let out = self.kubectl_with("kubectl", &args, Some(yaml));
+        if !out.status.success() {
+            bail!("kubectl create -f: {}", describe_output(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// Waits until the built-in API answers with the node registered.

@@ -5,30 +5,18 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use nodelet_tests::{wait_for, Registry, TestNode};
+use nodelet_tests::{describe_output, wait_for, Registry, TestNode};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
 fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    describe_output(out)
 }
 
 /// Runs kubectl and requires success; returns stdout.
 fn ok(node: &TestNode, args: &[&str]) -> Result<String> {
-    let out = node.kubectl(args);
-    ensure!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        text(&out)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    node.kubectl_ok(args)
 }
 
 /// Runs kubectl and requires failure; returns stderr.
@@ -77,11 +65,7 @@ fn pod_yaml(name: &str, labels: &str, containers: &[&str], extra_spec: &str) -> 
 }
 
 fn create(node: &TestNode, yaml: &str, extra: &[&str]) -> Result<String> {
-    let mut args = vec!["create", "-f", "-"];
-    args.extend(extra);
-    let out = node.kubectl_with("kubectl", &args, Some(yaml));
-    ensure!(out.status.success(), "create -f: {}", text(&out));
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    node.kubectl_create(yaml, extra)
 }
 
 fn pod_names(node: &TestNode, args: &[&str]) -> Result<Vec<String>> {

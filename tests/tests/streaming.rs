@@ -6,18 +6,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use nodelet_tests::{kubectl_path, wait_for, TestNode};
+use nodelet_tests::{describe_output, kubectl_path, wait_for, TestNode};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
 fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    describe_output(out)
 }
 
 /// kubectl (`binary`) with extra environment, in the node.
@@ -38,20 +33,11 @@ fn kubectl_env(node: &TestNode, binary: &str, env: &[(&str, &str)], args: &[&str
 }
 
 fn ok(node: &TestNode, args: &[&str]) -> Result<String> {
-    let out = node.kubectl(args);
-    ensure!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        text(&out)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    node.kubectl_ok(args)
 }
 
 fn create(node: &TestNode, yaml: &str) -> Result<()> {
-    let out = node.kubectl_with("kubectl", &["create", "-f", "-"], Some(yaml));
-    ensure!(out.status.success(), "create: {}", text(&out));
-    Ok(())
+    node.kubectl_create(yaml, &[]).map(drop)
 }
 
 fn running(node: &TestNode, pod: &str) -> Result<Value> {

@@ -99,14 +99,20 @@ pub fn create(
 }
 
 /// PUT of a whole object (or of its status).
+/// How an update or patch is made: through `/status` or not, and how unknown fields count.
+#[derive(Clone, Copy, Debug)]
+pub struct Write {
+    pub status: bool,
+    pub validation: FieldValidation,
+}
+
 pub fn update(
     store: &Store,
     resource: Resource,
     namespace: &str,
     name: &str,
     body: Value,
-    status: bool,
-    validation: FieldValidation,
+    Write { status, validation }: Write,
 ) -> Result<(Object, Vec<String>), ApiError> {
     let mut warnings = Vec::new();
     let obj = store.update(resource, namespace, name, |old| {
@@ -124,8 +130,7 @@ pub fn patch(
     name: &str,
     kind: PatchType,
     body: &[u8],
-    status: bool,
-    validation: FieldValidation,
+    Write { status, validation }: Write,
 ) -> Result<(Object, Vec<String>), ApiError> {
     let mut warnings = Vec::new();
     let obj = store.update(resource, namespace, name, |old| {
@@ -447,7 +452,6 @@ mod tests {
                 uid: Some("other".into()),
                 resource_version: None,
             }),
-            ..Default::default()
         };
         assert_eq!(
             delete(&s, Resource::Pods, "default", "a", &wrong)
@@ -461,7 +465,6 @@ mod tests {
                 uid: Some(uid),
                 resource_version: None,
             }),
-            ..Default::default()
         };
         delete(&s, Resource::Pods, "default", "a", &right).unwrap();
         assert!(s.get(Resource::Pods, "default", "a").is_none());
@@ -557,8 +560,10 @@ mod tests {
             "a",
             PatchType::Strategic,
             body,
-            true,
-            FieldValidation::Strict,
+            Write {
+                status: true,
+                validation: FieldValidation::Strict,
+            },
         )
         .unwrap();
         assert_eq!(p["status"]["phase"], "Running");
@@ -570,8 +575,10 @@ mod tests {
             "a",
             PatchType::Merge,
             br#"{"metadata": {"labels": {"k": "v"}}, "status": {"phase": "Failed"}}"#,
-            false,
-            FieldValidation::Strict,
+            Write {
+                status: false,
+                validation: FieldValidation::Strict,
+            },
         )
         .unwrap();
         assert_eq!(p["metadata"]["labels"]["k"], "v");

@@ -2,20 +2,18 @@
 //! URL routing to resources, content negotiation (JSON, Tables, YAML and protobuf bodies) and
 //! `Status` errors.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
-use openssl::ssl::{Ssl, SslAcceptor, SslMethod, SslVerifyMode};
+use openssl::ssl::SslAcceptor;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::discovery;
 use super::error::ApiError;
@@ -28,64 +26,28 @@ use super::store::{Object, Store};
 use super::table;
 use super::watch::{self, Render, WatchRequest};
 
-pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+pub use crate::https::Body;
 
 /// kube-apiserver's limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
 const TABLE_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 
 pub fn acceptor(pki: &Pki) -> anyhow::Result<SslAcceptor> {
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
-    b.set_private_key(&pki.server_key)?;
-    b.set_certificate(&pki.server_cert)?;
-    b.cert_store_mut().add_cert(pki.ca.clone())?;
-    let mut names = openssl::stack::Stack::new()?;
-    names.push(pki.ca.subject_name().to_owned()?)?;
-    b.set_client_ca_list(names);
-    // Ask for a client certificate and check it when one comes; a request without one may
-    // still carry the bearer token.
-    b.set_verify(SslVerifyMode::PEER);
-    // Clients resume sessions (Go's and kube-rs' do); with client certificates OpenSSL refuses
-    // a resumption unless the session has a context to belong to.
-    b.set_session_id_context(b"nodelet")?;
-    Ok(b.build())
+    // A request without a client certificate may still carry the bearer token.
+    crate::https::acceptor(
+        &pki.server_cert,
+        &pki.server_key,
+        std::slice::from_ref(&pki.ca),
+        false,
+    )
 }
 
 pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, server: Arc<Server>) {
-    let acceptor = Arc::new(acceptor);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, server) = (acceptor.clone(), server.clone());
-        tokio::spawn(async move {
-            let Ok(ssl) = Ssl::new(acceptor.context()) else {
-                return;
-            };
-            let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else {
-                return;
-            };
-            if let Err(e) = std::pin::Pin::new(&mut tls).accept().await {
-                debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            let has_cert = tls.ssl().peer_certificate().is_some();
-            let service = hyper::service::service_fn(move |req| {
-                let server = server.clone();
-                async move { Ok::<_, Infallible>(server.handle(req, has_cert).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades()
-                .await;
-        });
-    }
+    crate::https::serve("api", listener, acceptor, move |req, has_cert| {
+        let server = server.clone();
+        async move { server.handle(req, has_cert).await }
+    })
+    .await
 }
 
 pub struct Server {
@@ -408,8 +370,10 @@ impl Server {
                     ns,
                     name,
                     call.json_body()?,
-                    sub.is_some(),
-                    call.validation()?,
+                    handlers::Write {
+                        status: sub.is_some(),
+                        validation: call.validation()?,
+                    },
                 )?;
                 Ok(self.object(r, call, &obj, 200, &warnings))
             }
@@ -427,8 +391,10 @@ impl Server {
                     name,
                     kind,
                     &call.body,
-                    sub.is_some(),
-                    call.validation()?,
+                    handlers::Write {
+                        status: sub.is_some(),
+                        validation: call.validation()?,
+                    },
                 )?;
                 Ok(self.object(r, call, &obj, 200, &warnings))
             }

@@ -23,6 +23,9 @@ const HISTORY: usize = 10_000;
 
 pub type Object = Arc<Value>;
 
+/// The changes a watch replays, and the receiver of those to come.
+pub type Watch = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangeType {
     Added,
@@ -285,11 +288,7 @@ impl Store {
 
     /// The changes to `resource` after version `from`, and a receiver for those still to come,
     /// with no gap between the two. 410 Gone when `from` is older than the history window.
-    pub fn watch(
-        &self,
-        resource: Resource,
-        from: u64,
-    ) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>), ApiError> {
+    pub fn watch(&self, resource: Resource, from: u64) -> Result<Watch, ApiError> {
         let state = self.state();
         if from < state.floor {
             return Err(ApiError::gone(format!(

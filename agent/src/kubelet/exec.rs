@@ -37,12 +37,15 @@ pub enum ExecError {
     Internal(String),
 }
 
+type Input = Box<dyn AsyncWrite + Send + Unpin>;
+type Output = Box<dyn AsyncRead + Send + Unpin>;
+
 /// A started command.
 pub struct Exec {
     pub child: tokio::process::Child,
-    pub stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
-    pub stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
-    pub stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    pub stdin: Option<Input>,
+    pub stdout: Option<Output>,
+    pub stderr: Option<Output>,
     /// The terminal's controlling side, for window size changes.
     pub terminal: Option<OwnedFd>,
     error_file: std::path::PathBuf,
@@ -75,24 +78,13 @@ pub async fn find_container(
     pod: &str,
     container: &str,
 ) -> Result<(String, String, i32), ExecError> {
-    let found = node
-        .pods
-        .lock()
-        .expect("pod map lock")
-        .iter()
-        .find_map(|(uid, p)| {
-            (p.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                && p.metadata.name.as_deref() == Some(pod))
-            .then(|| {
-                (
-                    uid.clone(),
-                    p.spec
-                        .as_ref()
-                        .map(|s| s.containers.iter().any(|c| c.name == container))
-                        .unwrap_or(false),
-                )
-            })
-        });
+    let found = node.find_pod(namespace, pod).map(|(uid, p)| {
+        let known = p
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.containers.iter().any(|c| c.name == container));
+        (uid, known)
+    });
     let (uid, known) = found.ok_or_else(|| ExecError::PodNotFound(format!("{namespace}/{pod}")))?;
     if !known {
         return Err(ExecError::NoContainer {
@@ -198,11 +190,7 @@ pub async fn start(node: Arc<Node>, req: &ExecRequest) -> Result<Exec, ExecError
             error_file,
         });
     }
-    let (stdin, stdout, stderr): (
-        Option<Box<dyn AsyncWrite + Send + Unpin>>,
-        Option<Box<dyn AsyncRead + Send + Unpin>>,
-        Option<Box<dyn AsyncRead + Send + Unpin>>,
-    ) = match &terminal {
+    let (stdin, stdout, stderr): (Option<Input>, Option<Output>, Option<Output>) = match &terminal {
         Some(master) => {
             let file = |fd: &OwnedFd| -> Result<tokio::fs::File, ExecError> {
                 let fd = fd
@@ -211,25 +199,16 @@ pub async fn start(node: Arc<Node>, req: &ExecRequest) -> Result<Exec, ExecError
                 Ok(tokio::fs::File::from_std(std::fs::File::from(fd)))
             };
             let input = if req.stdin {
-                Some(Box::new(file(master)?) as Box<dyn AsyncWrite + Send + Unpin>)
+                Some(Box::new(file(master)?) as Input)
             } else {
                 None
             };
             (input, Some(Box::new(file(master)?)), None)
         }
         None => (
-            child
-                .stdin
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>),
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+            child.stdin.take().map(|s| Box::new(s) as Input),
+            child.stdout.take().map(|s| Box::new(s) as Output),
+            child.stderr.take().map(|s| Box::new(s) as Output),
         ),
     };
     Ok(Exec {

@@ -94,20 +94,18 @@ pub async fn stream(
     let (ns, name, ctr) = (namespace.to_owned(), pod.to_owned(), container.to_owned());
     let follow = options.follow && !options.previous;
     tokio::task::spawn_blocking(move || {
+        // The instance read is still the running one.
         let running = || {
-            node.pods.lock().expect("pod map lock").values().any(|p| {
-                p.metadata.namespace.as_deref().unwrap_or("default") == ns
-                    && p.metadata.name.as_deref() == Some(name.as_str())
-                    && p.status
-                        .as_ref()
-                        .and_then(|s| s.container_statuses.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| {
-                                c.name == ctr
-                                    && c.restart_count as u32 == attempt
-                                    && c.state.as_ref().is_some_and(|s| s.running.is_some())
-                            })
-                        })
+            node.find_pod(&ns, &name).is_some_and(|(_, p)| {
+                p.status
+                    .and_then(|s| s.container_statuses)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c.name == ctr
+                            && c.restart_count as u32 == attempt
+                            && c.state.is_some_and(|s| s.running.is_some())
+                    })
             })
         };
         let _ = copy(&live, &options, follow, &tx, running);
@@ -122,13 +120,8 @@ fn instance(
     container: &str,
     previous: bool,
 ) -> Result<(String, u32), LogError> {
-    let pods = node.pods.lock().expect("pod map lock");
-    let p = pods
-        .values()
-        .find(|p| {
-            p.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                && p.metadata.name.as_deref() == Some(pod)
-        })
+    let (_, p) = node
+        .find_pod(namespace, pod)
         .ok_or_else(|| LogError::PodNotFound(pod.to_owned()))?;
     let known = p
         .spec
@@ -323,7 +316,7 @@ fn copy(
             return Ok(());
         }
         idle += 1;
-        if idle % 5 == 0 && !running() {
+        if idle.is_multiple_of(5) && !running() {
             let mut rest = Vec::new();
             reader.read_to_end(&mut rest)?;
             for l in rest.split_inclusive(|b| *b == b'\n') {

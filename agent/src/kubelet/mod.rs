@@ -11,37 +11,24 @@ mod remotecommand;
 pub mod spdy;
 pub mod streams;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
-use openssl::ssl::{Ssl, SslAcceptor, SslMethod, SslVerifyMode};
+use openssl::ssl::SslAcceptor;
 use openssl::x509::X509;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use self::exec::ExecRequest;
 use self::streams::Transport;
 use crate::node::Node;
 
-pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
-
-fn full(code: u16, content_type: &str, bytes: impl Into<Bytes>) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("Content-Type", content_type)
-        .body(
-            Full::new(bytes.into())
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .expect("valid response")
-}
+use crate::https::full;
+pub use crate::https::Body;
 
 /// A `metav1.Status` failure, as kube-apiserver relays kubelet errors.
 pub fn status_error(code: u16, reason: &str, message: &str) -> Response<Body> {
@@ -192,17 +179,7 @@ impl Kubelet {
         namespace: &str,
         pod: &str,
     ) -> Response<Body> {
-        let found = self
-            .node
-            .pods
-            .lock()
-            .expect("pod map lock")
-            .iter()
-            .find_map(|(uid, p)| {
-                (p.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                    && p.metadata.name.as_deref() == Some(pod))
-                .then(|| uid.clone())
-            });
+        let found = self.node.find_pod(namespace, pod).map(|(uid, _)| uid);
         let Some(uid) = found else {
             return status_error(404, "NotFound", &format!("pod {namespace}/{pod} not found"));
         };
@@ -322,55 +299,14 @@ pub fn acceptor(
     key: &openssl::pkey::PKey<openssl::pkey::Private>,
     client_ca: &[X509],
 ) -> anyhow::Result<SslAcceptor> {
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
-    b.set_private_key(key)?;
-    b.set_certificate(cert)?;
-    let mut names = openssl::stack::Stack::new()?;
-    for ca in client_ca {
-        b.cert_store_mut().add_cert(ca.clone())?;
-        names.push(ca.subject_name().to_owned()?)?;
-    }
-    b.set_client_ca_list(names);
-    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
-    // Clients resume sessions (Go's and kube-rs' do); with client certificates OpenSSL refuses
-    // a resumption unless the session has a context to belong to.
-    b.set_session_id_context(b"nodelet")?;
-    Ok(b.build())
+    crate::https::acceptor(cert, key, client_ca, true)
 }
 
 pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, kubelet: Kubelet) {
-    let acceptor = Arc::new(acceptor);
     info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "kubelet API serving");
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "kubelet API accept");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, kubelet) = (acceptor.clone(), kubelet.clone());
-        tokio::spawn(async move {
-            let Ok(ssl) = Ssl::new(acceptor.context()) else {
-                return;
-            };
-            let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else {
-                return;
-            };
-            if let Err(e) = std::pin::Pin::new(&mut tls).accept().await {
-                debug!(%peer, error = %e, "kubelet API: TLS handshake refused");
-                return;
-            }
-            let service = hyper::service::service_fn(move |req| {
-                let kubelet = kubelet.clone();
-                async move { Ok::<_, Infallible>(kubelet.handle(req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades()
-                .await;
-        });
-    }
+    crate::https::serve("kubelet", listener, acceptor, move |req, _| {
+        let kubelet = kubelet.clone();
+        async move { kubelet.handle(req).await }
+    })
+    .await
 }

@@ -64,7 +64,7 @@ struct Size {
 
 /// The running side of a session: what is fed to stdin and where output goes.
 enum Session {
-    Exec(Exec),
+    Exec(Box<Exec>),
     /// `attach`: the container's output from now on (its log), no input.
     Attach(mpsc::Receiver<Bytes>),
 }
@@ -108,7 +108,7 @@ async fn start(node: &Arc<Node>, req: &ExecRequest, attach: bool) -> Result<Sess
     }
     exec::start(node.clone(), req)
         .await
-        .map(Session::Exec)
+        .map(|e| Session::Exec(Box::new(e)))
         .map_err(|e| internal_error(&e.to_string()))
 }
 
@@ -192,11 +192,9 @@ where
     let _ = tokio::time::timeout(DRAIN, conn).await;
 }
 
-fn conn_closed(conn: &tokio::task::JoinHandle<()>) -> impl std::future::Future<Output = ()> + '_ {
-    async move {
-        while !conn.is_finished() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+async fn conn_closed(conn: &tokio::task::JoinHandle<()>) {
+    while !conn.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -80,7 +80,7 @@ fn os_image() -> String {
 
 fn storage_bytes(path: &std::path::Path) -> u64 {
     nix::sys::statvfs::statvfs(path)
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks() * s.fragment_size())
         .unwrap_or(0)
 }
 

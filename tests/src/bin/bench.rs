@@ -271,50 +271,36 @@ fn api(node: &TestNode) -> Result<()> {
         t.elapsed().as_secs_f64(), t.elapsed().as_secs_f64() * 1000.0 / API_PODS as f64);
 
     let table = "Accept: application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
-    let mut server = Vec::new();
-    for _ in 0..20 {
-        let out = node
-            .api_curl(true)?
-            .args([
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{time_pretransfer} %{time_total}",
-                "-H",
-                table,
-            ])
-            .arg("https://127.0.0.1:6443/api/v1/namespaces/default/pods?limit=500")
-            .output()?;
-        let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-            .split(' ')
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        if let [pre, total] = times[..] {
-            server.push((total - pre) * 1000.0);
+    // Server time as curl sees it: from the request sent to the last byte, 20 times.
+    let list_times = |query: &str| -> Result<Vec<f64>> {
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let out = node
+                .api_curl(true)?
+                .args([
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{time_pretransfer} %{time_total}",
+                    "-H",
+                    table,
+                ])
+                .arg(format!(
+                    "https://127.0.0.1:6443/api/v1/namespaces/default/pods{query}"
+                ))
+                .output()?;
+            let t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+                .split(' ')
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            if let [pre, total] = t[..] {
+                times.push((total - pre) * 1000.0);
+            }
         }
-    }
-    let mut full = Vec::new();
-    for _ in 0..20 {
-        let out = node
-            .api_curl(true)?
-            .args([
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{time_pretransfer} %{time_total}",
-                "-H",
-                table,
-            ])
-            .arg("https://127.0.0.1:6443/api/v1/namespaces/default/pods")
-            .output()?;
-        let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-            .split(' ')
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        if let [pre, total] = times[..] {
-            full.push((total - pre) * 1000.0);
-        }
-    }
+        Ok(times)
+    };
+    let mut server = list_times("?limit=500")?;
+    let mut full = list_times("")?;
     let mut kubectl = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
