@@ -227,9 +227,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tokio::spawn(source.run(tx));
     let (api_tx, mut api_rx) = watch::channel::<source::Desired>(None);
-    let api_source = match api_kubeconfig(&node.config, &paths, &node).await? {
+    let kubelet = crate::kubelet::Kubelet::new(node.clone());
+    let api_source = match api_kubeconfig(&node.config, &paths, &kubelet).await? {
         Some(kubeconfig) => {
             let client = source::api::client(&kubeconfig).await?;
+            kubelet.set_token_reviewer(client.clone());
             let events = node.events_rx.lock().expect("events lock").take();
             let api = source::api::ApiSource::new(client, node.clone());
             tokio::spawn(async move {
@@ -270,8 +272,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn api_kubeconfig(
     config: &Config,
     paths: &NodePaths,
-    node: &Arc<Node>,
+    kubelet: &crate::kubelet::Kubelet,
 ) -> anyhow::Result<Option<PathBuf>> {
+    let node = &kubelet.node;
     let mut hosts = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -284,7 +287,6 @@ async fn api_kubeconfig(
     }
     hosts.dedup();
     let pki = crate::apiserver::pki::Pki::ensure(&paths.root.join("pki"), &hosts)?;
-    let kubelet = crate::kubelet::Kubelet { node: node.clone() };
     if config.port != 0 {
         start_kubelet_api(config, &pki, kubelet.clone()).await?;
     }
@@ -300,7 +302,7 @@ async fn api_kubeconfig(
         pki: &pki,
         kubeconfig: config.api_server.kubeconfig.clone(),
         node_name: node.ctx.node_name.clone(),
-        kubelet: Some(kubelet),
+        kubelet: Some(kubelet.clone()),
     })
     .await
     .context("start the built-in API")?;

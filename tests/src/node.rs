@@ -444,10 +444,12 @@ impl TestNode {
         if d < root {
             return false;
         }
-        // Walk up the parents until the reaper or the host init.
+        // Walk up the parents until the reaper, the agent (whose parent is nsenter, outside),
+        // or the host init.
+        let agent = self.agent.as_ref().map(|a| a.pid);
         let mut p = pid;
         for _ in 0..64 {
-            if p == self.reaper {
+            if p == self.reaper || Some(p) == agent {
                 return true;
             }
             let stat = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();

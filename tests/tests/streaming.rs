@@ -649,6 +649,28 @@ fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
     attach.wait()?;
     ensure!(seen.contains("line "), "attach: {seen}");
 
+    // An exec whose client goes away is ended with it.
+    let sleeping = || {
+        node.processes().into_iter().any(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"sleep\x001000\x00")
+        })
+    };
+    let mut long = kubectl_env(
+        &node,
+        "kubectl",
+        &[],
+        &["exec", "talk", "-c", "side", "--", "sleep", "1000"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()?;
+    wait_for("the exec'd sleep", T, || sleeping().then_some(()))?;
+    long.kill()?;
+    long.wait()?;
+    wait_for("the exec'd sleep to end with its stream", T, || {
+        (!sleeping()).then_some(())
+    })?;
+
     // Many execs: no process, descriptor or socket left behind.
     let agent_fds = || {
         std::fs::read_dir(format!(

@@ -251,6 +251,10 @@ impl Server {
                 return Ok(doc);
             }
         }
+        if method == Method::POST && segs == ["apis", "authentication.k8s.io", "v1", "tokenreviews"]
+        {
+            return self.token_review(req).await;
+        }
         let (group_version, rest) = match segs.as_slice() {
             ["api", "v1", rest @ ..] => ("v1", rest),
             ["apis", group, version, rest @ ..] => {
@@ -424,6 +428,26 @@ impl Server {
             (_, _, Some(_)) => Err(ApiError::no_route()),
             _ => Err(ApiError::method_not_allowed()),
         }
+    }
+
+    /// TokenReview: whether a bearer token is this API's (what a kubelet asks before serving a
+    /// request that carries one).
+    async fn token_review(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let body = Limited::new(req.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("read request body: {e}")))?
+            .to_bytes();
+        let review: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("TokenReview: {e}")))?;
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let mut status = json!({"authenticated": !token.is_empty() && token == self.token});
+        if status["authenticated"] == true {
+            status["user"] = json!({"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]});
+        }
+        let answer = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null}, "spec": review["spec"], "status": status});
+        Ok(json_response(201, &answer))
     }
 
     /// `pods/log`, `exec`, `attach` and `portforward`: kube-apiserver's checks, then the node's

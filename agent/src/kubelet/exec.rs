@@ -51,6 +51,14 @@ pub struct Exec {
     error_file: std::path::PathBuf,
 }
 
+impl Drop for Exec {
+    /// However the session ended (a client gone mid-command included), its error file goes;
+    /// the helper itself is killed with its `Child` (`kill_on_drop`).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.error_file);
+    }
+}
+
 /// How the command ended.
 pub enum Outcome {
     Exited(i32),
@@ -62,7 +70,6 @@ impl Exec {
     pub async fn wait(mut self) -> Outcome {
         let status = self.child.wait().await;
         let error = std::fs::read_to_string(&self.error_file).ok();
-        let _ = std::fs::remove_file(&self.error_file);
         match (error, status) {
             (Some(text), _) if !text.is_empty() => Outcome::Failed(text),
             (_, Ok(s)) => Outcome::Exited(s.code().unwrap_or(1)),

@@ -84,9 +84,72 @@ impl Query {
 #[derive(Clone)]
 pub struct Kubelet {
     pub node: Arc<Node>,
+    /// The API server that checks bearer tokens (TokenReview), once the node has a client.
+    reviewer: Arc<std::sync::OnceLock<kube::Client>>,
+    /// Token (hashed) -> (authenticated, when checked): kubelet caches reviews too.
+    reviewed: Arc<std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>>,
 }
 
+/// How long a TokenReview answer is trusted (kubelet's defaults: 2 min, 30 s for a refusal).
+const REVIEW_TTL: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(120),
+    std::time::Duration::from_secs(30),
+);
+
 impl Kubelet {
+    pub fn new(node: Arc<Node>) -> Kubelet {
+        Kubelet {
+            node,
+            reviewer: Default::default(),
+            reviewed: Default::default(),
+        }
+    }
+
+    /// From now on, bearer tokens are checked with this API server's TokenReview.
+    pub fn set_token_reviewer(&self, client: kube::Client) {
+        let _ = self.reviewer.set(client);
+    }
+
+    /// Whether the API server says the token is valid (kubelet's webhook authentication).
+    async fn token_valid(&self, token: &str) -> bool {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let key = crate::short_hash(token.as_bytes());
+        if let Some((ok, at)) = self
+            .reviewed
+            .lock()
+            .expect("review cache")
+            .get(&key)
+            .copied()
+        {
+            if at.elapsed() < if ok { REVIEW_TTL.0 } else { REVIEW_TTL.1 } {
+                return ok;
+            }
+        }
+        let Some(client) = self.reviewer.get().cloned() else {
+            return false;
+        };
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: kube::Api<TokenReview> = kube::Api::all(client);
+        let ok = match api.create(&kube::api::PostParams::default(), &review).await {
+            Ok(r) => r.status.and_then(|s| s.authenticated).unwrap_or(false),
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "TokenReview");
+                return false;
+            }
+        };
+        self.reviewed
+            .lock()
+            .expect("review cache")
+            .insert(key, (ok, std::time::Instant::now()));
+        ok
+    }
+
     /// `containerLogs` / `pods/log`.
     pub async fn logs(
         &self,
@@ -304,9 +367,23 @@ pub fn acceptor(
 
 pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, kubelet: Kubelet) {
     info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "kubelet API serving");
-    crate::https::serve("kubelet", listener, acceptor, move |req, _| {
+    crate::https::serve("kubelet", listener, acceptor, move |req, has_cert| {
         let kubelet = kubelet.clone();
-        async move { kubelet.handle(req).await }
+        async move {
+            if !has_cert {
+                let token = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(|t| t.trim().to_owned());
+                match token {
+                    Some(t) if kubelet.token_valid(&t).await => {}
+                    _ => return status_error(401, "Unauthorized", "Unauthorized"),
+                }
+            }
+            kubelet.handle(req).await
+        }
     })
     .await
 }
