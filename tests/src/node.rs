@@ -79,11 +79,17 @@ impl TestNode {
             fs::create_dir_all(dir.join(sub))?;
         }
         let cgroup_root = format!("/nodelet-it-{id}");
+        // The built-in API's kubeconfig goes in the node's directory, unless `extra` configures
+        // the API itself (`apiServer: {enabled: false}` for a node of static pods only).
+        let api = if extra.contains("apiServer:") {
+            String::new()
+        } else {
+            format!("apiServer:\n  kubeconfig: {}/kubeconfig\n", dir.display())
+        };
         let config = format!(
             "rootDir: {d}/root\nrunDir: {d}/run\npodLogsDir: {d}/logs\nstaticPodPath: {d}/manifests\n\
              cgroupRoot: {cgroup_root}\nhostnameOverride: {name}\nfileCheckFrequency: 2s\n\
-             cniConfDir: {d}/cni/net.d\ncniDataDir: {d}/cni/data\n\
-             apiServer:\n  kubeconfig: {d}/kubeconfig\n{extra}",
+             cniConfDir: {d}/cni/net.d\ncniDataDir: {d}/cni/data\n{api}{extra}",
             d = dir.display()
         );
         fs::write(dir.join("config.yaml"), config)?;
