@@ -63,6 +63,9 @@ pub struct Config {
     pub container_log_max_files: usize,
     /// Registries (`host` or `host:port`) spoken to over plain HTTP; those on 127.0.0.0/8 always are.
     pub insecure_registries: Vec<String>,
+    /// A docker `config.json` with registry credentials, searched before `<rootDir>/config.json`,
+    /// `/var/lib/kubelet/config.json` and `$HOME/.docker/config.json`.
+    pub registry_credentials_file: Option<PathBuf>,
     /// The built-in Kubernetes API, served when no `kubeconfig` names another API server.
     #[serde(rename = "apiServer")]
     pub api_server: ApiServerConfig,
@@ -136,6 +139,7 @@ impl Default for Config {
             container_log_max_size: "10Mi".into(),
             container_log_max_files: 5,
             insecure_registries: Vec::new(),
+            registry_credentials_file: None,
             api_server: ApiServerConfig::default(),
             address: std::net::Ipv4Addr::UNSPECIFIED.into(),
             port: 10250,

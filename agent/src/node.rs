@@ -93,8 +93,14 @@ impl Node {
                 max_files: config.container_log_max_files,
             },
         };
-        let puller =
-            crate::images::pull::Puller::new(images.clone(), config.insecure_registries.clone());
+        let puller = crate::images::pull::Puller::new(
+            images.clone(),
+            config.insecure_registries.clone(),
+            crate::images::credentials::search_path(
+                config.registry_credentials_file.as_deref(),
+                &config.root_dir,
+            ),
+        );
         let (events, events_rx) = mpsc::unbounded_channel();
         Ok(Node {
             changed: tokio::sync::Notify::new(),

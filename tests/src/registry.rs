@@ -14,11 +14,27 @@ pub struct Registry {
     host_pid: i32,
     /// `127.0.0.1:<port>`, as seen from inside the node.
     pub address: String,
+    /// `user:password` when the registry requires basic auth (htpasswd).
+    credentials: Option<String>,
 }
 
 impl Registry {
     /// Starts a registry on the node's loopback (brought up first) at `port`.
     pub fn start(node: &TestNode, port: u16) -> Result<Registry> {
+        Self::start_with(node, port, None)
+    }
+
+    /// A registry that answers only to `user`/`password` (htpasswd, bcrypt).
+    pub fn start_with_auth(
+        node: &TestNode,
+        port: u16,
+        user: &str,
+        password: &str,
+    ) -> Result<Registry> {
+        Self::start_with(node, port, Some((user, password)))
+    }
+
+    fn start_with(node: &TestNode, port: u16, auth: Option<(&str, &str)>) -> Result<Registry> {
         let up = node
             .net_command("ip")
             .args(["link", "set", "lo", "up"])
@@ -30,13 +46,24 @@ impl Registry {
         std::fs::create_dir_all(&dir)?;
         let address = format!("127.0.0.1:{port}");
         let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
-                dir.join("data").display()
-            ),
-        )?;
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            dir.join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            let out = std::process::Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()?;
+            if !out.status.success() {
+                bail!("htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::fs::write(dir.join("htpasswd"), &out.stdout)?;
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                dir.join("htpasswd").display()
+            ));
+        }
+        std::fs::write(&config, yaml)?;
         let nsenter = node
             .net_command("docker-registry")
             .arg("serve")
@@ -47,17 +74,20 @@ impl Registry {
             .spawn()?;
         // nsenter without a PID namespace to enter execs the registry in place.
         let host_pid = nsenter.id() as i32;
+        let credentials = auth.map(|(u, p)| format!("{u}:{p}"));
         let registry = Registry {
             nsenter,
             host_pid,
             address,
+            credentials,
         };
         wait_for("the registry to listen", Duration::from_secs(10), || {
-            let out = node
-                .net_command("curl")
-                .args(["-sf", &format!("http://{}/v2/", registry.address)])
-                .output()
-                .ok()?;
+            let mut curl = node.net_command("curl");
+            curl.args(["-sf", &format!("http://{}/v2/", registry.address)]);
+            if let Some(c) = &registry.credentials {
+                curl.args(["-u", c]);
+            }
+            let out = curl.output().ok()?;
             out.status.success().then_some(())
         })?;
         Ok(registry)
@@ -69,13 +99,13 @@ impl Registry {
         let target = format!("docker://{}/{repository}:{tag}", self.address);
         let out = node
             .net_command("skopeo")
-            .args([
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                &source,
-                &target,
-            ])
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(
+                self.credentials
+                    .iter()
+                    .flat_map(|c| ["--dest-creds".to_owned(), c.clone()]),
+            )
+            .args([&source, &target])
             .output()?;
         if !out.status.success() {
             bail!(

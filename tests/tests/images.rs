@@ -95,3 +95,55 @@ fn pods_pull_their_images_from_a_registry() -> Result<()> {
     drop(registry);
     node.assert_clean()
 }
+
+/// A registry that wants a password: refused without credentials (the reason says so), pulled
+/// with them from a docker `config.json` on the node, read at pull time.
+#[test]
+fn credentials_from_a_docker_config_json() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "")?;
+    let registry = Registry::start_with_auth(&node, 5001, "puller", "s3cret")?;
+    registry.push(&node, "busybox", "private/box", "v1")?;
+    node.start_agent()?;
+    let image = format!("{}/private/box:v1", registry.address);
+    node.write_manifest("a.yaml", &pod("a", &image, None));
+    let refused = node.wait_pod("a", "pull refused", T, |p| waiting(p).0 == "ErrImagePull")?;
+    let message = waiting(&refused).1.to_lowercase();
+    ensure!(message.contains("not authorized"), "{message}");
+
+    // A malformed credentials file is named in the reason, not taken as "no credentials".
+    std::fs::write(node.dir.join("root/config.json"), "{not json")?;
+    node.write_manifest("b.yaml", &pod("b", &image, None));
+    let bad = node.wait_pod("b", "bad credentials file", T, |p| {
+        waiting(p).1.contains("config.json")
+    })?;
+    ensure!(waiting(&bad).0 == "ErrImagePull", "{:?}", waiting(&bad));
+
+    let auth = base64_of("puller:s3cret");
+    std::fs::write(
+        node.dir.join("root/config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.address
+        ),
+    )?;
+    node.write_manifest("c.yaml", &pod("c", &image, None));
+    node.wait_pod("c", "running from the private image", T, |p| {
+        TestNode::container_status(p, "c")["state"]["running"].is_object()
+    })?;
+    Ok(())
+}
+
+fn base64_of(text: &str) -> String {
+    let out = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("run base64");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

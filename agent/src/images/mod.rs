@@ -1,5 +1,6 @@
 //! Images: references, the content-addressed store, and layer unpacking.
 
+pub mod credentials;
 pub mod pull;
 pub mod reference;
 pub mod store;

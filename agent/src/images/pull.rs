@@ -50,6 +50,8 @@ pub enum Error {
 
 pub struct Puller {
     store: ImageStore,
+    /// docker `config.json` files searched for a registry's credentials, in order.
+    credentials: Vec<std::path::PathBuf>,
     /// Registries spoken to over plain HTTP besides those on 127.0.0.0/8 (Docker's default).
     insecure: Vec<String>,
     /// One lock per image reference: a second pull of the same image waits for the first.
@@ -64,9 +66,14 @@ fn registry_error(image: &str, e: oci_client::errors::OciDistributionError) -> E
 }
 
 impl Puller {
-    pub fn new(store: ImageStore, insecure: Vec<String>) -> Puller {
+    pub fn new(
+        store: ImageStore,
+        insecure: Vec<String>,
+        credentials: Vec<std::path::PathBuf>,
+    ) -> Puller {
         Puller {
             store,
+            credentials,
             insecure,
             inflight: Mutex::new(HashMap::new()),
         }
@@ -123,8 +130,17 @@ impl Puller {
             protocol,
             ..Default::default()
         });
-        let auth = RegistryAuth::Anonymous;
-        info!(image = %key, "pulling image");
+        let auth = match super::credentials::lookup(&self.credentials, &reference.registry) {
+            Ok(Some((user, password))) => RegistryAuth::Basic(user, password),
+            Ok(None) => RegistryAuth::Anonymous,
+            Err(message) => {
+                return Err(Error::Registry {
+                    image: key.to_owned(),
+                    message,
+                })
+            }
+        };
+        info!(image = %key, authenticated = !matches!(auth, RegistryAuth::Anonymous), "pulling image");
 
         // The image manifest (an index resolved to this node's platform), then its exact bytes,
         // which are what its digest names.
@@ -240,6 +256,7 @@ mod tests {
         let puller = Puller::new(
             ImageStore::open(&dir).unwrap(),
             vec!["registry.lan:5000".into()],
+            Vec::new(),
         );
         assert!(puller.plain_http("127.0.0.1:5000"));
         assert!(puller.plain_http("localhost:5000"));
