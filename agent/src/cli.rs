@@ -252,6 +252,26 @@ pub fn images(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `nodelet image pull REF`: the pods' pull path, run by hand (the store's lock makes it safe
+/// beside a running agent).
+pub fn pull(config: &Config, reference: &str) -> anyhow::Result<()> {
+    let store = ImageStore::open(NodePaths::new(config).images())?;
+    let puller = crate::images::pull::Puller::new(
+        store,
+        config.insecure_registries.clone(),
+        crate::images::credentials::search_path(
+            config.registry_credentials_file.as_deref(),
+            &config.root_dir,
+        ),
+    );
+    let image = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(puller.pull(reference))?;
+    println!("pulled {} ({})", image.reference, image.digest);
+    Ok(())
+}
+
 pub fn import(config: &Config, source: &Path, reference: Option<&str>) -> anyhow::Result<()> {
     let store = ImageStore::open(NodePaths::new(config).images())?;
     for r in store.import(source, reference)? {

@@ -66,6 +66,9 @@ enum ImageCommand {
         /// Name to store it under (default: the layout's reference annotation)
         reference: Option<String>,
     },
+    /// Pull an image from its registry into the node's store (credentials and plain-HTTP rules
+    /// as for pods)
+    Pull { reference: String },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,9 @@ fn main() -> ExitCode {
             Some(Command::Image {
                 command: ImageCommand::Import { source, reference },
             }) => cli::import(&config, source, reference.as_deref()),
+            Some(Command::Image {
+                command: ImageCommand::Pull { reference },
+            }) => cli::pull(&config, reference),
             Some(Command::Images) => cli::images(&config),
             Some(Command::Pods { namespace }) => cli::pods(&config, namespace.as_deref()),
             Some(Command::Logs(args)) => cli::logs(&config, args),

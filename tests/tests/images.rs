@@ -147,3 +147,39 @@ fn base64_of(text: &str) -> String {
         .expect("run base64");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// `nodelet image pull` by hand, with the same credentials and plain-HTTP rules as pods.
+#[test]
+fn image_pull_by_hand() -> Result<()> {
+    let node = TestNode::with_config("node1", "")?;
+    let registry = Registry::start_with_auth(&node, 5002, "hand", "pw")?;
+    registry.push(&node, "kubia", "team/web", "v2")?;
+    let image = format!("{}/team/web:v2", registry.address);
+    let refused = node.nodelet(&["image", "pull", &image]);
+    ensure!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr)
+                .to_lowercase()
+                .contains("not authorized"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    std::fs::write(
+        node.dir.join("root/config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"username": "hand", "password": "pw"}}}}}}"#,
+            registry.address
+        ),
+    )?;
+    let out = node.nodelet(&["image", "pull", &image]);
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .starts_with(&format!("pulled {image} (sha256:")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let images = String::from_utf8(node.nodelet(&["images"]).stdout)?;
+    ensure!(images.contains(&image), "{images}");
+    Ok(())
+}
