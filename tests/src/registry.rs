@@ -95,11 +95,24 @@ impl Registry {
 
     /// Pushes one of the test images (`busybox`, `kubia`) as `<repository>:<tag>`.
     pub fn push(&self, node: &TestNode, image: &str, repository: &str, tag: &str) -> Result<()> {
+        self.push_with(node, image, repository, tag, &[])
+    }
+
+    /// Pushes with extra `skopeo copy` options (`--dest-compress-format zstd`, ...).
+    pub fn push_with(
+        &self,
+        node: &TestNode,
+        image: &str,
+        repository: &str,
+        tag: &str,
+        options: &[&str],
+    ) -> Result<()> {
         let source = format!("oci:{}:latest", test_images().join(image).display());
         let target = format!("docker://{}/{repository}:{tag}", self.address);
         let out = node
             .net_command("skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(options)
             .args(
                 self.credentials
                     .iter()

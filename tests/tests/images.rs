@@ -183,3 +183,41 @@ fn image_pull_by_hand() -> Result<()> {
     ensure!(images.contains(&image), "{images}");
     Ok(())
 }
+
+/// zstd-compressed layers (OCI `tar+zstd`), as `skopeo --dest-compress-format zstd` pushes them.
+#[test]
+fn zstd_layers_from_a_registry() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "")?;
+    let registry = Registry::start(&node, 5003)?;
+    registry.push_with(
+        &node,
+        "busybox",
+        "zstd/box",
+        "v1",
+        &["--format", "oci", "--dest-compress-format", "zstd"],
+    )?;
+    let manifest = node
+        .net_command("curl")
+        .args([
+            "-s",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!(
+            "http://{}/v2/zstd/box/manifests/v1",
+            registry.address
+        ))
+        .output()?;
+    let manifest = String::from_utf8_lossy(&manifest.stdout).into_owned();
+    ensure!(
+        manifest.contains("application/vnd.oci.image.layer.v1.tar+zstd"),
+        "not zstd: {manifest}"
+    );
+    node.start_agent()?;
+    let image = format!("{}/zstd/box:v1", registry.address);
+    node.write_manifest("z.yaml", &pod("z", &image, None));
+    node.wait_pod("z", "running from zstd layers", T, |p| {
+        TestNode::container_status(p, "c")["state"]["running"].is_object()
+    })?;
+    Ok(())
+}
