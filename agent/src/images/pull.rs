@@ -48,6 +48,70 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
+/// Layers at least this large get progress lines while they download.
+const PROGRESS_FROM: u64 = 10_000_000;
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A download's destination that logs bytes and rate every few seconds for large layers.
+struct Progress<'a, W> {
+    inner: W,
+    image: &'a str,
+    layer: &'a str,
+    size: u64,
+    done: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl<'a, W> Progress<'a, W> {
+    fn new(inner: W, image: &'a str, layer: &'a str, size: u64) -> Self {
+        let now = Instant::now();
+        Progress {
+            inner,
+            image,
+            layer,
+            size,
+            done: 0,
+            started: now,
+            last: now,
+        }
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            self.done += n as u64;
+            if self.size >= PROGRESS_FROM && self.last.elapsed() >= PROGRESS_EVERY {
+                self.last = Instant::now();
+                let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-3) / 1e6;
+                info!(image = %self.image, layer = %self.layer, "pulling layer: {:.1} of {:.1} MB at {rate:.1} MB/s",
+                    self.done as f64 / 1e6, self.size as f64 / 1e6);
+            }
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 pub struct Puller {
     store: ImageStore,
     /// docker `config.json` files searched for a registry's credentials, in order.
@@ -188,6 +252,11 @@ impl Puller {
                 source,
             };
             let file = tokio::fs::File::create(&download).await.map_err(io_err)?;
+            let size = layer.size.max(0) as u64;
+            if size >= PROGRESS_FROM {
+                info!(image = %key, layer = %layer.digest, "pulling layer ({:.1} MB)", size as f64 / 1e6);
+            }
+            let file = Progress::new(file, key, &layer.digest, size);
             let pulled = client.pull_blob(&target, layer, file).await;
             if let Err(e) = pulled {
                 let _ = std::fs::remove_file(&download);
@@ -249,6 +318,18 @@ impl Puller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn progress_passes_every_byte_through() {
+        use tokio::io::AsyncWriteExt;
+        let mut out = Progress::new(Vec::new(), "img", "sha256:x", 20_000_000);
+        for _ in 0..100 {
+            out.write_all(&[7u8; 1000]).await.unwrap();
+        }
+        out.flush().await.unwrap();
+        assert_eq!(out.done, 100_000);
+        assert_eq!(out.inner.len(), 100_000);
+    }
 
     #[test]
     fn plain_http_only_for_loopback_and_listed_registries() {
