@@ -6,11 +6,9 @@
 //! The command dies with the helper (PR_SET_PDEATHSIG), so ending the stream ends the exec.
 //! A failure to start goes to `error_file`; the helper's exit status is the command's.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
@@ -38,16 +36,8 @@ pub enum Error {
     },
     #[error("fork")]
     Fork(#[source] std::io::Error),
-    #[error("apply user and capabilities")]
-    Caps(#[from] crate::caps::Error),
-    #[error("change to working directory {0}")]
-    Cwd(PathBuf, #[source] nix::Error),
-    #[error("exec: {0:?}: executable file not found in $PATH")]
-    NotFound(String),
-    #[error("exec {0}")]
-    Exec(PathBuf, #[source] std::io::Error),
-    #[error("argument or environment contains a NUL byte")]
-    Nul,
+    #[error(transparent)]
+    Process(#[from] crate::init::Error),
     #[error("set up the terminal")]
     Terminal(#[source] std::io::Error),
 }
@@ -230,22 +220,5 @@ fn child(spec: &ExecSpec, terminal: Option<&OwnedFd>) -> Result<std::convert::In
         }
         sys::set_controlling_terminal().map_err(Error::Terminal)?;
     }
-    let process = &spec.process;
-    let env: Vec<CString> = process
-        .env
-        .iter()
-        .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul))
-        .collect::<Result<_, _>>()?;
-    let argv: Vec<CString> = process
-        .args
-        .iter()
-        .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul))
-        .collect::<Result<_, _>>()?;
-    let program = crate::init::find_program(&process.args[0], &process.env)
-        .map_err(|_| Error::NotFound(process.args[0].clone()))?;
-    crate::caps::apply(process)?;
-    nix::unistd::chdir(&process.cwd).map_err(|e| Error::Cwd(process.cwd.clone(), e))?;
-    sys::cloexec_from(3).map_err(Error::Terminal)?;
-    let path = CString::new(program.as_os_str().as_bytes()).map_err(|_| Error::Nul)?;
-    Err(Error::Exec(program, sys::execve(&path, &argv, &env)))
+    Ok(crate::init::exec_process(&spec.process)?)
 }

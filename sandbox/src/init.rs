@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::stat::Mode;
 
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, ProcessSpec};
 use crate::{caps, rootfs, sys};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +91,18 @@ fn setup_and_exec(
     rootfs::prepare(&spec.rootfs, &spec.mounts, shm)?;
     rootfs::protect_paths(&spec.process)?;
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
-    let env = cstrings(&spec.process.env)?;
-    let argv = cstrings(&spec.process.args)?;
-    let program = find_program(&spec.process.args[0], &spec.process.env)?;
-    caps::apply(&spec.process)?;
-    nix::unistd::chdir(&spec.process.cwd).map_err(|e| Error::Cwd(spec.process.cwd.clone(), e))?;
+    exec_process(&spec.process)
+}
+
+/// The last steps of every process started in a container, its first one and `kubectl exec`'s
+/// alike: resolve the program on the container's `PATH`, take the user and capabilities, enter
+/// the working directory and execve(2) with only the standard streams open.
+pub fn exec_process(process: &ProcessSpec) -> Result<std::convert::Infallible, Error> {
+    let env = cstrings(&process.env)?;
+    let argv = cstrings(&process.args)?;
+    let program = find_program(&process.args[0], &process.env)?;
+    caps::apply(process)?;
+    nix::unistd::chdir(&process.cwd).map_err(|e| Error::Cwd(process.cwd.clone(), e))?;
     sys::cloexec_from(3).map_err(Error::Streams)?;
     let path = CString::new(program.as_os_str().as_bytes()).map_err(|_| Error::Nul)?;
     Err(Error::Exec(program, sys::execve(&path, &argv, &env)))
@@ -109,7 +116,7 @@ fn cstrings(items: &[String]) -> Result<Vec<CString>, Error> {
 }
 
 /// execvp(3)'s search, over the container's `PATH` (its filesystem is already `/`).
-pub fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Error> {
+fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Error> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }

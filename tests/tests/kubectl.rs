@@ -884,3 +884,58 @@ fn stored_pods_carry_no_fields_they_were_not_given() -> Result<()> {
     ensure!(!raw.contains(":null"), "{raw}");
     Ok(())
 }
+
+/// `dryRun=All` admits without storing; a WatchList (`sendInitialEvents`) ends its initial
+/// events with the bookmark kube-rs and client-go wait for.
+#[test]
+fn dry_run_and_watch_list_bookmark() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let pods = "https://127.0.0.1:6443/api/v1/namespaces/default/pods";
+    let body = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"dry"},"spec":{"nodeName":"ghost","containers":[{"name":"c","image":"busybox"}]}}"#;
+    let (code, created) = curl(
+        &node,
+        true,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+            &format!("{pods}?dryRun=All"),
+        ],
+    )?;
+    ensure!(
+        code == 201 && created["spec"]["terminationGracePeriodSeconds"] == 30,
+        "{code} {created}"
+    );
+    let gone = fails(&node, &["get", "pod", "dry"])?;
+    ensure!(gone.contains("NotFound"), "{gone}");
+
+    create(&node, "apiVersion: v1\nkind: Pod\nmetadata: {name: w1}\nspec: {nodeName: ghost, containers: [{name: c, image: busybox}]}\n", &[])?;
+    let out = node
+        .api_curl(true)?
+        .args(["-N", "-m", "2", &format!("{pods}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")])
+        .output()?;
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    ensure!(
+        events
+            .first()
+            .is_some_and(|e| e["type"] == "ADDED" && e["object"]["metadata"]["name"] == "w1"),
+        "{events:?}"
+    );
+    let end = events
+        .iter()
+        .find(|e| e["type"] == "BOOKMARK")
+        .ok_or_else(|| anyhow::anyhow!("no bookmark: {events:?}"))?;
+    ensure!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true",
+        "{end}"
+    );
+    Ok(())
+}

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use jiff::Timestamp;
 use openssl::ssl::SslAcceptor;
 use serde_json::{json, Value};
@@ -145,21 +145,15 @@ impl Call {
     }
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
 fn respond(code: u16, content_type: &str, body: Vec<u8>, warnings: &[String]) -> Response<Body> {
-    let mut r = Response::builder()
-        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("Content-Type", content_type)
-        .header("Cache-Control", "no-cache, private");
+    let mut r = crate::https::full(code, content_type, body);
     for w in warnings {
-        r = r.header("Warning", format!("299 - {:?}", w));
+        let value = format!("299 - {w:?}")
+            .parse()
+            .expect("a quoted warning is a valid header");
+        r.headers_mut().append("Warning", value);
     }
-    r.body(full(body)).expect("valid response")
+    r
 }
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {

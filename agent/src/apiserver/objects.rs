@@ -145,8 +145,14 @@ fn unknown_fields(sent: &Value, kept: &Value, path: &str, out: &mut Vec<String>)
     }
 }
 
-/// Checks what the body says it is against what the URL says.
-fn check_type(resource: Resource, body: &Value) -> Result<(), ApiError> {
+/// Checks that the body is an object of the type the URL names, then fills in its type
+/// fields when the client left them out.
+fn check_type(resource: Resource, body: &mut Value) -> Result<(), ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
     let kind = body["kind"].as_str().unwrap_or(resource.kind());
     let version = body["apiVersion"]
         .as_str()
@@ -158,6 +164,8 @@ fn check_type(resource: Resource, body: &Value) -> Result<(), ApiError> {
         ))
         .or_kind(kind, resource));
     }
+    body["kind"] = json!(resource.kind());
+    body["apiVersion"] = json!(resource.api_version());
     Ok(())
 }
 
@@ -181,14 +189,7 @@ pub fn admit_create(
     mut body: Value,
     validation: FieldValidation,
 ) -> Result<Admitted, ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
-    }
-    check_type(resource, &body)?;
-    body["kind"] = json!(resource.kind());
-    body["apiVersion"] = json!(resource.api_version());
+    check_type(resource, &mut body)?;
     if !body["metadata"].is_object() {
         body["metadata"] = json!({});
     }
@@ -244,14 +245,7 @@ pub fn admit_update(
     status: bool,
     validation: FieldValidation,
 ) -> Result<Admitted, ApiError> {
-    if !new.is_object() {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
-    }
-    check_type(resource, &new)?;
-    new["kind"] = json!(resource.kind());
-    new["apiVersion"] = json!(resource.api_version());
+    check_type(resource, &mut new)?;
     let name = name_of(old);
     if name_of(&new) != name || (resource.namespaced() && namespace_of(&new) != namespace_of(old)) {
         return Err(ApiError::bad_request(format!(

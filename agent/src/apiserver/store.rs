@@ -95,6 +95,15 @@ pub enum StoreError {
     },
 }
 
+impl State {
+    fn current(&self, key: &Key) -> Result<Object, ApiError> {
+        self.objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(key.resource.plural(), &key.name))
+    }
+}
+
 struct State {
     rv: u64,
     objects: BTreeMap<Key, Object>,
@@ -161,15 +170,12 @@ impl Store {
         (items, state.rv)
     }
 
-    pub fn create(&self, resource: Resource, mut obj: Value) -> Result<Object, ApiError> {
+    pub fn create(&self, resource: Resource, obj: Value) -> Result<Object, ApiError> {
         let mut state = self.state();
         let key = Key::of(resource, &obj);
         if state.objects.contains_key(&key) {
             return Err(ApiError::already_exists(resource.plural(), &key.name));
         }
-        let rv = state.rv + 1;
-        obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
-        let obj = Arc::new(obj);
         self.commit(&mut state, resource, key, ChangeType::Added, obj, None)
     }
 
@@ -184,11 +190,7 @@ impl Store {
     ) -> Result<Object, ApiError> {
         let mut state = self.state();
         let key = Key::new(resource, namespace, name);
-        let current = state
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(resource.plural(), name))?;
+        let current = state.current(&key)?;
         let Some(mut obj) = change(&current)? else {
             return Ok(current);
         };
@@ -196,13 +198,12 @@ impl Store {
         if obj == *current {
             return Ok(current);
         }
-        obj["metadata"]["resourceVersion"] = Value::String((state.rv + 1).to_string());
         self.commit(
             &mut state,
             resource,
             key,
             ChangeType::Modified,
-            Arc::new(obj),
+            obj,
             Some(current),
         )
     }
@@ -217,35 +218,33 @@ impl Store {
     ) -> Result<Object, ApiError> {
         let mut state = self.state();
         let key = Key::new(resource, namespace, name);
-        let current = state
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(resource.plural(), name))?;
+        let current = state.current(&key)?;
         check(&current)?;
-        let mut obj = (*current).clone();
-        obj["metadata"]["resourceVersion"] = Value::String((state.rv + 1).to_string());
+        let obj = (*current).clone();
         self.commit(
             &mut state,
             resource,
             key,
             ChangeType::Deleted,
-            Arc::new(obj),
+            obj,
             Some(current),
         )
     }
 
-    /// Writes the change to disk, then makes it visible: memory, history, watchers.
+    /// Gives the object the next resourceVersion, writes the change to disk, then makes it
+    /// visible: memory, history, watchers.
     fn commit(
         &self,
         state: &mut State,
         resource: Resource,
         key: Key,
         kind: ChangeType,
-        obj: Object,
+        mut obj: Value,
         previous: Option<Object>,
     ) -> Result<Object, ApiError> {
         let rv = state.rv + 1;
+        obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        let obj = Arc::new(obj);
         let db_key = key.db_key();
         let write = || -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
