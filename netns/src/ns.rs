@@ -101,29 +101,35 @@ where
     let namespace = path.display().to_string();
     let label = namespace.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job =
-        Box::new(move |runtime| {
-            let result =
-                Guard::enter(&path)
-                    .map_err(|source| Error::Enter {
-                        path: namespace.clone(),
-                        source,
-                    })
-                    .and_then(|_guard| {
-                        runtime.block_on(async move {
-                    let (connection, handle, _) = rtnetlink::new_connection()
-                        .map_err(|source| Error::Connect { namespace: namespace.clone(), source })?;
-                    tokio::select! {
-                        result = f(Netlink { handle, namespace: namespace.clone() }) => result,
-                        () = connection => Err(Error::Connect {
-                            namespace,
-                            source: std::io::Error::other("netlink connection ended"),
-                        }),
-                    }
-                })
-                    });
-            let _ = tx.send(result);
+    let job: Job = Box::new(move |runtime| {
+        let guard = match Guard::enter(&path) {
+            Ok(guard) => guard,
+            Err(source) => {
+                let _ = tx.send(Err(Error::Enter {
+                    path: namespace,
+                    source,
+                }));
+                return;
+            }
+        };
+        let result = runtime.block_on(async move {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(|source| Error::Connect {
+                    namespace: namespace.clone(),
+                    source,
+                })?;
+            tokio::select! {
+                result = f(Netlink { handle, namespace: namespace.clone() }) => result,
+                () = connection => Err(Error::Connect {
+                    namespace,
+                    source: std::io::Error::other("netlink connection ended"),
+                }),
+            }
         });
+        // The socket is closed by now; answer before the way back to the node's namespace.
+        let _ = tx.send(result);
+        drop(guard);
+    });
     let sent = {
         let mut sender = executor().lock().expect("executor lock");
         sender.send(job).or_else(|std::sync::mpsc::SendError(job)| {
