@@ -245,10 +245,28 @@ pub fn images(config: &Config) -> anyhow::Result<()> {
                 .chars()
                 .take(12)
                 .collect();
-            vec![i.reference, short, format!("{:.1}MB", i.size as f64 / 1e6)]
+            let last_used = i
+                .last_used
+                .and_then(|t| t.elapsed().ok())
+                .map(|age| {
+                    format!(
+                        "{} ago",
+                        crate::pod::table::human_duration(age.as_secs() as i64)
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            vec![
+                i.reference,
+                short,
+                format!("{:.1}MB", i.size as f64 / 1e6),
+                last_used,
+            ]
         })
         .collect();
-    print!("{}", table::render(&["IMAGE", "ID", "SIZE"], &rows));
+    print!(
+        "{}",
+        table::render(&["IMAGE", "ID", "SIZE", "LAST USED"], &rows)
+    );
     Ok(())
 }
 
@@ -256,18 +274,12 @@ pub fn images(config: &Config) -> anyhow::Result<()> {
 /// beside a running agent).
 pub fn pull(config: &Config, reference: &str) -> anyhow::Result<()> {
     let store = ImageStore::open(NodePaths::new(config).images())?;
-    let puller = crate::images::pull::Puller::new(
-        store,
-        config.insecure_registries.clone(),
-        crate::images::credentials::search_path(
-            config.registry_credentials_file.as_deref(),
-            &config.root_dir,
-        ),
-    );
+    let puller =
+        crate::images::pull::Puller::new(store, crate::images::pull::Settings::new(config));
     let image = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(puller.pull(reference))?;
+        .block_on(puller.pull(reference, &[]))?;
     println!("pulled {} ({})", image.reference, image.digest);
     Ok(())
 }

@@ -66,6 +66,19 @@ pub struct Config {
     /// A docker `config.json` with registry credentials, searched before `<rootDir>/config.json`,
     /// `/var/lib/kubelet/config.json` and `$HOME/.docker/config.json`.
     pub registry_credentials_file: Option<PathBuf>,
+    /// Mirrors per registry (`docker.io: [mirror.lan:5000]`), tried in order before the registry.
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    /// Extra CAs per registry, Docker's layout: `<dir>/<host[:port]>/*.crt`.
+    pub registry_certs_dir: PathBuf,
+    /// Image garbage collection: when the image filesystem is fuller than the high threshold
+    /// (percent), unused images are removed, least recently used first, down to the low one.
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: u8,
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: u8,
+    /// Images younger than this (since pulled or last used) are never collected.
+    #[serde(deserialize_with = "duration", rename = "imageMinimumGCAge")]
+    pub image_minimum_gc_age: Duration,
     /// The built-in Kubernetes API, served when no `kubeconfig` names another API server.
     #[serde(rename = "apiServer")]
     pub api_server: ApiServerConfig,
@@ -140,6 +153,11 @@ impl Default for Config {
             container_log_max_files: 5,
             insecure_registries: Vec::new(),
             registry_credentials_file: None,
+            registry_mirrors: BTreeMap::new(),
+            registry_certs_dir: "/etc/nodelet/certs.d".into(),
+            image_gc_high_threshold_percent: 85,
+            image_gc_low_threshold_percent: 80,
+            image_minimum_gc_age: Duration::from_secs(120),
             api_server: ApiServerConfig::default(),
             address: std::net::Ipv4Addr::UNSPECIFIED.into(),
             port: 10250,
@@ -222,14 +240,39 @@ impl Config {
             return Ok(Config::default());
         }
         let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             if path == "." {
                 e.inner().to_string()
             } else {
                 format!("{path}: {}", e.inner())
             }
-        })
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// What one field cannot say alone: thresholds in order, mirrors that parse.
+    fn validate(&self) -> Result<(), String> {
+        let (high, low) = (
+            self.image_gc_high_threshold_percent,
+            self.image_gc_low_threshold_percent,
+        );
+        if high > 100 {
+            return Err(format!("imageGCHighThresholdPercent: {high} is over 100"));
+        }
+        if low > high {
+            return Err(format!(
+                "imageGCLowThresholdPercent: {low} is above imageGCHighThresholdPercent ({high})"
+            ));
+        }
+        for (registry, mirrors) in &self.registry_mirrors {
+            for mirror in mirrors {
+                crate::images::pull::parse_mirror(mirror)
+                    .map_err(|e| format!("registryMirrors.{registry}: {e}"))?;
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, flags: &Flags) -> Result<(), Error> {
@@ -339,6 +382,16 @@ mod tests {
         let e = Config::from_yaml("fileCheckFrequency: soon\n").unwrap_err();
         assert!(
             e.starts_with("fileCheckFrequency: invalid duration \"soon\""),
+            "{e}"
+        );
+        let e = Config::from_yaml("imageGCHighThresholdPercent: 70\n").unwrap_err();
+        assert!(
+            e.contains("imageGCLowThresholdPercent: 80 is above imageGCHighThresholdPercent (70)"),
+            "{e}"
+        );
+        let e = Config::from_yaml("registryMirrors: {docker.io: ['ftp://m']}\n").unwrap_err();
+        assert!(
+            e.starts_with("registryMirrors.docker.io: mirror \"ftp://m\""),
             "{e}"
         );
     }

@@ -40,6 +40,10 @@ pub struct Node {
     /// The pod network, loaded on first use (and again after a failure, so a fixed CNI config
     /// takes effect without a restart).
     network: Mutex<Option<Arc<Network>>>,
+    /// The API server this node answers to, once connected (for image pull secrets).
+    pub api: std::sync::OnceLock<kube::Client>,
+    /// Rung when image garbage collection may have work: a pull finished, a pod left.
+    pub image_gc: tokio::sync::Notify,
 }
 
 /// Something that happened to a pod, for `kubectl describe` (kubelet's event recorder).
@@ -66,6 +70,62 @@ pub struct PodList {
 }
 
 impl Node {
+    /// Image garbage collection: every 5 minutes as kubelet, and when rung.
+    async fn collect_images(self: Arc<Self>) {
+        const PERIOD: std::time::Duration = std::time::Duration::from_secs(300);
+        let policy = crate::images::gc::Policy::new(&self.config);
+        loop {
+            // Not at start: the sources have not said yet which pods (and images) the node has.
+            tokio::select! {
+                () = self.image_gc.notified() => {}
+                () = tokio::time::sleep(PERIOD) => {}
+            }
+            let pulls_paused = self.puller.pause().await;
+            let in_use = self.images_in_use();
+            let store = self.images.clone();
+            let collected = tokio::task::spawn_blocking(move || {
+                crate::images::gc::collect(&store, policy, &in_use)
+            })
+            .await
+            .expect("image gc task");
+            drop(pulls_paused);
+            if let Err(e) = collected {
+                warn!(error = %crate::error_chain(&e), "image garbage collection");
+            }
+        }
+    }
+
+    /// Manifest digests of the images the node's pods name or run.
+    fn images_in_use(&self) -> HashSet<String> {
+        let pods = self.pods.lock().expect("pods lock");
+        let mut used = HashSet::new();
+        for pod in pods.values() {
+            let spec = pod.spec.iter();
+            let containers = spec.flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            });
+            used.extend(
+                containers
+                    .filter_map(|c| c.image.as_deref())
+                    .filter_map(|name| self.images.digest_of(name)),
+            );
+            let statuses = pod.status.iter().flat_map(|s| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            });
+            used.extend(
+                statuses
+                    .filter_map(|c| c.image_id.split_once('@'))
+                    .map(|(_, digest)| digest.to_owned()),
+            );
+        }
+        used
+    }
+
     pub fn new(config: Config) -> anyhow::Result<Node> {
         let paths = NodePaths::new(&config);
         let images = ImageStore::open(paths.images())?;
@@ -95,11 +155,7 @@ impl Node {
         };
         let puller = crate::images::pull::Puller::new(
             images.clone(),
-            config.insecure_registries.clone(),
-            crate::images::credentials::search_path(
-                config.registry_credentials_file.as_deref(),
-                &config.root_dir,
-            ),
+            crate::images::pull::Settings::new(&config),
         );
         let (events, events_rx) = mpsc::unbounded_channel();
         Ok(Node {
@@ -114,6 +170,8 @@ impl Node {
             ctx,
             config,
             network: Mutex::new(None),
+            api: std::sync::OnceLock::new(),
+            image_gc: tokio::sync::Notify::new(),
         })
     }
 
@@ -224,6 +282,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let listener = bind_control(&paths)?;
     tokio::spawn(serve_control(listener, node.clone()));
+    tokio::spawn(node.clone().collect_images());
 
     let (tx, mut files_rx) = watch::channel::<source::Desired>(None);
     let source = FileSource::new(
@@ -238,6 +297,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(kubeconfig) => {
             let client = source::api::client(&kubeconfig).await?;
             kubelet.set_token_reviewer(client.clone());
+            let _ = node.api.set(client.clone());
             let events = node.events_rx.lock().expect("events lock").take();
             let api = source::api::ApiSource::new(client, node.clone());
             tokio::spawn(async move {
@@ -263,7 +323,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             changed = files_rx.changed() => if changed.is_err() { break },
             Ok(()) = api_rx.changed() => {}
-            Some(uid) = done_rx.recv() => workers.finished(&uid),
+            Some(uid) = done_rx.recv() => {
+                workers.finished(&uid);
+                node.image_gc.notify_one();
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

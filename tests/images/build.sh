@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds nodelet's test and demo images from Debian's busybox-static, with no download, as OCI
-# image layouts: OUT/busybox (docker.io/library/busybox:latest) and OUT/kubia
-# (docker.io/luksa/kubia:latest, an HTTP server on 8080 answering "You've hit <hostname>").
+# image layouts: OUT/busybox (docker.io/library/busybox:latest), OUT/kubia
+# (docker.io/luksa/kubia:latest, an HTTP server on 8080 answering "You've hit <hostname>") and
+# OUT/note (busybox and a layer of its own, which no test node has until it pulls it) and
+# OUT/multiarch (an image index: busybox for this machine's platform and for another).
 # Output is reproducible: fixed owners and mtimes, gzip without names or times.
 set -euo pipefail
 
@@ -57,6 +59,13 @@ chmod 755 "$app/www/cgi-bin/index.cgi"
 layer "$app" app
 app_digest=$layer_digest app_size=$layer_size app_diff_id=$layer_diff_id
 
+# A layer no node has until it pulls it (nodes import busybox and kubia at creation).
+note=$work/note
+mkdir -p "$note/etc"
+echo "nodelet test layer" > "$note/etc/note"
+layer "$note" note
+note_digest=$layer_digest note_size=$layer_size note_diff_id=$layer_diff_id
+
 # image NAME REF CMD_JSON LAYERS...: writes OUT/NAME as an OCI layout (LAYERS are "base" / "app").
 image() {
   local name=$1 ref=$2 cmd=$3; shift 3
@@ -79,7 +88,38 @@ image() {
   printf '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
 }
 
+# platform_manifest LAYOUT ARCH: a busybox image for linux/ARCH whose $PLATFORM names ARCH;
+# sets blob_digest, blob_size to its manifest's.
+platform_manifest() {
+  local layout=$1 a=$2
+  blob "$layout" "$work/base.tar.gz"
+  printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","PLATFORM=linux/%s"],"Cmd":["sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$a" "$a" "$base_diff_id" > "$work/config-$a.json"
+  blob "$layout" "$work/config-$a.json"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \
+    "$blob_digest" "$blob_size" "$base_digest" "$base_size" > "$work/manifest-$a.json"
+  blob "$layout" "$work/manifest-$a.json"
+}
+
+# multiarch: an image index for this node's platform and another, the other listed first.
+multiarch() {
+  local layout=$out/multiarch other=arm64 entries=""
+  [ "$arch" = arm64 ] && other=amd64
+  rm -rf "$layout"; mkdir -p "$layout"
+  for a in "$other" "$arch"; do
+    platform_manifest "$layout" "$a"
+    entries+="${entries:+,}{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$blob_digest\",\"size\":$blob_size,\"platform\":{\"architecture\":\"$a\",\"os\":\"linux\"}}"
+  done
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[%s]}' "$entries" > "$work/index.json"
+  blob "$layout" "$work/index.json"
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}' \
+    "$blob_digest" "$blob_size" > "$layout/index.json"
+  printf '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
+}
+
 mkdir -p "$out"
 image busybox docker.io/library/busybox:latest '["sh"]' base
 image kubia docker.io/luksa/kubia:latest '["httpd","-f","-p","8080","-h","/www"]' base app
-echo "built $out/busybox $out/kubia"
+image note docker.io/library/note:latest '["cat","/etc/note"]' base note
+multiarch
+echo "built $out/busybox $out/kubia $out/note $out/multiarch"

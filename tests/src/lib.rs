@@ -50,7 +50,7 @@ pub fn shim_bin() -> PathBuf {
     nodelet_bin().with_file_name("nodelet-shim")
 }
 
-/// Builds the busybox and kubia images once per checkout (tests/images/build.sh), under a lock
+/// Builds the busybox, kubia and multiarch images once per checkout (tests/images/build.sh), under a lock
 /// so test binaries running side by side share one build.
 pub fn test_images() -> PathBuf {
     let out = workspace().join("target/test-images");
@@ -63,7 +63,7 @@ pub fn test_images() -> PathBuf {
         .expect("open image lock");
     let _guard =
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).expect("lock images");
-    if !out.join("kubia/index.json").exists() {
+    if !out.join("multiarch/index.json").exists() {
         let status = Command::new("bash")
             .arg(workspace().join("tests/images/build.sh"))
             .arg(&out)

@@ -86,10 +86,18 @@ impl TestNode {
         } else {
             format!("apiServer:\n  kubeconfig: {}/kubeconfig\n", dir.display())
         };
+        // Image GC only where a test asks for it: a full disk on the machine running the tests
+        // must not take images from tests that expect them.
+        let gc = if extra.contains("imageGC") {
+            ""
+        } else {
+            "imageGCHighThresholdPercent: 100\nimageGCLowThresholdPercent: 100\n"
+        };
         let config = format!(
             "rootDir: {d}/root\nrunDir: {d}/run\npodLogsDir: {d}/logs\nstaticPodPath: {d}/manifests\n\
              cgroupRoot: {cgroup_root}\nhostnameOverride: {name}\nfileCheckFrequency: 2s\n\
-             cniConfDir: {d}/cni/net.d\ncniDataDir: {d}/cni/data\n{api}{extra}",
+             cniConfDir: {d}/cni/net.d\ncniDataDir: {d}/cni/data\nregistryCertsDir: {d}/certs.d\n\
+             {gc}{api}{extra}",
             d = dir.display()
         );
         fs::write(dir.join("config.yaml"), config)?;

@@ -1,5 +1,6 @@
 //! A real registry (Debian's docker-registry) inside a test node's network namespace, on its
-//! loopback, with the test images pushed to it by skopeo.
+//! loopback, with the test images pushed to it by skopeo: plain HTTP, or TLS with a certificate
+//! from a test CA made for it (openssl), with or without htpasswd basic auth.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -16,12 +17,27 @@ pub struct Registry {
     pub address: String,
     /// `user:password` when the registry requires basic auth (htpasswd).
     credentials: Option<String>,
+    /// Where it keeps its blobs (`docker/registry/v2/...`).
+    data: std::path::PathBuf,
+    /// The test CA that signed its certificate, when it serves TLS.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Registry {
     /// Starts a registry on the node's loopback (brought up first) at `port`.
     pub fn start(node: &TestNode, port: u16) -> Result<Registry> {
-        Self::start_with(node, port, None)
+        Self::start_with(node, port, None, false)
+    }
+
+    /// A registry serving TLS with a certificate for 127.0.0.1 from a fresh test CA (`ca`),
+    /// answering only to `user`/`password`.
+    pub fn start_tls_with_auth(
+        node: &TestNode,
+        port: u16,
+        user: &str,
+        password: &str,
+    ) -> Result<Registry> {
+        Self::start_with(node, port, Some((user, password)), true)
     }
 
     /// A registry that answers only to `user`/`password` (htpasswd, bcrypt).
@@ -31,10 +47,15 @@ impl Registry {
         user: &str,
         password: &str,
     ) -> Result<Registry> {
-        Self::start_with(node, port, Some((user, password)))
+        Self::start_with(node, port, Some((user, password)), false)
     }
 
-    fn start_with(node: &TestNode, port: u16, auth: Option<(&str, &str)>) -> Result<Registry> {
+    fn start_with(
+        node: &TestNode,
+        port: u16,
+        auth: Option<(&str, &str)>,
+        tls: bool,
+    ) -> Result<Registry> {
         let up = node
             .net_command("ip")
             .args(["link", "set", "lo", "up"])
@@ -42,7 +63,7 @@ impl Registry {
         if !up.status.success() {
             bail!("lo up: {}", String::from_utf8_lossy(&up.stderr));
         }
-        let dir = node.dir.join("registry");
+        let dir = node.dir.join(format!("registry-{port}"));
         std::fs::create_dir_all(&dir)?;
         let address = format!("127.0.0.1:{port}");
         let config = dir.join("config.yml");
@@ -50,6 +71,17 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
             dir.join("data").display()
         );
+        let ca = if tls {
+            let (ca, cert, key) = test_ca_and_certificate(&dir)?;
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+            Some(ca)
+        } else {
+            None
+        };
         if let Some((user, password)) = auth {
             let out = std::process::Command::new("htpasswd")
                 .args(["-Bbn", user, password])
@@ -80,10 +112,13 @@ impl Registry {
             host_pid,
             address,
             credentials,
+            data: dir.join("data"),
+            ca,
         };
+        let scheme = if tls { "https" } else { "http" };
         wait_for("the registry to listen", Duration::from_secs(10), || {
             let mut curl = node.net_command("curl");
-            curl.args(["-sf", &format!("http://{}/v2/", registry.address)]);
+            curl.args(["-sfk", &format!("{scheme}://{}/v2/", registry.address)]);
             if let Some(c) = &registry.credentials {
                 curl.args(["-u", c]);
             }
@@ -93,7 +128,18 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Pushes one of the test images (`busybox`, `kubia`) as `<repository>:<tag>`.
+    /// The file holding a blob in the registry's storage (to corrupt it).
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.data
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Pushes one of the test images (`busybox`, `kubia`, `multiarch`) as `<repository>:<tag>`;
+    /// an image index is pushed whole, every platform's image with it.
     pub fn push(&self, node: &TestNode, image: &str, repository: &str, tag: &str) -> Result<()> {
         self.push_with(node, image, repository, tag, &[])
     }
@@ -111,7 +157,7 @@ impl Registry {
         let target = format!("docker://{}/{repository}:{tag}", self.address);
         let out = node
             .net_command("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
             .args(options)
             .args(
                 self.credentials
@@ -128,6 +174,83 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (P-256, one day), under `dir/tls`;
+/// returns (ca.crt, server.crt, server.key).
+fn test_ca_and_certificate(
+    dir: &std::path::Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls)?;
+    let p = |name: &str| tls.join(name).display().to_string();
+    std::fs::write(tls.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+    let steps: [Vec<String>; 3] = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=nodelet test CA",
+            "-keyout",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([p("ca.key"), "-out".into(), p("ca.crt")])
+        .collect(),
+        [
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([p("server.key"), "-out".into(), p("server.csr")])
+        .collect(),
+        ["x509", "-req", "-days", "1", "-in"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                p("server.csr"),
+                "-CA".into(),
+                p("ca.crt"),
+                "-CAkey".into(),
+                p("ca.key"),
+                "-CAcreateserial".into(),
+                "-extfile".into(),
+                p("san.ext"),
+                "-out".into(),
+                p("server.crt"),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let out = std::process::Command::new("openssl").args(&args).output()?;
+        if !out.status.success() {
+            bail!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok((
+        tls.join("ca.crt"),
+        tls.join("server.crt"),
+        tls.join("server.key"),
+    ))
 }
 
 impl Drop for Registry {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
-use nodelet_tests::{Registry, TestNode};
+use anyhow::{ensure, Context, Result};
+use nodelet_tests::{wait_for, Registry, TestNode};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -63,9 +63,9 @@ fn pods_pull_their_images_from_a_registry() -> Result<()> {
     node.write_manifest("c.yaml", &pod("c", &missing, None));
     let failed = node.wait_pod("c", "pull failed", T, |p| waiting(p).0 == "ErrImagePull")?;
     ensure!(
-        waiting(&failed)
-            .1
-            .contains(&format!("failed to pull image \"{missing}\"")),
+        waiting(&failed).1.contains(&format!(
+            "failed to pull image \"{missing}\": {missing}: not found"
+        )),
         "{:?}",
         waiting(&failed)
     );
@@ -107,8 +107,11 @@ fn credentials_from_a_docker_config_json() -> Result<()> {
     let image = format!("{}/private/box:v1", registry.address);
     node.write_manifest("a.yaml", &pod("a", &image, None));
     let refused = node.wait_pod("a", "pull refused", T, |p| waiting(p).0 == "ErrImagePull")?;
-    let message = waiting(&refused).1.to_lowercase();
-    ensure!(message.contains("not authorized"), "{message}");
+    let message = waiting(&refused).1;
+    ensure!(
+        message.contains("unauthorized: Not authorized"),
+        "{message}"
+    );
 
     // A malformed credentials file is named in the reason, not taken as "no credentials".
     std::fs::write(node.dir.join("root/config.json"), "{not json")?;
@@ -219,5 +222,280 @@ fn zstd_layers_from_a_registry() -> Result<()> {
     node.wait_pod("z", "running from zstd layers", T, |p| {
         TestNode::container_status(p, "c")["state"]["running"].is_object()
     })?;
+    Ok(())
+}
+
+/// The layers of a test image layout, as (blob digest, diff id), base first.
+fn layers_of(image: &str) -> Result<Vec<(String, String)>> {
+    let layout = nodelet_tests::test_images().join(image);
+    let blob = |digest: &str| -> Result<Value> {
+        let path = layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+    };
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap_or_default())?;
+    let config = blob(manifest["config"]["digest"].as_str().unwrap_or_default())?;
+    let digests = manifest["layers"].as_array().cloned().unwrap_or_default();
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(digests
+        .iter()
+        .zip(diff_ids)
+        .map(|(l, d)| {
+            (
+                l["digest"].as_str().unwrap_or_default().to_owned(),
+                d.as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+fn layer_stored(node: &TestNode, diff_id: &str) -> bool {
+    node.dir
+        .join("root/images/layers/sha256")
+        .join(diff_id.trim_start_matches("sha256:"))
+        .exists()
+}
+
+fn images_table(node: &TestNode) -> Result<String> {
+    Ok(String::from_utf8(node.nodelet(&["images"]).stdout)?)
+}
+
+/// A registry behind TLS with a certificate from a test CA and basic auth: refused until the CA
+/// is in the node's `certs.d`, then pulled with the node's credentials.
+#[test]
+fn a_tls_registry_trusted_through_certs_d() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "")?;
+    let registry = Registry::start_tls_with_auth(&node, 5443, "tls", "pw")?;
+    registry.push(&node, "busybox", "secure/box", "v1")?;
+    std::fs::write(
+        node.dir.join("root/config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"username": "tls", "password": "pw"}}}}}}"#,
+            registry.address
+        ),
+    )?;
+    // An empty certs.d entry: TLS with the system's CAs only, which do not know the test CA.
+    let certs = node.dir.join("certs.d").join(&registry.address);
+    std::fs::create_dir_all(&certs)?;
+    node.start_agent()?;
+    let image = format!("{}/secure/box:v1", registry.address);
+    node.write_manifest("a.yaml", &pod("a", &image, None));
+    let refused = node.wait_pod("a", "an untrusted certificate", T, |p| {
+        waiting(p).0 == "ErrImagePull"
+    })?;
+    let message = waiting(&refused).1;
+    ensure!(message.contains("certificate"), "{message}");
+
+    std::fs::copy(
+        registry.ca.as_ref().expect("a TLS registry"),
+        certs.join("ca.crt"),
+    )?;
+    node.write_manifest("b.yaml", &pod("b", &image, None));
+    node.wait_pod("b", "running from the TLS registry", T, |p| {
+        TestNode::container_status(p, "c")["state"]["running"].is_object()
+    })?;
+    Ok(())
+}
+
+/// Docker Hub names pulled through a mirror (the first one listed is down), and an image index
+/// resolved to this node's platform although another platform is listed first.
+#[test]
+fn mirrors_and_multi_platform_indexes() -> Result<()> {
+    let mut node = TestNode::with_config(
+        "node1",
+        "registryMirrors:\n  docker.io: ['127.0.0.1:5998', 'http://127.0.0.1:5004']\n",
+    )?;
+    let registry = Registry::start(&node, 5004)?;
+    registry.push(&node, "multiarch", "library/multiarch", "v1")?;
+    node.start_agent()?;
+    node.write_manifest(
+        "m.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: m}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: 'multiarch:v1', command: [sh, -c, 'echo $PLATFORM; sleep 3600']}\n",
+    );
+    let running = node.wait_pod("m", "running from the mirror", T, |p| {
+        TestNode::container_status(p, "c")["state"]["running"].is_object()
+    })?;
+    let image_id = TestNode::container_status(&running, "c")["imageID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        image_id.starts_with("docker.io/library/multiarch:v1@sha256:"),
+        "{image_id}"
+    );
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let logs = wait_for("the platform in the logs", T, || {
+        let logs = node.logs("m", "c");
+        logs.contains("linux/").then_some(logs)
+    })?;
+    ensure!(logs.trim() == format!("linux/{arch}"), "{logs}");
+    let log = node.agent_log();
+    ensure!(
+        log.contains("pull from mirror failed") && log.contains("127.0.0.1:5998"),
+        "the mirror that is down was tried first:\n{log}"
+    );
+    Ok(())
+}
+
+/// A registry that does not answer and a blob corrupted in the registry: each pull fails with a
+/// reason that says so, and the store keeps nothing of the image.
+#[test]
+fn failed_pulls_say_why_and_store_nothing() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "")?;
+    let registry = Registry::start(&node, 5005)?;
+    registry.push(&node, "note", "t/note", "v1")?;
+    let (blob, diff_id) = layers_of("note")?.pop().expect("note has layers");
+    let file = registry.blob_file(&blob);
+    let mut bytes = std::fs::read(&file)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, bytes)?;
+    node.start_agent()?;
+
+    node.write_manifest("down.yaml", &pod("down", "127.0.0.1:5999/t/note:v1", None));
+    let down = node.wait_pod("down", "pull failed", T, |p| waiting(p).0 == "ErrImagePull")?;
+    ensure!(
+        waiting(&down).1.contains("registry unreachable"),
+        "{:?}",
+        waiting(&down)
+    );
+
+    let image = format!("{}/t/note:v1", registry.address);
+    node.write_manifest("bad.yaml", &pod("bad", &image, None));
+    let bad = node.wait_pod("bad", "pull failed", T, |p| waiting(p).0 == "ErrImagePull")?;
+    ensure!(
+        waiting(&bad).1.contains("digest mismatch"),
+        "{:?}",
+        waiting(&bad)
+    );
+    ensure!(!images_table(&node)?.contains(&image));
+    ensure!(!layer_stored(&node, &diff_id), "the corrupt layer was kept");
+    let leftovers: Vec<_> = std::fs::read_dir(node.dir.join("root/images/tmp"))?.collect();
+    ensure!(leftovers.is_empty(), "left in tmp: {leftovers:?}");
+    Ok(())
+}
+
+/// Past the high threshold, images no pod names are removed (a pull and a pod's departure set
+/// collection off); the image in use and the layer it shares with a removed one stay.
+#[test]
+fn image_gc_removes_unused_images_and_spares_those_in_use() -> Result<()> {
+    let mut node = TestNode::with_config(
+        "node1",
+        "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 0s\n",
+    )?;
+    let registry = Registry::start(&node, 5006)?;
+    registry.push(&node, "note", "t/note", "v1")?;
+    node.start_agent()?;
+    node.write_manifest("keep.yaml", &pod("keep", "busybox", Some("IfNotPresent")));
+    node.wait_pod("keep", "running", T, |p| TestNode::running(p, "c"))?;
+
+    let image = format!("{}/t/note:v1", registry.address);
+    node.write_manifest("n.yaml", &pod("n", &image, None));
+    node.wait_pod("n", "running from the pulled image", T, |p| {
+        TestNode::running(p, "c")
+    })?;
+    // The pull set collection off: kubia (unused) went, busybox and the new image stayed.
+    let table = wait_for("kubia collected", T, || {
+        let table = images_table(&node).ok()?;
+        (!table.contains("luksa/kubia")).then_some(table)
+    })?;
+    ensure!(
+        table.contains("docker.io/library/busybox:latest") && table.contains(&image),
+        "{table}"
+    );
+    ensure!(table.contains("LAST USED"), "{table}");
+
+    node.remove_manifest("n.yaml");
+    node.wait_gone("n", T)?;
+    wait_for("the pod's image collected", T, || {
+        let table = images_table(&node).ok()?;
+        (!table.contains(&image)).then_some(())
+    })?;
+    let layers = layers_of("note")?;
+    ensure!(!layer_stored(&node, &layers[1].1), "the note layer stayed");
+    ensure!(layer_stored(&node, &layers[0].1), "busybox's layer went");
+    ensure!(
+        TestNode::running(&node.pod("keep").context("pod keep")?, "c"),
+        "the pod in use stopped"
+    );
+    node.remove_manifest("keep.yaml");
+    node.wait_gone("keep", T)?;
+    Ok(())
+}
+
+/// A pod's `imagePullSecrets`, made with `kubectl create secret docker-registry` in the built-in
+/// API: its pull uses them; a pod without them is refused; a missing one is reported. (Pull policy
+/// Always: with IfNotPresent, kubelet too runs an image already on the node without credentials.)
+#[test]
+fn image_pull_secrets_from_the_api() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "")?;
+    let registry = Registry::start_with_auth(&node, 5007, "secret", "pw")?;
+    registry.push(&node, "busybox", "private/box", "v1")?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={}", registry.address),
+        "--docker-username=secret",
+        "--docker-password=pw",
+    ])?;
+    let listed = node.kubectl_ok(&["get", "secrets"])?;
+    ensure!(
+        listed.contains("regcred") && listed.contains("kubernetes.io/dockerconfigjson"),
+        "{listed}"
+    );
+    let image = format!("{}/private/box:v1", registry.address);
+    let pod = |name: &str, secret: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  imagePullSecrets: [{{name: {secret}}}]\n  containers:\n  - {{name: c, image: '{image}', imagePullPolicy: Always, command: [sleep, '3600']}}\n"
+        )
+    };
+    node.kubectl_create(&pod("with", "regcred"), &[])?;
+    node.kubectl_create(&pod("without", "nosuch"), &[])?;
+    let state = |name: &str| -> Option<Value> {
+        let out = node.kubectl_ok(&["get", "pod", name, "-o", "json"]).ok()?;
+        let pod: Value = serde_json::from_str(&out).ok()?;
+        Some(pod["status"]["containerStatuses"][0]["state"].clone())
+    };
+    wait_for("the pod with the secret running", T, || {
+        state("with").filter(|s| s["running"].is_object())
+    })
+    .with_context(|| node.agent_log())?;
+    let refused = wait_for("the pod without it refused", T, || {
+        state("without").filter(|s| s["waiting"]["reason"] == "ErrImagePull")
+    })
+    .with_context(|| {
+        format!(
+            "{}\n{}",
+            node.kubectl_ok(&["describe", "pod", "without"])
+                .unwrap_or_default(),
+            node.agent_log()
+        )
+    })?;
+    ensure!(
+        refused["waiting"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unauthorized"),
+        "{refused}"
+    );
+    let described = node.kubectl_ok(&["describe", "pod", "without"])?;
+    ensure!(
+        described.contains("FailedToRetrieveImagePullSecret"),
+        "{described}"
+    );
+    node.kubectl_ok(&["delete", "pod", "--all", "--grace-period=1"])?;
     Ok(())
 }

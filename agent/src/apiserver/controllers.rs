@@ -219,7 +219,12 @@ fn namespaces(store: &Store) {
             continue;
         }
         let name = name_of(&ns);
-        for r in [Resource::Pods, Resource::Events, Resource::Leases] {
+        for r in [
+            Resource::Pods,
+            Resource::Events,
+            Resource::Leases,
+            Resource::Secrets,
+        ] {
             if let Err(e) = handlers::delete_collection(
                 store,
                 r,

@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Secret};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -36,6 +36,7 @@ impl FieldValidation {
 }
 
 /// An admitted object and the warnings to send back (`Warning:` headers).
+#[derive(Debug)]
 pub struct Admitted {
     pub object: Value,
     pub warnings: Vec<String>,
@@ -93,6 +94,7 @@ fn decode(
         Resource::Nodes => typed::<Node>(resource, body)?,
         Resource::Events => typed::<Event>(resource, body)?,
         Resource::Leases => typed::<Lease>(resource, body)?,
+        Resource::Secrets => typed::<Secret>(resource, body)?,
     };
     let mut unknown = Vec::new();
     unknown_fields(body, &object, "", &mut unknown);
@@ -312,6 +314,9 @@ pub fn admit_update(
         }
     }
     default(resource, obj);
+    if resource == Resource::Secrets {
+        check_secret_update(old, obj)?;
+    }
     if resource == Resource::Pods && !status {
         check_pod_update(old, obj)?;
         if obj["spec"] != old["spec"] {
@@ -389,6 +394,20 @@ fn default(resource: Resource, obj: &mut Value) {
             }
             if obj["type"].is_null() {
                 obj["type"] = json!("Normal");
+            }
+        }
+        Resource::Secrets => {
+            if obj["type"].is_null() {
+                obj["type"] = json!("Opaque");
+            }
+            // stringData is write-only: folded into data (winning over it), never stored.
+            if let Some(Value::Object(strings)) =
+                obj.as_object_mut().and_then(|o| o.remove("stringData"))
+            {
+                for (key, value) in strings {
+                    let text = value.as_str().unwrap_or_default();
+                    obj["data"][key] = json!(openssl::base64::encode_block(text.as_bytes()));
+                }
             }
         }
         Resource::Nodes | Resource::Leases => {}
@@ -503,8 +522,80 @@ fn validate(resource: Resource, obj: &Value) -> Result<(), ApiError> {
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             manifest::validate(&pod).map_err(field_error)
         }
+        Resource::Secrets => {
+            manifest::check_subdomain("metadata.name", name).map_err(field_error)?;
+            validate_secret(obj)
+                .map_err(|(field, reason)| ApiError::invalid(kind, name, &[(field, reason)]))
+        }
         _ => manifest::check_subdomain("metadata.name", name).map_err(field_error),
     }
+}
+
+/// A secret keeps its type, and an immutable one its data.
+fn check_secret_update(old: &Value, new: &Value) -> Result<(), ApiError> {
+    let name = name_of(old);
+    if old["type"] != new["type"] {
+        return Err(ApiError::invalid(
+            "Secret",
+            name,
+            &[(
+                "type".into(),
+                format!("Invalid value: {}: field is immutable", new["type"]),
+            )],
+        ));
+    }
+    if old["immutable"] == json!(true)
+        && (old["data"] != new["data"] || new["immutable"] != json!(true))
+    {
+        return Err(ApiError::invalid(
+            "Secret",
+            name,
+            &[(
+                "data".into(),
+                "Forbidden: field is immutable when `immutable` is set".into(),
+            )],
+        ));
+    }
+    Ok(())
+}
+
+/// kube-apiserver's `ValidateSecret`: data keys are config keys, and the docker types carry
+/// their key with JSON in it.
+fn validate_secret(obj: &Value) -> Result<(), (String, String)> {
+    let data = obj["data"].as_object();
+    for key in data.into_iter().flatten().map(|(k, _)| k) {
+        let valid = !key.is_empty()
+            && key.len() <= 253
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            && key != "."
+            && key != "..";
+        if !valid {
+            return Err((
+                format!("data[{key}]"),
+                format!("Invalid value: \"{key}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"),
+            ));
+        }
+    }
+    let required = match obj["type"].as_str() {
+        Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+        Some("kubernetes.io/dockercfg") => ".dockercfg",
+        _ => return Ok(()),
+    };
+    let Some(encoded) = data.and_then(|d| d.get(required)).and_then(Value::as_str) else {
+        return Err((format!("data[{required}]"), "Required value".into()));
+    };
+    let json = openssl::base64::decode_block(encoded)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    if json.is_none() {
+        return Err((
+            format!("data[{required}]"),
+            "Invalid value: \"<secret contents redacted>\": not valid JSON".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -688,5 +779,71 @@ mod tests {
         assert!(tag_is_latest("busybox:latest"));
         assert!(!tag_is_latest("busybox:1.36"));
         assert!(!tag_is_latest("localhost:5000/busybox@sha256:abcd"));
+    }
+
+    #[test]
+    fn secrets_fold_string_data_and_check_docker_types() {
+        let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"a": "eA=="}, "stringData": {"a": "y", "b": "z"}});
+        let created = admit_create(
+            Resource::Secrets,
+            Some("default"),
+            body,
+            FieldValidation::Strict,
+        )
+        .unwrap()
+        .object;
+        assert_eq!(created["type"], "Opaque");
+        assert_eq!(created["data"], json!({"a": "eQ==", "b": "eg=="}));
+        assert!(created.get("stringData").is_none());
+
+        let bad_key = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"a/b": "eA=="}});
+        let e = admit_create(
+            Resource::Secrets,
+            Some("default"),
+            bad_key,
+            FieldValidation::Strict,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("data[a/b]"), "{}", e.message);
+
+        let docker = |data: Value| {
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "d"},
+                "type": "kubernetes.io/dockerconfigjson", "data": data})
+        };
+        let e = admit_create(
+            Resource::Secrets,
+            Some("default"),
+            docker(json!({})),
+            FieldValidation::Strict,
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("data[.dockerconfigjson]: Required value"),
+            "{}",
+            e.message
+        );
+        let e = admit_create(
+            Resource::Secrets,
+            Some("default"),
+            docker(json!({".dockerconfigjson": "bm90IGpzb24="})),
+            FieldValidation::Strict,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+
+        let mut changed = created.clone();
+        changed["type"] = json!("kubernetes.io/tls");
+        let e = admit_update(
+            Resource::Secrets,
+            &created,
+            changed,
+            false,
+            FieldValidation::Strict,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("field is immutable"), "{}", e.message);
     }
 }

@@ -1,7 +1,7 @@
-//! The one protobuf body kubectl sends that JSON cannot replace: kubectl 1.32+ creates namespaces
-//! with `application/vnd.kubernetes.protobuf` (and does not retry a 415 as JSON). The envelope is
-//! `k8s\0` + `runtime.Unknown{1: TypeMeta{1: apiVersion, 2: kind}, 2: raw}`; the Namespace message
-//! uses the field numbers of `k8s.io/api/core/v1/generated.proto`.
+//! The protobuf bodies kubectl sends that JSON cannot replace: kubectl 1.32+ creates namespaces
+//! and secrets with `application/vnd.kubernetes.protobuf` (and does not retry a 415 as JSON). The
+//! envelope is `k8s\0` + `runtime.Unknown{1: TypeMeta{1: apiVersion, 2: kind}, 2: raw}`; the
+//! messages use the field numbers of `k8s.io/api/core/v1/generated.proto`.
 
 use serde_json::{json, Map, Value};
 
@@ -25,15 +25,16 @@ impl<'a> Reader<'a> {
         None
     }
 
-    /// The next field as (number, bytes); varint fields come back as their value's bytes
-    /// (unused here) and fixed-width ones are skipped over.
+    /// The next field as (number, bytes); varint fields come back as their encoded bytes (a
+    /// true bool is `[1]`) and fixed-width ones are skipped over.
     fn field(&mut self) -> Option<(u64, &'a [u8])> {
         let tag = self.varint()?;
         let (number, wire) = (tag >> 3, tag & 7);
         match wire {
             0 => {
+                let start = self.0;
                 self.varint()?;
-                Some((number, &[]))
+                Some((number, &start[..start.len() - self.0.len()]))
             }
             2 => {
                 let len = usize::try_from(self.varint()?).ok()?;
@@ -136,6 +137,38 @@ fn namespace(raw: &[u8]) -> Option<Value> {
     Some(ns)
 }
 
+fn secret(raw: &[u8]) -> Option<Value> {
+    let mut secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}});
+    let (mut data, mut strings) = (Map::new(), Vec::new());
+    for (n, b) in Reader::fields(raw)? {
+        match n {
+            1 => secret["metadata"] = object_meta(b)?,
+            2 => {
+                let (mut key, mut value) = (String::new(), &[][..]);
+                for (m, v) in Reader::fields(b)? {
+                    match m {
+                        1 => key = text(v)?,
+                        2 => value = v,
+                        _ => {}
+                    }
+                }
+                data.insert(key, json!(openssl::base64::encode_block(value)));
+            }
+            3 if !b.is_empty() => secret["type"] = json!(text(b)?),
+            4 => strings.push(b),
+            5 => secret["immutable"] = json!(b == [1]),
+            _ => {}
+        }
+    }
+    if !data.is_empty() {
+        secret["data"] = Value::Object(data);
+    }
+    if !strings.is_empty() {
+        secret["stringData"] = string_map(&strings)?;
+    }
+    Some(secret)
+}
+
 /// Decodes a protobuf request body into the JSON object it stands for.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     let bad = || ApiError::bad_request("invalid protobuf body");
@@ -158,8 +191,9 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     }
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => namespace(raw).ok_or_else(bad),
+        ("v1", "Secret") => secret(raw).ok_or_else(bad),
         _ => Err(ApiError::unsupported_media_type(&format!(
-            "application/vnd.kubernetes.protobuf ({api_version} {kind}; only v1 Namespace is decoded)"
+            "application/vnd.kubernetes.protobuf ({api_version} {kind}; only v1 Namespace and Secret are decoded)"
         ))),
     }
 }
@@ -186,6 +220,29 @@ mod tests {
         assert_eq!(
             ns,
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "custom33"}})
+        );
+    }
+
+    #[test]
+    fn secret_body() {
+        // Secret{metadata{name: "s"}, data{"k": "v"}, type: "Opaque", immutable: true}
+        let mut raw = vec![0x0a, 0x03, 0x0a, 0x01, b's'];
+        raw.extend([0x12, 0x06, 0x0a, 0x01, b'k', 0x12, 0x01, b'v']);
+        raw.extend([0x1a, 0x06]);
+        raw.extend(b"Opaque");
+        raw.extend([0x28, 0x01]);
+        let mut body = b"k8s\0".to_vec();
+        body.extend([0x0a, 0x0c, 0x0a, 0x02]);
+        body.extend(b"v1");
+        body.extend([0x12, 0x06]);
+        body.extend(b"Secret");
+        body.push(0x12);
+        body.push(raw.len() as u8);
+        body.extend(raw);
+        assert_eq!(
+            decode(&body).unwrap(),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                "data": {"k": "dg=="}, "type": "Opaque", "immutable": true})
         );
     }
 

@@ -7,17 +7,19 @@ pub enum Resource {
     Nodes,
     Events,
     Leases,
+    Secrets,
 }
 
 pub const COORDINATION: &str = "coordination.k8s.io/v1";
 
 impl Resource {
-    pub const ALL: [Resource; 5] = [
+    pub const ALL: [Resource; 6] = [
         Resource::Pods,
         Resource::Namespaces,
         Resource::Nodes,
         Resource::Events,
         Resource::Leases,
+        Resource::Secrets,
     ];
 
     pub fn plural(self) -> &'static str {
@@ -27,6 +29,7 @@ impl Resource {
             Resource::Nodes => "nodes",
             Resource::Events => "events",
             Resource::Leases => "leases",
+            Resource::Secrets => "secrets",
         }
     }
 
@@ -37,6 +40,7 @@ impl Resource {
             Resource::Nodes => "Node",
             Resource::Events => "Event",
             Resource::Leases => "Lease",
+            Resource::Secrets => "Secret",
         }
     }
 
@@ -57,7 +61,7 @@ impl Resource {
             Resource::Namespaces => &["ns"],
             Resource::Nodes => &["no"],
             Resource::Events => &["ev"],
-            Resource::Leases => &[],
+            Resource::Leases | Resource::Secrets => &[],
         }
     }
 
@@ -76,7 +80,7 @@ impl Resource {
                 ("status", "Namespace", &["get", "patch", "update"]),
             ],
             Resource::Nodes => &[("status", "Node", &["get", "patch", "update"])],
-            Resource::Events | Resource::Leases => &[],
+            Resource::Events | Resource::Leases | Resource::Secrets => &[],
         }
     }
 
@@ -115,7 +119,7 @@ impl Resource {
                 "source",
                 "type",
             ],
-            Resource::Leases => &[],
+            Resource::Leases | Resource::Secrets => &[],
         }
     }
 }

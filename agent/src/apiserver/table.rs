@@ -58,6 +58,12 @@ fn columns(resource: Resource) -> &'static [Column] {
             ("Holder", "string", 0, "HolderIdentity contains the identity of the holder of a current lease."),
             ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
         ],
+        Resource::Secrets => &[
+            ("Name", "string", 0, "Name must be unique within a namespace."),
+            ("Type", "string", 0, "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types"),
+            ("Data", "string", 0, "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'."),
+            ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+        ],
     }
 }
 
@@ -286,6 +292,12 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
         Resource::Leases => vec![
             name,
             json!(obj["spec"]["holderIdentity"].as_str().unwrap_or_default()),
+            json!(created),
+        ],
+        Resource::Secrets => vec![
+            name,
+            json!(obj["type"].as_str().unwrap_or_default()),
+            json!(obj["data"].as_object().map_or(0, |d| d.len())),
             json!(created),
         ],
     }

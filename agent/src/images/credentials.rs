@@ -21,8 +21,8 @@ struct Entry {
     password: Option<String>,
 }
 
-/// Where kubelet looks for a node's credentials, first found wins per registry: the given file,
-/// `<rootDir>/config.json`, `/var/lib/kubelet/config.json`, `$HOME/.docker/config.json`.
+/// Where kubelet looks for a node's credentials, in order: the given file, `<rootDir>/config.json`,
+/// `/var/lib/kubelet/config.json`, `$HOME/.docker/config.json`.
 pub fn search_path(explicit: Option<&Path>, root_dir: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = explicit.map(Path::to_path_buf).into_iter().collect();
     paths.push(root_dir.join("config.json"));
@@ -49,21 +49,52 @@ fn registry_of(key: &str) -> String {
     }
 }
 
-/// User and password for `registry` from the first file that has them. A file that exists but
-/// does not parse is an error naming it (a typo must not silently become anonymous pulls).
-pub fn lookup(paths: &[PathBuf], registry: &str) -> Result<Option<(String, String)>, String> {
-    for path in paths {
-        let Ok(text) = std::fs::read(path) else {
-            continue;
+/// Where credentials come from: a docker `config.json` on the node, or the content of a pod's
+/// `imagePullSecrets` (type `kubernetes.io/dockerconfigjson` or the legacy `dockercfg`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    File(PathBuf),
+    Secret { name: String, data: Vec<u8> },
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::File(path) => format!("credentials file {}", path.display()),
+            Source::Secret { name, .. } => format!("image pull secret {name}"),
+        }
+    }
+}
+
+/// Every user and password for `registry`, in the order of `sources`, one per source that has
+/// them: kubelet tries each until the registry takes one. A source that exists but does not parse
+/// is an error naming it (a typo must not silently become anonymous pulls).
+pub fn lookup(sources: &[Source], registry: &str) -> Result<Vec<(String, String)>, String> {
+    let mut found = Vec::new();
+    for source in sources {
+        let config: DockerConfig = match source {
+            Source::File(path) => {
+                let Ok(text) = std::fs::read(path) else {
+                    continue;
+                };
+                serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", source.describe()))?
+            }
+            // `.dockerconfigjson` wraps the registries in "auths"; `.dockercfg` is the bare map.
+            Source::Secret { data, .. } => match serde_json::from_slice::<DockerConfig>(data) {
+                Ok(config) if !config.auths.is_empty() => config,
+                _ => DockerConfig {
+                    auths: serde_json::from_slice(data)
+                        .map_err(|e| format!("{}: {e}", source.describe()))?,
+                },
+            },
         };
-        let config: DockerConfig = serde_json::from_slice(&text)
-            .map_err(|e| format!("credentials file {}: {e}", path.display()))?;
         for (key, entry) in &config.auths {
             if registry_of(key) != registry {
                 continue;
             }
             if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-                return Ok(Some((u.clone(), p.clone())));
+                found.push((u.clone(), p.clone()));
+                break;
             }
             if let Some(auth) = &entry.auth {
                 let decoded = openssl::base64::decode_block(auth.trim())
@@ -72,15 +103,17 @@ pub fn lookup(paths: &[PathBuf], registry: &str) -> Result<Option<(String, Strin
                     .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
                     .ok_or_else(|| {
                         format!(
-                            "credentials file {}: auths.{key}.auth: not base64 of user:password",
-                            path.display()
+                            "{}: auths.{key}.auth: not base64 of user:password",
+                            source.describe()
                         )
                     })?;
-                return Ok(Some(decoded));
+                found.push(decoded);
+                break;
             }
         }
     }
-    Ok(None)
+    found.dedup();
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -98,17 +131,48 @@ mod tests {
         )
         .unwrap();
         std::fs::write(&b, r#"{"auths": {"https://index.docker.io/v1/": {"username": "hub", "password": "pw"}, "127.0.0.1:5000": {"username": "other", "password": "x"}}}"#).unwrap();
-        let paths = vec![dir.path().join("missing.json"), a.clone(), b.clone()];
+        let sources: Vec<Source> = [dir.path().join("missing.json"), a.clone(), b.clone()]
+            .into_iter()
+            .map(Source::File)
+            .collect();
         assert_eq!(
-            lookup(&paths, "127.0.0.1:5000").unwrap(),
-            Some(("user".into(), "secret".into()))
+            lookup(&sources, "127.0.0.1:5000").unwrap(),
+            vec![
+                ("user".into(), "secret".into()),
+                ("other".into(), "x".into())
+            ]
         );
         assert_eq!(
-            lookup(&paths, "docker.io").unwrap(),
-            Some(("hub".into(), "pw".into()))
+            lookup(&sources, "docker.io").unwrap(),
+            vec![("hub".into(), "pw".into())]
         );
-        assert_eq!(lookup(&paths, "quay.io").unwrap(), None);
+        assert!(lookup(&sources, "quay.io").unwrap().is_empty());
         std::fs::write(&a, "{nope").unwrap();
-        assert!(lookup(&paths, "docker.io").unwrap_err().contains("a.json"));
+        assert!(lookup(&sources, "docker.io")
+            .unwrap_err()
+            .contains("a.json"));
+    }
+
+    #[test]
+    fn reads_both_secret_formats() {
+        let json = Source::Secret {
+            name: "default/regcred".into(),
+            data: br#"{"auths": {"reg:5000": {"username": "u", "password": "p"}}}"#.to_vec(),
+        };
+        let legacy = Source::Secret {
+            name: "default/old".into(),
+            data: br#"{"reg:5000": {"auth": "dTI6cDI="}}"#.to_vec(),
+        };
+        assert_eq!(
+            lookup(&[json, legacy], "reg:5000").unwrap(),
+            vec![("u".into(), "p".into()), ("u2".into(), "p2".into())]
+        );
+        let broken = Source::Secret {
+            name: "default/broken".into(),
+            data: b"[1]".to_vec(),
+        };
+        assert!(lookup(&[broken], "reg:5000")
+            .unwrap_err()
+            .contains("image pull secret default/broken"));
     }
 }

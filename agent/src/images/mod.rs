@@ -1,6 +1,7 @@
 //! Images: references, the content-addressed store, and layer unpacking.
 
 pub mod credentials;
+pub mod gc;
 pub mod pull;
 pub mod reference;
 pub mod store;

@@ -14,8 +14,9 @@ use oci_client::manifest::{IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use oci_spec::image::ImageConfiguration;
-use tracing::info;
+use tracing::{info, warn};
 
+use super::credentials::Source;
 use super::reference::Reference;
 use super::store::{self, sha256_of, Image, ImageStore};
 
@@ -51,6 +52,10 @@ pub enum Error {
 /// Layers at least this large get progress lines while they download.
 const PROGRESS_FROM: u64 = 10_000_000;
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// A registry that does not answer a connection in this time is unreachable.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Nor one that sends nothing for this long in the middle of a download.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A download's destination that logs bytes and rate every few seconds for large layers.
 struct Progress<'a, W> {
@@ -112,47 +117,202 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W>
     }
 }
 
+/// How the node reaches registries, from its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Registries spoken to over plain HTTP besides those on 127.0.0.0/8 (Docker's default).
+    pub insecure: Vec<String>,
+    /// docker `config.json` files searched for a registry's credentials, in order.
+    pub credentials: Vec<std::path::PathBuf>,
+    /// Mirrors tried in order before a registry itself (`[http[s]://]host[:port]`).
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
+    /// Docker's `certs.d` layout: `<dir>/<host[:port]>/*.crt` are extra CAs for that registry,
+    /// which is then always spoken to over TLS, even on loopback.
+    pub certs_dir: std::path::PathBuf,
+}
+
+impl Settings {
+    pub fn new(config: &crate::config::Config) -> Settings {
+        Settings {
+            insecure: config.insecure_registries.clone(),
+            credentials: super::credentials::search_path(
+                config.registry_credentials_file.as_deref(),
+                &config.root_dir,
+            ),
+            mirrors: config.registry_mirrors.clone(),
+            certs_dir: config.registry_certs_dir.clone(),
+        }
+    }
+}
+
+/// A `[http[s]://]host[:port]` mirror: its host and, when a scheme is given, whether it is
+/// plain HTTP.
+pub fn parse_mirror(text: &str) -> Result<(String, Option<bool>), String> {
+    let (plain, rest) = match text.split_once("://") {
+        Some(("http", rest)) => (Some(true), rest),
+        Some(("https", rest)) => (Some(false), rest),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "mirror {text:?}: scheme {scheme:?} is not http or https"
+            ))
+        }
+        None => (None, text),
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(format!(
+            "mirror {text:?}: expected [http[s]://]host[:port], without a path"
+        ));
+    }
+    Ok((host.to_ascii_lowercase(), plain))
+}
+
+/// One place an image can come from: a mirror, or its registry itself.
+#[derive(Debug)]
+struct Endpoint {
+    host: String,
+    plain: bool,
+    mirror: bool,
+}
+
 pub struct Puller {
     store: ImageStore,
-    /// docker `config.json` files searched for a registry's credentials, in order.
-    credentials: Vec<std::path::PathBuf>,
-    /// Registries spoken to over plain HTTP besides those on 127.0.0.0/8 (Docker's default).
-    insecure: Vec<String>,
-    /// One lock per image reference: a second pull of the same image waits for the first.
-    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    settings: Settings,
+    /// One lock per image reference: a second pull of the same image waits for the first. It
+    /// holds the pull secrets of the last pull that succeeded under it.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Vec<Source>>>>>,
+    /// Held shared by every pull and exclusively by garbage collection, which could otherwise
+    /// remove a layer a pull found present and skipped.
+    busy: tokio::sync::RwLock<()>,
+}
+
+/// What failed, in the words an operator looks for first (not found, unauthorized, registry
+/// unreachable, digest mismatch), then the client's own error chain.
+fn describe(e: &oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as Code};
+    let chain = crate::error_chain(e);
+    let kind = match e {
+        E::ImageManifestNotFoundError(_) => "not found",
+        E::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    Code::ManifestUnknown | Code::NameUnknown | Code::BlobUnknown
+                )
+            }) =>
+        {
+            "not found"
+        }
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => "unauthorized",
+        E::RequestError(r) if r.is_connect() || r.is_timeout() => "registry unreachable",
+        E::DigestError(_) => "digest mismatch",
+        _ => return chain,
+    };
+    format!("{kind}: {chain}")
 }
 
 fn registry_error(image: &str, e: oci_client::errors::OciDistributionError) -> Error {
     Error::Registry {
         image: image.to_owned(),
-        message: e.to_string(),
+        message: describe(&e),
     }
 }
 
+fn is_unauthorized(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::OciDistributionError as E;
+    matches!(e, E::UnauthorizedError { .. } | E::AuthenticationFailure(_))
+}
+
 impl Puller {
-    pub fn new(
-        store: ImageStore,
-        insecure: Vec<String>,
-        credentials: Vec<std::path::PathBuf>,
-    ) -> Puller {
+    pub fn new(store: ImageStore, settings: Settings) -> Puller {
         Puller {
             store,
-            credentials,
-            insecure,
+            settings,
             inflight: Mutex::new(HashMap::new()),
+            busy: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Waits for running pulls to end and holds off new ones while the guard lives.
+    pub async fn pause(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.busy.write().await
     }
 
     fn plain_http(&self, registry: &str) -> bool {
         let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
         let loopback =
             host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        loopback || self.insecure.iter().any(|r| r == registry || r == host)
+        let trusted = self.settings.certs_dir.join(registry).is_dir();
+        !trusted
+            && (loopback
+                || self
+                    .settings
+                    .insecure
+                    .iter()
+                    .any(|r| r == registry || r == host))
     }
 
-    /// Pulls `name` (as a pod writes it) and returns the stored image.
-    pub async fn pull(&self, name: &str) -> Result<Image, Error> {
+    /// The registry's mirrors in order, then the registry itself.
+    fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
+        let mirrors = self.settings.mirrors.get(registry).into_iter().flatten();
+        let mut out: Vec<Endpoint> = mirrors
+            .filter_map(|m| parse_mirror(m).ok())
+            .map(|(host, plain)| Endpoint {
+                plain: plain.unwrap_or_else(|| self.plain_http(&host)),
+                host,
+                mirror: true,
+            })
+            .collect();
+        out.push(Endpoint {
+            host: registry.to_owned(),
+            plain: self.plain_http(registry),
+            mirror: false,
+        });
+        out
+    }
+
+    /// A client for one endpoint, trusting the CAs in its `certs.d` directory.
+    fn client(&self, endpoint: &Endpoint) -> Result<Client, String> {
+        let dir = self.settings.certs_dir.join(&endpoint.host);
+        let mut roots = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let mut paths: Vec<_> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let data =
+                    std::fs::read(&path).map_err(|e| format!("read CA {}: {e}", path.display()))?;
+                if openssl::x509::X509::stack_from_pem(&data).map_or(true, |certs| certs.is_empty())
+                {
+                    return Err(format!("CA {}: no PEM certificate in it", path.display()));
+                }
+                roots.push(oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data,
+                });
+            }
+        }
+        Ok(Client::new(ClientConfig {
+            protocol: if endpoint.plain {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            extra_root_certificates: roots,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            ..Default::default()
+        }))
+    }
+
+    /// Pulls `name` (as a pod writes it) and returns the stored image; `secrets` are the pod's
+    /// image pull secrets, tried before the node's own credentials.
+    pub async fn pull(&self, name: &str, secrets: &[Source]) -> Result<Image, Error> {
         let reference = Reference::parse(name)?;
+        let _busy = self.busy.read().await;
         let key = reference.to_string();
         let lock = self
             .inflight
@@ -161,62 +321,101 @@ impl Puller {
             .entry(key.clone())
             .or_default()
             .clone();
-        let _one_at_a_time = match lock.try_lock() {
+        let mut one_at_a_time = match lock.try_lock() {
             Ok(guard) => guard,
             Err(_) => {
-                // Another pod is pulling this image right now: share its result.
+                // Another pod is pulling this image right now: share its result if it pulled
+                // with the same pull secrets (else this pull is authorised on its own; layers
+                // already stored are not downloaded again).
                 let guard = lock.lock().await;
-                if let Ok(image) = self.store.resolve(&key) {
-                    return Ok(image);
+                if *guard == secrets {
+                    if let Ok(image) = self.store.resolve(&key) {
+                        return Ok(image);
+                    }
                 }
                 guard
             }
         };
-        let result = self.pull_locked(&reference, &key).await;
+        let started = Instant::now();
+        let mut result = Err(Error::Registry {
+            image: key.clone(),
+            message: "no endpoint".into(),
+        });
+        for endpoint in self.endpoints(&reference.registry) {
+            result = self
+                .pull_from(&endpoint, &reference, &key, secrets, started)
+                .await;
+            match &result {
+                Err(e) if endpoint.mirror => {
+                    warn!(image = %key, mirror = %endpoint.host, error = %crate::error_chain(e), "pull from mirror failed, trying the next");
+                }
+                _ => break,
+            }
+        }
+        if result.is_ok() {
+            *one_at_a_time = secrets.to_vec();
+        }
+        drop(one_at_a_time);
         self.inflight.lock().expect("pull lock").remove(&key);
         result
     }
 
-    async fn pull_locked(&self, reference: &Reference, key: &str) -> Result<Image, Error> {
-        let started = Instant::now();
-        let target: oci_client::Reference =
-            key.parse()
-                .map_err(|e: oci_client::ParseError| Error::Registry {
-                    image: key.to_owned(),
-                    message: e.to_string(),
-                })?;
-        let protocol = if self.plain_http(&reference.registry) {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
+    async fn pull_from(
+        &self,
+        endpoint: &Endpoint,
+        reference: &Reference,
+        key: &str,
+        secrets: &[Source],
+        started: Instant,
+    ) -> Result<Image, Error> {
+        let fail = |message: String| Error::Registry {
+            image: key.to_owned(),
+            message,
         };
-        let client = Client::new(ClientConfig {
-            protocol,
-            ..Default::default()
-        });
-        let auth = match super::credentials::lookup(&self.credentials, &reference.registry) {
-            Ok(Some((user, password))) => RegistryAuth::Basic(user, password),
-            Ok(None) => RegistryAuth::Anonymous,
-            Err(message) => {
-                return Err(Error::Registry {
-                    image: key.to_owned(),
-                    message,
-                })
-            }
-        };
-        info!(image = %key, authenticated = !matches!(auth, RegistryAuth::Anonymous), "pulling image");
+        let mut target: oci_client::Reference = key
+            .parse()
+            .map_err(|e: oci_client::ParseError| fail(e.to_string()))?;
+        if endpoint.mirror {
+            target.set_mirror_registry(endpoint.host.clone());
+        }
+        let client = self.client(endpoint).map_err(fail)?;
+        let sources: Vec<Source> = secrets
+            .iter()
+            .cloned()
+            .chain(self.settings.credentials.iter().cloned().map(Source::File))
+            .collect();
+        let mut auths: Vec<RegistryAuth> = super::credentials::lookup(&sources, &endpoint.host)
+            .map_err(fail)?
+            .into_iter()
+            .map(|(user, password)| RegistryAuth::Basic(user, password))
+            .collect();
+        if auths.is_empty() {
+            auths.push(RegistryAuth::Anonymous);
+        }
+        info!(image = %key, from = %endpoint.host, credentials = auths.len(), "pulling image");
 
-        // The image manifest (an index resolved to this node's platform), then its exact bytes,
-        // which are what its digest names.
-        let (manifest, digest) = client
-            .pull_image_manifest(&target, &auth)
-            .await
-            .map_err(|e| registry_error(key, e))?;
-        let by_digest = target.clone_with_digest(digest.clone());
+        // The image manifest (an index resolved to this node's platform) with the first
+        // credentials the registry takes, then its exact bytes, which are what its digest names.
+        let mut pulled = None;
+        for (i, auth) in auths.iter().enumerate() {
+            match client.pull_image_manifest(&target, auth).await {
+                Ok(found) => {
+                    pulled = Some((found, auth));
+                    break;
+                }
+                Err(e) if is_unauthorized(&e) && i + 1 < auths.len() => continue,
+                Err(e) => return Err(registry_error(key, e)),
+            }
+        }
+        let ((manifest, digest), auth) = pulled.expect("one credential at least");
+        let mut by_digest = target.clone_with_digest(digest.clone());
+        if endpoint.mirror {
+            by_digest.set_mirror_registry(endpoint.host.clone());
+        }
         let (raw, _) = client
             .pull_manifest_raw(
                 &by_digest,
-                &auth,
+                auth,
                 &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE],
             )
             .await
@@ -307,6 +506,7 @@ impl Puller {
         info!(
             image = %key,
             digest = %digest,
+            from = %endpoint.host,
             "pulled in {:.1} s ({:.1} MB downloaded)",
             started.elapsed().as_secs_f64(),
             bytes as f64 / 1e6
@@ -333,17 +533,63 @@ mod tests {
 
     #[test]
     fn plain_http_only_for_loopback_and_listed_registries() {
-        let dir = std::env::temp_dir().join(format!("nodelet-pull-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs.d");
+        std::fs::create_dir_all(certs.join("127.0.0.1:5443")).unwrap();
         let puller = Puller::new(
-            ImageStore::open(&dir).unwrap(),
-            vec!["registry.lan:5000".into()],
-            Vec::new(),
+            ImageStore::open(dir.path().join("images")).unwrap(),
+            Settings {
+                insecure: vec!["registry.lan:5000".into()],
+                certs_dir: certs,
+                ..Default::default()
+            },
         );
         assert!(puller.plain_http("127.0.0.1:5000"));
         assert!(puller.plain_http("localhost:5000"));
         assert!(puller.plain_http("registry.lan:5000"));
         assert!(!puller.plain_http("registry.lan:6000"));
         assert!(!puller.plain_http("docker.io"));
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            !puller.plain_http("127.0.0.1:5443"),
+            "a registry with CAs in certs.d is spoken to over TLS"
+        );
+    }
+
+    #[test]
+    fn mirrors_come_first_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirrors = [(
+            "docker.io".to_owned(),
+            vec![
+                "127.0.0.1:5000".to_owned(),
+                "https://mirror.lan/".to_owned(),
+                "http://cache.lan:80".to_owned(),
+            ],
+        )]
+        .into();
+        let puller = Puller::new(
+            ImageStore::open(dir.path().join("images")).unwrap(),
+            Settings {
+                mirrors,
+                ..Default::default()
+            },
+        );
+        let got: Vec<(String, bool, bool)> = puller
+            .endpoints("docker.io")
+            .into_iter()
+            .map(|e| (e.host, e.plain, e.mirror))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("127.0.0.1:5000".into(), true, true),
+                ("mirror.lan".into(), false, true),
+                ("cache.lan:80".into(), true, true),
+                ("docker.io".into(), false, false),
+            ]
+        );
+        assert_eq!(puller.endpoints("quay.io").len(), 1);
+        assert!(parse_mirror("ftp://x").unwrap_err().contains("ftp"));
+        assert!(parse_mirror("https://x/v2/").unwrap_err().contains("path"));
     }
 }

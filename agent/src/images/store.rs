@@ -8,6 +8,9 @@
 //! images/tmp/                        work in progress; anything here after a crash is garbage
 //! ```
 //!
+//! An image's last use is its manifest blob's mtime: set when it is stored, pulled again or a
+//! container starts from it. Garbage collection removes names first, then what no name needs.
+//!
 //! Nothing becomes visible before it is complete and verified: blobs and layers are written under
 //! `tmp/` and renamed, `refs.json` is replaced atomically, so an interrupted import never leaves an
 //! image that looks whole. Registry pulls add blobs and layers through the same calls.
@@ -78,6 +81,8 @@ pub struct ImageSummary {
     pub reference: String,
     pub digest: String,
     pub size: u64,
+    /// When a container last started from it, or it was stored or pulled again.
+    pub last_used: Option<std::time::SystemTime>,
 }
 
 #[derive(Clone, Debug)]
@@ -241,7 +246,133 @@ impl ImageStore {
         let tmp = path.with_extension("json.tmp");
         let data = serde_json::to_vec_pretty(&refs).expect("string map serialises");
         fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("replace", &path))
+        fs::rename(&tmp, &path).map_err(io_err("replace", &path))?;
+        self.touch(manifest_digest);
+        Ok(())
+    }
+
+    /// Records a use of the image whose manifest is `digest` (best effort: a use that cannot be
+    /// recorded only makes the image look older to garbage collection).
+    pub fn touch(&self, digest: &str) {
+        if let Ok(path) = self.blob_path(digest) {
+            let now = nix::sys::time::TimeSpec::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            );
+            let _ = nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                &now,
+                &now,
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            );
+        }
+    }
+
+    /// The digest a name points at, without checking the image is whole.
+    pub fn digest_of(&self, name: &str) -> Option<String> {
+        let reference = Reference::parse(name).ok()?.to_string();
+        self.refs().ok()?.get(&reference).cloned()
+    }
+
+    /// The filesystem holding the store: (capacity, available) in bytes, as `df` counts them.
+    pub fn usage(&self) -> Result<(u64, u64)> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(|e| Error::Io {
+            action: "statvfs",
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
+        let block = st.fragment_size() as u64;
+        Ok((
+            st.blocks() as u64 * block,
+            st.blocks_available() as u64 * block,
+        ))
+    }
+
+    /// Removes every name of the image whose manifest is `digest`, then the blobs and layers no
+    /// remaining image uses. Names go first, so a crash halfway leaves unnamed garbage, never a
+    /// named image with parts missing; layers are renamed into `tmp/` before being deleted.
+    pub fn remove(&self, digest: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut refs = self.refs()?;
+        refs.retain(|_, d| d != digest);
+        let path = self.root.join("refs.json");
+        let tmp = path.with_extension("json.tmp");
+        let data = serde_json::to_vec_pretty(&refs).expect("string map serialises");
+        fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("replace", &path))?;
+
+        let parts = |digest: &str| -> Option<(String, Vec<String>)> {
+            let manifest: ImageManifest =
+                serde_json::from_slice(&self.read_blob(digest).ok()?).ok()?;
+            let config_digest = manifest.config().digest().to_string();
+            let config: ImageConfiguration =
+                serde_json::from_slice(&self.read_blob(&config_digest).ok()?).ok()?;
+            Some((config_digest, config.rootfs().diff_ids().clone()))
+        };
+        let mut kept_blobs = std::collections::HashSet::new();
+        let mut kept_layers = std::collections::HashSet::new();
+        for other in refs.values() {
+            kept_blobs.insert(other.clone());
+            if let Some((config, layers)) = parts(other) {
+                kept_blobs.insert(config);
+                kept_layers.extend(layers);
+            }
+        }
+        let Some((config, layers)) = parts(digest) else {
+            return Ok(());
+        };
+        for layer in layers.iter().filter(|l| !kept_layers.contains(*l)) {
+            let path = self.layer_path(layer)?;
+            let doomed = self
+                .root
+                .join("tmp")
+                .join(format!("{}.removed", crate::random_hex(8)));
+            match fs::rename(&path, &doomed) {
+                Ok(()) => fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
+        }
+        for blob in [digest, config.as_str()] {
+            if !kept_blobs.contains(blob) {
+                let path = self.blob_path(blob)?;
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove", &path)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes work left in `tmp/` by interrupted pulls and imports, untouched for `age`.
+    pub fn sweep_tmp(&self, age: std::time::Duration) -> usize {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age));
+            if !stale {
+                continue;
+            }
+            let path = entry.path();
+            let gone = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if gone.is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Finds an image by the name a pod uses (normalised), with every layer present.
@@ -287,10 +418,16 @@ impl ImageStore {
                 .and_then(|m| serde_json::from_slice::<ImageManifest>(&m).ok())
                 .map(|m| m.layers().iter().map(|l| l.size()).sum())
                 .unwrap_or(0);
+            let last_used = self
+                .blob_path(&digest)
+                .ok()
+                .and_then(|p| fs::metadata(p).ok())
+                .and_then(|m| m.modified().ok());
             out.push(ImageSummary {
                 reference,
                 digest,
                 size,
+                last_used,
             });
         }
         Ok(out)

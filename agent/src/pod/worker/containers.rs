@@ -9,6 +9,7 @@ use nodelet_sandbox::protocol::{self, Exit, Request};
 use tracing::{info, warn};
 
 use super::{grace_period, namespace_name, Step, Worker, RETRY};
+use crate::images::credentials::Source;
 use crate::pod::build::{self, pod_spec, Instance as BuildInstance};
 use crate::pod::status::Instance;
 
@@ -144,11 +145,13 @@ impl Worker {
             false,
         );
         let started = std::time::Instant::now();
-        match self.node.puller.pull(&name).await {
+        let secrets = self.pull_secrets(c).await;
+        match self.node.puller.pull(&name, &secrets).await {
             Ok(image) => {
                 let took = started.elapsed().as_secs_f64();
                 let message = format!("Successfully pulled image \"{name}\" in {took:.3}s");
                 self.event(Some(&c.name), "Pulled", message, false);
+                self.node.image_gc.notify_one();
                 Ok(image)
             }
             Err(e) => {
@@ -176,6 +179,75 @@ impl Worker {
                 Err(Step::WaitFor(self.backoff.current(&key).unwrap_or(RETRY)))
             }
         }
+    }
+
+    /// The pod's `imagePullSecrets` that hold registry credentials (types
+    /// `kubernetes.io/dockerconfigjson` and `kubernetes.io/dockercfg`), read from the API server
+    /// at each pull as kubelet does. Static pods have none: they may not refer to API objects.
+    async fn pull_secrets(&self, c: &Container) -> Vec<Source> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let from_file = self
+            .pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubernetes.io/config.source"))
+            .is_some_and(|s| s == "file");
+        let Some(client) = self
+            .node
+            .api
+            .get()
+            .filter(|_| !names.is_empty() && !from_file)
+        else {
+            return Vec::new();
+        };
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client.clone(), namespace);
+        let mut sources = Vec::new();
+        let mut missing = Vec::new();
+        for name in names {
+            let secret = match api.get(&name).await {
+                Ok(secret) => secret,
+                Err(e) => {
+                    warn!(secret = %name, error = %e, "image pull secret");
+                    missing.push(format!("\"{name}\""));
+                    continue;
+                }
+            };
+            let key = match secret.type_.as_deref() {
+                Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+                Some("kubernetes.io/dockercfg") => ".dockercfg",
+                _ => continue,
+            };
+            if let Some(data) = secret.data.as_ref().and_then(|d| d.get(key)) {
+                sources.push(Source::Secret {
+                    name: format!("{namespace}/{name}"),
+                    data: data.0.clone(),
+                });
+            }
+        }
+        if !missing.is_empty() {
+            self.event(
+                Some(&c.name),
+                "FailedToRetrieveImagePullSecret",
+                format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                    missing.join(", ")
+                ),
+                true,
+            );
+        }
+        sources
     }
 
     /// Records why a container waits; the event, if any, is recorded when the reason is new
@@ -211,6 +283,7 @@ impl Worker {
             Ok(image) => image,
             Err(step) => return step,
         };
+        self.node.images.touch(&image.digest);
         self.observed.image_ids.insert(
             c.name.clone(),
             format!("{}@{}", image.reference, image.digest),
