@@ -153,7 +153,19 @@ impl Registry {
         tag: &str,
         options: &[&str],
     ) -> Result<()> {
-        let source = format!("oci:{}:latest", test_images().join(image).display());
+        self.push_layout(node, &test_images().join(image), repository, tag, options)
+    }
+
+    /// Pushes the image of an OCI layout (tagged `latest`) as `<repository>:<tag>`.
+    pub fn push_layout(
+        &self,
+        node: &TestNode,
+        layout: &std::path::Path,
+        repository: &str,
+        tag: &str,
+        options: &[&str],
+    ) -> Result<()> {
+        let source = format!("oci:{}:latest", layout.display());
         let target = format!("docker://{}/{repository}:{tag}", self.address);
         let out = node
             .net_command("skopeo")

@@ -1,13 +1,14 @@
 //! `make bench`: pod start latency (manifest written -> every container running, from the shim's
 //! own start timestamps), delete latency for a pod whose containers exit on TERM, and shim memory
 //! with many idle pods, pod network wiring and throughput, and the built-in API (1,000-pod
-//! Table list, watch fan-out), exec round trips and port-forward throughput. Runs in a
-//! throwaway test node like the tests.
+//! Table list, watch fan-out), exec round trips and port-forward throughput, and pulling a
+//! ~100 MB image from a local registry against skopeo + umoci. Runs in throwaway test nodes like
+//! the tests. `BENCH=images` (or `pods`, `api`) runs one part.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use nodelet_tests::{run_cni, wait_for, TestNode};
+use nodelet_tests::{run_cni, wait_for, Registry, TestNode};
 
 use serde_json::Value;
 
@@ -189,6 +190,92 @@ fn throughput(server_ns: &str, client_ns: &str, addr: std::net::IpAddr) -> Resul
 }
 
 fn main() -> Result<()> {
+    let only = std::env::var("BENCH").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only == name;
+    if part("pods") {
+        pods()?;
+    }
+    if part("api") {
+        let mut node = TestNode::new()?;
+        node.start_agent()?;
+        api(&node)?;
+        streaming(&node)?;
+    }
+    if part("images") {
+        images()?;
+    }
+    Ok(())
+}
+
+/// Pull and unpack of a 4-layer image (~77 MB of gzip, ~112 MB unpacked) from a registry on the
+/// node's loopback: `nodelet image pull` into an empty store against `skopeo copy` to an OCI
+/// layout then `umoci unpack`, interleaved, 3 runs each.
+fn images() -> Result<()> {
+    let node = TestNode::new()?;
+    let layout = node.dir.join("big");
+    let built = std::process::Command::new("bash")
+        .arg(nodelet_tests::workspace().join("tests/images/big.sh"))
+        .arg(&layout)
+        .output()?;
+    anyhow::ensure!(
+        built.status.success(),
+        "big.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let registry = Registry::start(&node, 5010)?;
+    registry.push_layout(&node, &layout, "bench/big", "v1", &[])?;
+    let image = format!("{}/bench/big:v1", registry.address);
+    let run = |what: &str, cmd: &mut std::process::Command| -> Result<f64> {
+        let t = Instant::now();
+        let out = cmd.output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let root = node.dir.join(format!("pull-{i}"));
+        ours.push(run(
+            "nodelet image pull",
+            node.command(nodelet_tests::nodelet_bin())
+                .arg("--config")
+                .arg(node.config())
+                .arg("--root-dir")
+                .arg(&root)
+                .args(["image", "pull", &image]),
+        )?);
+        let oci = node.dir.join(format!("oci-{i}"));
+        let bundle = node.dir.join(format!("bundle-{i}"));
+        let copy = run(
+            "skopeo copy",
+            node.net_command("skopeo")
+                .args(["copy", "--quiet", "--src-tls-verify=false"])
+                .arg(format!("docker://{image}"))
+                .arg(format!("oci:{}:v1", oci.display())),
+        )?;
+        let unpack = run(
+            "umoci unpack",
+            node.command("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:v1", oci.display()))
+                .arg(&bundle),
+        )?;
+        theirs.push(copy + unpack);
+        for dir in [root, oci, bundle] {
+            std::fs::remove_dir_all(dir)?;
+        }
+    }
+    ours.sort_by(f64::total_cmp);
+    theirs.sort_by(f64::total_cmp);
+    let (n, t) = (percentile(&ours, 0.5), percentile(&theirs, 0.5));
+    println!("image pull + unpack (4 layers, ~77 MB gzip, ~112 MB unpacked, local registry): nodelet median {n:.2} s, skopeo copy + umoci unpack median {t:.2} s: {:.1}x (target > 1x)", t / n);
+    Ok(())
+}
+
+fn pods() -> Result<()> {
     // Pod start, memory, delete and wiring on a node of static pods only, so the numbers are the
     // pod path's own; the APIs get a node of their own afterwards.
     let mut node = TestNode::with_config("node1", "apiServer:\n  enabled: false\nport: 0\n")?;
@@ -242,14 +329,7 @@ fn main() -> Result<()> {
     wait_for("all bench pods deleted", Duration::from_secs(60), || {
         node.pods().ok().filter(|p| p.is_empty())
     })?;
-    node.assert_clean().context("bench left something behind")?;
-    drop(node);
-
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    api(&node)?;
-    streaming(&node)?;
-    Ok(())
+    node.assert_clean().context("bench left something behind")
 }
 
 const API_PODS: usize = 1000;
