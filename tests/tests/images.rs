@@ -302,7 +302,7 @@ fn a_tls_registry_trusted_through_certs_d() -> Result<()> {
     Ok(())
 }
 
-/// Docker Hub names pulled through a mirror (the first one listed is down), and an image index
+/// Docker Hub names pulled through a mirror (the first one listed is down), and a manifest list
 /// resolved to this node's platform although another platform is listed first.
 #[test]
 fn mirrors_and_multi_platform_indexes() -> Result<()> {
@@ -311,7 +311,14 @@ fn mirrors_and_multi_platform_indexes() -> Result<()> {
         "registryMirrors:\n  docker.io: ['127.0.0.1:5998', 'http://127.0.0.1:5004']\n",
     )?;
     let registry = Registry::start(&node, 5004)?;
-    registry.push(&node, "multiarch", "library/multiarch", "v1")?;
+    // As a docker manifest list of docker schema 2 manifests (the other tests push OCI).
+    registry.push_with(
+        &node,
+        "multiarch",
+        "library/multiarch",
+        "v1",
+        &["--format", "v2s2"],
+    )?;
     node.start_agent()?;
     node.write_manifest(
         "m.yaml",
