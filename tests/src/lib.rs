@@ -18,6 +18,7 @@ use anyhow::{bail, Result};
 mod cni;
 mod node;
 mod registry;
+mod token;
 
 pub use cni::{run_cni, NetnsHolder};
 pub use node::{describe_output, kubectl_path, Agent, TestNode};

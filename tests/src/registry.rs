@@ -10,6 +10,25 @@ use anyhow::{bail, Result};
 use crate::node::TestNode;
 use crate::{test_images, wait_for};
 
+/// How a test registry lets clients in.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    Anonymous,
+    /// htpasswd basic auth.
+    Basic(&'a str, &'a str),
+    /// Bearer tokens from a token service that takes this user and password.
+    Token(&'a str, &'a str),
+}
+
+impl Auth<'_> {
+    fn credentials(self) -> Option<String> {
+        match self {
+            Auth::Anonymous => None,
+            Auth::Basic(u, p) | Auth::Token(u, p) => Some(format!("{u}:{p}")),
+        }
+    }
+}
+
 pub struct Registry {
     nsenter: Child,
     host_pid: i32,
@@ -21,12 +40,14 @@ pub struct Registry {
     data: std::path::PathBuf,
     /// The test CA that signed its certificate, when it serves TLS.
     pub ca: Option<std::path::PathBuf>,
+    /// Its token service, for a registry with bearer-token auth.
+    token: Option<crate::token::TokenServer>,
 }
 
 impl Registry {
     /// Starts a registry on the node's loopback (brought up first) at `port`.
     pub fn start(node: &TestNode, port: u16) -> Result<Registry> {
-        Self::start_with(node, port, None, false)
+        Self::start_with(node, port, Auth::Anonymous, false)
     }
 
     /// A registry serving TLS with a certificate for 127.0.0.1 from a fresh test CA (`ca`),
@@ -37,7 +58,7 @@ impl Registry {
         user: &str,
         password: &str,
     ) -> Result<Registry> {
-        Self::start_with(node, port, Some((user, password)), true)
+        Self::start_with(node, port, Auth::Basic(user, password), true)
     }
 
     /// A registry that answers only to `user`/`password` (htpasswd, bcrypt).
@@ -47,15 +68,21 @@ impl Registry {
         user: &str,
         password: &str,
     ) -> Result<Registry> {
-        Self::start_with(node, port, Some((user, password)), false)
+        Self::start_with(node, port, Auth::Basic(user, password), false)
     }
 
-    fn start_with(
+    /// A registry that wants bearer tokens, which a token service on `port + 100` issues to
+    /// `user`/`password` (the protocol of Docker Hub and most hosted registries).
+    pub fn start_with_token(
         node: &TestNode,
         port: u16,
-        auth: Option<(&str, &str)>,
-        tls: bool,
+        user: &str,
+        password: &str,
     ) -> Result<Registry> {
+        Self::start_with(node, port, Auth::Token(user, password), false)
+    }
+
+    fn start_with(node: &TestNode, port: u16, auth: Auth, tls: bool) -> Result<Registry> {
         let up = node
             .net_command("ip")
             .args(["link", "set", "lo", "up"])
@@ -82,7 +109,29 @@ impl Registry {
         } else {
             None
         };
-        if let Some((user, password)) = auth {
+        let mut token = None;
+        if let Auth::Token(user, password) = auth {
+            let tls = dir.join("tls");
+            if !tls.join("ca.crt").exists() {
+                test_ca_and_certificate(&dir)?;
+            }
+            let token_port = port + 100;
+            token = Some(crate::token::TokenServer::start(
+                node.reaper,
+                token_port,
+                &tls.join("ca.key"),
+                &tls.join("ca.crt"),
+                user,
+                password,
+            )?);
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                crate::token::SERVICE,
+                crate::token::ISSUER,
+                tls.join("ca.crt").display()
+            ));
+        }
+        if let Auth::Basic(user, password) = auth {
             let out = std::process::Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()?;
@@ -106,7 +155,7 @@ impl Registry {
             .spawn()?;
         // nsenter without a PID namespace to enter execs the registry in place.
         let host_pid = nsenter.id() as i32;
-        let credentials = auth.map(|(u, p)| format!("{u}:{p}"));
+        let credentials = auth.credentials();
         let registry = Registry {
             nsenter,
             host_pid,
@@ -114,18 +163,25 @@ impl Registry {
             credentials,
             data: dir.join("data"),
             ca,
+            token,
         };
         let scheme = if tls { "https" } else { "http" };
+        // Any answer will do (a token registry says 401 to a request without a token).
         wait_for("the registry to listen", Duration::from_secs(10), || {
-            let mut curl = node.net_command("curl");
-            curl.args(["-sfk", &format!("{scheme}://{}/v2/", registry.address)]);
-            if let Some(c) = &registry.credentials {
-                curl.args(["-u", c]);
-            }
-            let out = curl.output().ok()?;
-            out.status.success().then_some(())
+            let out = node
+                .net_command("curl")
+                .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("{scheme}://{}/v2/", registry.address))
+                .output()
+                .ok()?;
+            matches!(&out.stdout[..], b"200" | b"401").then_some(())
         })?;
         Ok(registry)
+    }
+
+    /// Tokens its token service has issued so far (0 without one).
+    pub fn tokens_issued(&self) -> usize {
+        self.token.as_ref().map_or(0, |t| t.issued())
     }
 
     /// The file holding a blob in the registry's storage (to corrupt it).

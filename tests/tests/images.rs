@@ -136,6 +136,42 @@ fn credentials_from_a_docker_config_json() -> Result<()> {
     Ok(())
 }
 
+/// A registry behind a token service (Docker Hub's protocol): anonymous pulls are refused, the
+/// node's credentials get a bearer token and the image.
+#[test]
+fn bearer_tokens_from_a_token_service() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "")?;
+    let registry = Registry::start_with_token(&node, 5008, "bearer", "tok3n")?;
+    registry.push(&node, "busybox", "hub/box", "v1")?;
+    node.start_agent()?;
+    let image = format!("{}/hub/box:v1", registry.address);
+    node.write_manifest("a.yaml", &pod("a", &image, None));
+    let refused = node.wait_pod("a", "pull refused", T, |p| waiting(p).0 == "ErrImagePull")?;
+    ensure!(
+        waiting(&refused).1.contains("unauthorized"),
+        "{:?}",
+        waiting(&refused)
+    );
+    std::fs::write(
+        node.dir.join("root/config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+            registry.address,
+            base64_of("bearer:tok3n")
+        ),
+    )?;
+    let before = registry.tokens_issued();
+    node.write_manifest("b.yaml", &pod("b", &image, None));
+    node.wait_pod("b", "running with a bearer token", T, |p| {
+        TestNode::running(p, "c")
+    })?;
+    ensure!(
+        registry.tokens_issued() > before,
+        "the pull went without a token"
+    );
+    Ok(())
+}
+
 fn base64_of(text: &str) -> String {
     let out = std::process::Command::new("base64")
         .arg("-w0")
