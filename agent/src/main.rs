@@ -89,7 +89,11 @@ fn main() -> ExitCode {
             }) => cli::import(&config, source, reference.as_deref()),
             Some(Command::Image {
                 command: ImageCommand::Pull { reference },
-            }) => cli::pull(&config, reference),
+            }) => {
+                // The pull's progress lines, as the agent logs them.
+                init_tracing();
+                cli::pull(&config, reference)
+            }
             Some(Command::Images) => cli::images(&config),
             Some(Command::Pods { namespace }) => cli::pods(&config, namespace.as_deref()),
             Some(Command::Logs(args)) => cli::logs(&config, args),

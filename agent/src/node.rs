@@ -129,6 +129,10 @@ impl Node {
     pub fn new(config: Config) -> anyhow::Result<Node> {
         let paths = NodePaths::new(&config);
         let images = ImageStore::open(paths.images())?;
+        let swept = images.sweep_tmp();
+        if swept > 0 {
+            info!(entries = swept, "removed work left by interrupted pulls");
+        }
         let host_resolv = std::fs::read_to_string(&config.resolv_conf).unwrap_or_default();
         let max_size = crate::pod::quantity::parse_bytes(&config.container_log_max_size)
             .filter(|size| *size > 0)

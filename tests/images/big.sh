@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Builds the benchmark image as an OCI image layout in OUT: four gzip layers of 64 files each,
-# ~112 MB unpacked in all, half random bytes (incompressible) and half text, as real images mix
-# binaries and text. Not reproducible (random content), which a benchmark does not need.
+# Builds a large image as an OCI image layout in OUT: LAYERS gzip layers (default 4) of PAIRS
+# pairs of files (default 32), each pair 448 KiB of random bytes (incompressible) and ~450 KB of
+# text, as real images mix binaries and text: ~112 MB unpacked, ~77 MB of gzip by default (the
+# benchmark image). Not reproducible (random content), which its users do not need.
 set -euo pipefail
 
-out=${1:?usage: big.sh OUTDIR}
+out=${1:?usage: big.sh OUTDIR [LAYERS] [PAIRS]}
+count=${2:-4}
+pairs=${3:-32}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 rm -rf "$out"
@@ -15,10 +18,10 @@ size() { stat -c %s "$1"; }
 store() { local d; d=$(sha "$1"); cp "$1" "$out/blobs/sha256/$d"; echo "$d"; }
 
 layers="" diff_ids=""
-for n in 1 2 3 4; do
+for n in $(seq 1 "$count"); do
   dir=$work/layer$n
   mkdir -p "$dir/data$n"
-  for i in $(seq 1 32); do
+  for i in $(seq 1 "$pairs"); do
     head -c 458752 /dev/urandom > "$dir/data$n/bin$i"
     seq $((i * 100000)) $((i * 100000 + 65000)) > "$dir/data$n/text$i"
   done

@@ -542,3 +542,87 @@ fn image_pull_secrets_from_the_api() -> Result<()> {
     node.kubectl_ok(&["delete", "pod", "--all", "--grace-period=1"])?;
     Ok(())
 }
+
+/// A pull killed in the middle of a layer leaves no image that looks complete; what it left in
+/// the store's `tmp/` is swept when the agent starts, and pulling again succeeds.
+#[test]
+fn an_interrupted_pull_restarts_cleanly() -> Result<()> {
+    use std::io::BufRead;
+    let mut node = TestNode::with_config("node1", "")?;
+    let layout = node.dir.join("big");
+    let built = std::process::Command::new("bash")
+        .arg(nodelet_tests::workspace().join("tests/images/big.sh"))
+        .arg(&layout)
+        .args(["2", "24"])
+        .output()?;
+    ensure!(
+        built.status.success(),
+        "big.sh: {}",
+        nodelet_tests::describe_output(&built)
+    );
+    let registry = Registry::start(&node, 5009)?;
+    registry.push_layout(&node, &layout, "big/image", "v1", &[])?;
+    let image = format!("{}/big/image:v1", registry.address);
+
+    // nsenter -n execs the pull in place: its pid is the pull's.
+    let mut pull = node
+        .net_command(nodelet_tests::nodelet_bin())
+        .arg("--config")
+        .arg(node.config())
+        .args(["image", "pull", &image])
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = pull.stderr.take().context("pull stderr")?;
+    let mut seen = String::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line?;
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("pulling layer (") {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pull.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+            break;
+        }
+    }
+    let status = pull.wait()?;
+    ensure!(
+        !status.success(),
+        "the pull finished before it was killed:\n{seen}"
+    );
+    ensure!(
+        !images_table(&node)?.contains(&image),
+        "a half pull is listed"
+    );
+    let tmp = node.dir.join("root/images/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    ensure!(!left.is_empty(), "the killed pull left nothing to sweep");
+    // As if the crash were a while ago: the sweep spares entries younger than 10 s.
+    for path in &left {
+        let out = std::process::Command::new("touch")
+            .args(["-d", "1 minute ago"])
+            .arg(path)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            nodelet_tests::describe_output(&out)
+        );
+    }
+    node.start_agent()?;
+    wait_for("the leftovers swept", T, || {
+        std::fs::read_dir(&tmp).ok()?.next().is_none().then_some(())
+    })?;
+    let again = node.nodelet(&["image", "pull", &image]);
+    ensure!(
+        again.status.success(),
+        "{}",
+        nodelet_tests::describe_output(&again)
+    );
+    ensure!(images_table(&node)?.contains(&image));
+    Ok(())
+}

@@ -27,9 +27,6 @@ impl Policy {
     }
 }
 
-/// Work left in `tmp/` by a pull or import that was interrupted is removed after this long.
-pub const TMP_MAX_AGE: Duration = Duration::from_secs(3600);
-
 fn percent_used((capacity, available): (u64, u64)) -> u64 {
     if capacity == 0 {
         return 0;
@@ -43,7 +40,7 @@ pub fn collect(
     policy: Policy,
     in_use: &HashSet<String>,
 ) -> Result<Vec<String>, super::store::Error> {
-    let swept = store.sweep_tmp(TMP_MAX_AGE);
+    let swept = store.sweep_tmp();
     if swept > 0 {
         info!(entries = swept, "removed work left by interrupted pulls");
     }

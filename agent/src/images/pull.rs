@@ -444,13 +444,17 @@ impl Puller {
             if self.store.has_layer(diff_id) {
                 continue;
             }
-            let download = self.store.scratch_file()?;
+            let download = self.store.scratch_file("download")?;
             let io_err = |source| Error::Download {
                 image: key.to_owned(),
                 digest: layer.digest.clone(),
                 source,
             };
-            let file = tokio::fs::File::create(&download).await.map_err(io_err)?;
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(download.path())
+                .await
+                .map_err(io_err)?;
             let size = layer.size.max(0) as u64;
             if size >= PROGRESS_FROM {
                 info!(image = %key, layer = %layer.digest, "pulling layer ({:.1} MB)", size as f64 / 1e6);
@@ -458,17 +462,13 @@ impl Puller {
             let file = Progress::new(file, key, &layer.digest, size);
             let pulled = client.pull_blob(&target, layer, file).await;
             if let Err(e) = pulled {
-                let _ = std::fs::remove_file(&download);
                 return Err(registry_error(key, e));
             }
             bytes += layer.size.max(0) as u64;
-            let (store, layer_digest, diff_id, path) = (
-                self.store.clone(),
-                layer.digest.clone(),
-                diff_id.clone(),
-                download.clone(),
-            );
+            let (store, layer_digest, diff_id) =
+                (self.store.clone(), layer.digest.clone(), diff_id.clone());
             let unpacked = tokio::task::spawn_blocking(move || {
+                let path = download.path().to_owned();
                 // oci-client checked the blob's digest while downloading; check it again on disk.
                 let file = std::fs::File::open(&path).map_err(|source| store::Error::Io {
                     action: "open",
@@ -497,7 +497,6 @@ impl Puller {
             })
             .await
             .expect("unpack task");
-            let _ = std::fs::remove_file(&download);
             unpacked?;
         }
         self.store.put_blob(&manifest.config.digest, &config)?;

@@ -98,6 +98,48 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
+/// A `tmp/` entry younger than this is never swept, locked or not.
+const SCRATCH_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// Work in progress under `tmp/` (a download, an unpacking layer, an extracted archive): held
+/// under flock(2) while it lives, so a sweep in any process leaves it alone, and removed when
+/// dropped unless it was renamed into place first.
+pub struct Scratch {
+    path: PathBuf,
+    _lock: Flock<fs::File>,
+}
+
+impl Scratch {
+    fn lock(path: PathBuf) -> Result<Scratch> {
+        let file = fs::File::open(&path).map_err(io_err("open", &path))?;
+        let lock =
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| Error::Io {
+                action: "lock",
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        Ok(Scratch { path, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = remove_any(&self.path);
+    }
+}
+
 fn hex_of(digest: &str) -> Result<&str> {
     match digest.strip_prefix("sha256:") {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(hex),
@@ -130,18 +172,20 @@ impl ImageStore {
         Ok(self.root.join("layers/sha256").join(hex_of(diff_id)?))
     }
 
-    fn tmp_dir(&self) -> Result<PathBuf> {
+    fn tmp_dir(&self) -> Result<Scratch> {
         let path = self.root.join("tmp").join(crate::random_hex(8));
         fs::create_dir_all(&path).map_err(io_err("create", &path))?;
-        Ok(path)
+        Scratch::lock(path)
     }
 
-    /// A fresh path under `tmp/` for a download in progress.
-    pub fn scratch_file(&self) -> Result<PathBuf> {
-        Ok(self
+    /// A fresh file under `tmp/` for work in progress (a download), removed when dropped.
+    pub fn scratch_file(&self, suffix: &str) -> Result<Scratch> {
+        let path = self
             .root
             .join("tmp")
-            .join(format!("{}.download", crate::random_hex(8))))
+            .join(format!("{}.{suffix}", crate::random_hex(8)));
+        fs::File::create(&path).map_err(io_err("create", &path))?;
+        Scratch::lock(path)
     }
 
     fn lock(&self) -> Result<Flock<fs::File>> {
@@ -170,12 +214,9 @@ impl ImageStore {
         }
         let path = self.blob_path(digest)?;
         if !path.exists() {
-            let tmp = self
-                .root
-                .join("tmp")
-                .join(format!("{}.blob", crate::random_hex(8)));
-            fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
-            fs::rename(&tmp, &path).map_err(io_err("store", &path))?;
+            let tmp = self.scratch_file("blob")?;
+            fs::write(tmp.path(), data).map_err(io_err("write", tmp.path()))?;
+            fs::rename(tmp.path(), &path).map_err(io_err("store", &path))?;
         }
         Ok(path)
     }
@@ -199,29 +240,21 @@ impl ImageStore {
             return Ok(target);
         }
         let tmp = self.tmp_dir()?;
-        let unpack_err = |source| Error::Unpack {
+        let actual = unpack::unpack(blob, tmp.path()).map_err(|source| Error::Unpack {
             digest: layer_digest.to_owned(),
             source,
-        };
-        let result = unpack::unpack(blob, &tmp)
-            .map_err(unpack_err)
-            .and_then(|actual| {
-                if actual != diff_id {
-                    return Err(Error::DigestMismatch {
-                        digest: diff_id.to_owned(),
-                        actual,
-                    });
-                }
-                match fs::rename(&tmp, &target) {
-                    Ok(()) => Ok(()),
-                    Err(_) if target.is_dir() => Ok(()), // another writer finished it first
-                    Err(e) => Err(io_err("store layer", &target)(e)),
-                }
+        })?;
+        if actual != diff_id {
+            return Err(Error::DigestMismatch {
+                digest: diff_id.to_owned(),
+                actual,
             });
-        if tmp.exists() {
-            let _ = fs::remove_dir_all(&tmp);
         }
-        result.map(|()| target)
+        match fs::rename(tmp.path(), &target) {
+            Ok(()) => Ok(target),
+            Err(_) if target.is_dir() => Ok(target), // another writer finished it first
+            Err(e) => Err(io_err("store layer", &target)(e)),
+        }
     }
 
     fn refs(&self) -> Result<BTreeMap<String, String>> {
@@ -348,27 +381,27 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Removes work left in `tmp/` by interrupted pulls and imports, untouched for `age`.
-    pub fn sweep_tmp(&self, age: std::time::Duration) -> usize {
+    /// Removes what interrupted pulls, imports and collections left in `tmp/`: every entry no
+    /// process holds a lock on (work in progress always does; see [`Scratch`]), if it is older
+    /// than a few seconds (the moment between creating an entry and locking it).
+    pub fn sweep_tmp(&self) -> usize {
         let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
             return 0;
         };
         let mut removed = 0;
         for entry in entries.flatten() {
-            let stale = entry
+            let settled = entry
                 .metadata()
                 .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age));
-            if !stale {
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= SCRATCH_SETTLE));
+            let path = entry.path();
+            let Ok(file) = fs::File::open(&path) else {
+                continue;
+            };
+            if !settled || Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err() {
                 continue;
             }
-            let path = entry.path();
-            let gone = if path.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            if gone.is_ok() {
+            if remove_any(&path).is_ok() {
                 removed += 1;
             }
         }
@@ -441,16 +474,11 @@ impl ImageStore {
             return self.import_layout(source, name);
         }
         let tmp = self.tmp_dir()?;
-        let result = fs::File::open(source)
-            .map_err(io_err("open", source))
-            .and_then(|f| {
-                tar::Archive::new(f)
-                    .unpack(&tmp)
-                    .map_err(io_err("extract archive", source))
-            })
-            .and_then(|()| self.import_layout(&tmp, name));
-        let _ = fs::remove_dir_all(&tmp);
-        result
+        let archive = fs::File::open(source).map_err(io_err("open", source))?;
+        tar::Archive::new(archive)
+            .unpack(tmp.path())
+            .map_err(io_err("extract archive", source))?;
+        self.import_layout(tmp.path(), name)
     }
 
     fn import_layout(&self, layout: &Path, name: Option<&str>) -> Result<Vec<String>> {
