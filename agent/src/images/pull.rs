@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::credentials::Source;
 use super::reference::Reference;
-use super::store::{self, sha256_of, Image, ImageStore};
+use super::store::{self, Image, ImageStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -360,6 +360,36 @@ impl Puller {
         result
     }
 
+    /// Downloads one layer blob into a scratch file, with progress lines for large layers.
+    async fn download(
+        &self,
+        client: &Client,
+        target: &oci_client::Reference,
+        layer: &oci_client::manifest::OciDescriptor,
+        key: &str,
+    ) -> Result<store::Scratch, Error> {
+        let download = self.store.scratch_file("download")?;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(download.path())
+            .await
+            .map_err(|source| Error::Download {
+                image: key.to_owned(),
+                digest: layer.digest.clone(),
+                source,
+            })?;
+        let size = layer.size.max(0) as u64;
+        if size >= PROGRESS_FROM {
+            info!(image = %key, layer = %layer.digest, "pulling layer ({:.1} MB)", size as f64 / 1e6);
+        }
+        let file = Progress::new(file, key, &layer.digest, size);
+        client
+            .pull_blob(target, layer, file)
+            .await
+            .map_err(|e| registry_error(key, e))?;
+        Ok(download)
+    }
+
     async fn pull_from(
         &self,
         endpoint: &Endpoint,
@@ -439,66 +469,47 @@ impl Puller {
             });
         }
 
+        // Each layer is unpacked while the next one downloads (one unpack at a time).
         let mut bytes = 0u64;
+        let mut unpacking: Option<tokio::task::JoinHandle<Result<(), store::Error>>> = None;
+        let finish = |task: Option<tokio::task::JoinHandle<_>>| async move {
+            match task {
+                Some(task) => task.await.expect("unpack task"),
+                None => Ok(()),
+            }
+        };
         for (layer, diff_id) in manifest.layers.iter().zip(diff_ids) {
             if self.store.has_layer(diff_id) {
                 continue;
             }
-            let download = self.store.scratch_file("download")?;
-            let io_err = |source| Error::Download {
-                image: key.to_owned(),
-                digest: layer.digest.clone(),
-                source,
+            let downloaded = self.download(&client, &target, layer, key).await;
+            let download = match downloaded {
+                Ok(download) => download,
+                Err(e) => {
+                    // The layer being unpacked is sound: let it finish before reporting.
+                    let _ = finish(unpacking.take()).await;
+                    return Err(e);
+                }
             };
-            let file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .open(download.path())
-                .await
-                .map_err(io_err)?;
-            let size = layer.size.max(0) as u64;
-            if size >= PROGRESS_FROM {
-                info!(image = %key, layer = %layer.digest, "pulling layer ({:.1} MB)", size as f64 / 1e6);
-            }
-            let file = Progress::new(file, key, &layer.digest, size);
-            let pulled = client.pull_blob(&target, layer, file).await;
-            if let Err(e) = pulled {
-                return Err(registry_error(key, e));
-            }
             bytes += layer.size.max(0) as u64;
+            finish(unpacking.take()).await?;
             let (store, layer_digest, diff_id) =
                 (self.store.clone(), layer.digest.clone(), diff_id.clone());
-            let unpacked = tokio::task::spawn_blocking(move || {
-                let path = download.path().to_owned();
-                // oci-client checked the blob's digest while downloading; check it again on disk.
-                let file = std::fs::File::open(&path).map_err(|source| store::Error::Io {
+            // oci-client checked the blob against its digest as it arrived; unpacking checks
+            // the content against the diff id before the layer is put in place.
+            unpacking = Some(tokio::task::spawn_blocking(move || {
+                let path = download.path();
+                let file = std::fs::File::open(path).map_err(|source| store::Error::Io {
                     action: "open",
-                    path: path.clone(),
+                    path: path.to_owned(),
                     source,
                 })?;
-                let actual = sha256_of(std::io::BufReader::new(&file)).map_err(|source| {
-                    store::Error::Io {
-                        action: "read",
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                if actual != layer_digest {
-                    return Err(store::Error::DigestMismatch {
-                        digest: layer_digest,
-                        actual,
-                    });
-                }
-                let file = std::fs::File::open(&path).map_err(|source| store::Error::Io {
-                    action: "open",
-                    path: path.clone(),
-                    source,
-                })?;
-                store.put_layer(&layer_digest, &diff_id, std::io::BufReader::new(file))
-            })
-            .await
-            .expect("unpack task");
-            unpacked?;
+                store
+                    .put_layer(&layer_digest, &diff_id, std::io::BufReader::new(file))
+                    .map(drop)
+            }));
         }
+        finish(unpacking.take()).await?;
         self.store.put_blob(&manifest.config.digest, &config)?;
         self.store.put_blob(&digest, &raw)?;
         self.store.tag(reference, &digest)?;
