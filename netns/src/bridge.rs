@@ -48,31 +48,31 @@ impl Netlink {
         Ok(bridge.header.index)
     }
 
-    /// Makes `port` a port of `bridge`, with hairpin mode as configured.
-    pub async fn attach_port(&self, port: u32, bridge: u32, hairpin: bool) -> Result<()> {
-        let what = |source| Error::Netlink {
-            action: "attach to bridge",
-            object: port.to_string(),
-            source,
-        };
+    /// Makes the link named `port` a port of `bridge` and brings it up, in one request that
+    /// names the link (RTM_SETLINK by IFLA_IFNAME): no lookup of its index first.
+    pub async fn attach_named(&self, port: &str, bridge: u32) -> Result<()> {
         self.handle
             .link()
             .set(
-                LinkUnspec::new_with_index(port)
+                LinkUnspec::new_with_name(port)
                     .controller(bridge)
                     .up()
                     .build(),
             )
             .execute()
             .await
-            .map_err(what)?;
-        if !hairpin {
-            // A new port starts with hairpin off: nothing to change.
-            return Ok(());
-        }
+            .map_err(|source| Error::Netlink {
+                action: "attach to bridge",
+                object: port.to_owned(),
+                source,
+            })
+    }
+
+    /// Turns hairpin mode on for a bridge port (a new port starts with it off).
+    pub async fn set_hairpin(&self, port: u32) -> Result<()> {
         self.handle
             .link()
-            .set_port(LinkBridgePort::new(port).hairpin(hairpin).build())
+            .set_port(LinkBridgePort::new(port).hairpin(true).build())
             .execute()
             .await
             .map_err(|source| Error::Netlink {

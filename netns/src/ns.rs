@@ -118,7 +118,9 @@ where
                     namespace: namespace.clone(),
                     source,
                 })?;
+            // The work first: a closure that drops its handle early ends the connection too.
             tokio::select! {
+                biased;
                 result = f(Netlink { handle, namespace: namespace.clone() }) => result,
                 () = connection => Err(Error::Connect {
                     namespace,

@@ -279,7 +279,8 @@ impl Network {
             source,
         })?;
         let (addresses_tx, addresses_rx) = tokio::sync::oneshot::channel();
-        let (veth_tx, veth_rx) = tokio::sync::oneshot::channel::<(String, Option<u32>)>();
+        let (veth_tx, veth_rx) = tokio::sync::oneshot::channel::<String>();
+        let (peer_tx, peer_rx) = tokio::sync::oneshot::channel::<Option<u32>>();
         let pod_side = PodSide {
             routes: bridge.ipam.routes.clone(),
             mtu: bridge.mtu,
@@ -288,7 +289,9 @@ impl Network {
         // once allocated; the node side allocates them; and readies the bridge, then attaches
         // the veth's host end to it as soon as the pod side says it exists.
         let pod_ready = ns::within(netns, move |pod| async move {
-            Ok(pod_side.wire(&pod, host_ns, veth_tx, addresses_rx).await)
+            Ok(pod_side
+                .wire(&pod, host_ns, veth_tx, peer_tx, addresses_rx)
+                .await)
         });
         let node_ready = async {
             let allocations = hostlocal::allocate(store, &bridge.ipam, id, IFNAME)?;
@@ -322,16 +325,20 @@ impl Network {
                     index
                 }
             };
-            let (name, peer) = veth_rx.await.map_err(|_| Error::NoVethName)?;
-            // The pod's eth0 names its peer's index (IFLA_LINK); without it, look the peer up.
-            let port = match peer {
-                Some(port) => port,
-                None => host.find_link(&name).await?.header.index,
-            };
+            // The host end by name as soon as it exists, while the pod side looks up eth0.
+            let name = veth_rx.await.map_err(|_| Error::NoVethName)?;
             sysctl::set(&format!("net/ipv6/conf/{name}/accept_ra"), "0")?;
-            if let Err(e) = host.attach_port(port, index, bridge.hairpin_mode).await {
+            if let Err(e) = host.attach_named(&name, index).await {
                 *self.bridge_ready.lock().expect("bridge lock") = None;
                 return Err(e.into());
+            }
+            if bridge.hairpin_mode {
+                // The pod's eth0 names its peer's index (IFLA_LINK); without it, look it up.
+                let port = match peer_rx.await.ok().flatten() {
+                    Some(port) => port,
+                    None => host.find_link(&name).await?.header.index,
+                };
+                host.set_hairpin(port).await?;
             }
             Ok::<u32, Error>(index)
         };
@@ -507,7 +514,8 @@ impl PodSide {
         self,
         pod: &Netlink,
         host_ns: std::fs::File,
-        veth: tokio::sync::oneshot::Sender<(String, Option<u32>)>,
+        veth: tokio::sync::oneshot::Sender<String>,
+        peer: tokio::sync::oneshot::Sender<Option<u32>>,
         addresses: tokio::sync::oneshot::Receiver<Vec<Allocation>>,
     ) -> (Option<String>, Result<(), Error>) {
         let mut created = None;
@@ -528,16 +536,15 @@ impl PodSide {
         if created.is_none() {
             return (None, Err(Error::NoVethName));
         }
-        let name = created.clone().unwrap_or_default();
+        let _ = veth.send(created.clone().unwrap_or_default());
         let link = match pod.find_link(IFNAME).await {
             Ok(link) => link,
             Err(e) => return (created, Err(e.into())),
         };
-        let peer = link.attributes.iter().find_map(|a| match a {
+        let _ = peer.send(link.attributes.iter().find_map(|a| match a {
             LinkAttribute::Link(index) => Some(*index),
             _ => None,
-        });
-        let _ = veth.send((name, peer));
+        }));
         // No addresses: the allocation failed, and the node side reports why.
         let Ok(allocations) = addresses.await else {
             return (created, Err(Error::NoAddress));
