@@ -122,13 +122,7 @@ fn credentials_from_a_docker_config_json() -> Result<()> {
     ensure!(waiting(&bad).0 == "ErrImagePull", "{:?}", waiting(&bad));
 
     let auth = base64_of("puller:s3cret");
-    std::fs::write(
-        node.dir.join("root/config.json"),
-        format!(
-            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
-            registry.address
-        ),
-    )?;
+    write_credentials(&node, &registry, &format!(r#"{{"auth": "{auth}"}}"#))?;
     node.write_manifest("c.yaml", &pod("c", &image, None));
     node.wait_pod("c", "running from the private image", T, |p| {
         TestNode::container_status(p, "c")["state"]["running"].is_object()
@@ -152,14 +146,8 @@ fn bearer_tokens_from_a_token_service() -> Result<()> {
         "{:?}",
         waiting(&refused)
     );
-    std::fs::write(
-        node.dir.join("root/config.json"),
-        format!(
-            r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
-            registry.address,
-            base64_of("bearer:tok3n")
-        ),
-    )?;
+    let auth = base64_of("bearer:tok3n");
+    write_credentials(&node, &registry, &format!(r#"{{"auth": "{auth}"}}"#))?;
     let before = registry.tokens_issued();
     node.write_manifest("b.yaml", &pod("b", &image, None));
     node.wait_pod("b", "running with a bearer token", T, |p| {
@@ -170,6 +158,13 @@ fn bearer_tokens_from_a_token_service() -> Result<()> {
         "the pull went without a token"
     );
     Ok(())
+}
+
+/// The node's `<rootDir>/config.json` with one registry's entry (`{"auth": ...}` or
+/// `{"username": ..., "password": ...}`).
+fn write_credentials(node: &TestNode, registry: &Registry, entry: &str) -> Result<()> {
+    let auths = format!(r#"{{"auths": {{"{}": {entry}}}}}"#, registry.address);
+    Ok(std::fs::write(node.dir.join("root/config.json"), auths)?)
 }
 
 fn base64_of(text: &str) -> String {
@@ -203,12 +198,10 @@ fn image_pull_by_hand() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    std::fs::write(
-        node.dir.join("root/config.json"),
-        format!(
-            r#"{{"auths": {{"{}": {{"username": "hand", "password": "pw"}}}}}}"#,
-            registry.address
-        ),
+    write_credentials(
+        &node,
+        &registry,
+        r#"{"username": "hand", "password": "pw"}"#,
     )?;
     let out = node.nodelet(&["image", "pull", &image]);
     ensure!(
@@ -308,13 +301,7 @@ fn a_tls_registry_trusted_through_certs_d() -> Result<()> {
     let mut node = TestNode::with_config("node1", "")?;
     let registry = Registry::start_tls_with_auth(&node, 5443, "tls", "pw")?;
     registry.push(&node, "busybox", "secure/box", "v1")?;
-    std::fs::write(
-        node.dir.join("root/config.json"),
-        format!(
-            r#"{{"auths": {{"{}": {{"username": "tls", "password": "pw"}}}}}}"#,
-            registry.address
-        ),
-    )?;
+    write_credentials(&node, &registry, r#"{"username": "tls", "password": "pw"}"#)?;
     // An empty certs.d entry: TLS with the system's CAs only, which do not know the test CA.
     let certs = node.dir.join("certs.d").join(&registry.address);
     std::fs::create_dir_all(&certs)?;
