@@ -507,6 +507,65 @@ fn kube_rs_port_forward_and_exec() -> Result<()> {
     Ok(())
 }
 
+/// `parallel` kube-rs clients in the node's network namespace each run `true` in the container
+/// `count` times through the built-in API, one after another, checking each exit status.
+fn kube_rs_execs(
+    node: &TestNode,
+    pod: &str,
+    container: &str,
+    parallel: usize,
+    count: usize,
+) -> Result<()> {
+    let kubeconfig = node.kubeconfig();
+    let netns = format!("/proc/{}/ns/net", node.reaper);
+    let (pod, container) = (pod.to_owned(), container.to_owned());
+    std::thread::spawn(move || -> Result<()> {
+        let ns = std::fs::File::open(&netns)?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            let client = kube::Client::try_from(config)?;
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(client, "default");
+            let one = |pods: kube::Api<k8s_openapi::api::core::v1::Pod>| {
+                let (pod, container) = (pod.clone(), container.clone());
+                async move {
+                    for i in 0..count {
+                        use tokio::io::AsyncReadExt;
+                        let params = kube::api::AttachParams::default()
+                            .container(container.as_str())
+                            .stdout(true)
+                            .stderr(false);
+                        let mut proc = pods.exec(&pod, ["true"], &params).await?;
+                        let mut out = proc.stdout().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+                        let mut nothing = Vec::new();
+                        out.read_to_end(&mut nothing).await?;
+                        let status = proc
+                            .take_status()
+                            .ok_or_else(|| anyhow::anyhow!("no status"))?
+                            .await
+                            .and_then(|s| s.status);
+                        proc.join().await?;
+                        ensure!(status.as_deref() == Some("Success"), "exec {i}: {status:?}");
+                    }
+                    Ok::<(), anyhow::Error>(())
+                }
+            };
+            let runs = (0..parallel).map(|_| one(pods.clone()));
+            for result in futures_util::future::join_all(runs).await {
+                result?;
+            }
+            Ok(())
+        })
+    })
+    .join()
+    .expect("exec client thread")
+}
+
 /// The kubelet API itself on 10250: client certificates only; logs with kubelet's parameters.
 #[test]
 fn kubelet_api_needs_a_client_certificate() -> Result<()> {
@@ -581,7 +640,7 @@ fn kubelet_api_needs_a_client_certificate() -> Result<()> {
     Ok(())
 }
 
-/// `logs -f` across rotations, `logs --previous` after a restart, `attach`, and many execs
+/// `logs -f` across rotations, `logs --previous` after a restart, `attach`, and 1,000 execs
 /// leaving nothing behind.
 #[test]
 fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
@@ -682,8 +741,10 @@ fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
     };
     let before_fds = agent_fds();
     let before_procs = node.processes().len();
+    // 900 from kube-rs (WebSocket, four at a time) and 100 from kubectl processes.
+    kube_rs_execs(&node, "talk", "side", 4, 225)?;
     let script = format!(
-        "for i in $(seq 1 250); do {k} --kubeconfig {c} --cache-dir {h} exec talk -c side -- true || exit 1; done",
+        "for i in $(seq 1 25); do {k} --kubeconfig {c} --cache-dir {h} exec talk -c side -- true || exit 1; done",
         k = kubectl_path("kubectl").display(),
         c = node.kubeconfig().display(),
         h = node.dir.join("home/cache-kubectl").display()
