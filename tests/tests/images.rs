@@ -472,6 +472,19 @@ fn image_pull_secrets_from_the_api() -> Result<()> {
     registry.push(&node, "busybox", "private/box", "v1")?;
     node.start_agent()?;
     node.wait_api()?;
+    // The Node's status lists the node's images, by digest and by tag (the scheduler's
+    // ImageLocality reads them).
+    let images = wait_for("the node's images in its status", T, || {
+        let out = node
+            .kubectl_ok(&["get", "node", "node1", "-o", "jsonpath={.status.images}"])
+            .ok()?;
+        out.contains("docker.io/library/busybox:latest")
+            .then_some(out)
+    })?;
+    ensure!(
+        images.contains("docker.io/library/busybox@sha256:") && images.contains("sizeBytes"),
+        "{images}"
+    );
     node.kubectl_ok(&[
         "create",
         "secret",

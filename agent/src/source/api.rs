@@ -102,7 +102,8 @@ impl ApiSource {
             if let Err(e) = self.renew_lease(node_uid.as_deref()).await {
                 warn!(error = %crate::error_chain(&e), "renew node lease");
             }
-            let status = node_status::status(&self.agent.config, &self.name, since);
+            let mut status = node_status::status(&self.agent.config, &self.name, since);
+            status.images = Some(node_status::images(&self.agent.images));
             let patch = Patch::Merge(json!({ "status": status }));
             if let Err(e) = nodes
                 .patch_status(&self.name, &PatchParams::default(), &patch)

@@ -84,6 +84,39 @@ fn storage_bytes(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Kubelet's `nodeStatusMaxImages`.
+const MAX_IMAGES: usize = 50;
+
+/// The node's images as kubelet reports them (the scheduler's ImageLocality reads them): the
+/// largest first, each named by `repository@digest` and by every tag that points at it.
+pub fn images(
+    store: &crate::images::ImageStore,
+) -> Vec<k8s_openapi::api::core::v1::ContainerImage> {
+    let mut by_digest: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+    for image in store.list().unwrap_or_default() {
+        let entry = by_digest
+            .entry(image.digest.clone())
+            .or_insert_with(|| (image.size, Vec::new()));
+        if let Ok(r) = crate::images::Reference::parse(&image.reference) {
+            let by_digest = format!("{}/{}@{}", r.registry, r.repository, image.digest);
+            if !entry.1.contains(&by_digest) {
+                entry.1.insert(0, by_digest);
+            }
+        }
+        entry.1.push(image.reference);
+    }
+    let mut images: Vec<_> = by_digest
+        .into_values()
+        .map(|(size, names)| k8s_openapi::api::core::v1::ContainerImage {
+            names: Some(names),
+            size_bytes: Some(size as i64),
+        })
+        .collect();
+    images.sort_by_key(|i| std::cmp::Reverse(i.size_bytes));
+    images.truncate(MAX_IMAGES);
+    images
+}
+
 pub fn status(config: &Config, name: &str, since: jiff::Timestamp) -> NodeStatus {
     let now = Time(jiff::Timestamp::now());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
