@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
@@ -52,6 +53,8 @@ pub enum Error {
 /// Layers at least this large get progress lines while they download.
 const PROGRESS_FROM: u64 = 10_000_000;
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Layers downloaded at once by one pull, as containerd's default.
+const CONCURRENT_DOWNLOADS: usize = 3;
 /// A registry that does not answer a connection in this time is unreachable.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Nor one that sends nothing for this long in the middle of a download.
@@ -360,6 +363,34 @@ impl Puller {
         result
     }
 
+    /// Downloads one layer and unpacks it into the store; returns the bytes downloaded.
+    async fn fetch_layer(
+        &self,
+        client: &Client,
+        target: &oci_client::Reference,
+        layer: &oci_client::manifest::OciDescriptor,
+        diff_id: &str,
+        key: &str,
+    ) -> Result<u64, Error> {
+        let download = self.download(client, target, layer, key).await?;
+        let (store, layer_digest, diff_id) =
+            (self.store.clone(), layer.digest.clone(), diff_id.to_owned());
+        // oci-client checked the blob against its digest as it arrived; unpacking checks the
+        // content against the diff id before the layer is put in place.
+        tokio::task::spawn_blocking(move || {
+            let path = download.path();
+            let file = std::fs::File::open(path).map_err(|source| store::Error::Io {
+                action: "open",
+                path: path.to_owned(),
+                source,
+            })?;
+            store.put_layer(&layer_digest, &diff_id, std::io::BufReader::new(file))
+        })
+        .await
+        .expect("unpack task")?;
+        Ok(layer.size.max(0) as u64)
+    }
+
     /// Downloads one layer blob into a scratch file, with progress lines for large layers.
     async fn download(
         &self,
@@ -469,47 +500,27 @@ impl Puller {
             });
         }
 
-        // Each layer is unpacked while the next one downloads (one unpack at a time).
+        // Up to three layers download at once (containerd's default), each unpacked as soon as
+        // it is in; every layer runs to its end even if another fails, so a retry fetches only
+        // what is missing, and nothing of this pull outlives it.
+        let missing: Vec<_> = manifest
+            .layers
+            .iter()
+            .zip(diff_ids)
+            .filter(|(_, diff_id)| !self.store.has_layer(diff_id))
+            .collect();
+        let fetches: Vec<_> = missing
+            .into_iter()
+            .map(|(layer, diff_id)| self.fetch_layer(&client, &target, layer, diff_id, key))
+            .collect();
+        let results: Vec<Result<u64, Error>> = futures_util::stream::iter(fetches)
+            .buffer_unordered(CONCURRENT_DOWNLOADS)
+            .collect()
+            .await;
         let mut bytes = 0u64;
-        let mut unpacking: Option<tokio::task::JoinHandle<Result<(), store::Error>>> = None;
-        let finish = |task: Option<tokio::task::JoinHandle<_>>| async move {
-            match task {
-                Some(task) => task.await.expect("unpack task"),
-                None => Ok(()),
-            }
-        };
-        for (layer, diff_id) in manifest.layers.iter().zip(diff_ids) {
-            if self.store.has_layer(diff_id) {
-                continue;
-            }
-            let downloaded = self.download(&client, &target, layer, key).await;
-            let download = match downloaded {
-                Ok(download) => download,
-                Err(e) => {
-                    // The layer being unpacked is sound: let it finish before reporting.
-                    let _ = finish(unpacking.take()).await;
-                    return Err(e);
-                }
-            };
-            bytes += layer.size.max(0) as u64;
-            finish(unpacking.take()).await?;
-            let (store, layer_digest, diff_id) =
-                (self.store.clone(), layer.digest.clone(), diff_id.clone());
-            // oci-client checked the blob against its digest as it arrived; unpacking checks
-            // the content against the diff id before the layer is put in place.
-            unpacking = Some(tokio::task::spawn_blocking(move || {
-                let path = download.path();
-                let file = std::fs::File::open(path).map_err(|source| store::Error::Io {
-                    action: "open",
-                    path: path.to_owned(),
-                    source,
-                })?;
-                store
-                    .put_layer(&layer_digest, &diff_id, std::io::BufReader::new(file))
-                    .map(drop)
-            }));
+        for result in results {
+            bytes += result?;
         }
-        finish(unpacking.take()).await?;
         self.store.put_blob(&manifest.config.digest, &config)?;
         self.store.put_blob(&digest, &raw)?;
         self.store.tag(reference, &digest)?;
