@@ -939,3 +939,61 @@ fn dry_run_and_watch_list_bookmark() -> Result<()> {
     );
     Ok(())
 }
+
+/// A static pod shows in the API as its mirror pod: with its status, reachable by logs and
+/// exec; deleting the mirror leaves the pod running and brings the mirror back; removing the
+/// manifest removes the mirror.
+#[test]
+fn static_pods_have_mirror_pods() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.write_manifest(
+        "web.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'echo static hello; sleep 3600']}\n",
+    );
+    let mirror = wait_phase(&node, "web-node1", "Running")?;
+    ensure!(
+        mirror["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string()
+            && mirror["metadata"]["ownerReferences"][0]["kind"] == "Node"
+            && mirror["spec"]["nodeName"] == "node1",
+        "{mirror}"
+    );
+    let listed = ok(&node, &["get", "pods", "-l", "app=web"])?;
+    ensure!(
+        listed.contains("web-node1") && listed.contains("Running"),
+        "{listed}"
+    );
+    let logs = wait_for("the static pod's logs", T, || {
+        ok(&node, &["logs", "web-node1"])
+            .ok()
+            .filter(|l| l.contains("static hello"))
+    })?;
+    ensure!(logs == "static hello\n", "{logs}");
+    let exec = ok(&node, &["exec", "web-node1", "--", "hostname"])?;
+    ensure!(exec.trim() == "web-node1", "{exec}");
+
+    // Deleting the mirror does not stop the static pod: the node makes a new mirror.
+    let started =
+        TestNode::container_status(&node.pod("web").context("web")?, "c")["containerID"].clone();
+    let old_uid = mirror["metadata"]["uid"].clone();
+    ok(&node, &["delete", "pod", "web-node1"])?;
+    wait_for("a new mirror", T, || {
+        let m = json(&node, &["get", "pod", "web-node1"]).ok()?;
+        (m["metadata"]["uid"] != old_uid && m["status"]["phase"] == "Running").then_some(())
+    })?;
+    let still =
+        TestNode::container_status(&node.pod("web").context("web")?, "c")["containerID"].clone();
+    ensure!(
+        still == started,
+        "the container was replaced: {started} -> {still}"
+    );
+
+    node.remove_manifest("web.yaml");
+    node.wait_gone("web", T)?;
+    wait_for("the mirror to go", T, || {
+        let out = node.kubectl(&["get", "pod", "web-node1"]);
+        (!out.status.success()).then_some(())
+    })?;
+    Ok(())
+}

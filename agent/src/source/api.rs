@@ -1,8 +1,8 @@
 //! The API-server source, the same code for a real cluster and for nodelet's built-in API:
 //! register the Node and keep its status and Lease fresh, watch the pods bound to this node, report
 //! their status back (strategic merge patch with a uid precondition, as kubelet's status manager),
-//! finish graceful deletions with `DELETE gracePeriodSeconds=0` and a uid precondition, and post
-//! the events the pod workers record.
+//! finish graceful deletions with `DELETE gracePeriodSeconds=0` and a uid precondition, keep a
+//! mirror pod for each static pod (see `mirror`), and post the events the pod workers record.
 //!
 //! ```text
 //!  watch pods (spec.nodeName=me) ──▶ desired ──▶ pod workers ──▶ node.pods (status) ─┐
@@ -27,6 +27,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::mirror::{self, Action};
 use super::{node_status, Desired};
 use crate::node::{Node as Agent, PodEvent};
 
@@ -54,8 +55,10 @@ pub struct ApiSource {
     client: kube::Client,
     agent: Arc<Agent>,
     name: String,
-    /// The pods this node runs as the API last said, by UID.
+    /// The pods bound to this node as the API last said, by UID (mirror pods included).
     pods: Arc<Mutex<BTreeMap<String, Arc<Pod>>>>,
+    /// The Node's UID once registered (owner of the Lease and of mirror pods).
+    node_uid: Mutex<Option<String>>,
 }
 
 impl ApiSource {
@@ -66,6 +69,7 @@ impl ApiSource {
             agent,
             name,
             pods: Default::default(),
+            node_uid: Mutex::new(None),
         }
     }
 
@@ -99,6 +103,10 @@ impl ApiSource {
         };
         info!(node = %self.name, "node registered");
         loop {
+            self.node_uid
+                .lock()
+                .expect("node uid lock")
+                .clone_from(&node_uid);
             if let Err(e) = self.renew_lease(node_uid.as_deref()).await {
                 warn!(error = %crate::error_chain(&e), "renew node lease");
             }
@@ -238,7 +246,12 @@ impl ApiSource {
                     continue;
                 }
             }
-            let snapshot = current.clone();
+            // Mirror pods are the API's copies of static pods: never run.
+            let snapshot: BTreeMap<String, Arc<Pod>> = current
+                .iter()
+                .filter(|(_, p)| !mirror::is_mirror(p))
+                .map(|(uid, p)| (uid.clone(), p.clone()))
+                .collect();
             drop(current);
             tx.send_if_modified(|d| {
                 let changed = d.as_ref().is_none_or(|old| !same_pods(old, &snapshot));
@@ -254,19 +267,21 @@ impl ApiSource {
     async fn report_status(self: Arc<Self>) {
         let mut sent: HashMap<String, PodStatus> = HashMap::new();
         loop {
-            let wanted: Vec<Arc<Pod>> = self
+            let (mirrors, wanted): (Vec<Arc<Pod>>, Vec<Arc<Pod>>) = self
                 .pods
                 .lock()
                 .expect("pods lock")
                 .values()
                 .cloned()
-                .collect();
+                .partition(|p| mirror::is_mirror(p));
             let running = self.agent.pods.lock().expect("pod map lock").clone();
             sent.retain(|uid, _| {
                 wanted
                     .iter()
+                    .chain(&mirrors)
                     .any(|p| p.metadata.uid.as_deref() == Some(uid))
             });
+            self.sync_mirrors(&mirrors, &running, &mut sent).await;
             for pod in wanted {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 let (ns, name) = (
@@ -316,6 +331,82 @@ impl ApiSource {
             tokio::select! {
                 _ = self.agent.changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
                 _ = tokio::time::sleep(HEARTBEAT) => {}
+            }
+        }
+    }
+
+    /// Creates, deletes and reports the status of mirror pods (kubelet's mirror client and
+    /// status manager for static pods).
+    async fn sync_mirrors(
+        &self,
+        mirrors: &[Arc<Pod>],
+        running: &BTreeMap<String, Pod>,
+        sent: &mut HashMap<String, PodStatus>,
+    ) {
+        let statics: Vec<&Pod> = running.values().filter(|p| mirror::is_static(p)).collect();
+        let mirrors: Vec<&Pod> = mirrors.iter().map(Arc::as_ref).collect();
+        let node_uid = self.node_uid.lock().expect("node uid lock").clone();
+        for action in mirror::plan(&statics, &mirrors) {
+            match action {
+                Action::Create(pod) => {
+                    let mirror = mirror::mirror_of(pod, &self.name, node_uid.as_deref());
+                    let ns = mirror.metadata.namespace.clone().unwrap_or_default();
+                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                    match api.create(&PostParams::default(), &mirror).await {
+                        Ok(_) => {
+                            info!(pod = ?mirror.metadata.name, namespace = %ns, "mirror pod created")
+                        }
+                        Err(e) => {
+                            debug!(pod = ?mirror.metadata.name, error = %crate::error_chain(&e), "create mirror pod")
+                        }
+                    }
+                }
+                Action::Delete(pod) => {
+                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                    let params = DeleteParams {
+                        grace_period_seconds: Some(0),
+                        preconditions: Some(Preconditions {
+                            uid: pod.metadata.uid.clone(),
+                            resource_version: None,
+                        }),
+                        ..Default::default()
+                    };
+                    match api.delete(&name, &params).await {
+                        Ok(_) => info!(pod = %name, namespace = %ns, "mirror pod deleted"),
+                        Err(e) if matches!(api_error_code(&e), Some(404 | 409)) => {}
+                        Err(e) => {
+                            warn!(pod = %name, error = %crate::error_chain(&e), "delete mirror pod")
+                        }
+                    }
+                }
+                Action::Status { mirror, of } => {
+                    let uid = mirror.metadata.uid.clone().unwrap_or_default();
+                    let Some(status) = of.status.clone() else {
+                        continue;
+                    };
+                    if sent.get(&uid) == Some(&status) {
+                        continue;
+                    }
+                    let ns = mirror.metadata.namespace.clone().unwrap_or_default();
+                    let name = mirror.metadata.name.clone().unwrap_or_default();
+                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                    let patch = Patch::Merge(
+                        json!({"metadata": {"uid": uid}, "status": status_patch(mirror, &status)}),
+                    );
+                    match api
+                        .patch_status(&name, &PatchParams::default(), &patch)
+                        .await
+                    {
+                        Ok(_) => {
+                            sent.insert(uid, status);
+                        }
+                        Err(e) => {
+                            debug!(pod = %name, error = %crate::error_chain(&e), "patch mirror pod status")
+                        }
+                    }
+                }
             }
         }
     }

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 pub mod api;
 mod file;
+mod mirror;
 mod node_status;
 
 pub use file::FileSource;
