@@ -3,7 +3,7 @@
 //! with many idle pods, pod network wiring and throughput, and the built-in API (1,000-pod
 //! Table list, watch fan-out), exec round trips and port-forward throughput, and pulling a
 //! ~100 MB image from a local registry against skopeo + umoci. Runs in throwaway test nodes like
-//! the tests. `BENCH=images` (or `pods`, `api`) runs one part.
+//! the tests. `BENCH=images` (or `pods`, `network`, `api`) runs one part.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,9 +75,24 @@ fn shim_rss_kib(node: &TestNode) -> Vec<u64> {
         .collect()
 }
 
+const WIRED_PODS: usize = 20;
+
 /// Native wiring time (from the agent's log) against the reference bridge plugin binary on the
-/// same conflist, and TCP throughput pod to pod over the bridge against loopback.
-fn network(node: &TestNode) -> Result<()> {
+/// same conflist, on a quiet node of its own (pods that only sleep, started one at a time, then
+/// the plugin 20 times), and TCP throughput pod to pod over the bridge against loopback.
+fn network() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "apiServer:\n  enabled: false\nport: 0\n")?;
+    node.start_agent()?;
+    let sleeper = |name: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - {{name: a, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}\n")
+    };
+    for i in 0..WIRED_PODS {
+        let name = format!("wired-{i}");
+        node.write_manifest(&format!("{name}.yaml"), &sleeper(&name));
+        node.wait_pod(&name, "running", Duration::from_secs(30), |p| {
+            TestNode::running(p, "a")
+        })?;
+    }
     let mut native: Vec<f64> = node
         .agent_log()
         .lines()
@@ -93,19 +108,26 @@ fn network(node: &TestNode) -> Result<()> {
         .map(|us| us / 1000.0)
         .collect();
     native.sort_by(f64::total_cmp);
-    let plugin = plugin_wiring(node, 20)?;
+    let plugin = plugin_wiring(&node, WIRED_PODS)?;
     let (n, p) = (percentile(&native, 0.5), percentile(&plugin, 0.5));
     println!("wire one pod: native median {n:.1} ms (n={}), bridge plugin binary median {p:.1} ms (n={}): {:.1}x (target >= 5x)", native.len(), plugin.len(), p / n);
 
-    let a = node.pod("bench-10").context("pod bench-10")?;
-    let b = node.pod("bench-11").context("pod bench-11")?;
+    let a = node.pod("wired-0").context("pod wired-0")?;
+    let b = node.pod("wired-1").context("pod wired-1")?;
     let a_ns = format!("/proc/{}/ns/net", node.container_pid(&a, "a")?);
     let b_ns = format!("/proc/{}/ns/net", node.container_pid(&b, "a")?);
     let a_ip: std::net::IpAddr = a["status"]["podIP"].as_str().context("pod IP")?.parse()?;
     let bridge = throughput(&a_ns, &b_ns, a_ip)?;
     let loopback = throughput(&a_ns, &a_ns, "127.0.0.1".parse()?)?;
     println!("TCP pod to pod over the bridge: {bridge:.2} GB/s; loopback in one pod: {loopback:.2} GB/s ({:.0} %)", 100.0 * bridge / loopback);
-    Ok(())
+    for i in 0..WIRED_PODS {
+        node.remove_manifest(&format!("wired-{i}.yaml"));
+    }
+    wait_for("the wired pods deleted", Duration::from_secs(60), || {
+        node.pods().ok().filter(|p| p.is_empty())
+    })?;
+    node.assert_clean()
+        .context("network bench left something behind")
 }
 
 /// ADD+DEL with /usr/lib/cni/bridge (and host-local) in the node's network namespace, timing
@@ -194,6 +216,9 @@ fn main() -> Result<()> {
     let part = |name: &str| only.is_empty() || only == name;
     if part("pods") {
         pods()?;
+    }
+    if part("network") {
+        network()?;
     }
     if part("api") {
         let mut node = TestNode::new()?;
@@ -322,7 +347,6 @@ fn pods() -> Result<()> {
     println!("delete (manifest removed -> pod gone, containers exit on TERM): median {:.0} ms, max {:.0} ms (includes the source's detection and 50 ms polling)",
         percentile(&deletes, 0.5), deletes[deletes.len() - 1]);
 
-    network(&node)?;
     for i in 10..PODS {
         node.remove_manifest(&format!("bench-{i}.yaml"));
     }
