@@ -275,7 +275,7 @@ pub fn images(config: &Config) -> anyhow::Result<()> {
 pub fn pull(config: &Config, reference: &str) -> anyhow::Result<()> {
     let store = ImageStore::open(NodePaths::new(config).images())?;
     let puller =
-        crate::images::pull::Puller::new(store, crate::images::pull::Settings::new(config));
+        crate::images::pull::Puller::new(store, crate::images::registry::Settings::new(config));
     let image = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -268,7 +268,7 @@ impl Config {
         }
         for (registry, mirrors) in &self.registry_mirrors {
             for mirror in mirrors {
-                crate::images::pull::parse_mirror(mirror)
+                crate::images::registry::parse_mirror(mirror)
                     .map_err(|e| format!("registryMirrors.{registry}: {e}"))?;
             }
         }

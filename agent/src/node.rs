@@ -159,7 +159,7 @@ impl Node {
         };
         let puller = crate::images::pull::Puller::new(
             images.clone(),
-            crate::images::pull::Settings::new(&config),
+            crate::images::registry::Settings::new(&config),
         );
         let (events, events_rx) = mpsc::unbounded_channel();
         Ok(Node {

@@ -4,6 +4,8 @@ pub mod credentials;
 pub mod gc;
 pub mod pull;
 pub mod reference;
+pub mod registry;
+pub mod scratch;
 pub mod store;
 pub mod unpack;
 

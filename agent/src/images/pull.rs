@@ -1,16 +1,15 @@
 //! Pulling images from OCI registries into the node's store, with oci-client (the registry
-//! protocol, token auth, index resolution to this node's platform, blob digest checks). Layers
-//! are downloaded to a temporary file, then unpacked once into the store, which checks them
-//! against their diff id; the name is written last, so an interrupted pull never looks complete.
-//! Two pods asking for one image at once cause one download.
+//! protocol, token auth, index resolution to this node's platform, blob digest checks), from the
+//! endpoints `registry` picks. Layers download three at a time into scratch files and are
+//! unpacked once into the store, which checks them against their diff id; the name is written
+//! last, so an interrupted pull never looks complete. Two pods asking for one image at once cause
+//! one download.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
@@ -19,6 +18,7 @@ use tracing::{info, warn};
 
 use super::credentials::Source;
 use super::reference::Reference;
+use super::registry::{Endpoint, Settings};
 use super::store::{self, Image, ImageStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +55,6 @@ const PROGRESS_FROM: u64 = 10_000_000;
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Layers downloaded at once by one pull, as containerd's default.
 const CONCURRENT_DOWNLOADS: usize = 3;
-/// A registry that does not answer a connection in this time is unreachable.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Nor one that sends nothing for this long in the middle of a download.
-const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A download's destination that logs bytes and rate every few seconds for large layers.
 struct Progress<'a, W> {
@@ -118,64 +114,6 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<'_, W>
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// How the node reaches registries, from its configuration.
-#[derive(Clone, Debug, Default)]
-pub struct Settings {
-    /// Registries spoken to over plain HTTP besides those on 127.0.0.0/8 (Docker's default).
-    pub insecure: Vec<String>,
-    /// docker `config.json` files searched for a registry's credentials, in order.
-    pub credentials: Vec<std::path::PathBuf>,
-    /// Mirrors tried in order before a registry itself (`[http[s]://]host[:port]`).
-    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
-    /// Docker's `certs.d` layout: `<dir>/<host[:port]>/*.crt` are extra CAs for that registry,
-    /// which is then always spoken to over TLS, even on loopback.
-    pub certs_dir: std::path::PathBuf,
-}
-
-impl Settings {
-    pub fn new(config: &crate::config::Config) -> Settings {
-        Settings {
-            insecure: config.insecure_registries.clone(),
-            credentials: super::credentials::search_path(
-                config.registry_credentials_file.as_deref(),
-                &config.root_dir,
-            ),
-            mirrors: config.registry_mirrors.clone(),
-            certs_dir: config.registry_certs_dir.clone(),
-        }
-    }
-}
-
-/// A `[http[s]://]host[:port]` mirror: its host and, when a scheme is given, whether it is
-/// plain HTTP.
-pub fn parse_mirror(text: &str) -> Result<(String, Option<bool>), String> {
-    let (plain, rest) = match text.split_once("://") {
-        Some(("http", rest)) => (Some(true), rest),
-        Some(("https", rest)) => (Some(false), rest),
-        Some((scheme, _)) => {
-            return Err(format!(
-                "mirror {text:?}: scheme {scheme:?} is not http or https"
-            ))
-        }
-        None => (None, text),
-    };
-    let host = rest.trim_end_matches('/');
-    if host.is_empty() || host.contains('/') {
-        return Err(format!(
-            "mirror {text:?}: expected [http[s]://]host[:port], without a path"
-        ));
-    }
-    Ok((host.to_ascii_lowercase(), plain))
-}
-
-/// One place an image can come from: a mirror, or its registry itself.
-#[derive(Debug)]
-struct Endpoint {
-    host: String,
-    plain: bool,
-    mirror: bool,
 }
 
 pub struct Puller {
@@ -241,76 +179,6 @@ impl Puller {
         self.busy.write().await
     }
 
-    fn plain_http(&self, registry: &str) -> bool {
-        let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
-        let loopback =
-            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        let trusted = self.settings.certs_dir.join(registry).is_dir();
-        !trusted
-            && (loopback
-                || self
-                    .settings
-                    .insecure
-                    .iter()
-                    .any(|r| r == registry || r == host))
-    }
-
-    /// The registry's mirrors in order, then the registry itself.
-    fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
-        let mirrors = self.settings.mirrors.get(registry).into_iter().flatten();
-        let mut out: Vec<Endpoint> = mirrors
-            .filter_map(|m| parse_mirror(m).ok())
-            .map(|(host, plain)| Endpoint {
-                plain: plain.unwrap_or_else(|| self.plain_http(&host)),
-                host,
-                mirror: true,
-            })
-            .collect();
-        out.push(Endpoint {
-            host: registry.to_owned(),
-            plain: self.plain_http(registry),
-            mirror: false,
-        });
-        out
-    }
-
-    /// A client for one endpoint, trusting the CAs in its `certs.d` directory.
-    fn client(&self, endpoint: &Endpoint) -> Result<Client, String> {
-        let dir = self.settings.certs_dir.join(&endpoint.host);
-        let mut roots = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            let mut paths: Vec<_> = entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "crt"))
-                .collect();
-            paths.sort();
-            for path in paths {
-                let data =
-                    std::fs::read(&path).map_err(|e| format!("read CA {}: {e}", path.display()))?;
-                if openssl::x509::X509::stack_from_pem(&data).map_or(true, |certs| certs.is_empty())
-                {
-                    return Err(format!("CA {}: no PEM certificate in it", path.display()));
-                }
-                roots.push(oci_client::client::Certificate {
-                    encoding: oci_client::client::CertificateEncoding::Pem,
-                    data,
-                });
-            }
-        }
-        Ok(Client::new(ClientConfig {
-            protocol: if endpoint.plain {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            extra_root_certificates: roots,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            ..Default::default()
-        }))
-    }
-
     /// Pulls `name` (as a pod writes it) and returns the stored image; `secrets` are the pod's
     /// image pull secrets, tried before the node's own credentials.
     pub async fn pull(&self, name: &str, secrets: &[Source]) -> Result<Image, Error> {
@@ -344,7 +212,7 @@ impl Puller {
             image: key.clone(),
             message: "no endpoint".into(),
         });
-        for endpoint in self.endpoints(&reference.registry) {
+        for endpoint in self.settings.endpoints(&reference.registry) {
             result = self
                 .pull_from(&endpoint, &reference, &key, secrets, started)
                 .await;
@@ -398,7 +266,7 @@ impl Puller {
         target: &oci_client::Reference,
         layer: &oci_client::manifest::OciDescriptor,
         key: &str,
-    ) -> Result<store::Scratch, Error> {
+    ) -> Result<super::scratch::Scratch, Error> {
         let download = self.store.scratch_file("download")?;
         let file = tokio::fs::OpenOptions::new()
             .write(true)
@@ -439,7 +307,7 @@ impl Puller {
         if endpoint.mirror {
             target.set_mirror_registry(endpoint.host.clone());
         }
-        let client = self.client(endpoint).map_err(fail)?;
+        let client = self.settings.client(endpoint).map_err(fail)?;
         let sources: Vec<Source> = secrets
             .iter()
             .cloned()
@@ -550,67 +418,5 @@ mod tests {
         out.flush().await.unwrap();
         assert_eq!(out.done, 100_000);
         assert_eq!(out.inner.len(), 100_000);
-    }
-
-    #[test]
-    fn plain_http_only_for_loopback_and_listed_registries() {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs.d");
-        std::fs::create_dir_all(certs.join("127.0.0.1:5443")).unwrap();
-        let puller = Puller::new(
-            ImageStore::open(dir.path().join("images")).unwrap(),
-            Settings {
-                insecure: vec!["registry.lan:5000".into()],
-                certs_dir: certs,
-                ..Default::default()
-            },
-        );
-        assert!(puller.plain_http("127.0.0.1:5000"));
-        assert!(puller.plain_http("localhost:5000"));
-        assert!(puller.plain_http("registry.lan:5000"));
-        assert!(!puller.plain_http("registry.lan:6000"));
-        assert!(!puller.plain_http("docker.io"));
-        assert!(
-            !puller.plain_http("127.0.0.1:5443"),
-            "a registry with CAs in certs.d is spoken to over TLS"
-        );
-    }
-
-    #[test]
-    fn mirrors_come_first_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let mirrors = [(
-            "docker.io".to_owned(),
-            vec![
-                "127.0.0.1:5000".to_owned(),
-                "https://mirror.lan/".to_owned(),
-                "http://cache.lan:80".to_owned(),
-            ],
-        )]
-        .into();
-        let puller = Puller::new(
-            ImageStore::open(dir.path().join("images")).unwrap(),
-            Settings {
-                mirrors,
-                ..Default::default()
-            },
-        );
-        let got: Vec<(String, bool, bool)> = puller
-            .endpoints("docker.io")
-            .into_iter()
-            .map(|e| (e.host, e.plain, e.mirror))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("127.0.0.1:5000".into(), true, true),
-                ("mirror.lan".into(), false, true),
-                ("cache.lan:80".into(), true, true),
-                ("docker.io".into(), false, false),
-            ]
-        );
-        assert_eq!(puller.endpoints("quay.io").len(), 1);
-        assert!(parse_mirror("ftp://x").unwrap_err().contains("ftp"));
-        assert!(parse_mirror("https://x/v2/").unwrap_err().contains("path"));
     }
 }

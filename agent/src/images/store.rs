@@ -25,6 +25,7 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use sha2::{Digest as _, Sha256};
 
 use super::reference::{self, Reference};
+use super::scratch::{self, Scratch};
 use super::unpack;
 
 #[derive(Debug, thiserror::Error)]
@@ -98,48 +99,6 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// A `tmp/` entry younger than this is never swept, locked or not.
-const SCRATCH_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
-
-fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) => Err(e),
-    }
-}
-
-/// Work in progress under `tmp/` (a download, an unpacking layer, an extracted archive): held
-/// under flock(2) while it lives, so a sweep in any process leaves it alone, and removed when
-/// dropped unless it was renamed into place first.
-pub struct Scratch {
-    path: PathBuf,
-    _lock: Flock<fs::File>,
-}
-
-impl Scratch {
-    fn lock(path: PathBuf) -> Result<Scratch> {
-        let file = fs::File::open(&path).map_err(io_err("open", &path))?;
-        let lock =
-            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| Error::Io {
-                action: "lock",
-                path: path.clone(),
-                source: e.into(),
-            })?;
-        Ok(Scratch { path, _lock: lock })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = remove_any(&self.path);
-    }
-}
-
 fn hex_of(digest: &str) -> Result<&str> {
     match digest.strip_prefix("sha256:") {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(hex),
@@ -175,7 +134,7 @@ impl ImageStore {
     fn tmp_dir(&self) -> Result<Scratch> {
         let path = self.root.join("tmp").join(crate::random_hex(8));
         fs::create_dir_all(&path).map_err(io_err("create", &path))?;
-        Scratch::lock(path)
+        Scratch::lock(path.clone()).map_err(io_err("lock", &path))
     }
 
     /// A fresh file under `tmp/` for work in progress (a download), removed when dropped.
@@ -185,7 +144,7 @@ impl ImageStore {
             .join("tmp")
             .join(format!("{}.{suffix}", crate::random_hex(8)));
         fs::File::create(&path).map_err(io_err("create", &path))?;
-        Scratch::lock(path)
+        Scratch::lock(path.clone()).map_err(io_err("lock", &path))
     }
 
     fn lock(&self) -> Result<Flock<fs::File>> {
@@ -381,31 +340,10 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Removes what interrupted pulls, imports and collections left in `tmp/`: every entry no
-    /// process holds a lock on (work in progress always does; see [`Scratch`]), if it is older
-    /// than a few seconds (the moment between creating an entry and locking it).
+    /// Removes what interrupted pulls, imports and collections left in `tmp/` (see
+    /// [`scratch::sweep`]); returns how many entries went.
     pub fn sweep_tmp(&self) -> usize {
-        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
-            return 0;
-        };
-        let mut removed = 0;
-        for entry in entries.flatten() {
-            let settled = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= SCRATCH_SETTLE));
-            let path = entry.path();
-            let Ok(file) = fs::File::open(&path) else {
-                continue;
-            };
-            if !settled || Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err() {
-                continue;
-            }
-            if remove_any(&path).is_ok() {
-                removed += 1;
-            }
-        }
-        removed
+        scratch::sweep(&self.root.join("tmp"))
     }
 
     /// Finds an image by the name a pod uses (normalised), with every layer present.
