@@ -113,8 +113,14 @@ impl TestNode {
                 bail!("import {image}: {}", String::from_utf8_lossy(&out.stderr));
             }
         }
-        let unshare = Command::new("unshare")
+        // setpriv --pdeathsig: if this process dies without dropping the node (a panic in
+        // another thread, a signal, a reader that closed its pipe), unshare is killed with it,
+        // and --kill-child takes the reaper and so the whole node along.
+        let unshare = Command::new("setpriv")
             .args([
+                "--pdeathsig",
+                "KILL",
+                "unshare",
                 "--mount",
                 "--net",
                 "--pid",

@@ -145,15 +145,17 @@ impl Registry {
             ));
         }
         std::fs::write(&config, yaml)?;
-        let nsenter = node
-            .net_command("docker-registry")
-            .arg("serve")
+        // setpriv, nsenter and the registry are one process in turn (each execs the next); it
+        // dies with this one even if the Registry is never dropped.
+        let nsenter = std::process::Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "nsenter", "-t"])
+            .arg(node.reaper.to_string())
+            .args(["-n", "--", "docker-registry", "serve"])
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("registry.log"))?)
             .spawn()?;
-        // nsenter without a PID namespace to enter execs the registry in place.
         let host_pid = nsenter.id() as i32;
         let credentials = auth.credentials();
         let registry = Registry {
