@@ -235,34 +235,28 @@ fn print_log(
 
 pub fn images(config: &Config) -> anyhow::Result<()> {
     let store = ImageStore::open(NodePaths::new(config).images())?;
-    let rows: Vec<Vec<String>> = store
-        .list()?
-        .into_iter()
-        .map(|i| {
-            let short = i
-                .digest
-                .trim_start_matches("sha256:")
-                .chars()
-                .take(12)
-                .collect();
-            let last_used = i
-                .last_used
-                .and_then(|t| t.elapsed().ok())
-                .map(|age| {
-                    format!(
-                        "{} ago",
-                        crate::pod::table::human_duration(age.as_secs() as i64)
-                    )
-                })
-                .unwrap_or_else(|| "-".into());
-            vec![
-                i.reference,
-                short,
-                format!("{:.1}MB", i.size as f64 / 1e6),
-                last_used,
-            ]
-        })
-        .collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for image in store.list()? {
+        let short: String = image
+            .digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect();
+        let size = format!("{:.1}MB", image.size as f64 / 1e6);
+        let last_used = image
+            .last_used
+            .and_then(|t| t.elapsed().ok())
+            .map(|age| {
+                let age = crate::pod::table::human_duration(age.as_secs() as i64);
+                format!("{age} ago")
+            })
+            .unwrap_or_else(|| "-".into());
+        for name in image.names {
+            rows.push(vec![name, short.clone(), size.clone(), last_used.clone()]);
+        }
+    }
+    rows.sort();
     print!(
         "{}",
         table::render(&["IMAGE", "ID", "SIZE", "LAST USED"], &rows)

@@ -97,32 +97,32 @@ impl Node {
 
     /// Manifest digests of the images the node's pods name or run.
     fn images_in_use(&self) -> HashSet<String> {
-        let pods = self.pods.lock().expect("pods lock");
-        let mut used = HashSet::new();
-        for pod in pods.values() {
-            let spec = pod.spec.iter();
-            let containers = spec.flat_map(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-            });
-            used.extend(
-                containers
-                    .filter_map(|c| c.image.as_deref())
-                    .filter_map(|name| self.images.digest_of(name)),
-            );
-            let statuses = pod.status.iter().flat_map(|s| {
-                s.container_statuses
-                    .iter()
-                    .flatten()
-                    .chain(s.init_container_statuses.iter().flatten())
-            });
-            used.extend(
-                statuses
-                    .filter_map(|c| c.image_id.split_once('@'))
-                    .map(|(_, digest)| digest.to_owned()),
-            );
-        }
+        let (names, mut used) = {
+            let pods = self.pods.lock().expect("pods lock");
+            let mut names: Vec<String> = Vec::new();
+            let mut used = HashSet::new();
+            for pod in pods.values() {
+                let containers = pod.spec.iter().flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                });
+                names.extend(containers.filter_map(|c| c.image.clone()));
+                let statuses = pod.status.iter().flat_map(|s| {
+                    s.container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(s.init_container_statuses.iter().flatten())
+                });
+                used.extend(
+                    statuses
+                        .filter_map(|c| c.image_id.split_once('@'))
+                        .map(|(_, digest)| digest.to_owned()),
+                );
+            }
+            (names, used)
+        };
+        used.extend(self.images.digests_of(names.iter().map(String::as_str)));
         used
     }
 

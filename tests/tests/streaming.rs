@@ -438,61 +438,42 @@ fn kube_rs_port_forward_and_exec() -> Result<()> {
     node.wait_api()?;
     create(&node, PODS)?;
     running(&node, "web")?;
-    // The client runs in the node's network namespace: enter it on a thread of our own.
-    let kubeconfig = node.kubeconfig();
-    let netns = format!("/proc/{}/ns/net", node.reaper);
-    let result = std::thread::spawn(move || -> Result<(String, String)> {
-        let ns = std::fs::File::open(&netns)?;
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            use futures_util::StreamExt;
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-            let client = kube::Client::try_from(config)?;
-            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-                kube::Api::namespaced(client, "default");
-            let mut pf = pods.portforward("web", &[8080]).await?;
-            let mut stream = pf
-                .take_stream(8080)
-                .ok_or_else(|| anyhow::anyhow!("no stream for 8080"))?;
-            stream
-                .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-                .await?;
-            let mut reply = Vec::new();
-            stream.read_to_end(&mut reply).await?;
-            drop(stream);
-            let _ = pf.join().await;
-            let params = kube::api::AttachParams::default()
-                .container("blob")
-                .stdout(true)
-                .stderr(false);
-            let mut proc = pods
-                .exec("web", ["sh", "-c", "echo from kube-rs"], &params)
-                .await?;
-            let mut out = proc.stdout().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-            let mut text = Vec::new();
-            out.read_to_end(&mut text).await?;
-            let status = proc
-                .take_status()
-                .ok_or_else(|| anyhow::anyhow!("no status"))?
-                .await;
-            let _ = futures_util::stream::iter([()]).next().await;
-            Ok((
-                String::from_utf8_lossy(&reply).into_owned(),
-                format!(
-                    "{}|{:?}",
-                    String::from_utf8_lossy(&text),
-                    status.and_then(|s| s.status)
-                ),
-            ))
-        })
+    let result = with_kube_pods(&node, |pods| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut pf = pods.portforward("web", &[8080]).await?;
+        let mut stream = pf
+            .take_stream(8080)
+            .ok_or_else(|| anyhow::anyhow!("no stream for 8080"))?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await?;
+        drop(stream);
+        let _ = pf.join().await;
+        let params = kube::api::AttachParams::default()
+            .container("blob")
+            .stdout(true)
+            .stderr(false);
+        let mut proc = pods
+            .exec("web", ["sh", "-c", "echo from kube-rs"], &params)
+            .await?;
+        let mut out = proc.stdout().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut text = Vec::new();
+        out.read_to_end(&mut text).await?;
+        let status = proc
+            .take_status()
+            .ok_or_else(|| anyhow::anyhow!("no status"))?
+            .await;
+        Ok((
+            String::from_utf8_lossy(&reply).into_owned(),
+            format!(
+                "{}|{:?}",
+                String::from_utf8_lossy(&text),
+                status.and_then(|s| s.status)
+            ),
+        ))
     })
-    .join()
-    .expect("client thread")
     .with_context(|| node.agent_log())?;
     ensure!(
         result.0.contains("You've hit web"),
@@ -516,10 +497,51 @@ fn kube_rs_execs(
     parallel: usize,
     count: usize,
 ) -> Result<()> {
+    let (pod, container) = (pod.to_owned(), container.to_owned());
+    with_kube_pods(node, move |pods| async move {
+        let one = |pods: kube::Api<k8s_openapi::api::core::v1::Pod>| {
+            let (pod, container) = (pod.clone(), container.clone());
+            async move {
+                for i in 0..count {
+                    use tokio::io::AsyncReadExt;
+                    let params = kube::api::AttachParams::default()
+                        .container(container.as_str())
+                        .stdout(true)
+                        .stderr(false);
+                    let mut proc = pods.exec(&pod, ["true"], &params).await?;
+                    let mut out = proc.stdout().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+                    let mut nothing = Vec::new();
+                    out.read_to_end(&mut nothing).await?;
+                    let status = proc
+                        .take_status()
+                        .ok_or_else(|| anyhow::anyhow!("no status"))?
+                        .await
+                        .and_then(|s| s.status);
+                    proc.join().await?;
+                    ensure!(status.as_deref() == Some("Success"), "exec {i}: {status:?}");
+                }
+                Ok::<(), anyhow::Error>(())
+            }
+        };
+        let runs = (0..parallel).map(|_| one(pods.clone()));
+        for result in futures_util::future::join_all(runs).await {
+            result?;
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f` with a kube-rs `Api<Pod>` (namespace `default`) of the node's built-in API, on a
+/// thread of its own inside the node's network namespace, where the API listens.
+fn with_kube_pods<T, F, Fut>(node: &TestNode, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(kube::Api<k8s_openapi::api::core::v1::Pod>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let kubeconfig = node.kubeconfig();
     let netns = format!("/proc/{}/ns/net", node.reaper);
-    let (pod, container) = (pod.to_owned(), container.to_owned());
-    std::thread::spawn(move || -> Result<()> {
+    std::thread::spawn(move || -> Result<T> {
         let ns = std::fs::File::open(&netns)?;
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -529,41 +551,11 @@ fn kube_rs_execs(
             let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
             let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
             let client = kube::Client::try_from(config)?;
-            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-                kube::Api::namespaced(client, "default");
-            let one = |pods: kube::Api<k8s_openapi::api::core::v1::Pod>| {
-                let (pod, container) = (pod.clone(), container.clone());
-                async move {
-                    for i in 0..count {
-                        use tokio::io::AsyncReadExt;
-                        let params = kube::api::AttachParams::default()
-                            .container(container.as_str())
-                            .stdout(true)
-                            .stderr(false);
-                        let mut proc = pods.exec(&pod, ["true"], &params).await?;
-                        let mut out = proc.stdout().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-                        let mut nothing = Vec::new();
-                        out.read_to_end(&mut nothing).await?;
-                        let status = proc
-                            .take_status()
-                            .ok_or_else(|| anyhow::anyhow!("no status"))?
-                            .await
-                            .and_then(|s| s.status);
-                        proc.join().await?;
-                        ensure!(status.as_deref() == Some("Success"), "exec {i}: {status:?}");
-                    }
-                    Ok::<(), anyhow::Error>(())
-                }
-            };
-            let runs = (0..parallel).map(|_| one(pods.clone()));
-            for result in futures_util::future::join_all(runs).await {
-                result?;
-            }
-            Ok(())
+            f(kube::Api::namespaced(client, "default")).await
         })
     })
     .join()
-    .expect("exec client thread")
+    .expect("kube-rs client thread")
 }
 
 /// The kubelet API itself on 10250: client certificates only; logs with kubelet's parameters.

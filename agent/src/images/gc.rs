@@ -55,18 +55,16 @@ pub fn collect(
         low = policy.low_percent,
         "image filesystem over its high threshold: removing unused images"
     );
-    // One entry per manifest (an image may have several names), oldest use first.
-    let mut candidates: Vec<(SystemTime, String, Vec<String>)> = Vec::new();
-    for image in store.list()? {
-        if in_use.contains(&image.digest) {
-            continue;
-        }
-        let last_used = image.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
-        match candidates.iter_mut().find(|(_, d, _)| *d == image.digest) {
-            Some((_, _, names)) => names.push(image.reference),
-            None => candidates.push((last_used, image.digest, vec![image.reference])),
-        }
-    }
+    // Least recently used first.
+    let mut candidates: Vec<(SystemTime, String, Vec<String>)> = store
+        .list()?
+        .into_iter()
+        .filter(|image| !in_use.contains(&image.digest))
+        .map(|image| {
+            let last_used = image.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
+            (last_used, image.digest, image.names)
+        })
+        .collect();
     candidates.sort();
     let mut removed = Vec::new();
     for (last_used, digest, names) in candidates {

@@ -77,10 +77,13 @@ pub struct Image {
     pub layers: Vec<PathBuf>,
 }
 
+/// One stored image: a manifest, and every name that points at it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageSummary {
-    pub reference: String,
     pub digest: String,
+    /// Its references, sorted.
+    pub names: Vec<String>,
+    /// The sum of its layers' (compressed) sizes.
     pub size: u64,
     /// When a container last started from it, or it was stored or pulled again.
     pub last_used: Option<std::time::SystemTime>,
@@ -234,13 +237,18 @@ impl ImageStore {
         let _lock = self.lock()?;
         let mut refs = self.refs()?;
         refs.insert(reference.to_string(), manifest_digest.to_owned());
-        let path = self.root.join("refs.json");
-        let tmp = path.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(&refs).expect("string map serialises");
-        fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("replace", &path))?;
+        self.write_refs(&refs)?;
         self.touch(manifest_digest);
         Ok(())
+    }
+
+    /// Replaces `refs.json` atomically (write aside, rename); callers hold the lock.
+    fn write_refs(&self, refs: &BTreeMap<String, String>) -> Result<()> {
+        let path = self.root.join("refs.json");
+        let tmp = path.with_extension("json.tmp");
+        let data = serde_json::to_vec_pretty(refs).expect("string map serialises");
+        fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("replace", &path))
     }
 
     /// Records a use of the image whose manifest is `digest` (best effort: a use that cannot be
@@ -262,10 +270,14 @@ impl ImageStore {
         }
     }
 
-    /// The digest a name points at, without checking the image is whole.
-    pub fn digest_of(&self, name: &str) -> Option<String> {
-        let reference = Reference::parse(name).ok()?.to_string();
-        self.refs().ok()?.get(&reference).cloned()
+    /// The digests the given names (as pods write them) point at, from one read of the names;
+    /// names the store does not have are skipped.
+    pub fn digests_of<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let refs = self.refs().unwrap_or_default();
+        names
+            .into_iter()
+            .filter_map(|name| refs.get(&Reference::parse(name).ok()?.to_string()).cloned())
+            .collect()
     }
 
     /// The filesystem holding the store: (capacity, available) in bytes, as `df` counts them.
@@ -289,11 +301,7 @@ impl ImageStore {
         let _lock = self.lock()?;
         let mut refs = self.refs()?;
         refs.retain(|_, d| d != digest);
-        let path = self.root.join("refs.json");
-        let tmp = path.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(&refs).expect("string map serialises");
-        fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("replace", &path))?;
+        self.write_refs(&refs)?;
 
         let parts = |digest: &str| -> Option<(String, Vec<String>)> {
             let manifest: ImageManifest =
@@ -380,28 +388,34 @@ impl ImageStore {
         })
     }
 
+    /// Every stored image, once per manifest, with its names.
     pub fn list(&self) -> Result<Vec<ImageSummary>> {
-        let mut out = Vec::new();
+        let mut by_digest: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (reference, digest) in self.refs()? {
-            let size = self
-                .read_blob(&digest)
-                .ok()
-                .and_then(|m| serde_json::from_slice::<ImageManifest>(&m).ok())
-                .map(|m| m.layers().iter().map(|l| l.size()).sum())
-                .unwrap_or(0);
-            let last_used = self
-                .blob_path(&digest)
-                .ok()
-                .and_then(|p| fs::metadata(p).ok())
-                .and_then(|m| m.modified().ok());
-            out.push(ImageSummary {
-                reference,
-                digest,
-                size,
-                last_used,
-            });
+            by_digest.entry(digest).or_default().push(reference);
         }
-        Ok(out)
+        Ok(by_digest
+            .into_iter()
+            .map(|(digest, names)| {
+                let size = self
+                    .read_blob(&digest)
+                    .ok()
+                    .and_then(|m| serde_json::from_slice::<ImageManifest>(&m).ok())
+                    .map(|m| m.layers().iter().map(|l| l.size()).sum())
+                    .unwrap_or(0);
+                let last_used = self
+                    .blob_path(&digest)
+                    .ok()
+                    .and_then(|p| fs::metadata(p).ok())
+                    .and_then(|m| m.modified().ok());
+                ImageSummary {
+                    digest,
+                    names,
+                    size,
+                    last_used,
+                }
+            })
+            .collect())
     }
 
     /// `nodelet image import`: an OCI image layout directory or an OCI archive (a tar of one).

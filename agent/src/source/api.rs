@@ -283,47 +283,12 @@ impl ApiSource {
             });
             self.sync_mirrors(&mirrors, &running, &mut sent).await;
             for pod in wanted {
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let (ns, name) = (
-                    pod.metadata.namespace.clone().unwrap_or_default(),
-                    pod.metadata.name.clone().unwrap_or_default(),
-                );
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-                match running.get(&uid).and_then(|p| p.status.clone()) {
-                    Some(status) if sent.get(&uid) != Some(&status) => {
-                        let patch = Patch::Merge(
-                            json!({"metadata": {"uid": uid}, "status": status_patch(&pod, &status)}),
-                        );
-                        match api
-                            .patch_status(&name, &PatchParams::default(), &patch)
-                            .await
-                        {
-                            Ok(_) => {
-                                sent.insert(uid, status);
-                            }
-                            Err(e) => {
-                                debug!(pod = %name, error = %crate::error_chain(&e), "patch pod status")
-                            }
-                        }
-                    }
-                    Some(_) => {}
+                let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                match running.get(uid).and_then(|p| p.status.as_ref()) {
+                    Some(status) => self.report(&pod, status, &mut sent).await,
                     // Not on the node (any more): its worker has stopped everything.
                     None if pod.metadata.deletion_timestamp.is_some() => {
-                        let params = DeleteParams {
-                            grace_period_seconds: Some(0),
-                            preconditions: Some(Preconditions {
-                                uid: Some(uid.clone()),
-                                resource_version: None,
-                            }),
-                            ..Default::default()
-                        };
-                        match api.delete(&name, &params).await {
-                            Ok(_) => info!(pod = %name, namespace = %ns, "pod deletion finished"),
-                            Err(e) if matches!(api_error_code(&e), Some(404 | 409)) => {}
-                            Err(e) => {
-                                warn!(pod = %name, error = %crate::error_chain(&e), "finish pod deletion")
-                            }
-                        }
+                        self.delete_now(&pod, "pod deletion finished").await
                     }
                     None => {}
                 }
@@ -361,53 +326,57 @@ impl ApiSource {
                         }
                     }
                 }
-                Action::Delete(pod) => {
-                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                    let name = pod.metadata.name.clone().unwrap_or_default();
-                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-                    let params = DeleteParams {
-                        grace_period_seconds: Some(0),
-                        preconditions: Some(Preconditions {
-                            uid: pod.metadata.uid.clone(),
-                            resource_version: None,
-                        }),
-                        ..Default::default()
-                    };
-                    match api.delete(&name, &params).await {
-                        Ok(_) => info!(pod = %name, namespace = %ns, "mirror pod deleted"),
-                        Err(e) if matches!(api_error_code(&e), Some(404 | 409)) => {}
-                        Err(e) => {
-                            warn!(pod = %name, error = %crate::error_chain(&e), "delete mirror pod")
-                        }
-                    }
-                }
+                Action::Delete(pod) => self.delete_now(pod, "mirror pod deleted").await,
                 Action::Status { mirror, of } => {
-                    let uid = mirror.metadata.uid.clone().unwrap_or_default();
-                    let Some(status) = of.status.clone() else {
-                        continue;
-                    };
-                    if sent.get(&uid) == Some(&status) {
-                        continue;
-                    }
-                    let ns = mirror.metadata.namespace.clone().unwrap_or_default();
-                    let name = mirror.metadata.name.clone().unwrap_or_default();
-                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-                    let patch = Patch::Merge(
-                        json!({"metadata": {"uid": uid}, "status": status_patch(mirror, &status)}),
-                    );
-                    match api
-                        .patch_status(&name, &PatchParams::default(), &patch)
-                        .await
-                    {
-                        Ok(_) => {
-                            sent.insert(uid, status);
-                        }
-                        Err(e) => {
-                            debug!(pod = %name, error = %crate::error_chain(&e), "patch mirror pod status")
-                        }
+                    if let Some(status) = &of.status {
+                        self.report(mirror, status, sent).await;
                     }
                 }
             }
+        }
+    }
+
+    /// Sends `status` as the status of `pod` (an API object: a pod or a mirror pod) unless it
+    /// was the last one sent, with the pod's uid as precondition.
+    async fn report(&self, pod: &Pod, status: &PodStatus, sent: &mut HashMap<String, PodStatus>) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if sent.get(&uid) == Some(status) {
+            return;
+        }
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let patch =
+            Patch::Merge(json!({"metadata": {"uid": uid}, "status": status_patch(pod, status)}));
+        match api
+            .patch_status(name, &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => {
+                sent.insert(uid, status.clone());
+            }
+            Err(e) => debug!(pod = %name, error = %crate::error_chain(&e), "patch pod status"),
+        }
+    }
+
+    /// Deletes `pod` from the API at once (`gracePeriodSeconds=0`, its uid as precondition): the
+    /// node is done with it. Gone already, or replaced by a new pod of that name, is fine.
+    async fn delete_now(&self, pod: &Pod, done: &'static str) {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => info!(pod = %name, namespace = %ns, "{done}"),
+            Err(e) if matches!(api_error_code(&e), Some(404 | 409)) => {}
+            Err(e) => warn!(pod = %name, error = %crate::error_chain(&e), "delete pod"),
         }
     }
 

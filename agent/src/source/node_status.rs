@@ -92,24 +92,22 @@ const MAX_IMAGES: usize = 50;
 pub fn images(
     store: &crate::images::ImageStore,
 ) -> Vec<k8s_openapi::api::core::v1::ContainerImage> {
-    let mut by_digest: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
-    for image in store.list().unwrap_or_default() {
-        let entry = by_digest
-            .entry(image.digest.clone())
-            .or_insert_with(|| (image.size, Vec::new()));
-        if let Ok(r) = crate::images::Reference::parse(&image.reference) {
-            let by_digest = format!("{}/{}@{}", r.registry, r.repository, image.digest);
-            if !entry.1.contains(&by_digest) {
-                entry.1.insert(0, by_digest);
+    let mut images: Vec<_> = store
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|image| {
+            let by_digest = image.names.iter().filter_map(|name| {
+                let r = crate::images::Reference::parse(name).ok()?;
+                Some(format!("{}/{}@{}", r.registry, r.repository, image.digest))
+            });
+            let mut names: Vec<String> = by_digest.collect();
+            names.dedup();
+            names.extend(image.names);
+            k8s_openapi::api::core::v1::ContainerImage {
+                names: Some(names),
+                size_bytes: Some(image.size as i64),
             }
-        }
-        entry.1.push(image.reference);
-    }
-    let mut images: Vec<_> = by_digest
-        .into_values()
-        .map(|(size, names)| k8s_openapi::api::core::v1::ContainerImage {
-            names: Some(names),
-            size_bytes: Some(size as i64),
         })
         .collect();
     images.sort_by_key(|i| std::cmp::Reverse(i.size_bytes));
