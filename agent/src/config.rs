@@ -61,6 +61,10 @@ pub struct Config {
     pub container_log_max_size: String,
     /// Log files kept per container instance, the live one included.
     pub container_log_max_files: usize,
+    /// kubelet's `podPidsLimit`: processes and threads a pod may have at once (its cgroup's
+    /// `pids.max`); -1 for no limit. kubelet's default is -1; nodelet's is 4096, so that a fork
+    /// bomb in one pod cannot take the node's pid space.
+    pub pod_pids_limit: i64,
     /// Registries (`host` or `host:port`) spoken to over plain HTTP; those on 127.0.0.0/8 always are.
     pub insecure_registries: Vec<String>,
     /// A docker `config.json` with registry credentials, searched before `<rootDir>/config.json`,
@@ -151,6 +155,7 @@ impl Default for Config {
             cluster_domain: "cluster.local".into(),
             container_log_max_size: "10Mi".into(),
             container_log_max_files: 5,
+            pod_pids_limit: 4096,
             insecure_registries: Vec::new(),
             registry_credentials_file: None,
             registry_mirrors: BTreeMap::new(),

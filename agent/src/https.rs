@@ -60,8 +60,75 @@ pub fn acceptor(
     Ok(b.build())
 }
 
+/// How long a client has for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers, counted from when the server waits for
+/// them: also how long an idle keep-alive connection is kept (kube-apiserver's ReadHeaderTimeout
+/// is 32 s).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections one listener holds at once, and connections from one address: a pod (or anyone
+/// on the node) that opens thousands gets the rest closed at once, and the others are served.
+const MAX_CONNECTIONS: usize = 8192;
+const MAX_PER_PEER: usize = 1024;
+
+/// Connection slots of one listener, overall and per peer address.
+#[derive(Default)]
+struct Slots {
+    per_peer: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+/// A connection's slot, given back when the connection ends.
+struct Slot {
+    slots: Arc<Slots>,
+    peer: std::net::IpAddr,
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        let mut per_peer = self.per_peer.lock().expect("slots lock");
+        let mine = per_peer.entry(peer).or_default();
+        if *mine >= MAX_PER_PEER || self.total.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            return None;
+        }
+        *mine += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            slots: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_peer = self.slots.per_peer.lock().expect("slots lock");
+        if let Some(n) = per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+        self.slots
+            .total
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// TCP keepalive, so that connections of peers that vanished (a deleted pod, a dead node) are
+/// noticed and closed (tcp(7): probes after 30 s idle, every 10 s, 3 unanswered).
+fn keepalive(tcp: &tokio::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
+    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &30);
+    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &10);
+    let _ = setsockopt(tcp, sockopt::TcpKeepCount, &3);
+}
+
 /// Accepts connections forever; `handle` gets each request and whether the client presented a
-/// certificate (which the handshake has verified).
+/// certificate (which the handshake has verified). Out of descriptors, it pauses accepting
+/// briefly and goes on; connections over the limits are closed at once.
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
@@ -72,6 +139,7 @@ pub async fn serve<H, F>(
     F: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
     let acceptor = Arc::new(acceptor);
+    let slots = Arc::new(Slots::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -81,18 +149,32 @@ pub async fn serve<H, F>(
                 continue;
             }
         };
+        let Some(slot) = slots.take(peer.ip()) else {
+            debug!(server = name, %peer, "connection limit reached; closing");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
+        keepalive(&tcp);
         let (acceptor, handle) = (acceptor.clone(), handle.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let Ok(ssl) = Ssl::new(acceptor.context()) else {
                 return;
             };
             let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else {
                 return;
             };
-            if let Err(e) = std::pin::Pin::new(&mut tls).accept().await {
-                debug!(server = name, %peer, error = %e, "TLS handshake refused");
-                return;
+            let handshake = std::pin::Pin::new(&mut tls).accept();
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(server = name, %peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    debug!(server = name, %peer, "TLS handshake timed out");
+                    return;
+                }
             }
             let has_cert = tls.ssl().peer_certificate().is_some();
             let service = hyper::service::service_fn(move |req| {
@@ -100,6 +182,8 @@ pub async fn serve<H, F>(
                 async move { Ok::<_, Infallible>(response.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .with_upgrades()
                 .await;

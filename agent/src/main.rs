@@ -133,6 +133,27 @@ pub fn short_hash(data: &[u8]) -> String {
     hex::encode(&sha2::Sha256::digest(data)[..8])
 }
 
+/// Writes a file readable by its owner only (it may hold Secrets: env values, tokens, keys),
+/// atomically: a reader, or the next agent after a crash, sees the old or the new content,
+/// never half of it (ext4 flushes a file renamed over another before the rename, auto_da_alloc).
+pub fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// An error with its whole source chain, for one log line.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     nodelet_sandbox::shim::error_chain(err)

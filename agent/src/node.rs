@@ -20,7 +20,7 @@ use crate::network::{self, Network};
 use crate::paths::NodePaths;
 use crate::pod::build::NodeContext;
 use crate::pod::worker::{self, Desired, WorkerHandle};
-use crate::runtime::Runtime;
+use crate::runtime::{Liveness, Runtime, Scope};
 use crate::source::{self, FileSource};
 
 /// What every pod worker shares.
@@ -156,6 +156,11 @@ impl Node {
                 max_size,
                 max_files: config.container_log_max_files,
             },
+            pod_pids_limit: match config.pod_pids_limit {
+                -1 => None,
+                n if n > 0 => Some(n as u64),
+                n => anyhow::bail!("config: podPidsLimit: must be -1 or positive, got {n}"),
+            },
         };
         let puller = crate::images::pull::Puller::new(
             images.clone(),
@@ -233,7 +238,7 @@ impl Node {
 
     /// Releases everything of a pod: its network attachment first (it is read from the shim's
     /// directory), then the sandbox, cgroups, directories and logs.
-    pub async fn teardown_pod(&self, uid: &str, log_dir: Option<&std::path::Path>) -> Vec<String> {
+    pub async fn teardown_pod(&self, uid: &str, scope: Scope<'_>) -> Vec<String> {
         let mut errors = Vec::new();
         let shim = self.runtime.shim(uid);
         let attachment = network::read_attachment(shim.path());
@@ -246,7 +251,7 @@ impl Node {
                 Err(e) => errors.push(e),
             }
         }
-        errors.extend(self.runtime.teardown(uid, log_dir).await);
+        errors.extend(self.runtime.teardown(uid, scope).await);
         errors
     }
 }
@@ -263,7 +268,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ] {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
+    // Pod records, container environments, the API's store and keys live below these: only
+    // root may look (etcd's data directory and kubelet's keys are kept the same way).
+    for dir in [&paths.root, &paths.run] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 0700 {}", dir.display()))?;
+    }
     let _lock = lock_run_dir(&paths)?;
+    raise_descriptor_limit();
     let node = Arc::new(Node::new(config)?);
     info!(node = %node.ctx.node_name, root = %paths.root.display(), run = %paths.run.display(), "nodelet starting");
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -272,6 +285,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         handles: HashMap::new(),
         deleting: HashSet::new(),
         done: done_tx,
+        next_id: 0,
     };
     adopt(&mut workers).await;
     match node.network() {
@@ -327,8 +341,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             changed = files_rx.changed() => if changed.is_err() { break },
             Ok(()) = api_rx.changed() => {}
-            Some(uid) = done_rx.recv() => {
-                workers.finished(&uid);
+            Some(ended) = done_rx.recv() => {
+                workers.finished(&ended);
                 node.image_gc.notify_one();
             }
             _ = term.recv() => break,
@@ -415,6 +429,17 @@ async fn start_kubelet_api(
     Ok(())
 }
 
+/// Takes the hard limit on open files as the soft one (as Go programs such as kubelet do): each
+/// connection, watch and pod costs descriptors, and the 1024 of a login shell is far too few.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 /// One agent per run directory: two would fight over the same shims.
 fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<Flock<std::fs::File>> {
     let path = paths.run.join("nodelet.lock");
@@ -437,22 +462,37 @@ struct Workers {
     handles: HashMap<String, WorkerHandle>,
     /// UIDs whose worker is deleting its pod; such a UID comes back only once it has finished.
     deleting: HashSet<String>,
-    done: mpsc::UnboundedSender<String>,
+    done: mpsc::UnboundedSender<worker::Ended>,
+    /// Numbers the workers, so that an ended worker's late `done` never removes a newer worker
+    /// of the same UID (two workers on one pod would fight over its sandbox).
+    next_id: u64,
 }
 
 impl Workers {
     fn spawn(&mut self, pod: Arc<Pod>, adopted: bool) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        self.handles.insert(
-            uid,
-            worker::spawn(self.node.clone(), pod, adopted, self.done.clone()),
+        self.next_id += 1;
+        let handle = worker::spawn(
+            self.node.clone(),
+            pod,
+            adopted,
+            self.next_id,
+            self.done.clone(),
         );
+        self.handles.insert(uid, handle);
     }
 
-    /// A worker ended (its pod is deleted): forget it, so its UID can come back at once.
-    fn finished(&mut self, uid: &str) {
-        self.handles.remove(uid);
-        self.deleting.remove(uid);
+    /// A worker ended (its pod is deleted): forget it, so its UID can come back at once. A
+    /// message from a worker that is no longer the UID's (already forgotten) changes nothing.
+    fn finished(&mut self, ended: &worker::Ended) {
+        if self
+            .handles
+            .get(&ended.uid)
+            .is_some_and(|w| w.id == ended.id)
+        {
+            self.handles.remove(&ended.uid);
+            self.deleting.remove(&ended.uid);
+        }
     }
 
     /// Matches workers to the desired pods: new pods get a worker, changed ones an update, those
@@ -460,14 +500,17 @@ impl Workers {
     /// `complete`, vanished pods are kept (a source has not listed its pods yet).
     fn reconcile(&mut self, desired: &BTreeMap<String, Arc<Pod>>, complete: bool) {
         // A worker that ended without saying so (it panicked) is forgotten too.
-        let ended: Vec<String> = self
+        let ended: Vec<worker::Ended> = self
             .handles
             .iter()
             .filter(|(_, w)| w.task.is_finished())
-            .map(|(u, _)| u.clone())
+            .map(|(uid, w)| worker::Ended {
+                uid: uid.clone(),
+                id: w.id,
+            })
             .collect();
-        for uid in ended {
-            self.finished(&uid);
+        for e in &ended {
+            self.finished(e);
         }
         for (uid, pod) in desired {
             let deleting = pod
@@ -539,11 +582,8 @@ async fn adopt(workers: &mut Workers) {
         let record = std::fs::read(paths.pod_record(&uid))
             .ok()
             .and_then(|d| serde_json::from_slice::<Pod>(&d).ok());
-        let alive = node
-            .runtime
-            .call(&uid, &nodelet_sandbox::protocol::Request::State)
-            .await
-            .is_ok();
+        // A shim too busy to answer right now is still adopted; its worker asks again.
+        let alive = node.runtime.liveness(&uid).await == Liveness::Alive;
         match record {
             Some(pod) if alive => {
                 info!(pod_uid = %uid, name = pod.metadata.name.as_deref().unwrap_or_default(), "re-adopting running pod");
@@ -551,7 +591,7 @@ async fn adopt(workers: &mut Workers) {
             }
             _ => {
                 warn!(pod_uid = %uid, "removing remains of a pod without a live shim");
-                let errors = node.teardown_pod(&uid, None).await;
+                let errors = node.teardown_pod(&uid, Scope::Pod { logs: None }).await;
                 for e in errors {
                     error!(pod_uid = %uid, error = %e, "teardown");
                 }

@@ -45,6 +45,16 @@ pub enum Error {
 
 pub type ShimEvents = Lines<BufReader<UnixStream>>;
 
+/// What a teardown releases.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// The sandbox only: the pod's volumes, records and logs stay for the next sandbox, as
+    /// kubelet keeps them when it recreates a pod's sandbox.
+    Sandbox,
+    /// The whole pod, with its log directory when given.
+    Pod { logs: Option<&'a Path> },
+}
+
 #[derive(Clone, Debug)]
 pub struct Runtime {
     paths: NodePaths,
@@ -158,9 +168,9 @@ impl Runtime {
         Ok(BufReader::new(stream).lines())
     }
 
-    /// Releases everything of a pod: shim, namespaces, mounts, cgroups, directories, logs.
-    /// Best effort and idempotent: every step runs, and every failure is returned.
-    pub async fn teardown(&self, uid: &str, log_dir: Option<&Path>) -> Vec<String> {
+    /// Releases a pod's sandbox (shim, namespaces, mounts, cgroups, containers' directories) or
+    /// the whole pod. Best effort and idempotent: every step runs, and every failure is returned.
+    pub async fn teardown(&self, uid: &str, scope: Scope<'_>) -> Vec<String> {
         let mut errors = Vec::new();
         let dir = self.shim(uid);
         if self.call(uid, &Request::Shutdown).await.is_err() {
@@ -179,7 +189,12 @@ impl Runtime {
             }
         }
         let pod_root = self.paths.pod_root(uid);
-        for path in [Some(dir.path()), Some(pod_root.as_path()), log_dir]
+        let containers = pod_root.join("containers");
+        let (pod_dir, log_dir) = match scope {
+            Scope::Sandbox => (containers.as_path(), None),
+            Scope::Pod { logs } => (pod_root.as_path(), logs),
+        };
+        for path in [Some(dir.path()), Some(pod_dir), log_dir]
             .into_iter()
             .flatten()
         {
@@ -191,21 +206,66 @@ impl Runtime {
     }
 }
 
-/// A shim that no longer answers (hung or half-dead) is SIGKILLed by the pid it wrote, after
-/// checking that pid still is a shim of this directory (pids are reused).
-fn kill_stale_shim(dir: &ShimDir) {
-    let Some(pid) = std::fs::read_to_string(dir.pid_file())
+/// Whether a pod's shim still runs, as far as the agent can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    /// Its process is gone (or, with no pid recorded, its socket is missing or refuses
+    /// connections): the pod's sandbox is lost.
+    Gone,
+}
+
+impl Runtime {
+    /// Tells a shim that is gone from one that only failed to answer. A timeout, `EMFILE`, or a
+    /// reply that does not parse says nothing about the shim, so anything short of proof that it
+    /// is gone is `Alive`: the caller retries, and a running pod is never torn down for it.
+    pub async fn liveness(&self, uid: &str) -> Liveness {
+        let dir = self.shim(uid);
+        match shim_pid(&dir) {
+            Some(pid) => match is_shim_of(pid, &dir) {
+                Ok(true) => Liveness::Alive,
+                Ok(false) => Liveness::Gone,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Liveness::Gone,
+                Err(_) => Liveness::Alive,
+            },
+            None => match UnixStream::connect(dir.socket()).await {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    Liveness::Gone
+                }
+                _ => Liveness::Alive,
+            },
+        }
+    }
+}
+
+fn shim_pid(dir: &ShimDir) -> Option<i32> {
+    std::fs::read_to_string(dir.pid_file())
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
-    else {
+}
+
+/// Whether `pid` is the shim of this directory (pids are reused). A zombie has an empty
+/// command line, and so is not.
+fn is_shim_of(pid: i32, dir: &ShimDir) -> std::io::Result<bool> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+    let expected = format!("nodelet-shim\0{}", dir.path().display());
+    Ok(cmdline
+        .windows(expected.len())
+        .any(|w| w == expected.as_bytes()))
+}
+
+/// A shim that no longer answers (hung or half-dead) is SIGKILLed by the pid it wrote, after
+/// checking that pid still is a shim of this directory.
+fn kill_stale_shim(dir: &ShimDir) {
+    let Some(pid) = shim_pid(dir) else {
         return;
     };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let expected = format!("nodelet-shim\0{}", dir.path().display());
-    if cmdline
-        .windows(expected.len())
-        .any(|w| w == expected.as_bytes())
-    {
+    if is_shim_of(pid, dir).unwrap_or(false) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,

@@ -54,6 +54,9 @@ pub struct CgroupSpec {
     /// does no floating point: that keeps libm out of it, and ~0.4 MiB out of every pod's RSS.)
     #[serde(default)]
     pub cpu_weight: Option<u64>,
+    /// `pids.max`: processes and threads at once (kubelet's `podPidsLimit`, on the pod).
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
 }
 
 /// Which cgroup layout the machine offers.
@@ -155,6 +158,9 @@ fn apply_v1(dir: &Path, spec: &CgroupSpec) -> Result<(), Error> {
     if let Some(shares) = spec.cpu_shares {
         write_if_exists(dir.join("cpu.shares"), &shares.to_string())?;
     }
+    if let Some(pids) = spec.pids_limit {
+        write_if_exists(dir.join("pids.max"), &pids.to_string())?;
+    }
     Ok(())
 }
 
@@ -168,6 +174,9 @@ fn apply_v2(dir: &Path, spec: &CgroupSpec) -> Result<(), Error> {
     }
     if let Some(weight) = spec.cpu_weight {
         write_if_exists(dir.join("cpu.weight"), &weight.to_string())?;
+    }
+    if let Some(pids) = spec.pids_limit {
+        write_if_exists(dir.join("pids.max"), &pids.to_string())?;
     }
     Ok(())
 }

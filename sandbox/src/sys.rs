@@ -205,3 +205,148 @@ pub fn recv_fd(socket: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd
     }
     Ok(None)
 }
+
+// -------------------------------------------------------------------------------------------------
+// bpf(2) for the devices cgroup on cgroup v2 (devices.rs), and RLIMIT_MEMLOCK, which kernels
+// before 5.11 charge BPF programs to.
+// -------------------------------------------------------------------------------------------------
+
+/// `enum bpf_cmd` values of include/uapi/linux/bpf.h.
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_ATTACH: libc::c_int = 8;
+
+/// The BPF_PROG_LOAD member of `union bpf_attr` (include/uapi/linux/bpf.h) up to
+/// `expected_attach_type`, every field at its C offset. bpf(2) copies `size` bytes and takes the
+/// fields past them as zero; a kernel whose union is shorter than `size` wants the extra bytes
+/// zero, which `Default` makes them.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// The BPF_PROG_ATTACH member of `union bpf_attr`, up to `replace_bpf_fd`.
+#[repr(C)]
+#[derive(Default)]
+struct BpfProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<BpfProgLoadAttr>() == 72);
+const _: () = assert!(std::mem::size_of::<BpfProgAttachAttr>() == 20);
+
+/// bpf(2) with one member of `union bpf_attr`.
+///
+/// # Safety
+///
+/// `T` must be the member `cmd` reads, and every pointer inside `attr` must be valid for what
+/// the kernel does with it during the call.
+unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
+    let size = std::mem::size_of::<T>() as libc::c_uint;
+    // SAFETY: `attr` is a live, initialised T of `size` bytes; the kernel reads at most `size`
+    // bytes of it, and the caller vouches for the pointers it holds.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+/// Loads an eBPF program (bpf(2) BPF_PROG_LOAD) from `insns`, each the 8 bytes of a
+/// `struct bpf_insn`, and returns its descriptor (close-on-exec, as every bpf(2) descriptor).
+/// With a non-empty `log`, the verifier writes its NUL-terminated account there (log_level 1;
+/// the kernel wants at least 128 bytes).
+pub fn bpf_prog_load(
+    prog_type: u32,
+    insns: &[[u8; 8]],
+    license: &std::ffi::CStr,
+    name: &str,
+    log: &mut [u8],
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    let insn_cnt =
+        u32::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let mut attr = BpfProgLoadAttr {
+        prog_type,
+        insn_cnt,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    if !log.is_empty() {
+        attr.log_level = 1;
+        // Kernels before 5.2 refuse a log_size of 16 MiB or more.
+        attr.log_size = u32::try_from(log.len())
+            .unwrap_or(u32::MAX)
+            .min((u32::MAX >> 8) - 1);
+        attr.log_buf = log.as_mut_ptr() as u64;
+    }
+    // At most 15 bytes and a NUL (BPF_OBJ_NAME_LEN); the rest of the array stays zero.
+    for (dst, src) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src;
+    }
+    // SAFETY: attr is BPF_PROG_LOAD's member. insns points at insn_cnt × 8 readable bytes,
+    // license at a NUL-terminated string, log_buf (when set) at log_size writable bytes; all are
+    // borrowed for the whole call, and the kernel keeps none of these pointers after it.
+    let fd = unsafe { bpf(BPF_PROG_LOAD, &mut attr) }?;
+    // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches a loaded program to a cgroup directory (bpf(2) BPF_PROG_ATTACH); the cgroup then
+/// holds its own reference on the program.
+pub fn bpf_prog_attach(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    attach_type: u32,
+    flags: u32,
+) -> io::Result<()> {
+    let mut attr = BpfProgAttachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type,
+        attach_flags: flags,
+        replace_bpf_fd: 0,
+    };
+    // SAFETY: attr is BPF_PROG_ATTACH's member and holds no pointers; both descriptors are
+    // borrowed, so open, for the call.
+    unsafe { bpf(BPF_PROG_ATTACH, &mut attr) }.map(drop)
+}
+
+/// The caller's RLIMIT_MEMLOCK (getrlimit(2)).
+pub fn memlock_limit() -> io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through the pointer, which points at a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit)
+}
+
+/// Sets RLIMIT_MEMLOCK for the whole process (setrlimit(2)); raising the hard limit needs
+/// CAP_SYS_RESOURCE.
+pub fn set_memlock_limit(limit: libc::rlimit) -> io::Result<()> {
+    // SAFETY: setrlimit only reads one rlimit through the pointer, which points at a live local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -558,9 +558,10 @@ where
     .expect("kube-rs client thread")
 }
 
-/// The kubelet API itself on 10250: client certificates only; logs with kubelet's parameters.
+/// The kubelet API itself on 10250: a client certificate or a bearer token that the API's
+/// TokenReview accepts, nothing else; logs with kubelet's parameters.
 #[test]
-fn kubelet_api_needs_a_client_certificate() -> Result<()> {
+fn kubelet_api_takes_client_certificates_and_bearer_tokens() -> Result<()> {
     let mut node = TestNode::new()?;
     node.start_agent()?;
     node.wait_api()?;
@@ -572,23 +573,26 @@ fn kubelet_api_needs_a_client_certificate() -> Result<()> {
             .filter(|l| l.contains("line 3"))
     })?;
     let base = "https://127.0.0.1:10250";
-    // No certificate: the handshake is refused, nothing is readable.
-    for path in ["/healthz", "/pods", "/containerLogs/default/talk/main"] {
+    let token = std::fs::read_to_string(node.dir.join("root/pki/token"))?;
+    let code = |extra: &[&str], path: &str| -> Result<String> {
         let out = node
             .api_curl(false)?
-            .args([
-                "-k",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("{base}{path}"),
-            ])
+            .args(["-k", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(format!("{base}{path}"))
             .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    for path in ["/healthz", "/pods", "/containerLogs/default/talk/main"] {
+        // No certificate, no token or a wrong one: refused, nothing is readable.
+        ensure!(code(&[], path)? == "401", "{path} without credentials");
+        let wrong = "Authorization: Bearer not-the-token";
+        ensure!(code(&["-H", wrong], path)? == "401", "{path}, wrong token");
+        // A token the API's TokenReview accepts is enough, as with kubelet.
+        let bearer = format!("Authorization: Bearer {}", token.trim());
         ensure!(
-            String::from_utf8_lossy(&out.stdout) == "000" && !out.status.success(),
-            "{path} without a certificate: {}",
-            text(&out)
+            code(&["-H", &bearer], path)? == "200",
+            "{path} with a token"
         );
     }
     let get = |path: &str| -> Result<String> {

@@ -3,9 +3,7 @@
 //! certificate (`O=system:masters`), plus a bearer token. The kubeconfig that uses them is
 //! written 0600. P-256 keys: fast to make, and every kubectl speaks ECDSA.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use openssl::asn1::{Asn1Integer, Asn1Time};
@@ -138,25 +136,14 @@ impl Pki {
     }
 }
 
-/// Writes a file readable by its owner only, atomically (a reader never sees half of it).
+/// Writes a file readable by its owner only, atomically and durably (keys are made once).
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
-    let err = |source| PkiError::Write {
-        path: path.into(),
-        source,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::write_private(path, data)
+        .and_then(|()| std::fs::File::open(path)?.sync_all())
+        .map_err(|source| PkiError::Write {
+            path: path.into(),
+            source,
+        })
 }
 
 fn pair(

@@ -125,6 +125,9 @@ impl Store {
             source,
         };
         let db = Database::create(path).map_err(|e| open_err(e.into()))?;
+        // It holds Secrets: owner only, like etcd's files.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| open_err(redb::Error::Io(e)))?;
         let (rv, objects) = load(&db)?;
         let (changes, _) = broadcast::channel(4096);
         Ok(Store {

@@ -362,7 +362,9 @@ pub fn acceptor(
     key: &openssl::pkey::PKey<openssl::pkey::Private>,
     client_ca: &[X509],
 ) -> anyhow::Result<SslAcceptor> {
-    crate::https::acceptor(cert, key, client_ca, true)
+    // Client certificates are asked for, not required: bearer tokens (checked by TokenReview)
+    // authenticate too, as with kubelet.
+    crate::https::acceptor(cert, key, client_ca, false)
 }
 
 pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, kubelet: Kubelet) {

@@ -31,6 +31,8 @@ pub struct NodeContext {
     /// Relative cgroup under which `kubepods` lives ("" for the hierarchy root).
     pub cgroup_root: PathBuf,
     pub log_rotation: nodelet_sandbox::logs::Rotation,
+    /// `pids.max` of every pod's cgroup (`podPidsLimit`), `None` for no limit.
+    pub pod_pids_limit: Option<u64>,
 }
 
 pub fn pod_uid(pod: &Pod) -> &str {
@@ -121,6 +123,7 @@ fn container_cgroup(c: &Container, path: PathBuf) -> CgroupSpec {
             .map(cgroup::millicpu_to_quota),
         cpu_shares,
         cpu_weight: cpu_shares.map(cgroup::shares_to_weight),
+        pids_limit: None,
     }
 }
 
@@ -148,6 +151,7 @@ pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
             cpu_quota_us: all(|l| l.cpu_quota_us),
             cpu_shares: Some(cgroup::millicpu_to_shares(shares)),
             cpu_weight: Some(cgroup::shares_to_weight(cgroup::millicpu_to_shares(shares))),
+            pids_limit: node.pod_pids_limit,
         }),
     }
 }

@@ -1,9 +1,13 @@
 //! The files kubelet manages inside every container of a pod: /etc/hosts and /etc/resolv.conf
 //! (runtime-defaults.md §7), written once per pod and bind-mounted into each container.
 
+use std::collections::HashMap;
+
 use k8s_openapi::api::core::v1::Pod;
+use nodelet_sandbox::protocol;
 
 use super::build::{hostname, pod_spec};
+use super::status::Instance;
 
 /// kubelet's managed /etc/hosts (runtime-defaults.md §7); the pod line once the pod has an IP.
 pub fn hosts_file(pod: &Pod, pod_ip: Option<&str>) -> String {
@@ -126,4 +130,38 @@ mod tests {
             "search ns1.svc.cluster.local svc.cluster.local cluster.local corp\nnameserver 10.96.0.10\noptions ndots:5\n"
         );
     }
+}
+
+/// `lost.json` in the pod's directory: each container's newest instance in a sandbox that was
+/// lost, so that a restarted agent still counts the restart and shows the `lastState`.
+fn lost_record(paths: &crate::paths::NodePaths, uid: &str) -> std::path::PathBuf {
+    paths.pod_root(uid).join("lost.json")
+}
+
+pub fn save_lost(
+    paths: &crate::paths::NodePaths,
+    uid: &str,
+    lost: &HashMap<String, Instance>,
+) -> std::io::Result<()> {
+    let records: Vec<&protocol::ContainerStatus> = lost.values().map(|i| &i.record).collect();
+    let path = lost_record(paths, uid);
+    std::fs::create_dir_all(paths.pod_root(uid))?;
+    crate::write_private(&path, &serde_json::to_vec(&records)?)
+}
+
+pub fn load_lost(paths: &crate::paths::NodePaths, uid: &str) -> HashMap<String, Instance> {
+    let records: Vec<protocol::ContainerStatus> = std::fs::read(lost_record(paths, uid))
+        .ok()
+        .and_then(|data| serde_json::from_slice(&data).ok())
+        .unwrap_or_default();
+    records
+        .into_iter()
+        .map(|record| {
+            let instance = Instance {
+                record,
+                start_error: None,
+            };
+            (instance.record.name.clone(), instance)
+        })
+        .collect()
 }

@@ -224,11 +224,18 @@ impl ApiSource {
         while let Some(event) = stream.next().await {
             let mut current = self.pods.lock().expect("pods lock");
             match event {
-                Ok(watcher::Event::Init) => buffer.clear(),
+                // A (re)list in progress says nothing yet: publishing now would read as "every
+                // pod not listed so far is gone" and delete running pods (kubelet waits for
+                // every source to be ready before it kills anything).
+                Ok(watcher::Event::Init) => {
+                    buffer.clear();
+                    continue;
+                }
                 Ok(watcher::Event::InitApply(pod)) => {
                     let uid = pod.metadata.uid.clone().unwrap_or_default();
                     let pod = keep_if_same(current.get(&uid), pod);
                     buffer.insert(uid, pod);
+                    continue;
                 }
                 Ok(watcher::Event::InitDone) => *current = std::mem::take(&mut buffer),
                 Ok(watcher::Event::Apply(pod)) => {

@@ -330,7 +330,7 @@ impl Worker {
         }
         // What `kubectl exec` runs with: the container's user, capabilities and environment.
         let process = serde_json::to_vec(&spec.process).expect("serialise process spec");
-        if let Err(e) = std::fs::write(dir.join("process.json"), process) {
+        if let Err(e) = crate::write_private(&dir.join("process.json"), &process) {
             self.observed.waiting.insert(
                 c.name.clone(),
                 (

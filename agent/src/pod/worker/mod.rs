@@ -27,7 +27,7 @@ use super::files;
 use super::status::{self, Instance, Observed};
 use crate::network;
 use crate::node::Node;
-use crate::runtime::ShimEvents;
+use crate::runtime::{Liveness, Scope, ShimEvents};
 
 mod containers;
 
@@ -45,6 +45,15 @@ pub enum Desired {
     },
 }
 
+/// What reading the shim's instances found.
+enum Refresh {
+    Fresh,
+    /// The shim did not answer but still runs.
+    Retry,
+    /// The shim is gone and the sandbox with it.
+    Lost,
+}
+
 /// What one container's sync did.
 enum Step {
     Nothing,
@@ -54,16 +63,25 @@ enum Step {
 }
 
 pub struct WorkerHandle {
+    pub id: u64,
     pub tx: watch::Sender<Desired>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the pod's worker; when it ends (the pod deleted), its UID is sent on `done`.
+/// Which worker ended: its pod's UID and the worker's own number.
+#[derive(Debug)]
+pub struct Ended {
+    pub uid: String,
+    pub id: u64,
+}
+
+/// Starts the pod's worker; when it ends (the pod deleted), it says so on `done`.
 pub fn spawn(
     node: Arc<Node>,
     pod: Arc<Pod>,
     adopted: bool,
-    done: mpsc::UnboundedSender<String>,
+    id: u64,
+    done: mpsc::UnboundedSender<Ended>,
 ) -> WorkerHandle {
     let (tx, rx) = watch::channel(Desired::Run(pod.clone()));
     let span = tracing::info_span!(
@@ -73,6 +91,7 @@ pub fn spawn(
         name = pod.metadata.name.as_deref().unwrap_or_default()
     );
     let host_ip = node.config.node_ip.clone();
+    let (paths, uid) = (node.ctx.paths.clone(), pod_uid(&pod).to_owned());
     let mut worker = Worker {
         node,
         uid: pod_uid(&pod).to_owned(),
@@ -88,6 +107,7 @@ pub fn spawn(
         backoff: Backoff::default(),
         status: None,
         replacing: Default::default(),
+        lost: files::load_lost(&paths, &uid),
     };
     // Known from now on, before the first sync: a pod that is being adopted or created is never
     // missing from what the node reports.
@@ -96,11 +116,11 @@ pub fn spawn(
     let task = tokio::spawn(
         async move {
             worker.run(rx).await;
-            let _ = done.send(uid);
+            let _ = done.send(Ended { uid, id });
         }
         .instrument(span),
     );
-    WorkerHandle { tx, task }
+    WorkerHandle { id, tx, task }
 }
 
 struct Worker {
@@ -118,6 +138,8 @@ struct Worker {
     status: Option<PodStatus>,
     /// Running instances being stopped because their spec changed.
     replacing: std::collections::HashSet<String>,
+    /// Each container's newest instance in a sandbox that was lost, by container name.
+    lost: HashMap<String, Instance>,
 }
 
 /// Waits for the next line from the shim's event stream; forever when there is none.
@@ -180,8 +202,10 @@ impl Worker {
             self.publish();
             return RETRY;
         }
-        if !self.refresh_instances().await {
-            return Duration::ZERO;
+        match self.refresh_instances().await {
+            Refresh::Fresh => {}
+            Refresh::Retry => return RETRY,
+            Refresh::Lost => return Duration::ZERO,
         }
         let containers = pod_spec(&self.pod).containers.clone();
         let mut started = false;
@@ -200,17 +224,18 @@ impl Worker {
         wake
     }
 
-    /// Reads every instance from the shim; false if the shim is gone (the sandbox is then
-    /// torn down, and recreated by the next sync).
-    async fn refresh_instances(&mut self) -> bool {
+    /// Reads every instance from the shim. A shim that did not answer is asked again later; one
+    /// that is gone has lost the sandbox, which is then torn down and recreated by the next sync.
+    async fn refresh_instances(&mut self) -> Refresh {
         let instances = match self.node.runtime.call(&self.uid, &Request::State).await {
             Ok(Response::State { containers, .. }) => containers,
             result => {
-                warn!(?result, "shim lost; the sandbox will be recreated");
-                self.sandbox_ready = false;
-                self.events = None;
-                let _ = self.node.teardown_pod(&self.uid, None).await;
-                return false;
+                if self.node.runtime.liveness(&self.uid).await == Liveness::Alive {
+                    warn!(?result, "shim did not answer; asking again");
+                    return Refresh::Retry;
+                }
+                self.sandbox_lost().await;
+                return Refresh::Lost;
             }
         };
         self.observed.instances = instances
@@ -220,8 +245,55 @@ impl Worker {
                 start_error: None,
             })
             .chain(self.failed_starts.values().cloned())
+            .chain(self.lost.values().cloned())
             .collect();
-        true
+        Refresh::Fresh
+    }
+
+    /// The shim died with the pod's sandbox: everything in it is killed and released, and each
+    /// container's newest instance is kept as exited (SIGKILL), so that the next sandbox starts
+    /// it again as a restart, counted, with the lost instance as its `lastState` (kubelet's
+    /// `SandboxChanged`).
+    async fn sandbox_lost(&mut self) {
+        warn!("shim gone; the pod sandbox will be recreated");
+        self.event(
+            None,
+            "SandboxChanged",
+            "Pod sandbox changed, it will be killed and re-created.".into(),
+            false,
+        );
+        let now = Timestamp::now();
+        let newest: Vec<Instance> = pod_spec(&self.pod)
+            .containers
+            .iter()
+            .filter_map(|c| {
+                self.observed
+                    .instances
+                    .iter()
+                    .filter(|i| i.record.name == c.name)
+                    .max_by_key(|i| i.record.attempt)
+            })
+            .cloned()
+            .collect();
+        for mut i in newest {
+            i.record.exit.get_or_insert(protocol::Exit {
+                code: 128 + libc::SIGKILL,
+                signal: Some(libc::SIGKILL),
+                finished_at: now,
+                oom_killed: false,
+            });
+            self.lost.insert(i.record.name.clone(), i);
+        }
+        self.sandbox_ready = false;
+        self.observed.sandbox_ready = false;
+        self.events = None;
+        for e in self.node.teardown_pod(&self.uid, Scope::Sandbox).await {
+            warn!(error = %e, "teardown of the lost sandbox");
+        }
+        if let Err(e) = files::save_lost(&self.node.ctx.paths, &self.uid, &self.lost) {
+            warn!(error = %e, "record the lost sandbox's containers");
+        }
+        self.observed.instances = self.lost.values().cloned().collect();
     }
 
     async fn ensure_sandbox(&mut self) -> Result<(), String> {
@@ -231,25 +303,19 @@ impl Worker {
             }
             return Ok(());
         }
-        let alive = self.adopted
-            && self
-                .node
-                .runtime
-                .call(&self.uid, &Request::State)
-                .await
-                .is_ok();
+        let alive = self.adopted && self.node.runtime.liveness(&self.uid).await == Liveness::Alive;
         if !alive {
             self.prepare_pod_dirs()
                 .map_err(|e| format!("prepare pod directories: {e}"))?;
             let spec = build::sandbox_spec(&self.node.ctx, &self.pod);
             if let Err(e) = self.node.runtime.start_sandbox(&spec).await {
-                let _ = self.node.teardown_pod(&self.uid, None).await;
+                let _ = self.node.teardown_pod(&self.uid, Scope::Sandbox).await;
                 return Err(crate::error_chain(&e));
             }
             let network_us = match self.attach_network().await {
                 Ok(took) => took.as_micros() as u64,
                 Err(message) => {
-                    let _ = self.node.teardown_pod(&self.uid, None).await;
+                    let _ = self.node.teardown_pod(&self.uid, Scope::Sandbox).await;
                     return Err(message);
                 }
             };
@@ -338,9 +404,7 @@ impl Worker {
     /// pod.json: what a restarted agent re-adopts, written atomically.
     fn save_record(&self) -> std::io::Result<()> {
         let path = self.node.ctx.paths.pod_record(&self.uid);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&*self.pod)?)?;
-        std::fs::rename(&tmp, &path)
+        crate::write_private(&path, &serde_json::to_vec(&*self.pod)?)
     }
 
     fn publish(&mut self) {
@@ -381,13 +445,7 @@ impl Worker {
             pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
             pod.metadata.deletion_grace_period_seconds = Some(grace.as_secs() as i64);
         }
-        if self
-            .node
-            .runtime
-            .call(&self.uid, &Request::State)
-            .await
-            .is_ok()
-        {
+        if self.node.runtime.liveness(&self.uid).await == Liveness::Alive {
             if self.events.is_none() {
                 self.events = self.node.runtime.subscribe(&self.uid).await.ok();
             }
@@ -428,7 +486,16 @@ impl Worker {
         self.events = None;
         let (ns, name) = namespace_name(&self.pod);
         let log_dir = self.node.ctx.paths.pod_logs(ns, name, &self.uid);
-        for e in self.node.teardown_pod(&self.uid, Some(&log_dir)).await {
+        for e in self
+            .node
+            .teardown_pod(
+                &self.uid,
+                Scope::Pod {
+                    logs: Some(&log_dir),
+                },
+            )
+            .await
+        {
             warn!(error = %e, "teardown");
         }
         self.node

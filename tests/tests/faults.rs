@@ -1,0 +1,321 @@
+//! Faults: the agent SIGKILLed in the middle of its work, shims killed or frozen, hostile
+//! input. Each checks that no pod is lost, no container restarted that nothing asked to restart,
+//! no pod runs twice, and nothing leaks.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use nodelet_tests::{wait_for, TestNode};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(90);
+
+/// `n` one-container sleeping pods named `<prefix>-<i>`, as one YAML stream.
+fn pods_yaml(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {prefix}-{i}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The node's pods by name, as the agent reports them.
+fn by_name(node: &TestNode) -> BTreeMap<String, Value> {
+    node.pods()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p["metadata"]["name"].as_str().unwrap_or("").to_owned(), p))
+        .collect()
+}
+
+/// Each pod's only container, as (containerID, startedAt, restartCount), once all `names` run.
+fn wait_running(
+    node: &TestNode,
+    names: &[String],
+) -> Result<BTreeMap<String, (Value, Value, Value)>> {
+    wait_for(&format!("{} pods running", names.len()), T, || {
+        let pods = by_name(node);
+        names
+            .iter()
+            .map(|n| {
+                let p = pods.get(n)?;
+                TestNode::running(p, "c").then_some(())?;
+                let c = TestNode::container_status(p, "c");
+                let started = c["state"]["running"]["startedAt"].clone();
+                Some((
+                    n.clone(),
+                    (c["containerID"].clone(), started, c["restartCount"].clone()),
+                ))
+            })
+            .collect::<Option<BTreeMap<_, _>>>()
+    })
+    .with_context(|| format!("agent log:\n{}", node.agent_log()))
+}
+
+/// Host pids of the node's shims (not its reaper).
+fn shims(node: &TestNode) -> Vec<i32> {
+    node.processes()
+        .into_iter()
+        .filter(|p| {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"nodelet-shim"))
+                && args.get(1).is_some_and(|a| *a != b"reaper")
+        })
+        .collect()
+}
+
+/// The host pid of one pod's shim (its `shim.pid` holds the pid in the node's namespace).
+fn shim_of(node: &TestNode, uid: &str) -> Result<i32> {
+    shims(node)
+        .into_iter()
+        .find(|p| {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(uid)
+        })
+        .with_context(|| format!("no shim for pod {uid}"))
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn delete_all_and_check_clean(node: &TestNode) -> Result<()> {
+    node.kubectl_ok(&["delete", "pods", "--all", "--wait=false"])?;
+    wait_for("every pod deleted", T, || {
+        by_name(node).is_empty().then_some(())
+    })?;
+    wait_for("every shim gone", T, || {
+        shims(node).is_empty().then_some(())
+    })?;
+    node.assert_clean()
+}
+
+/// kubelet waits until every source has listed its pods before it kills anything. A restarted
+/// agent re-adopts every API pod as it runs: same container, same start, no restart, no second
+/// sandbox; also when it was killed while pods were still being created.
+#[test]
+fn agent_sigkill_and_restart_keeps_every_api_pod() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let steady = names("steady", 20);
+    node.kubectl_create(&pods_yaml("steady", 20), &[])?;
+    let before = wait_running(&node, &steady)?;
+
+    for round in 0..3 {
+        node.stop_agent(Signal::SIGKILL)?;
+        node.start_agent()?;
+        // Kill it again while it is busy creating pods, at a different point each round.
+        let batch = format!("new{round}");
+        node.kubectl_create(&pods_yaml(&batch, 5), &[])?;
+        std::thread::sleep(Duration::from_millis(150 * round as u64));
+        node.stop_agent(Signal::SIGKILL)?;
+        node.start_agent()?;
+        let after = wait_running(&node, &steady)?;
+        ensure!(
+            after == before,
+            "round {round}: re-adopted pods changed:\nbefore {before:?}\nafter {after:?}"
+        );
+        let all: Vec<String> = (0..=round)
+            .flat_map(|r| names(&format!("new{r}"), 5))
+            .chain(steady.iter().cloned())
+            .collect();
+        let running = wait_running(&node, &all)?;
+        ensure!(
+            running.values().all(|(_, _, restarts)| restarts == 0),
+            "round {round}: a container restarted: {running:?}"
+        );
+        // Stable: one shim per pod, after a few resyncs too.
+        std::thread::sleep(Duration::from_secs(3));
+        ensure!(
+            shims(&node).len() == all.len(),
+            "round {round}: {} shims for {} pods",
+            shims(&node).len(),
+            all.len()
+        );
+        ensure!(
+            wait_running(&node, &all)? == running,
+            "round {round}: pods changed"
+        );
+    }
+    delete_all_and_check_clean(&node)
+}
+
+/// A shim that is SIGKILLed takes its sandbox with it: the pod gets a new one, each container
+/// starts again counted as a restart with the lost instance as `lastState`, and kubelet's
+/// `SandboxChanged` event is recorded. Nothing of the old sandbox survives.
+#[test]
+fn a_killed_shim_counts_as_a_restart_of_each_container() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(&pods_yaml("victim", 1), &[])?;
+    let pod = "victim-0".to_owned();
+    let before = wait_running(&node, std::slice::from_ref(&pod))?;
+    let p = by_name(&node)[&pod].clone();
+    let old_pid = node.container_pid(&p, "c")?;
+    let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    kill(Pid::from_raw(shim_of(&node, &uid)?), Signal::SIGKILL)?;
+
+    let restarted = wait_for("the container restarted in a new sandbox", T, || {
+        let p = by_name(&node).remove(&pod)?;
+        let c = TestNode::container_status(&p, "c");
+        (TestNode::running(&p, "c") && c["restartCount"] == 1).then_some(p)
+    })
+    .with_context(|| node.agent_log())?;
+    let c = TestNode::container_status(&restarted, "c");
+    ensure!(c["containerID"] != before[&pod].0, "{c:#}");
+    let last = &c["lastState"]["terminated"];
+    ensure!(
+        last["exitCode"] == 137 && last["containerID"] == before[&pod].0,
+        "lastState: {c:#}"
+    );
+    ensure!(
+        !std::path::Path::new(&format!("/proc/{old_pid}")).exists(),
+        "the old container survived its sandbox"
+    );
+    wait_for("the SandboxChanged event", T, || {
+        let events = node
+            .kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=victim-0",
+            ])
+            .ok()?;
+        events.contains("SandboxChanged").then_some(())
+    })?;
+    ensure!(shims(&node).len() == 1, "one shim for the pod");
+    // The restart is remembered by a restarted agent too.
+    node.stop_agent(Signal::SIGKILL)?;
+    node.start_agent()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let again = by_name(&node).remove(&pod).context("pod after restart")?;
+    let c2 = TestNode::container_status(&again, "c");
+    ensure!(
+        c2["restartCount"] == 1 && c2["containerID"] == c["containerID"],
+        "{c2:#}"
+    );
+    delete_all_and_check_clean(&node)
+}
+
+/// A shim that does not answer (frozen longer than a call may take) is not a lost sandbox: the
+/// agent asks again, and the pod is left as it runs.
+#[test]
+fn a_shim_that_does_not_answer_is_not_torn_down() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(&pods_yaml("frozen", 1), &[])?;
+    let pod = "frozen-0".to_owned();
+    let before = wait_running(&node, std::slice::from_ref(&pod))?;
+    let uid = by_name(&node)[&pod]["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let shim_pid = shim_of(&node, &uid)?;
+    kill(Pid::from_raw(shim_pid), Signal::SIGSTOP)?;
+    // Past the 30 s call timeout and a resync.
+    std::thread::sleep(Duration::from_secs(45));
+    kill(Pid::from_raw(shim_pid), Signal::SIGCONT)?;
+    let after = wait_running(&node, std::slice::from_ref(&pod))?;
+    ensure!(after == before, "before {before:?}, after {after:?}");
+    ensure!(
+        node.agent_log().contains("shim did not answer"),
+        "{}",
+        node.agent_log()
+    );
+    ensure!(
+        !node.agent_log().contains("shim gone"),
+        "{}",
+        node.agent_log()
+    );
+    delete_all_and_check_clean(&node)
+}
+
+/// What may hold Secrets (the API's store, pod records, container environments) is readable by
+/// root only, as etcd and kubelet keep theirs.
+#[test]
+fn state_holding_secrets_is_private() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(&pods_yaml("private", 1), &[])?;
+    let pod = "private-0".to_owned();
+    wait_running(&node, std::slice::from_ref(&pod))?;
+    let p = by_name(&node)[&pod].clone();
+    let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+    let id = TestNode::container_status(&p, "c")["containerID"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("nodelet://"))
+        .unwrap_or_default()
+        .to_owned();
+    let mode = |path: std::path::PathBuf| -> Result<u32> {
+        Ok(std::fs::metadata(&path)
+            .with_context(|| path.display().to_string())?
+            .permissions()
+            .mode()
+            & 0o777)
+    };
+    ensure!(mode(node.dir.join("root"))? == 0o700);
+    ensure!(mode(node.dir.join("run"))? == 0o700);
+    ensure!(mode(node.dir.join("root/api.db"))? == 0o600);
+    let pod_dir = node.dir.join("root/pods").join(uid);
+    ensure!(mode(pod_dir.join("pod.json"))? == 0o600);
+    ensure!(mode(pod_dir.join("containers").join(&id).join("process.json"))? == 0o600);
+    // And `nobody` cannot read them.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(node.dir.join("root/api.db"))
+        .output()?;
+    ensure!(!out.status.success(), "nobody read api.db");
+    delete_all_and_check_clean(&node)
+}
+
+/// kubelet's `podPidsLimit` on the pod's cgroup: a fork bomb stops at the limit, and the node
+/// and the agent go on.
+#[test]
+fn a_fork_bomb_stops_at_the_pod_pids_limit() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "podPidsLimit: 50\n")?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bomb}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'for i in $(seq 200); do sleep 3600 & done; wait']\n",
+        &[],
+    )?;
+    let pod = wait_for("the bomb pod running", T, || {
+        by_name(&node)
+            .remove("bomb")
+            .filter(|p| TestNode::running(p, "c"))
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let cgroups: Vec<std::path::PathBuf> = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|root| {
+            std::path::Path::new(root)
+                .join(node.cgroup_root.trim_start_matches('/'))
+                .join("kubepods/besteffort")
+                .join(format!("pod{uid}"))
+        })
+        .filter(|p| p.join("pids.max").exists())
+        .collect();
+    let cgroup = cgroups.first().context("the pod's pids cgroup")?;
+    ensure!(std::fs::read_to_string(cgroup.join("pids.max"))?.trim() == "50");
+    let current: u64 = std::fs::read_to_string(cgroup.join("pids.current"))?
+        .trim()
+        .parse()?;
+    ensure!(current <= 50, "{current} processes in the pod");
+    // The rest of the node is fine.
+    node.kubectl_create(&pods_yaml("fine", 1), &[])?;
+    wait_running(&node, &names("fine", 1))?;
+    delete_all_and_check_clean(&node)
+}
