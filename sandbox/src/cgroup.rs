@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// v1 controllers nodelet manages; each gets the same relative path.
-const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
 pub const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,12 @@ pub enum Error {
         value: String,
         #[source]
         source: io::Error,
+    },
+    #[error("device rules of cgroup {path}")]
+    Devices {
+        path: PathBuf,
+        #[source]
+        source: crate::devices::Error,
     },
     #[error("remove cgroup {path}")]
     Remove {
@@ -57,6 +63,10 @@ pub struct CgroupSpec {
     /// `pids.max`: processes and threads at once (kubelet's `podPidsLimit`, on the pod).
     #[serde(default)]
     pub pids_limit: Option<u64>,
+    /// The devices the cgroup's processes may open or make (containers: runc's defaults); `None`
+    /// leaves the parent's.
+    #[serde(default)]
+    pub devices: Option<Vec<crate::devices::DeviceRule>>,
 }
 
 /// Which cgroup layout the machine offers.
@@ -141,6 +151,13 @@ pub fn create(spec: &CgroupSpec) -> Result<(), Error> {
             Hierarchy::V1 => apply_v1(&dir, spec)?,
             Hierarchy::V2 => apply_v2(&dir, spec)?,
         }
+    }
+    // Before any process joins: a container never runs a moment with the host's devices.
+    if let Some(rules) = &spec.devices {
+        crate::devices::apply(hierarchy, &spec.path, rules).map_err(|source| Error::Devices {
+            path: spec.path.clone(),
+            source,
+        })?;
     }
     Ok(())
 }

@@ -813,7 +813,10 @@ mod tests {
                 0x61 => {
                     assert_eq!(reg[src], CTX, "load through a non-context register at {pc}");
                     let off = insn.off as usize;
-                    assert!(off % 4 == 0 && off < 12, "context load at offset {off}");
+                    assert!(
+                        off.is_multiple_of(4) && off < 12,
+                        "context load at offset {off}"
+                    );
                     reg[dst] = u64::from(ctx[off / 4]);
                     next
                 }

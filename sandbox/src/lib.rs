@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod devices;
 pub mod exec;
 pub mod init;
 pub mod logs;

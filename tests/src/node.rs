@@ -595,7 +595,7 @@ impl TestNode {
                 );
             }
         }
-        for controller in ["memory", "cpu", "pids", ""] {
+        for controller in ["memory", "cpu", "pids", "devices", ""] {
             let kubepods = Path::new("/sys/fs/cgroup")
                 .join(controller)
                 .join(self.cgroup_root.trim_start_matches('/'))

@@ -319,3 +319,65 @@ fn a_fork_bomb_stops_at_the_pod_pids_limit() -> Result<()> {
     wait_running(&node, &names("fine", 1))?;
     delete_all_and_check_clean(&node)
 }
+
+/// Opens each device node in a container and says what happened: `NAME open` or the error.
+const DEVICE_CHECKS: &str = r#"
+mknod /tmp/loop0 b 7 0 && echo "mknod ok"
+mknod /tmp/fuse c 10 229; mknod /tmp/tty0 c 4 0; mknod /tmp/loopctl c 10 237
+for d in /tmp/loop0 /tmp/fuse /tmp/tty0 /tmp/loopctl /dev/null /dev/zero /dev/urandom /dev/full; do
+  if err=$( (exec 3<"$d") 2>&1 ); then echo "$d open"; else echo "$d: $err"; fi
+done
+"#;
+
+fn check_devices(output: &str) -> Result<()> {
+    ensure!(
+        output.contains("mknod ok"),
+        "CAP_MKNOD may make nodes: {output}"
+    );
+    for denied in ["/tmp/loop0", "/tmp/fuse", "/tmp/tty0", "/tmp/loopctl"] {
+        let line = output
+            .lines()
+            .find(|l| l.starts_with(denied))
+            .with_context(|| format!("{denied} not tried: {output}"))?;
+        ensure!(
+            line.contains("Operation not permitted"),
+            "{denied} must be refused by the devices cgroup: {line}"
+        );
+    }
+    for allowed in ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/full"] {
+        ensure!(
+            output.contains(&format!("{allowed} open")),
+            "{allowed} must open: {output}"
+        );
+    }
+    Ok(())
+}
+
+/// runc's device rules: a container may mknod (CAP_MKNOD is in the default set) but open only
+/// the standard nodes; an exec'd process is held to the same rules.
+#[test]
+fn containers_and_execs_open_only_the_standard_devices() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let script: String = DEVICE_CHECKS
+        .lines()
+        .chain(["sleep 3600"])
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: devices}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command:\n    - sh\n    - -c\n    - |\n{script}"
+    );
+    node.kubectl_create(&yaml, &[])?;
+    let logs = wait_for("the device checks", T, || {
+        node.kubectl_ok(&["logs", "devices"])
+            .ok()
+            .filter(|l| l.contains("/dev/full"))
+    })
+    .with_context(|| node.agent_log())?;
+    check_devices(&logs)?;
+    let again = DEVICE_CHECKS.replace("/tmp/", "/tmp/x");
+    let exec = node.kubectl_ok(&["exec", "devices", "--", "sh", "-c", &again])?;
+    check_devices(&exec.replace("/tmp/x", "/tmp/"))?;
+    delete_all_and_check_clean(&node)
+}

@@ -124,6 +124,7 @@ fn container_cgroup(c: &Container, path: PathBuf) -> CgroupSpec {
         cpu_shares,
         cpu_weight: cpu_shares.map(cgroup::shares_to_weight),
         pids_limit: None,
+        devices: Some(nodelet_sandbox::devices::default_rules()),
     }
 }
 
@@ -152,6 +153,7 @@ pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
             cpu_shares: Some(cgroup::millicpu_to_shares(shares)),
             cpu_weight: Some(cgroup::shares_to_weight(cgroup::millicpu_to_shares(shares))),
             pids_limit: node.pod_pids_limit,
+            devices: None,
         }),
     }
 }

@@ -104,34 +104,6 @@ pub fn resolv_conf(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(yaml: &str) -> Pod {
-        super::super::manifest::parse(yaml.as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn hosts_and_resolv_conf() {
-        let p = pod("metadata: {name: web, namespace: ns1}\nspec: {containers: [{name: a, image: b}], hostAliases: [{ip: 10.1.2.3, hostnames: [foo.local, bar.local]}]}");
-        let hosts = hosts_file(&p, Some("10.244.1.7"));
-        assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
-        assert!(hosts.contains(
-            "10.244.1.7\tweb\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"
-        ));
-        let host = "nameserver 1.1.1.1\nsearch corp\noptions edns0\n";
-        assert_eq!(
-            resolv_conf(&p, host, &[], "cluster.local"),
-            "search corp\nnameserver 1.1.1.1\noptions edns0\n"
-        );
-        assert_eq!(
-            resolv_conf(&p, host, &["10.96.0.10".into()], "cluster.local"),
-            "search ns1.svc.cluster.local svc.cluster.local cluster.local corp\nnameserver 10.96.0.10\noptions ndots:5\n"
-        );
-    }
-}
-
 /// `lost.json` in the pod's directory: each container's newest instance in a sandbox that was
 /// lost, so that a restarted agent still counts the restart and shows the `lastState`.
 fn lost_record(paths: &crate::paths::NodePaths, uid: &str) -> std::path::PathBuf {
@@ -164,4 +136,32 @@ pub fn load_lost(paths: &crate::paths::NodePaths, uid: &str) -> HashMap<String, 
             (instance.record.name.clone(), instance)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        super::super::manifest::parse(yaml.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn hosts_and_resolv_conf() {
+        let p = pod("metadata: {name: web, namespace: ns1}\nspec: {containers: [{name: a, image: b}], hostAliases: [{ip: 10.1.2.3, hostnames: [foo.local, bar.local]}]}");
+        let hosts = hosts_file(&p, Some("10.244.1.7"));
+        assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
+        assert!(hosts.contains(
+            "10.244.1.7\tweb\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"
+        ));
+        let host = "nameserver 1.1.1.1\nsearch corp\noptions edns0\n";
+        assert_eq!(
+            resolv_conf(&p, host, &[], "cluster.local"),
+            "search corp\nnameserver 1.1.1.1\noptions edns0\n"
+        );
+        assert_eq!(
+            resolv_conf(&p, host, &["10.96.0.10".into()], "cluster.local"),
+            "search ns1.svc.cluster.local svc.cluster.local cluster.local corp\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+    }
 }
