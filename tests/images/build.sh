@@ -3,7 +3,8 @@
 # image layouts: OUT/busybox (docker.io/library/busybox:latest), OUT/kubia
 # (docker.io/luksa/kubia:latest, an HTTP server on 8080 answering "You've hit <hostname>") and
 # OUT/note (busybox and a layer of its own, which no test node has until it pulls it) and
-# OUT/multiarch (an image index: busybox for this machine's platform and for another).
+# OUT/multiarch (an image index: busybox for this machine's platform and for another) and
+# OUT/hostile (busybox and a layer that tries to write outside itself, for the unpack tests).
 # Output is reproducible: fixed owners and mtimes, gzip without names or times.
 set -euo pipefail
 
@@ -66,6 +67,20 @@ echo "nodelet test layer" > "$note/etc/note"
 layer "$note" note
 note_digest=$layer_digest note_size=$layer_size note_diff_id=$layer_diff_id
 
+# A hostile layer, as an attacker writes one by hand: a symlink to a host directory, then a
+# whiteout "inside" it (two tars concatenated: no file system holds both). Unpacked naively,
+# the whiteout's device node lands in the host directory.
+hostile=$work/hostile
+mkdir -p "$hostile/link" "$hostile/through/evil"
+ln -s /tmp/nodelet-hostile-target "$hostile/link/evil"
+touch "$hostile/through/evil/.wh.pwned"
+tar --owner=0 --group=0 --numeric-owner --mtime=@0 --format=gnu -C "$hostile/link" -cf "$work/hostile.tar" evil
+tar --owner=0 --group=0 --numeric-owner --mtime=@0 --format=gnu -C "$hostile/through" -cf "$work/through.tar" evil/.wh.pwned
+tar --concatenate -f "$work/hostile.tar" "$work/through.tar"
+hostile_diff_id=$(sha "$work/hostile.tar")
+gzip -n -c "$work/hostile.tar" > "$work/hostile.tar.gz"
+hostile_digest=$(sha "$work/hostile.tar.gz") hostile_size=$(size "$work/hostile.tar.gz")
+
 # image NAME REF CMD_JSON LAYERS...: writes OUT/NAME as an OCI layout (LAYERS are "base" / "app").
 image() {
   local name=$1 ref=$2 cmd=$3; shift 3
@@ -122,4 +137,5 @@ image busybox docker.io/library/busybox:latest '["sh"]' base
 image kubia docker.io/luksa/kubia:latest '["httpd","-f","-p","8080","-h","/www"]' base app
 image note docker.io/library/note:latest '["cat","/etc/note"]' base note
 multiarch
-echo "built $out/busybox $out/kubia $out/note $out/multiarch"
+image hostile docker.io/library/hostile:latest '["sh"]' base hostile
+echo "built $out/busybox $out/kubia $out/note $out/multiarch $out/hostile"

@@ -626,3 +626,49 @@ fn an_interrupted_pull_restarts_cleanly() -> Result<()> {
     ensure!(images_table(&node)?.contains(&image));
     Ok(())
 }
+
+/// A layer that aims a whiteout through a symlink at a host directory: refused with the entry
+/// named, by `image import` and by a registry pull alike, and nothing is written outside.
+#[test]
+fn hostile_layers_are_refused_and_write_nothing_outside() -> Result<()> {
+    // The host directory the layer aims at (its symlink's target), as the attacker hopes.
+    let target = std::path::Path::new("/tmp/nodelet-hostile-target");
+    std::fs::create_dir_all(target)?;
+    let planted = target.join("pwned");
+    let _ = std::fs::remove_file(&planted);
+    let mut node = TestNode::with_config("node1", "")?;
+    let import = node.nodelet(&[
+        "image",
+        "import",
+        nodelet_tests::test_images()
+            .join("hostile")
+            .to_str()
+            .unwrap_or_default(),
+    ]);
+    let stderr = String::from_utf8_lossy(&import.stderr).into_owned();
+    ensure!(!import.status.success(), "hostile image imported: {stderr}");
+    ensure!(
+        stderr.contains("entry ./evil/.wh.pwned goes through a symlink")
+            || stderr.contains("entry evil/.wh.pwned goes through a symlink"),
+        "{stderr}"
+    );
+    ensure!(!planted.exists(), "import planted {}", planted.display());
+
+    let registry = Registry::start(&node, 5007)?;
+    registry.push(&node, "hostile", "evil/image", "v1")?;
+    node.start_agent()?;
+    let image = format!("{}/evil/image:v1", registry.address);
+    node.write_manifest("h.yaml", &pod("h", &image, None));
+    let pod = node.wait_pod("h", "refused", T, |p| {
+        waiting(p).1.contains("goes through a symlink")
+    })?;
+    ensure!(
+        waiting(&pod).0 == "ErrImagePull" || waiting(&pod).0 == "ImagePullBackOff",
+        "{pod:#}"
+    );
+    ensure!(!planted.exists(), "pull planted {}", planted.display());
+    let _ = std::fs::remove_dir(target);
+    node.remove_manifest("h.yaml");
+    node.wait_gone("h", T)?;
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Images: references, the content-addressed store, and layer unpacking.
 
+mod beneath;
 pub mod credentials;
 pub mod gc;
 pub mod pull;
