@@ -51,6 +51,11 @@ enum Command {
     },
     /// Print a container's logs
     Logs(cli::LogsArgs),
+    /// Read the built-in API's store through and report damage (`<rootDir>/api.db` by default)
+    CheckStore {
+        /// The store file
+        database: Option<PathBuf>,
+    },
     /// Run the installed kubectl against this node's API (its kubeconfig)
     Kubectl {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -98,6 +103,17 @@ fn main() -> ExitCode {
             Some(Command::Pods { namespace }) => cli::pods(&config, namespace.as_deref()),
             Some(Command::Logs(args)) => cli::logs(&config, args),
             Some(Command::Kubectl { args }) => cli::kubectl(&config, args),
+            Some(Command::CheckStore { database }) => {
+                let path = database
+                    .clone()
+                    .unwrap_or_else(|| config.root_dir.join("api.db"));
+                let (objects, rv) = apiserver::Store::check(&path)?;
+                println!(
+                    "{}: {objects} objects, resourceVersion {rv}",
+                    path.display()
+                );
+                Ok(())
+            }
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -312,7 +312,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (api_tx, mut api_rx) = watch::channel::<source::Desired>(None);
     let kubelet = crate::kubelet::Kubelet::new(node.clone());
     let api_source = match api_kubeconfig(&node.config, &paths, &kubelet).await? {
-        Some(kubeconfig) => {
+        Api::Server(kubeconfig) => {
             let client = source::api::client(&kubeconfig).await?;
             kubelet.set_token_reviewer(client.clone());
             let _ = node.api.set(client.clone());
@@ -325,7 +325,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             });
             true
         }
-        None => false,
+        Api::None => false,
+        // Its pods are neither run nor deleted: the source never lists.
+        Api::Unavailable => true,
     };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -354,13 +356,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The kubeconfig of the API server to take pods from: the configured one, or the built-in
-/// API's after starting it; `None` for static pods only.
+/// Where the node's API pods come from.
+enum Api {
+    /// The API server with this kubeconfig: the configured one, or the built-in API's.
+    Server(PathBuf),
+    /// None: static pods only.
+    None,
+    /// The built-in API's store cannot be read: the API is not served, and the pods it had are
+    /// left as they run until an operator has seen to the store.
+    Unavailable,
+}
+
 async fn api_kubeconfig(
     config: &Config,
     paths: &NodePaths,
     kubelet: &crate::kubelet::Kubelet,
-) -> anyhow::Result<Option<PathBuf>> {
+) -> anyhow::Result<Api> {
     let node = &kubelet.node;
     let mut hosts = vec![
         "localhost".to_owned(),
@@ -378,12 +389,12 @@ async fn api_kubeconfig(
         start_kubelet_api(config, &pki, kubelet.clone()).await?;
     }
     if let Some(kubeconfig) = &config.kubeconfig {
-        return Ok(Some(kubeconfig.clone()));
+        return Ok(Api::Server(kubeconfig.clone()));
     }
     if !config.api_server.enabled {
-        return Ok(None);
+        return Ok(Api::None);
     }
-    crate::apiserver::start(crate::apiserver::Options {
+    let started = crate::apiserver::start(crate::apiserver::Options {
         address,
         database: paths.root.join("api.db"),
         pki: &pki,
@@ -391,9 +402,19 @@ async fn api_kubeconfig(
         node_name: node.ctx.node_name.clone(),
         kubelet: Some(kubelet.clone()),
     })
-    .await
-    .context("start the built-in API")?;
-    Ok(Some(config.api_server.kubeconfig.clone()))
+    .await;
+    match started {
+        Ok(()) => Ok(Api::Server(config.api_server.kubeconfig.clone())),
+        Err(e) if e.downcast_ref::<crate::apiserver::StoreError>().is_some() => {
+            error!(
+                error = %format!("{e:#}"),
+                "the built-in API is not served; static pods and the kubelet API go on, and the \
+                 API's pods are left running as they are"
+            );
+            Ok(Api::Unavailable)
+        }
+        Err(e) => Err(e.context("start the built-in API")),
+    }
 }
 
 /// The kubelet API on `address:port`, with the configured (or made) serving certificate and the

@@ -381,3 +381,191 @@ fn containers_and_execs_open_only_the_standard_devices() -> Result<()> {
     check_devices(&exec.replace("/tmp/x", "/tmp/"))?;
     delete_all_and_check_clean(&node)
 }
+
+/// Runs a command inside the node and requires success.
+fn in_node(node: &TestNode, program: &str, args: &[&str]) -> Result<String> {
+    let out = node.command(program).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The node's Lease renewTime, as the API has it.
+fn lease_renewed(node: &TestNode) -> Option<String> {
+    let out = node
+        .kubectl_ok(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            &node.name,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ])
+        .ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+/// A full disk makes the API's writes fail with a clear answer (507) while it lasts; once
+/// space is freed, writes (pods, the Lease, node status) go on by themselves, with nothing lost.
+#[test]
+fn writes_fail_while_the_disk_is_full_and_resume_when_it_is_not() -> Result<()> {
+    let mut node = TestNode::new()?;
+    // The node's root directory on a small file system of its own (inside the node's mount
+    // namespace), holding what the node had.
+    let root = node.dir.join("root");
+    let copy = node.dir.join("root.orig");
+    std::fs::rename(&root, &copy)?;
+    std::fs::create_dir(&root)?;
+    let root_s = root.to_str().unwrap_or_default().to_owned();
+    in_node(
+        &node,
+        "mount",
+        &["-t", "tmpfs", "-o", "size=48m", "tmpfs", &root_s],
+    )?;
+    in_node(
+        &node,
+        "cp",
+        &["-a", &format!("{}/.", copy.display()), &root_s],
+    )?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(&pods_yaml("before", 1), &[])?;
+    wait_running(&node, &names("before", 1))?;
+
+    let filler = format!("{root_s}/filler");
+    // dd stops at ENOSPC and says so; the file system is then full.
+    let _ = node
+        .command("dd")
+        .args(["if=/dev/zero", &format!("of={filler}"), "bs=1M"])
+        .output()?;
+    // redb may still have room in its file: write until a write needs more (bounded).
+    let big = "x".repeat(100_000);
+    let mut failed = None;
+    for i in 0..100 {
+        let yaml = pods_yaml(&format!("during{i}"), 1).replace(
+            "metadata: {",
+            &format!("metadata: {{annotations: {{big: {big}}}, "),
+        );
+        let out = node.kubectl_with("kubectl", &["create", "-f", "-"], Some(&yaml));
+        if !out.status.success() {
+            failed = Some(out);
+            break;
+        }
+    }
+    let out = failed.context("every write succeeded on a full disk")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains("storage") || stderr.contains("507"),
+        "unclear error: {stderr}"
+    );
+    // The agent keeps running, and so does the pod.
+    ensure!(node.kubectl_ok(&["get", "pods"])?.contains("before-0"));
+
+    in_node(&node, "rm", &["-f", &filler])?;
+    wait_for("writes to work again", T, || {
+        node.kubectl_create(&pods_yaml("after", 1), &[]).ok()
+    })
+    .with_context(|| node.agent_log())?;
+    wait_running(&node, &names("after", 1))?;
+    let renewed = lease_renewed(&node).context("lease")?;
+    wait_for("the Lease renewed after the disk was full", T, || {
+        lease_renewed(&node).filter(|r| *r != renewed)
+    })?;
+    ensure!(node.kubectl_ok(&["get", "pods"])?.contains("before-0"));
+    delete_all_and_check_clean_keeping(&node, &[&root_s])
+}
+
+/// Like `delete_all_and_check_clean`, after unmounting what the test mounted in the node.
+fn delete_all_and_check_clean_keeping(node: &TestNode, mounts: &[&str]) -> Result<()> {
+    node.kubectl_ok(&["delete", "pods", "--all", "--wait=false"])?;
+    wait_for("every pod deleted", T, || {
+        by_name(node).is_empty().then_some(())
+    })?;
+    wait_for("every shim gone", T, || {
+        shims(node).is_empty().then_some(())
+    })?;
+    for m in mounts {
+        in_node(node, "umount", &["-l", m])?;
+    }
+    node.assert_clean()
+}
+
+/// A damaged `api.db` (garbage over its middle, or emptied) is refused with the file named and
+/// what to do; the agent goes on with its static pods and the kubelet API, and leaves the API's
+/// pods running as they are.
+#[test]
+fn a_damaged_store_is_refused_and_the_node_goes_on() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.write_manifest("static.yaml", &nodelet_tests::sleeper_pod("static"));
+    node.kubectl_create(&pods_yaml("api", 1), &[])?;
+    let before = wait_running(
+        &node,
+        &["api-0".to_owned(), format!("static-{}", node.name)],
+    )?;
+    let db = node.dir.join("root/api.db");
+    for damage in ["garbage", "empty"] {
+        node.stop_agent(Signal::SIGKILL)?;
+        let mut data = std::fs::read(&db)?;
+        match damage {
+            "garbage" => {
+                let len = data.len();
+                for b in &mut data[len / 4..len / 2] {
+                    *b = 0xa5;
+                }
+                data[0..8].copy_from_slice(b"garbage!");
+            }
+            _ => data.clear(),
+        }
+        std::fs::write(&db, &data)?;
+        node.start_agent()?;
+        let refused = wait_for("the store refused", T, || {
+            let log = node.agent_log();
+            log.contains("the built-in API is not served")
+                .then_some(log)
+        })?;
+        ensure!(refused.contains(&db.display().to_string()), "{refused}");
+        ensure!(
+            refused.contains("restore a backup"),
+            "{damage}: no advice: {refused}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let running = wait_running(
+            &node,
+            &["api-0".to_owned(), format!("static-{}", node.name)],
+        )?;
+        ensure!(running == before, "{damage}: pods changed: {running:?}");
+        ensure!(
+            std::fs::read(&db)? == data,
+            "{damage}: the store file was changed"
+        );
+        // The kubelet API answers.
+        let healthz = node
+            .api_curl(true)?
+            .args(["-k", "https://127.0.0.1:10250/healthz"])
+            .output()?;
+        ensure!(
+            String::from_utf8_lossy(&healthz.stdout) == "ok",
+            "{damage}: kubelet API"
+        );
+        // Start over with an empty store, as the message says: the API pod is then gone.
+        std::fs::File::create(node.dir.join("agent.log"))?;
+    }
+    node.stop_agent(Signal::SIGTERM)?;
+    std::fs::remove_file(&db)?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.remove_manifest("static.yaml");
+    wait_for("every pod gone", T, || {
+        by_name(&node).is_empty().then_some(())
+    })?;
+    wait_for("every shim gone", T, || {
+        shims(&node).is_empty().then_some(())
+    })?;
+    node.assert_clean()
+}

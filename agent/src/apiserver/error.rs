@@ -140,6 +140,10 @@ impl ApiError {
         )
     }
 
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        ApiError::new(507, "InsufficientStorage", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }

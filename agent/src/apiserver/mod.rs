@@ -30,7 +30,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tracing::info;
 
-pub use store::Store;
+pub use store::{Store, StoreError};
 
 pub struct Options<'a> {
     pub address: SocketAddr,
@@ -46,7 +46,7 @@ pub struct Options<'a> {
 
 /// Starts the API on `options.address`; returns once it is listening and the kubeconfig is written.
 pub async fn start(options: Options<'_>) -> anyhow::Result<()> {
-    let store = Arc::new(Store::open(&options.database)?);
+    let store = Arc::new(open_store(&options.database).await?);
     handlers::seed(&store).map_err(|e| anyhow::anyhow!("seed namespaces: {}", e.message))?;
     let pki = options.pki;
     let listener = tokio::net::TcpListener::bind(options.address)
@@ -72,6 +72,37 @@ pub async fn start(options: Options<'_>) -> anyhow::Result<()> {
     tokio::spawn(controllers::run(store));
     info!(%url, kubeconfig = %options.kubeconfig.display(), "built-in Kubernetes API serving");
     Ok(())
+}
+
+/// Opens the store once `nodelet check-store` has read it through in a process of its own: redb
+/// panics on some damage (an abort in a release build), which must stop that check, not the
+/// agent and its pods.
+async fn open_store(path: &std::path::Path) -> Result<Store, store::StoreError> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("nodelet"));
+        let checked = tokio::process::Command::new(exe)
+            .arg("check-store")
+            .arg(path)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await;
+        match checked {
+            Ok(out) if out.status.success() => {}
+            Ok(out) if out.status.code().is_some() => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let message = stderr.trim().trim_start_matches("nodelet: ").to_owned();
+                return Err(store::StoreError::Checked(message));
+            }
+            Ok(_) => {
+                return Err(store::StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    reason: "reading it crashed the store's reader".to_owned(),
+                })
+            }
+            Err(e) => tracing::warn!(error = %e, "could not run the store check; opening directly"),
+        }
+    }
+    Store::open(path)
 }
 
 /// Go's name for this machine's architecture (`kubernetes.io/arch`, `/version`'s platform).

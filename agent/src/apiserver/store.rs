@@ -87,13 +87,62 @@ pub enum StoreError {
     },
     #[error("read database")]
     Read(#[source] redb::Error),
-    #[error("object {key} in the database is not valid JSON")]
-    Corrupt {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(
+        "{path} is corrupt ({reason}): move it aside and restore a backup, or remove it to start \
+         with an empty API"
+    )]
+    Corrupt { path: String, reason: String },
+    #[error(
+        "{path} exists but is empty: the API's data was lost; restore a backup, or remove it to \
+         start with an empty API"
+    )]
+    Empty { path: String },
+    /// What `nodelet check-store` found, in its words.
+    #[error("{0}")]
+    Checked(String),
 }
+
+/// Stored values: a version byte, the sha256 of the key and the JSON, then the JSON. redb checks
+/// its pages' checksums only when it repairs a file; this catches a damaged object at load, by
+/// its key, and one stored under another object's key.
+const VALUE_V1: u8 = 1;
+
+fn value_digest(key: &str, json: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0]);
+    h.update(json);
+    h.finalize().into()
+}
+
+fn encode_value(key: &str, json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(33 + json.len());
+    out.push(VALUE_V1);
+    out.extend_from_slice(&value_digest(key, json));
+    out.extend_from_slice(json);
+    out
+}
+
+/// The JSON of a stored value, checked; values written before checksums (plain JSON) pass as
+/// they are, and get one at their next write.
+fn decode_value<'a>(key: &str, value: &'a [u8]) -> Result<&'a [u8], String> {
+    match value.split_first() {
+        Some((b'{', _)) => Ok(value),
+        Some((&VALUE_V1, rest)) if rest.len() >= 32 => {
+            let (digest, json) = rest.split_at(32);
+            if digest == value_digest(key, json) {
+                Ok(json)
+            } else {
+                Err("checksum mismatch".into())
+            }
+        }
+        _ => Err("unknown value format".into()),
+    }
+}
+
+/// When a failed write is retried: the database is reopened at most this often.
+const REOPEN_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl State {
     fn current(&self, key: &Key) -> Result<Object, ApiError> {
@@ -110,36 +159,56 @@ struct State {
     history: VecDeque<Arc<Change>>,
     /// Watches from this version on can be served from `history`.
     floor: u64,
+    /// The database, `None` after a write failed: redb answers every later call with
+    /// "Previous I/O error" until it is closed and opened again (its repair then keeps the last
+    /// commit), which the next write does, so writes resume once the disk has room again.
+    db: Option<Database>,
+    reopen_after: std::time::Instant,
+    /// The change whose write failed: it may still have reached the disk (written, then the
+    /// fsync failed); after reopening, the stored resourceVersion tells.
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    key: Key,
+    change: Arc<Change>,
 }
 
 pub struct Store {
-    db: Database,
+    path: std::path::PathBuf,
     state: Mutex<State>,
     changes: broadcast::Sender<Arc<Change>>,
 }
 
 impl Store {
+    /// Opens the store, or makes an empty one where no file is. A file that cannot be read
+    /// whole (corrupt, truncated, emptied) is refused with what to do, never replaced.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source: redb::Error| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
-        let db = Database::create(path).map_err(|e| open_err(e.into()))?;
-        // It holds Secrets: owner only, like etcd's files.
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| open_err(redb::Error::Io(e)))?;
-        let (rv, objects) = load(&db)?;
+        let db = open_db(path)?;
+        let (rv, objects) = load(&db, path)?;
         let (changes, _) = broadcast::channel(4096);
         Ok(Store {
-            db,
+            path: path.to_owned(),
             state: Mutex::new(State {
                 rv,
                 objects,
                 history: VecDeque::new(),
                 floor: rv,
+                db: Some(db),
+                reopen_after: std::time::Instant::now(),
+                pending: None,
             }),
             changes,
         })
+    }
+
+    /// Reads a store file through, as `open` would, and says how many objects it holds. Run in
+    /// a process of its own before the agent opens the file: redb panics on some damage, and a
+    /// release build aborts on a panic.
+    pub fn check(path: &Path) -> Result<(usize, u64), StoreError> {
+        let db = open_db(path)?;
+        let (rv, objects) = load(&db, path)?;
+        Ok((objects.len(), rv))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -248,29 +317,6 @@ impl Store {
         let rv = state.rv + 1;
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
         let obj = Arc::new(obj);
-        let db_key = key.db_key();
-        let write = || -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
-            {
-                let mut objects = txn.open_table(OBJECTS)?;
-                if kind == ChangeType::Deleted {
-                    objects.remove(db_key.as_str())?;
-                } else {
-                    let bytes = serde_json::to_vec(&*obj).expect("serialise JSON value");
-                    objects.insert(db_key.as_str(), bytes.as_slice())?;
-                }
-                txn.open_table(META)?.insert("resourceVersion", rv)?;
-            }
-            txn.commit()?;
-            Ok(())
-        };
-        write().map_err(|e| ApiError::internal(format!("storage: write {db_key}: {e}")))?;
-        state.rv = rv;
-        if kind == ChangeType::Deleted {
-            state.objects.remove(&key);
-        } else {
-            state.objects.insert(key, obj.clone());
-        }
         let change = Arc::new(Change {
             rv,
             resource,
@@ -278,6 +324,63 @@ impl Store {
             object: obj.clone(),
             previous,
         });
+        let db_key = key.db_key();
+        let db = self.writable(state)?;
+        if let Err(e) = write(db, &db_key, &change) {
+            // Closed now, reopened by a later write: see `State::db`.
+            state.db = None;
+            state.reopen_after = std::time::Instant::now() + REOPEN_BACKOFF;
+            state.pending = Some(Pending { key, change });
+            return Err(storage_error(&db_key, &e));
+        }
+        self.apply(state, key, change);
+        Ok(obj)
+    }
+
+    /// The database for a write, reopened after a failed one. A change whose write failed but
+    /// reached the disk anyway is made visible first, so memory and disk agree again.
+    fn writable<'s>(&self, state: &'s mut State) -> Result<&'s Database, ApiError> {
+        if state.db.is_none() {
+            let unavailable = || {
+                ApiError::internal(format!(
+                    "storage: {} is unavailable after a failed write; retrying",
+                    self.path.display()
+                ))
+            };
+            if std::time::Instant::now() < state.reopen_after {
+                return Err(unavailable());
+            }
+            state.reopen_after = std::time::Instant::now() + REOPEN_BACKOFF;
+            let db = open_db(&self.path).map_err(|e| {
+                tracing::warn!(error = %crate::error_chain(&e), "reopen the API's store");
+                unavailable()
+            })?;
+            let stored = stored_rv(&db).map_err(|_| unavailable())?;
+            match state.pending.take() {
+                Some(p) if stored == p.change.rv => self.apply(state, p.key, p.change),
+                _ if stored == state.rv => {}
+                pending => {
+                    state.pending = pending;
+                    return Err(ApiError::internal(format!(
+                        "storage: {} holds resourceVersion {stored}, the API {}; restart nodelet",
+                        self.path.display(),
+                        state.rv
+                    )));
+                }
+            }
+            tracing::info!(path = %self.path.display(), "the API's store is writable again");
+            state.db = Some(db);
+        }
+        Ok(state.db.as_ref().expect("database open"))
+    }
+
+    fn apply(&self, state: &mut State, key: Key, change: Arc<Change>) {
+        state.rv = change.rv;
+        if change.kind == ChangeType::Deleted {
+            state.objects.remove(&key);
+        } else {
+            state.objects.insert(key, change.object.clone());
+        }
         if state.history.len() == HISTORY {
             if let Some(old) = state.history.pop_front() {
                 state.floor = old.rv;
@@ -285,7 +388,6 @@ impl Store {
         }
         state.history.push_back(change.clone());
         let _ = self.changes.send(change);
-        Ok(obj)
     }
 
     /// The changes to `resource` after version `from`, and a receiver for those still to come,
@@ -313,37 +415,142 @@ impl Store {
     }
 }
 
-fn load(db: &Database) -> Result<(u64, BTreeMap<Key, Object>), StoreError> {
-    let txn = db.begin_write().map_err(|e| StoreError::Read(e.into()))?;
+/// One change, written and committed in one transaction with the new resourceVersion.
+fn write(db: &Database, db_key: &str, change: &Change) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut objects = txn.open_table(OBJECTS)?;
+        if change.kind == ChangeType::Deleted {
+            objects.remove(db_key)?;
+        } else {
+            let json = serde_json::to_vec(&*change.object).expect("serialise JSON value");
+            objects.insert(db_key, encode_value(db_key, &json).as_slice())?;
+        }
+        txn.open_table(META)?.insert("resourceVersion", change.rv)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// 507 while the disk is full (kube-apiserver's etcd says "database space exceeded"), 500 for
+/// any other failure; either way the write did not take effect as far as the client knows.
+fn storage_error(db_key: &str, e: &redb::Error) -> ApiError {
+    let full = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.raw_os_error() == Some(libc::ENOSPC));
+    let message = format!("storage: write {db_key}: {e}");
+    if full {
+        ApiError::insufficient_storage(message)
+    } else {
+        ApiError::internal(message)
+    }
+}
+
+/// The database file, made (owner only) where there is none.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.display().to_string();
+    let open_err = |source: redb::Error| StoreError::Open {
+        path: name.clone(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| open_err(redb::Error::Io(e)))?;
+            return redb::Builder::new()
+                .create_file(file)
+                .map_err(|e| open_err(e.into()));
+        }
+        Err(e) => return Err(open_err(redb::Error::Io(e))),
+        Ok(meta) if meta.len() == 0 => return Err(StoreError::Empty { path: name }),
+        Ok(_) => {}
+    }
+    // It holds Secrets: owner only, like etcd's files.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| open_err(redb::Error::Io(e)))?;
+    let mut db = redb::Builder::new()
+        .set_repair_callback({
+            let name = name.clone();
+            move |_| tracing::warn!(path = %name, "repairing the API's store")
+        })
+        .open(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => open_err(e.into()),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                open_err(redb::Error::Io(io))
+            }
+            other => StoreError::Corrupt {
+                path: name.clone(),
+                reason: other.to_string(),
+            },
+        })?;
+    match db.check_integrity() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(path = %path.display(), "the API's store was repaired: back to its last whole commit")
+        }
+        Err(e) => {
+            return Err(StoreError::Corrupt {
+                path: name,
+                reason: e.to_string(),
+            })
+        }
+    }
+    Ok(db)
+}
+
+fn stored_rv(db: &Database) -> Result<u64, redb::Error> {
+    let read = db.begin_read()?;
+    match read.open_table(META) {
+        Ok(meta) => Ok(meta.get("resourceVersion")?.map(|v| v.value()).unwrap_or(0)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every object of the file, each checked; all the damaged ones are named at once.
+fn load(db: &Database, path: &Path) -> Result<(u64, BTreeMap<Key, Object>), StoreError> {
+    let read_err = |e: redb::Error| StoreError::Read(e);
+    let txn = db.begin_write().map_err(|e| read_err(e.into()))?;
     {
         // Create the tables on first start, so reads below find them.
-        txn.open_table(OBJECTS)
-            .map_err(|e| StoreError::Read(e.into()))?;
-        txn.open_table(META)
-            .map_err(|e| StoreError::Read(e.into()))?;
+        txn.open_table(OBJECTS).map_err(|e| read_err(e.into()))?;
+        txn.open_table(META).map_err(|e| read_err(e.into()))?;
     }
-    txn.commit().map_err(|e| StoreError::Read(e.into()))?;
-    let read = db.begin_read().map_err(|e| StoreError::Read(e.into()))?;
-    let meta = read
-        .open_table(META)
-        .map_err(|e| StoreError::Read(e.into()))?;
-    let rv = meta
-        .get("resourceVersion")
-        .map_err(|e| StoreError::Read(e.into()))?
-        .map(|v| v.value())
-        .unwrap_or(0);
-    let table = read
-        .open_table(OBJECTS)
-        .map_err(|e| StoreError::Read(e.into()))?;
+    txn.commit().map_err(|e| read_err(e.into()))?;
+    let rv = stored_rv(db).map_err(read_err)?;
+    let read = db.begin_read().map_err(|e| read_err(e.into()))?;
+    let table = read.open_table(OBJECTS).map_err(|e| read_err(e.into()))?;
     let mut objects = BTreeMap::new();
-    for entry in table.iter().map_err(|e| StoreError::Read(e.into()))? {
-        let (k, v) = entry.map_err(|e| StoreError::Read(e.into()))?;
+    let mut bad = Vec::new();
+    for entry in table.iter().map_err(|e| read_err(e.into()))? {
+        let (k, v) = entry.map_err(|e| read_err(e.into()))?;
         let key = k.value().to_owned();
-        let obj: Value =
-            serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                key: key.clone(),
-                source,
-            })?;
+        let parsed = decode_value(&key, v.value()).and_then(|json| {
+            let obj: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+            let version = str_at(&obj, "resourceVersion").parse::<u64>().unwrap_or(0);
+            if version > rv {
+                return Err(format!(
+                    "resourceVersion {version} is past the store's {rv}"
+                ));
+            }
+            Ok(obj)
+        });
+        let obj = match parsed {
+            Ok(obj) => obj,
+            Err(reason) => {
+                bad.push(format!("{key}: {reason}"));
+                continue;
+            }
+        };
         let Some(resource) = key
             .split('/')
             .next()
@@ -351,7 +558,18 @@ fn load(db: &Database) -> Result<(u64, BTreeMap<Key, Object>), StoreError> {
         else {
             continue;
         };
-        objects.insert(Key::of(resource, &obj), Arc::new(obj));
+        let key_of = Key::of(resource, &obj);
+        if key_of.db_key() != key {
+            bad.push(format!("{key}: holds {}", key_of.db_key()));
+            continue;
+        }
+        objects.insert(key_of, Arc::new(obj));
+    }
+    if !bad.is_empty() {
+        return Err(StoreError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("damaged objects: {}", bad.join("; ")),
+        });
     }
     Ok((rv, objects))
 }
@@ -415,5 +633,60 @@ mod tests {
         assert_eq!(replay[0].kind, ChangeType::Modified);
         let (items, rv) = store.list(Resource::Pods, None);
         assert_eq!((items.len(), rv), (1, 3));
+    }
+
+    #[test]
+    fn damaged_or_emptied_files_are_refused_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.db");
+        {
+            let store = Store::open(&path).unwrap();
+            store.create(Resource::Pods, pod("a")).unwrap();
+            store.create(Resource::Pods, pod("b")).unwrap();
+        }
+        // One damaged value, and one stored under another object's key: both named.
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(OBJECTS).unwrap();
+                let good = t.get("pods/default/a").unwrap().unwrap().value().to_vec();
+                let mut bad = good.clone();
+                *bad.last_mut().unwrap() ^= 1;
+                t.insert("pods/default/a", bad.as_slice()).unwrap();
+                let json = decode_value("pods/default/a", &good).unwrap().to_vec();
+                t.insert(
+                    "pods/default/c",
+                    encode_value("pods/default/c", &json).as_slice(),
+                )
+                .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = Store::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("pods/default/a: checksum mismatch"), "{err}");
+        assert!(
+            err.contains("pods/default/c: holds pods/default/a"),
+            "{err}"
+        );
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        // Garbage and an emptied file: refused, and left as they are.
+        std::fs::write(&path, b"not a database at all, just bytes").unwrap();
+        let err = Store::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("is corrupt"), "{err}");
+        std::fs::write(&path, b"").unwrap();
+        let err = Store::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("exists but is empty"), "{err}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn values_carry_a_checksum_of_key_and_content() {
+        let v = encode_value("pods/default/a", b"{}");
+        assert_eq!(decode_value("pods/default/a", &v), Ok(&b"{}"[..]));
+        assert!(decode_value("pods/default/b", &v).is_err());
+        // Written before checksums: plain JSON.
+        assert_eq!(decode_value("k", b"{\"a\":1}"), Ok(&b"{\"a\":1}"[..]));
+        assert!(decode_value("k", b"").is_err());
     }
 }
