@@ -569,3 +569,114 @@ fn a_damaged_store_is_refused_and_the_node_goes_on() -> Result<()> {
     })?;
     node.assert_clean()
 }
+
+/// Runs `work` on a thread of its own inside the node's network namespace (sockets it opens
+/// stay there); the thread ends with the work.
+fn in_node_netns<T: Send + 'static>(
+    node: &TestNode,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let netns = std::fs::File::open(format!("/proc/{}/ns/net", node.reaper))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        work()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in the node's namespace panicked"))
+}
+
+/// How many of the connections the server has not closed.
+fn still_open(conns: &mut [std::net::TcpStream]) -> usize {
+    conns
+        .iter_mut()
+        .map(|c| {
+            c.set_nonblocking(true).expect("nonblocking");
+            is_open(c)
+        })
+        .filter(|open| *open)
+        .count()
+}
+
+/// Whether the server still holds the connection: a read would block rather than see its end.
+fn is_open(c: &mut impl std::io::Read) -> bool {
+    let mut b = [0u8; 1];
+    matches!(c.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Thousands of idle connections to the kubelet API, and connections that send their headers a
+/// byte at a time, wedge nothing: each listener holds at most 1,024 from one address, closes
+/// those that never finish a TLS handshake (10 s) or their headers (30 s), and the node, its
+/// pods and its other listener go on.
+#[test]
+fn idle_and_slow_connections_are_bounded_and_closed() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(&pods_yaml("steady", 1), &[])?;
+    let before = wait_running(&node, &names("steady", 1))?;
+    let (mut idle, slow) = in_node_netns(&node, || {
+        let idle: Vec<std::net::TcpStream> = (0..3000)
+            .filter_map(|_| std::net::TcpStream::connect("127.0.0.1:10250").ok())
+            .collect();
+        // TLS done, then a request line a byte at a time, never finished.
+        let mut connector =
+            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).expect("tls");
+        connector.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        let connector = connector.build();
+        let slow: Vec<_> = (0..20)
+            .filter_map(|_| {
+                let tcp = std::net::TcpStream::connect("127.0.0.1:6443").ok()?;
+                connector.connect("localhost", tcp).ok()
+            })
+            .collect();
+        (idle, slow)
+    })?;
+    ensure!(
+        idle.len() == 3000 && slow.len() == 20,
+        "connections refused at connect"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let held = still_open(&mut idle);
+    ensure!(
+        held <= 1024,
+        "{held} idle connections from one address held"
+    );
+    // Meanwhile everything works: the API (another listener), the pod, the agent.
+    ensure!(node.kubectl_ok(&["get", "pods"])?.contains("steady-0"));
+    let slow = std::sync::Arc::new(std::sync::Mutex::new(slow));
+    let feeding = {
+        let slow = slow.clone();
+        std::thread::spawn(move || {
+            for i in 0..40 {
+                for s in slow.lock().expect("slow").iter_mut() {
+                    let _ =
+                        std::io::Write::write_all(s, &[b"GET /api/v1/pods HTTP/1.1\r\n"[i % 27]]);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(12));
+    ensure!(
+        still_open(&mut idle) == 0,
+        "connections without a handshake still held"
+    );
+    feeding.join().expect("feeding thread");
+    let open = slow
+        .lock()
+        .expect("slow")
+        .iter_mut()
+        .map(|s| {
+            let _ = s.get_ref().set_nonblocking(true);
+            is_open(s)
+        })
+        .filter(|open| *open)
+        .count();
+    ensure!(
+        open == 0,
+        "{open} slow-header connections still held after 40 s"
+    );
+    ensure!(wait_running(&node, &names("steady", 1))? == before);
+    drop(idle);
+    delete_all_and_check_clean(&node)
+}
