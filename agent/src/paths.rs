@@ -61,8 +61,15 @@ impl NodePaths {
     pub fn control_socket(&self) -> PathBuf {
         self.run.join("nodelet.sock")
     }
+    /// kubelet's `<ns>_<name>_<uid>`, with the name cut so the whole fits NAME_MAX (255): a
+    /// 253-character pod name is valid, a 350-character file name is not.
     pub fn pod_logs(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
-        self.logs.join(format!("{namespace}_{name}_{uid}"))
+        let room = 255usize.saturating_sub(namespace.len() + uid.len() + 2);
+        let cut = name
+            .char_indices()
+            .nth(room)
+            .map_or(name, |(i, _)| &name[..i]);
+        self.logs.join(format!("{namespace}_{cut}_{uid}"))
     }
     pub fn container_log(
         &self,
@@ -75,5 +82,26 @@ impl NodePaths {
         self.pod_logs(namespace, name, uid)
             .join(container)
             .join(format!("{attempt}.log"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_directories_fit_a_file_name() {
+        let paths = super::NodePaths {
+            root: "/r".into(),
+            run: "/run".into(),
+            logs: "/logs".into(),
+        };
+        let name = "n".repeat(253);
+        let ns = "s".repeat(63);
+        let dir = paths.pod_logs(&ns, &name, "0123456789abcdef0123456789abcdef0123");
+        let file = dir.file_name().unwrap().len();
+        assert_eq!(file, 255);
+        assert_eq!(
+            paths.pod_logs("default", "web", "u"),
+            std::path::Path::new("/logs/default_web_u")
+        );
     }
 }

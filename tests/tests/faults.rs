@@ -680,3 +680,68 @@ fn idle_and_slow_connections_are_bounded_and_closed() -> Result<()> {
     drop(idle);
     delete_all_and_check_clean(&node)
 }
+
+/// Objects kube-apiserver would refuse are refused with its errors, naming the field; a pod with
+/// the longest valid name runs.
+#[test]
+fn oversized_and_malformed_objects_are_refused() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let refused = |yaml: &str, expect: &str| -> Result<()> {
+        let out = node.kubectl_with("kubectl", &["create", "-f", "-"], Some(yaml));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success(),
+            "accepted: {}",
+            &yaml[..yaml.len().min(200)]
+        );
+        ensure!(
+            stderr.contains(expect),
+            "expected {expect:?} in: {}",
+            &stderr[..stderr.len().min(600)]
+        );
+        ensure!(
+            stderr.len() < 4096,
+            "the error echoes the input: {} bytes",
+            stderr.len()
+        );
+        Ok(())
+    };
+    let pod = |meta: &str, extra: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, {meta}}}\nspec:\n{extra}  containers:\n  - {{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}\n")
+    };
+    refused(
+        &pod(&format!("labels: {{k: {}}}", "v".repeat(1_000_000)), ""),
+        "must be no more than 63 characters",
+    )?;
+    refused(&pod("labels: {'bad key': v}", ""), "metadata.labels")?;
+    refused(
+        &pod(&format!("annotations: {{k: {}}}", "a".repeat(300_000)), ""),
+        "metadata.annotations: Too long: must have at most 262144 bytes",
+    )?;
+    refused(
+        &pod("", "  volumes: [{name: v, emptyDir: {}}]\n").replace(
+            "command: [sleep, '3600']}",
+            "command: [sleep, '3600'], volumeMounts: [{name: v, mountPath: /proc/sys}]}",
+        ),
+        "spec.containers[0].volumeMounts[0].mountPath",
+    )?;
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: big}}\nstringData: {{k: {}}}\n",
+        "s".repeat(1_100_000)
+    );
+    refused(&secret, "data: Too long: must have at most 1048576 bytes")?;
+    for selector in ["a in ()", "a!=b,,,"] {
+        let out = node.kubectl(&["get", "pods", "-l", selector]);
+        ensure!(!out.status.success(), "selector {selector:?} accepted");
+    }
+    // 253 characters: valid, and it runs (its log directory name is cut to fit).
+    let long = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(61));
+    node.kubectl_create(
+        &pod("", "").replace("name: p,", &format!("name: {long},")),
+        &[],
+    )?;
+    wait_running(&node, &[long])?;
+    delete_all_and_check_clean(&node)
+}

@@ -5,6 +5,7 @@
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -515,6 +516,9 @@ fn validate(resource: Resource, obj: &Value) -> Result<(), ApiError> {
             )],
         ));
     }
+    let meta: ObjectMeta = serde_json::from_value(obj["metadata"].clone())
+        .map_err(|e| ApiError::bad_request(format!("metadata: {e}")))?;
+    manifest::validate_meta(&meta).map_err(field_error)?;
     match resource {
         Resource::Namespaces => manifest::check_label("metadata.name", name).map_err(field_error),
         Resource::Pods => {
@@ -530,6 +534,8 @@ fn validate(resource: Resource, obj: &Value) -> Result<(), ApiError> {
         _ => manifest::check_subdomain("metadata.name", name).map_err(field_error),
     }
 }
+
+const SECRET_MAX: usize = 1024 * 1024;
 
 /// A secret keeps its type, and an immutable one its data.
 fn check_secret_update(old: &Value, new: &Value) -> Result<(), ApiError> {
@@ -563,6 +569,19 @@ fn check_secret_update(old: &Value, new: &Value) -> Result<(), ApiError> {
 /// their key with JSON in it.
 fn validate_secret(obj: &Value) -> Result<(), (String, String)> {
     let data = obj["data"].as_object();
+    // `MaxSecretSize`: the decoded data, 1 MiB in all.
+    let size: usize = data
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.as_str())
+        .map(|b64| b64.len() / 4 * 3 - b64.bytes().rev().take_while(|b| *b == b'=').count())
+        .sum();
+    if size > SECRET_MAX {
+        return Err((
+            "data".into(),
+            format!("Too long: must have at most {SECRET_MAX} bytes"),
+        ));
+    }
     for key in data.into_iter().flatten().map(|(k, _)| k) {
         let valid = !key.is_empty()
             && key.len() <= 253

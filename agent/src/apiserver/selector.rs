@@ -23,14 +23,18 @@ pub struct LabelSelector(Vec<Requirement>);
 impl LabelSelector {
     pub fn parse(text: &str) -> Result<LabelSelector, ApiError> {
         let mut reqs = Vec::new();
+        if text.trim().is_empty() {
+            return Ok(LabelSelector(reqs));
+        }
+        let invalid =
+            |why: String| ApiError::bad_request(format!("unable to parse requirement: {why}"));
         for term in split_terms(text) {
             let term = term.trim();
+            // As `labels.Parse`: "a=b,,", "a=b," and ",a" are errors, not empty requirements.
             if term.is_empty() {
-                continue;
+                return Err(invalid("found ',', expected: identifier".into()));
             }
-            reqs.push(parse_term(term).map_err(|why| {
-                ApiError::bad_request(format!("unable to parse requirement: {why}"))
-            })?);
+            reqs.push(parse_term(term).map_err(invalid)?);
         }
         Ok(LabelSelector(reqs))
     }
@@ -102,6 +106,9 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
         let values = term[open + 1..]
             .strip_suffix(')')
             .ok_or_else(|| format!("found '{term}', expected: ')'"))?;
+        if values.trim().is_empty() {
+            return Err("for 'in', 'notin' operators, values set can't be empty".into());
+        }
         let values: Vec<String> = values
             .split(',')
             .map(|v| check_value(v.trim()))
@@ -267,7 +274,19 @@ mod tests {
 
     #[test]
     fn bad_label_selectors_are_400() {
-        for s in ["env in prod", "a b", "-x=y", "k=v v", "k in (a", "k=(x)"] {
+        for s in [
+            "env in prod",
+            "a b",
+            "-x=y",
+            "k=v v",
+            "k in (a",
+            "k=(x)",
+            "a in ()",
+            "a notin ( )",
+            "a!=b,,,",
+            "a=b,",
+            ",a",
+        ] {
             let e = LabelSelector::parse(s).unwrap_err();
             assert_eq!(e.code, 400, "{s}");
         }

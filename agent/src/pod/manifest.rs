@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::quantity;
 
@@ -55,6 +56,7 @@ pub fn validate(pod: &Pod) -> Result<(), FieldError> {
     if let Some(ns) = meta.namespace.as_deref() {
         check_label("metadata.namespace", ns)?;
     }
+    validate_meta(meta)?;
     let spec = pod
         .spec
         .as_ref()
@@ -207,6 +209,15 @@ fn validate_container(
                 format!("Invalid value: {:?}: must be unique", m.mount_path),
             ));
         }
+        if is_proc_mount(&m.mount_path) {
+            return Err(field_err(
+                format!("{mpath}.mountPath"),
+                format!(
+                    "Invalid value: {:?}: mounts over or under /proc are not allowed (runc refuses them)",
+                    m.mount_path
+                ),
+            ));
+        }
         if m.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(field_err(
                 format!("{mpath}.subPath"),
@@ -259,6 +270,110 @@ fn validate_container(
                 )
             })?;
         }
+    }
+    Ok(())
+}
+
+/// runc's `checkProcMount`: nothing is mounted on /proc or below it, except over the few files
+/// that lxcfs-style tools replace.
+fn is_proc_mount(path: &str) -> bool {
+    const ALLOWED: [&str; 10] = [
+        "/proc/cpuinfo",
+        "/proc/diskstats",
+        "/proc/meminfo",
+        "/proc/stat",
+        "/proc/swaps",
+        "/proc/uptime",
+        "/proc/loadavg",
+        "/proc/slabinfo",
+        "/proc/net/dev",
+        "/proc/sys/kernel/ns_last_pid",
+    ];
+    let clean: std::path::PathBuf = std::path::Path::new(path).components().collect();
+    clean.starts_with("/proc") && !ALLOWED.iter().any(|a| clean == std::path::Path::new(a))
+}
+
+/// kube-apiserver's total limit on an object's annotations (`TotalAnnotationSizeLimitB`).
+const ANNOTATIONS_MAX: usize = 256 * 1024;
+
+/// apimachinery's `ValidateObjectMeta` for labels and annotations: qualified-name keys, label
+/// values of at most 63 characters, annotations of at most 256 KiB in all.
+pub fn validate_meta(meta: &ObjectMeta) -> Result<(), FieldError> {
+    for (key, value) in meta.labels.iter().flatten() {
+        check_qualified_name("metadata.labels", key)?;
+        check_label_value("metadata.labels", value)?;
+    }
+    let mut size = 0;
+    for (key, value) in meta.annotations.iter().flatten() {
+        check_qualified_name("metadata.annotations", &key.to_ascii_lowercase())?;
+        size += key.len() + value.len();
+    }
+    if size > ANNOTATIONS_MAX {
+        return Err(field_err(
+            "metadata.annotations",
+            format!("Too long: must have at most {ANNOTATIONS_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters (a label value may also be
+/// empty).
+fn is_name_part(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
+}
+
+const NAME_PART: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+/// apimachinery's `IsQualifiedName`: an optional DNS-subdomain prefix and `/`, then a name part.
+fn check_qualified_name(field: &str, key: &str) -> Result<(), FieldError> {
+    let invalid = |why: &str| field_err(field, format!("Invalid value: {:?}: {why}", shown(key)));
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        if prefix.is_empty() || check_subdomain(field, prefix).is_err() {
+            return Err(invalid("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"));
+        }
+    }
+    if name.len() > 63 {
+        return Err(invalid("name part must be no more than 63 characters"));
+    }
+    if !is_name_part(name) {
+        return Err(invalid(NAME_PART));
+    }
+    Ok(())
+}
+
+/// A value as an error message quotes it: long ones cut (a 1 MB label is not echoed back).
+fn shown(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &value[..end]),
+        None => value.to_owned(),
+    }
+}
+
+/// apimachinery's `IsValidLabelValue`.
+fn check_label_value(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.len() > 63 {
+        return Err(field_err(
+            field,
+            format!(
+                "Invalid value: {:?}: must be no more than 63 characters",
+                shown(value)
+            ),
+        ));
+    }
+    if !value.is_empty() && !is_name_part(value) {
+        return Err(field_err(field, format!("Invalid value: {value:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")));
     }
     Ok(())
 }
@@ -325,10 +440,44 @@ mod tests {
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /v}]}]}", "spec.containers[0].volumeMounts[0].name"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, resources: {limits: {memory: lots}}}]}", "spec.containers[0].resources.limits[memory]"),
             ("metadata: {name: web}\nspec: {volumes: [{name: v, hostPath: {path: rel}}], containers: [{name: a, image: b}]}", "spec.volumes[0].hostPath.path"),
+            ("metadata: {name: web, labels: {'bad key': x}}\nspec: {containers: [{name: a, image: b}]}", "metadata.labels"),
+            ("metadata: {name: web, labels: {'Example.com/x': x}}\nspec: {containers: [{name: a, image: b}]}", "metadata.labels"),
+            ("metadata: {name: web, labels: {k: '-x'}}\nspec: {containers: [{name: a, image: b}]}", "metadata.labels"),
+            ("metadata: {name: web, annotations: {'a/b/c': x}}\nspec: {containers: [{name: a, image: b}]}", "metadata.annotations"),
+            ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc/sys}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
+            ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
         ];
         for (yaml, field) in cases {
             assert_eq!(check(yaml).unwrap_err().field, field, "{yaml}");
         }
+    }
+
+    #[test]
+    fn label_and_annotation_sizes_are_kube_apiservers() {
+        let pod = |meta: &str| {
+            format!(
+                "metadata: {{name: web, {meta}}}\nspec: {{containers: [{{name: a, image: b}}]}}"
+            )
+        };
+        let long = "v".repeat(64);
+        let e = check(&pod(&format!("labels: {{k: {long}}}"))).unwrap_err();
+        assert!(
+            e.reason.contains("must be no more than 63 characters"),
+            "{e}"
+        );
+        assert!(e.reason.len() < 200, "the value is not echoed whole: {e}");
+        assert!(check(&pod(&format!(
+            "labels: {{example.com/k: {}}}",
+            "v".repeat(63)
+        )))
+        .is_ok());
+        assert!(check(&pod("labels: {k: ''}")).is_ok());
+        let big = "a".repeat(256 * 1024);
+        let e = check(&pod(&format!("annotations: {{k: {big}}}"))).unwrap_err();
+        assert_eq!(e.reason, "Too long: must have at most 262144 bytes");
+        assert!(check(&pod(&format!("annotations: {{k: {}}}", &big[..200_000]))).is_ok());
+        // Lower-case checked: annotations keys are case-insensitive in their prefix.
+        assert!(check(&pod("annotations: {Example.COM/Key: v}")).is_ok());
     }
 
     #[test]
