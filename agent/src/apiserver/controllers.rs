@@ -18,12 +18,20 @@ use super::store::Store;
 
 const RESYNC: Duration = Duration::from_secs(5);
 
+/// kube-apiserver's `--event-ttl` default: an event is kept an hour after its last update.
+const EVENT_TTL: Duration = Duration::from_secs(3600);
+
 pub async fn run(store: Arc<Store>) {
     let mut changes = store.subscribe();
     let mut scheduler = Scheduler::default();
+    let mut events_swept = tokio::time::Instant::now();
     loop {
         scheduler.pass(&store);
         namespaces(&store);
+        if events_swept.elapsed() >= Duration::from_secs(60) {
+            expire_events(&store, jiff::Timestamp::now(), EVENT_TTL);
+            events_swept = tokio::time::Instant::now();
+        }
         tokio::select! {
             _ = changes.recv() => {
                 // Let a burst of changes settle, then look once.
@@ -31,6 +39,29 @@ pub async fn run(store: Arc<Store>) {
                 while changes.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+/// Deletes the events last written more than `ttl` before `now`.
+fn expire_events(store: &Store, now: jiff::Timestamp, ttl: Duration) {
+    let written = |e: &Value| {
+        ["lastTimestamp", "eventTime"]
+            .iter()
+            .map(|f| &e[f])
+            .chain([&e["metadata"]["creationTimestamp"]])
+            .filter_map(|t| t.as_str()?.parse::<jiff::Timestamp>().ok())
+            .max()
+    };
+    let cutoff = now - jiff::SignedDuration::try_from(ttl).unwrap_or_default();
+    for event in all(store, Resource::Events, None) {
+        if written(&event).is_some_and(|t| t < cutoff) {
+            let _ = store.remove(
+                Resource::Events,
+                namespace_of(&event),
+                name_of(&event),
+                |_| Ok(()),
+            );
         }
     }
 }
@@ -241,5 +272,32 @@ fn namespaces(store: &Store) {
                 warn!(namespace = name, error = %e.message, "finalize namespace");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_expire_an_hour_after_their_last_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("api.db")).unwrap();
+        let now: jiff::Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
+        for (name, created, last) in [
+            ("old", "2026-12-01T10:00:00Z", "2026-12-01T10:30:00Z"),
+            ("repeated", "2026-12-01T10:00:00Z", "2026-12-01T11:30:00Z"),
+            ("new", "2026-12-01T11:59:00Z", "2026-12-01T11:59:00Z"),
+        ] {
+            let event = json!({"metadata": {"name": name, "namespace": "default",
+                "creationTimestamp": created}, "lastTimestamp": last});
+            store.create(Resource::Events, event).unwrap();
+        }
+        expire_events(&store, now, EVENT_TTL);
+        let left: Vec<String> = all(&store, Resource::Events, None)
+            .iter()
+            .map(|e| name_of(e).to_owned())
+            .collect();
+        assert_eq!(left, ["new", "repeated"]);
     }
 }

@@ -18,8 +18,10 @@ use super::resource::Resource;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Changes kept for watches that resume from an older resourceVersion.
+/// Changes kept for watches that resume from an older resourceVersion: at most this many, and
+/// at most this many bytes of objects (a window of huge objects is shorter, not bigger).
 const HISTORY: usize = 10_000;
+const HISTORY_BYTES: usize = 64 * 1024 * 1024;
 
 pub type Object = Arc<Value>;
 
@@ -39,6 +41,8 @@ pub struct Change {
     pub resource: Resource,
     pub kind: ChangeType,
     pub object: Object,
+    /// `object` as JSON, serialised once (for the database) and shared by every watch.
+    pub json: bytes::Bytes,
     /// The object before this change (for watches whose selector it stopped or started matching).
     pub previous: Option<Object>,
 }
@@ -159,6 +163,8 @@ struct State {
     history: VecDeque<Arc<Change>>,
     /// Watches from this version on can be served from `history`.
     floor: u64,
+    /// What the objects of `history` weigh as JSON.
+    history_bytes: usize,
     /// The database, `None` after a write failed: redb answers every later call with
     /// "Previous I/O error" until it is closed and opened again (its repair then keeps the last
     /// commit), which the next write does, so writes resume once the disk has room again.
@@ -194,6 +200,7 @@ impl Store {
                 objects,
                 history: VecDeque::new(),
                 floor: rv,
+                history_bytes: 0,
                 db: Some(db),
                 reopen_after: std::time::Instant::now(),
                 pending: None,
@@ -316,12 +323,16 @@ impl Store {
     ) -> Result<Object, ApiError> {
         let rv = state.rv + 1;
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        let json = serde_json::to_vec(&obj)
+            .expect("serialise JSON value")
+            .into();
         let obj = Arc::new(obj);
         let change = Arc::new(Change {
             rv,
             resource,
             kind,
             object: obj.clone(),
+            json,
             previous,
         });
         let db_key = key.db_key();
@@ -381,12 +392,17 @@ impl Store {
         } else {
             state.objects.insert(key, change.object.clone());
         }
-        if state.history.len() == HISTORY {
-            if let Some(old) = state.history.pop_front() {
-                state.floor = old.rv;
-            }
-        }
+        state.history_bytes += change.json.len();
         state.history.push_back(change.clone());
+        while state.history.len() > HISTORY
+            || (state.history_bytes > HISTORY_BYTES && state.history.len() > 1)
+        {
+            let Some(old) = state.history.pop_front() else {
+                break;
+            };
+            state.history_bytes -= old.json.len();
+            state.floor = old.rv;
+        }
         let _ = self.changes.send(change);
     }
 
@@ -423,8 +439,7 @@ fn write(db: &Database, db_key: &str, change: &Change) -> Result<(), redb::Error
         if change.kind == ChangeType::Deleted {
             objects.remove(db_key)?;
         } else {
-            let json = serde_json::to_vec(&*change.object).expect("serialise JSON value");
-            objects.insert(db_key, encode_value(db_key, &json).as_slice())?;
+            objects.insert(db_key, encode_value(db_key, &change.json).as_slice())?;
         }
         txn.open_table(META)?.insert("resourceVersion", change.rv)?;
     }
@@ -688,5 +703,32 @@ mod tests {
         // Written before checksums: plain JSON.
         assert_eq!(decode_value("k", b"{\"a\":1}"), Ok(&b"{\"a\":1}"[..]));
         assert!(decode_value("k", b"").is_err());
+    }
+
+    #[test]
+    fn the_watch_window_is_bounded_by_bytes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("api.db")).unwrap();
+        let big = "x".repeat(1024 * 1024);
+        for i in 0..80 {
+            let mut p = pod(&format!("p{i}"));
+            p["data"] = json!(big);
+            store.create(Resource::Pods, p).unwrap();
+        }
+        let state = store.state();
+        assert!(
+            state.history_bytes <= HISTORY_BYTES,
+            "{}",
+            state.history_bytes
+        );
+        assert!(state.history.len() < 80 && state.floor > 0);
+        drop(state);
+        assert_eq!(store.watch(Resource::Pods, 1).unwrap_err().code, 410);
+        // A watch gets the very bytes the store made.
+        let (replay, _) = store.watch(Resource::Pods, 79).unwrap();
+        assert_eq!(
+            replay[0].json,
+            serde_json::to_vec(&*replay[0].object).unwrap()
+        );
     }
 }

@@ -56,7 +56,9 @@ pub fn start(store: Arc<Store>, req: WatchRequest) -> Result<mpsc::Receiver<Byte
         ),
     };
     let (replay, mut live) = store.watch(req.resource, from)?;
-    let (tx, rx) = mpsc::channel(64);
+    // What one slow client may have queued: then its watch waits, falls behind the changes
+    // kept for it, and is ended with 410 as kube-apiserver ends a watcher it cannot feed.
+    let (tx, rx) = mpsc::channel(192);
     tokio::spawn(async move {
         let mut w = Writer {
             req: &req,
@@ -107,6 +109,17 @@ fn line_bytes(v: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// `{"type":KIND,"object":JSON}` and a newline, from JSON already made.
+fn event_line(kind: &str, json: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(json.len() + kind.len() + 24);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(json);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
 struct Writer<'a> {
     req: &'a WatchRequest,
     tx: &'a mpsc::Sender<Bytes>,
@@ -133,12 +146,26 @@ impl Writer<'_> {
             (ChangeType::Deleted, _, true) => "DELETED",
             _ => return true,
         };
+        if self.req.render == Render::Object {
+            // The object's JSON is the one made when it was stored, shared by every watch (a
+            // chunk of its own, not a copy): a thousand watches hold one copy of a change.
+            let head = Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":"));
+            for chunk in [head, c.json.clone(), Bytes::from_static(b"}\n")] {
+                if self.tx.send(chunk).await.is_err() {
+                    return false;
+                }
+            }
+            return true;
+        }
         self.send(kind, &c.object).await
     }
 
     async fn send(&mut self, kind: &str, obj: &Value) -> bool {
         let object = match self.req.render {
-            Render::Object => obj.clone(),
+            Render::Object => {
+                let json = serde_json::to_vec(obj).expect("serialise JSON value");
+                return self.tx.send(event_line(kind, &json)).await.is_ok();
+            }
             Render::Table { full } => {
                 let rv = obj["metadata"]["resourceVersion"]
                     .as_str()
