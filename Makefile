@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins docker-registry skopeo \
         libssl-dev pkg-config ca-certificates curl gcc apache2-utils umoci openssl
 
-.PHONY: all deps build release images run test bench install uninstall fmt lint clean
+.PHONY: all deps build release images run test bench fuzz install uninstall fmt lint clean
 
 all: build
 
@@ -62,6 +62,11 @@ test: build
 bench: deps
 	$(CARGO) build --release -p nodelet -p nodelet-sandbox -p nodelet-tests --bins
 	NODELET_BIN=$(CURDIR)/target/release/nodelet target/release/bench
+
+# Every fuzz target for FUZZ_SECONDS each (cargo-fuzz on stable, no sanitizer); see CONTRIBUTING.md.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh
 
 install: release
 	install -D -m 0755 target/release/nodelet $(DESTDIR)$(PREFIX)/bin/nodelet

@@ -2,24 +2,12 @@
 //! on the same node state. Pods' shims are the separate, single-threaded `nodelet-shim` binary,
 //! so nothing forks from the agent's multi-threaded runtime (DESIGN.md decision 1).
 
-mod apiserver;
-mod cli;
-mod config;
-mod https;
-mod images;
-mod kubelet;
-mod network;
-mod node;
-mod paths;
-mod pod;
-mod runtime;
-mod source;
+use nodelet::{apiserver, cli, config, node};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sha2::Digest as _;
 
 #[derive(Parser)]
 #[command(
@@ -132,45 +120,4 @@ fn init_tracing() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-}
-
-/// Random hex (ids, temporary names) from the kernel's generator.
-pub fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
-    hex::encode(buf)
-}
-
-/// 16 hex characters of sha256: names derived from content (UIDs, backoff keys).
-pub fn short_hash(data: &[u8]) -> String {
-    hex::encode(&sha2::Sha256::digest(data)[..8])
-}
-
-/// Writes a file readable by its owner only (it may hold Secrets: env values, tokens, keys),
-/// atomically: a reader, or the next agent after a crash, sees the old or the new content,
-/// never half of it (ext4 flushes a file renamed over another before the rename, auto_da_alloc).
-pub fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    std::fs::rename(&tmp, path)
-}
-
-/// An error with its whole source chain, for one log line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    nodelet_sandbox::shim::error_chain(err)
 }

@@ -10,15 +10,15 @@
 
 mod controllers;
 mod discovery;
-mod error;
+pub mod error;
 mod handlers;
 mod http;
 mod objects;
-mod patch;
+pub mod patch;
 pub mod pki;
-mod protobuf;
+pub mod protobuf;
 mod resource;
-mod selector;
+pub mod selector;
 mod store;
 mod table;
 mod watch;
