@@ -745,3 +745,62 @@ fn oversized_and_malformed_objects_are_refused() -> Result<()> {
     wait_running(&node, &[long])?;
     delete_all_and_check_clean(&node)
 }
+
+/// The agent SIGKILLed in the middle of graceful deletions and of an image pull: after a
+/// restart the deleted pods finish going (nothing of them left), the pulled image's pod runs,
+/// the other pods are untouched, and no pull leaves scratch work behind.
+#[test]
+fn agent_sigkill_during_deletion_and_image_pull_loses_and_leaks_nothing() -> Result<()> {
+    let mut node = TestNode::new()?;
+    let registry = nodelet_tests::Registry::start(&node, 5011)?;
+    registry.push(&node, "note", "fault/note", "v1")?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(&pods_yaml("keep", 5), &[])?;
+    let keep = wait_running(&node, &names("keep", 5))?;
+    for (round, delay_ms) in [0u64, 300, 900].into_iter().enumerate() {
+        let batch = format!("gone{round}");
+        node.kubectl_create(&pods_yaml(&batch, 5), &[])?;
+        wait_running(&node, &names(&batch, 5))?;
+        let doomed: Vec<String> = names(&batch, 5);
+        let mut args = vec!["delete", "pods", "--wait=false"];
+        args.extend(doomed.iter().map(String::as_str));
+        node.kubectl_ok(&args)?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        node.stop_agent(Signal::SIGKILL)?;
+        node.start_agent()?;
+        wait_for(&format!("round {round}: the deleted pods gone"), T, || {
+            let pods = by_name(&node);
+            doomed.iter().all(|n| !pods.contains_key(n)).then_some(())
+        })
+        .with_context(|| node.agent_log())?;
+        ensure!(
+            wait_running(&node, &names("keep", 5))? == keep,
+            "round {round}: other pods changed"
+        );
+        ensure!(
+            shims(&node).len() == 5,
+            "round {round}: {} shims",
+            shims(&node).len()
+        );
+    }
+    // A pull cut short: the pod's image comes from the registry after the restart.
+    let image = format!("{}/fault/note:v1", registry.address);
+    for (round, delay_ms) in [0u64, 100].into_iter().enumerate() {
+        let name = format!("pulled{round}");
+        node.kubectl_create(
+            &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: '{image}', imagePullPolicy: Always, command: [sleep, '3600']}}\n"),
+            &[],
+        )?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        node.stop_agent(Signal::SIGKILL)?;
+        node.start_agent()?;
+        wait_running(&node, &[name])?;
+    }
+    let scratch = node.dir.join("root/images/tmp");
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    ensure!(left.is_empty(), "pull scratch left: {left:?}");
+    delete_all_and_check_clean(&node)
+}
