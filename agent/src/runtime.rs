@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nodelet_sandbox::protocol::{Request, Response};
+use nodelet_sandbox::protocol::{ContainerStatus, Request, Response};
 use nodelet_sandbox::shim::ShimDir;
-use nodelet_sandbox::spec::SandboxSpec;
+use nodelet_sandbox::spec::{ContainerSpec, SandboxSpec};
 use nodelet_sandbox::{cgroup, mount};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
@@ -41,6 +41,12 @@ pub enum Error {
     Timeout { uid: String },
     #[error("shim of pod {uid}: {message}")]
     Shim { uid: String, message: String },
+    #[error("shim of pod {uid} answered {got} to {request}")]
+    Unexpected {
+        uid: String,
+        request: &'static str,
+        got: String,
+    },
 }
 
 pub type ShimEvents = Lines<BufReader<UnixStream>>;
@@ -114,8 +120,54 @@ impl Runtime {
         }
     }
 
+    /// Every container instance the shim knows, running or exited.
+    pub async fn state(&self, uid: &str) -> Result<Vec<ContainerStatus>, Error> {
+        match self.call(uid, &Request::State).await? {
+            Response::State { containers, .. } => Ok(containers),
+            other => Err(unexpected(uid, "state", &other)),
+        }
+    }
+
+    /// Creates and starts one container instance; its first process's pid.
+    pub async fn create(&self, uid: &str, spec: ContainerSpec) -> Result<i32, Error> {
+        let request = Request::Create {
+            spec: Box::new(spec),
+        };
+        match self.call(uid, &request).await? {
+            Response::Created { pid } => Ok(pid),
+            other => Err(unexpected(uid, "create", &other)),
+        }
+    }
+
+    /// Sends `signal` to a running instance's first process.
+    pub async fn signal(&self, uid: &str, id: &str, signal: i32) -> Result<(), Error> {
+        let request = Request::Signal {
+            id: id.to_owned(),
+            signal,
+        };
+        self.done(uid, "signal", &request).await
+    }
+
+    /// Forgets an exited instance.
+    pub async fn remove(&self, uid: &str, id: &str) -> Result<(), Error> {
+        let request = Request::Remove { id: id.to_owned() };
+        self.done(uid, "remove", &request).await
+    }
+
+    /// Kills what is left of the pod, releases its namespaces, and ends the shim.
+    pub async fn shutdown(&self, uid: &str) -> Result<(), Error> {
+        self.done(uid, "shutdown", &Request::Shutdown).await
+    }
+
+    async fn done(&self, uid: &str, name: &'static str, request: &Request) -> Result<(), Error> {
+        match self.call(uid, request).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(uid, name, &other)),
+        }
+    }
+
     /// One request, one response.
-    pub async fn call(&self, uid: &str, request: &Request) -> Result<Response, Error> {
+    async fn call(&self, uid: &str, request: &Request) -> Result<Response, Error> {
         let socket = self.shim(uid).socket();
         let call_err = |source| Error::Call {
             uid: uid.to_owned(),
@@ -173,7 +225,7 @@ impl Runtime {
     pub async fn teardown(&self, uid: &str, scope: Scope<'_>) -> Vec<String> {
         let mut errors = Vec::new();
         let dir = self.shim(uid);
-        if self.call(uid, &Request::Shutdown).await.is_err() {
+        if self.shutdown(uid).await.is_err() {
             kill_stale_shim(&dir);
         }
         for e in dir.release_mounts() {
@@ -203,6 +255,14 @@ impl Runtime {
             }
         }
         errors
+    }
+}
+
+fn unexpected(uid: &str, request: &'static str, got: &Response) -> Error {
+    Error::Unexpected {
+        uid: uid.to_owned(),
+        request,
+        got: format!("{got:?}"),
     }
 }
 

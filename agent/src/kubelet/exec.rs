@@ -5,7 +5,6 @@ use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use nodelet_sandbox::protocol::{Request, Response};
 use nodelet_sandbox::spec::{ExecSpec, ProcessSpec};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -99,10 +98,11 @@ pub async fn find_container(
             container: container.to_owned(),
         });
     }
-    let containers = match node.runtime.call(&uid, &Request::State).await {
-        Ok(Response::State { containers, .. }) => containers,
-        _ => return Err(ExecError::NotRunning(container.to_owned())),
-    };
+    let containers = node
+        .runtime
+        .state(&uid)
+        .await
+        .map_err(|_| ExecError::NotRunning(container.to_owned()))?;
     containers
         .into_iter()
         .filter(|c| c.name == container && c.exit.is_none() && c.pid > 0)

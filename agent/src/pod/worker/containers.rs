@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Container;
-use nodelet_sandbox::protocol::{self, Exit, Request};
+use nodelet_sandbox::protocol::{self, Exit};
 use tracing::{info, warn};
 
 use super::{grace_period, namespace_name, Step, Worker, RETRY};
@@ -82,11 +82,7 @@ impl Worker {
         let (runtime, uid, id) = (self.node.runtime.clone(), self.uid.clone(), id.to_owned());
         tokio::spawn(async move {
             for (signal, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, Duration::ZERO)] {
-                let request = Request::Signal {
-                    id: id.clone(),
-                    signal,
-                };
-                if runtime.call(&uid, &request).await.is_err() {
+                if runtime.signal(&uid, &id, signal).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(wait).await;
@@ -340,16 +336,7 @@ impl Worker {
             );
             return Step::WaitFor(RETRY);
         }
-        let result = self
-            .node
-            .runtime
-            .call(
-                &self.uid,
-                &Request::Create {
-                    spec: Box::new(spec),
-                },
-            )
-            .await;
+        let result = self.node.runtime.create(&self.uid, spec).await;
         self.prune(&c.name, attempt).await;
         match result {
             Ok(_) => {
@@ -427,16 +414,7 @@ impl Worker {
         for i in old {
             let _ = std::fs::remove_dir_all(paths.container_dir(&self.uid, &i.record.id));
             if i.record.attempt + 1 < newest_attempt {
-                let _ = self
-                    .node
-                    .runtime
-                    .call(
-                        &self.uid,
-                        &Request::Remove {
-                            id: i.record.id.clone(),
-                        },
-                    )
-                    .await;
+                let _ = self.node.runtime.remove(&self.uid, &i.record.id).await;
                 let log = paths.container_log(ns, pod_name, &self.uid, name, i.record.attempt);
                 let _ = std::fs::remove_file(log);
             }

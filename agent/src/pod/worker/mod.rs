@@ -17,7 +17,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use nodelet_sandbox::protocol::{self, Request, Response};
+use nodelet_sandbox::protocol;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
 
@@ -227,8 +227,8 @@ impl Worker {
     /// Reads every instance from the shim. A shim that did not answer is asked again later; one
     /// that is gone has lost the sandbox, which is then torn down and recreated by the next sync.
     async fn refresh_instances(&mut self) -> Refresh {
-        let instances = match self.node.runtime.call(&self.uid, &Request::State).await {
-            Ok(Response::State { containers, .. }) => containers,
+        let instances = match self.node.runtime.state(&self.uid).await {
+            Ok(containers) => containers,
             result => {
                 if self.node.runtime.liveness(&self.uid).await == Liveness::Alive {
                     warn!(?result, "shim did not answer; asking again");
@@ -449,16 +449,25 @@ impl Worker {
             if self.events.is_none() {
                 self.events = self.node.runtime.subscribe(&self.uid).await.ok();
             }
-            for c in self.running().await {
-                self.event(
-                    Some(&c.name),
-                    "Killing",
-                    format!("Stopping container {}", c.name),
-                    false,
-                );
-            }
-            self.signal_running(None).await;
-            while !self.running().await.is_empty() {
+            // A shim that does not answer at first is asked again until the grace is over.
+            let mut signalled = false;
+            loop {
+                match self.running().await {
+                    Some(running) if running.is_empty() => break,
+                    Some(running) if !signalled => {
+                        for c in &running {
+                            self.event(
+                                Some(&c.name),
+                                "Killing",
+                                format!("Stopping container {}", c.name),
+                                false,
+                            );
+                        }
+                        self.signal(&running, None).await;
+                        signalled = true;
+                    }
+                    _ => {}
+                }
                 let left = grace.saturating_sub(started.elapsed());
                 if left.is_zero() {
                     break;
@@ -474,11 +483,12 @@ impl Worker {
                     _ = tokio::time::sleep(left.min(Duration::from_millis(500))) => {}
                 }
             }
-            if !self.running().await.is_empty() {
+            if self.any_running().await {
                 info!("grace period over; killing");
-                self.signal_running(Some(libc::SIGKILL)).await;
+                let running = self.running().await.unwrap_or_default();
+                self.signal(&running, Some(libc::SIGKILL)).await;
                 let deadline = tokio::time::Instant::now() + KILL_WAIT;
-                while !self.running().await.is_empty() && tokio::time::Instant::now() < deadline {
+                while self.any_running().await && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -512,28 +522,34 @@ impl Worker {
             .event(&self.pod, container, reason, message, warning);
     }
 
-    async fn running(&self) -> Vec<protocol::ContainerStatus> {
-        match self.node.runtime.call(&self.uid, &Request::State).await {
-            Ok(Response::State { containers, .. }) => containers
-                .into_iter()
-                .filter(|c| c.exit.is_none())
-                .collect(),
-            _ => Vec::new(),
+    /// The running instances; `None` when the shim did not answer but still runs (ask again:
+    /// a slow shim must not read as "everything stopped" and cut the grace period short).
+    async fn running(&self) -> Option<Vec<protocol::ContainerStatus>> {
+        match self.node.runtime.state(&self.uid).await {
+            Ok(containers) => Some(
+                containers
+                    .into_iter()
+                    .filter(|c| c.exit.is_none())
+                    .collect(),
+            ),
+            Err(_) if self.node.runtime.liveness(&self.uid).await == Liveness::Gone => {
+                Some(Vec::new())
+            }
+            Err(_) => None,
         }
+    }
+
+    /// Whether anything may still run (a shim that did not answer may).
+    async fn any_running(&self) -> bool {
+        self.running().await.is_none_or(|r| !r.is_empty())
     }
 
     /// Sends every running container its image's stop signal (SIGTERM unless the image names
     /// another), or `signal` when one is given.
-    async fn signal_running(&self, signal: Option<i32>) {
-        for c in self.running().await {
-            let signal = signal.unwrap_or_else(|| containers::stop_signal(&c));
-            let id = c.id;
-            if let Err(e) = self
-                .node
-                .runtime
-                .call(&self.uid, &Request::Signal { id, signal })
-                .await
-            {
+    async fn signal(&self, running: &[protocol::ContainerStatus], signal: Option<i32>) {
+        for c in running {
+            let signal = signal.unwrap_or_else(|| containers::stop_signal(c));
+            if let Err(e) = self.node.runtime.signal(&self.uid, &c.id, signal).await {
                 warn!(error = %crate::error_chain(&e), signal, "signal container");
             }
         }
