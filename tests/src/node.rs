@@ -115,7 +115,9 @@ impl TestNode {
         }
         // setpriv --pdeathsig: if this process dies without dropping the node (a panic in
         // another thread, a signal, a reader that closed its pipe), unshare is killed with it,
-        // and --kill-child takes the reaper and so the whole node along.
+        // and the reaper (its own pdeathsig) and so the whole node along. Not `unshare
+        // --kill-child`: util-linux's unshare then prints "sigprocmask unblock failed" when the
+        // node's pid 1 is killed.
         let unshare = Command::new("setpriv")
             .args([
                 "--pdeathsig",
@@ -125,7 +127,6 @@ impl TestNode {
                 "--net",
                 "--pid",
                 "--fork",
-                "--kill-child",
                 "--propagation",
                 "private",
                 "--mount-proc",
@@ -635,12 +636,17 @@ fn remove_cgroup_tree(dir: &Path) {
 impl Drop for TestNode {
     fn drop(&mut self) {
         // pid 1 of the node first: the kernel then kills every process of the node, and the
-        // unshare and nsenter processes we started exit and are reaped here.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.reaper),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.unshare.wait();
+        // unshare and nsenter processes we started exit and are reaped here. SIGTERM ends the
+        // reaper cleanly (unshare complains of a child killed by SIGKILL); SIGKILL if it must.
+        let reaper = nix::unistd::Pid::from_raw(self.reaper);
+        let _ = nix::sys::signal::kill(reaper, nix::sys::signal::Signal::SIGTERM);
+        let ended = wait_for("the node's pid 1 to end", Duration::from_secs(5), || {
+            self.unshare.try_wait().ok().flatten()
+        });
+        if ended.is_err() {
+            let _ = nix::sys::signal::kill(reaper, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.unshare.wait();
+        }
         if let Some(mut agent) = self.agent.take() {
             let _ = agent.nsenter.wait();
         }

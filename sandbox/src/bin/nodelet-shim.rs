@@ -12,7 +12,12 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
-        Some("reaper") if args.len() == 2 => nodelet_sandbox::shim::reap_forever(),
+        Some("reaper") if args.len() == 2 => {
+            // Dies with whoever started it (a test node's unshare), and so does its whole PID
+            // namespace: what `unshare --kill-child` would do, without its noise.
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            nodelet_sandbox::shim::reap_until_terminated()
+        }
         Some("exec") if args.len() == 3 => {
             let spec = args[2].to_str().and_then(|s| serde_json::from_str(s).ok());
             match spec {

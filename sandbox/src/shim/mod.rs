@@ -32,7 +32,7 @@ use crate::sys::{self, Forked};
 use crate::{cgroup, mount, ns};
 
 pub use log::LineLogger;
-pub use server::reap_forever;
+pub use server::{reap_forever, reap_until_terminated};
 
 /// The files of one pod's shim under the run directory.
 #[derive(Clone, Debug)]

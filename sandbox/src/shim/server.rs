@@ -295,8 +295,23 @@ fn respond(mut stream: &UnixStream, response: &Response) {
 /// The loop of a PID namespace's init (the pod init of a shared-PID pod, or a test node's pid 1):
 /// reap every child, forever.
 pub fn reap_forever() -> ! {
+    reap(false)
+}
+
+/// As `reap_forever`, but SIGTERM ends it (and with it, its PID namespace): the init of a test
+/// node, stopped cleanly by whoever started it.
+pub fn reap_until_terminated() -> ! {
+    reap(true)
+}
+
+fn reap(until_terminated: bool) -> ! {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
+    if until_terminated {
+        // Blocked, a signal to a namespace's init is queued even without a handler
+        // (pid_namespaces(7) ignores only unblocked default-action ones), so sigwait sees it.
+        mask.add(Signal::SIGTERM);
+    }
     let _ = mask.thread_block();
     // Close inherited descriptors: the shim's ready pipe must see EOF from us.
     sys::close_from(3);
@@ -307,6 +322,8 @@ pub fn reap_forever() -> ! {
                 Ok(_) => continue,
             }
         }
-        let _ = mask.wait();
+        if mask.wait() == Ok(Signal::SIGTERM) {
+            sys::exit_now(0);
+        }
     }
 }
