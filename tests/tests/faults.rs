@@ -804,3 +804,52 @@ fn agent_sigkill_during_deletion_and_image_pull_loses_and_leaks_nothing() -> Res
     ensure!(left.is_empty(), "pull scratch left: {left:?}");
     delete_all_and_check_clean(&node)
 }
+
+/// The agent out of descriptors (its limit lowered under what it has open) for a while: every
+/// call to a shim fails with EMFILE, and no pod is torn down for it; once descriptors are back,
+/// the node goes on as before and new pods start.
+#[test]
+fn descriptor_exhaustion_tears_nothing_down() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(&pods_yaml("held", 3), &[])?;
+    let before = wait_running(&node, &names("held", 3))?;
+    let pid = node.agent.as_ref().context("agent")?.pid.to_string();
+    let limit = |n: &str| -> Result<()> {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={n}")])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "prlimit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .context("open files limit")?
+        .to_owned();
+    // Below what it has open: each new descriptor fails with EMFILE.
+    limit("16:")?;
+    // Past two resyncs of every worker (10 s each).
+    std::thread::sleep(Duration::from_secs(25));
+    limit(&format!("{soft}:"))?;
+    let log = node.agent_log();
+    ensure!(log.contains("shim did not answer"), "no call failed: {log}");
+    ensure!(
+        !log.contains("shim gone"),
+        "a pod was taken for lost: {log}"
+    );
+    ensure!(
+        wait_running(&node, &names("held", 3))? == before,
+        "pods changed"
+    );
+    node.kubectl_create(&pods_yaml("after", 1), &[])?;
+    wait_running(&node, &names("after", 1))?;
+    delete_all_and_check_clean(&node)
+}
