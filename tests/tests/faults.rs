@@ -736,6 +736,45 @@ fn oversized_and_malformed_objects_are_refused() -> Result<()> {
         let out = node.kubectl(&["get", "pods", "-l", selector]);
         ensure!(!out.status.success(), "selector {selector:?} accepted");
     }
+    // A chunked 100 MB body: a clean 413, not a reset.
+    let mut curl = node
+        .api_curl(true)?
+        .args([
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-T",
+            "-",
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Transfer-Encoding: chunked",
+        ])
+        .arg("https://127.0.0.1:6443/api/v1/namespaces/default/pods")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = curl.stdin.take().context("curl stdin")?;
+    let feeder = std::thread::spawn(move || {
+        let block = vec![b' '; 1024 * 1024];
+        for _ in 0..100 {
+            if std::io::Write::write_all(&mut stdin, &block).is_err() {
+                break;
+            }
+        }
+    });
+    let out = curl.wait_with_output()?;
+    let _ = feeder.join();
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "413",
+        "100 MB body: {}",
+        nodelet_tests::describe_output(&out)
+    );
     // 253 characters: valid, and it runs (its log directory name is cut to fit).
     let long = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(61));
     node.kubectl_create(

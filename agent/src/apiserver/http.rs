@@ -30,6 +30,37 @@ pub use crate::https::Body;
 
 /// kube-apiserver's limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// A request body of at most `MAX_BODY`. A longer one gets 413, and the rest of it is read and
+/// dropped in the background (up to 256 MiB or 30 s): closing a connection with unread data
+/// makes the kernel reset it, and the client would see the reset, not the 413.
+async fn read_body(mut body: hyper::body::Incoming) -> Result<Bytes, ApiError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("read request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > MAX_BODY {
+            tokio::spawn(async move {
+                let drain = async {
+                    let mut left: usize = 256 * 1024 * 1024;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        let n = frame.data_ref().map_or(0, |d| d.len());
+                        left = left.saturating_sub(n);
+                        if left == 0 {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(30), drain).await;
+            });
+            return Err(ApiError::too_large());
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
 const TABLE_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 
 pub fn acceptor(pki: &Pki) -> anyhow::Result<SslAcceptor> {
@@ -273,17 +304,7 @@ impl Server {
             method,
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         ) {
-            let limited = Limited::new(req.into_body(), MAX_BODY);
-            match limited.collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e)
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some() =>
-                {
-                    return Err(ApiError::too_large())
-                }
-                Err(e) => return Err(ApiError::bad_request(format!("read request body: {e}"))),
-            }
+            read_body(req.into_body()).await?
         } else {
             Bytes::new()
         };
