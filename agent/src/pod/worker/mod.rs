@@ -30,11 +30,10 @@ use crate::node::Node;
 use crate::runtime::{Liveness, Scope, ShimEvents};
 
 mod containers;
+mod stop;
 
 const RESYNC: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(2);
-/// How long after SIGKILL to wait for exits before tearing the sandbox down anyway.
-const KILL_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub enum Desired {
@@ -432,8 +431,7 @@ impl Worker {
     /// SIGTERM, wait up to the grace period (shrinking if asked), SIGKILL, then tear down.
     async fn terminate(&mut self, requested: Option<Duration>, rx: &mut watch::Receiver<Desired>) {
         let spec_grace = grace_period(&self.pod);
-        let mut grace = requested.map_or(spec_grace, |r| r.min(spec_grace));
-        let started = tokio::time::Instant::now();
+        let grace = requested.map_or(spec_grace, |r| r.min(spec_grace));
         info!(grace_seconds = grace.as_secs_f64(), "terminating pod");
         if let Some(pod) = self
             .node
@@ -449,48 +447,10 @@ impl Worker {
             if self.events.is_none() {
                 self.events = self.node.runtime.subscribe(&self.uid).await.ok();
             }
-            // A shim that does not answer at first is asked again until the grace is over.
-            let mut signalled = false;
-            loop {
-                match self.running().await {
-                    Some(running) if running.is_empty() => break,
-                    Some(running) if !signalled => {
-                        for c in &running {
-                            self.event(
-                                Some(&c.name),
-                                "Killing",
-                                format!("Stopping container {}", c.name),
-                                false,
-                            );
-                        }
-                        self.signal(&running, None).await;
-                        signalled = true;
-                    }
-                    _ => {}
-                }
-                let left = grace.saturating_sub(started.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                tokio::select! {
-                    changed = rx.changed() => {
-                        if changed.is_err() { return; }
-                        if let Desired::Delete { grace: Some(g) } = *rx.borrow_and_update() {
-                            grace = grace.min(g);
-                        }
-                    }
-                    _ = next_event(&mut self.events) => {}
-                    _ = tokio::time::sleep(left.min(Duration::from_millis(500))) => {}
-                }
-            }
-            if self.any_running().await {
-                info!("grace period over; killing");
-                let running = self.running().await.unwrap_or_default();
-                self.signal(&running, Some(libc::SIGKILL)).await;
-                let deadline = tokio::time::Instant::now() + KILL_WAIT;
-                while self.any_running().await && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+            match stop::stop_within(self, grace, rx).await {
+                stop::Stopped::Abandoned => return,
+                stop::Stopped::Stuck => warn!("containers still run after SIGKILL; tearing down"),
+                stop::Stopped::Exited => {}
             }
         }
         self.events = None;
@@ -521,10 +481,11 @@ impl Worker {
         self.node
             .event(&self.pod, container, reason, message, warning);
     }
+}
 
-    /// The running instances; `None` when the shim did not answer but still runs (ask again:
-    /// a slow shim must not read as "everything stopped" and cut the grace period short).
-    async fn running(&self) -> Option<Vec<protocol::ContainerStatus>> {
+/// The worker's shim, as `stop` sees it.
+impl stop::Containers for Worker {
+    async fn running(&mut self) -> Option<Vec<protocol::ContainerStatus>> {
         match self.node.runtime.state(&self.uid).await {
             Ok(containers) => Some(
                 containers
@@ -539,20 +500,27 @@ impl Worker {
         }
     }
 
-    /// Whether anything may still run (a shim that did not answer may).
-    async fn any_running(&self) -> bool {
-        self.running().await.is_none_or(|r| !r.is_empty())
-    }
-
-    /// Sends every running container its image's stop signal (SIGTERM unless the image names
-    /// another), or `signal` when one is given.
-    async fn signal(&self, running: &[protocol::ContainerStatus], signal: Option<i32>) {
+    /// `signal`, or each container's image's stop signal (SIGTERM unless it names another).
+    async fn signal(&mut self, running: &[protocol::ContainerStatus], signal: Option<i32>) {
         for c in running {
             let signal = signal.unwrap_or_else(|| containers::stop_signal(c));
             if let Err(e) = self.node.runtime.signal(&self.uid, &c.id, signal).await {
                 warn!(error = %crate::error_chain(&e), signal, "signal container");
             }
         }
+    }
+
+    async fn exited(&mut self) {
+        next_event(&mut self.events).await;
+    }
+
+    fn stopping(&mut self, c: &protocol::ContainerStatus) {
+        self.event(
+            Some(&c.name),
+            "Killing",
+            format!("Stopping container {}", c.name),
+            false,
+        );
     }
 }
 
