@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins docker-registry skopeo \
         libssl-dev pkg-config ca-certificates curl gcc apache2-utils umoci openssl
 
-.PHONY: all deps build release images run test bench fuzz install uninstall fmt lint clean
+.PHONY: all deps build release images run test faults bench fuzz install uninstall fmt lint clean
 
 all: build
 
@@ -58,6 +58,10 @@ run: release images
 
 test: build
 	$(CARGO) test --workspace
+
+# The fault suite's long version: the restart tests with 100 pods.
+faults: build
+	FAULT_PODS=100 $(CARGO) test -p nodelet-tests --test faults
 
 bench: deps
 	$(CARGO) build --release -p nodelet -p nodelet-sandbox -p nodelet-tests --bins

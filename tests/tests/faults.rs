@@ -98,6 +98,15 @@ fn delete_all_and_check_clean(node: &TestNode) -> Result<()> {
     node.assert_clean()
 }
 
+/// Pods that run through the restart tests: 20 in `make test`, `FAULT_PODS` (100 in `make
+/// faults`) for the long version.
+fn steady_pods() -> usize {
+    std::env::var("FAULT_PODS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20)
+}
+
 /// kubelet waits until every source has listed its pods before it kills anything. A restarted
 /// agent re-adopts every API pod as it runs: same container, same start, no restart, no second
 /// sandbox; also when it was killed while pods were still being created.
@@ -106,13 +115,15 @@ fn agent_sigkill_and_restart_keeps_every_api_pod() -> Result<()> {
     let mut node = TestNode::new()?;
     node.start_agent()?;
     node.wait_api()?;
-    let steady = names("steady", 20);
-    node.kubectl_create(&pods_yaml("steady", 20), &[])?;
+    let n = steady_pods();
+    let steady = names("steady", n);
+    node.kubectl_create(&pods_yaml("steady", n), &[])?;
     let before = wait_running(&node, &steady)?;
 
     for round in 0..3 {
         node.stop_agent(Signal::SIGKILL)?;
         node.start_agent()?;
+        node.wait_api()?;
         // Kill it again while it is busy creating pods, at a different point each round.
         let batch = format!("new{round}");
         node.kubectl_create(&pods_yaml(&batch, 5), &[])?;
@@ -808,6 +819,7 @@ fn agent_sigkill_during_deletion_and_image_pull_loses_and_leaks_nothing() -> Res
         std::thread::sleep(Duration::from_millis(delay_ms));
         node.stop_agent(Signal::SIGKILL)?;
         node.start_agent()?;
+        node.wait_api()?;
         wait_for(&format!("round {round}: the deleted pods gone"), T, || {
             let pods = by_name(&node);
             doomed.iter().all(|n| !pods.contains_key(n)).then_some(())
@@ -834,6 +846,7 @@ fn agent_sigkill_during_deletion_and_image_pull_loses_and_leaks_nothing() -> Res
         std::thread::sleep(Duration::from_millis(delay_ms));
         node.stop_agent(Signal::SIGKILL)?;
         node.start_agent()?;
+        node.wait_api()?;
         wait_running(&node, &[name])?;
     }
     let scratch = node.dir.join("root/images/tmp");
