@@ -790,3 +790,56 @@ fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
     );
     Ok(())
 }
+
+/// WebSocket exec whose stdin comes as text frames (channel byte, then the data), as the
+/// official Python client's `write_stdin("...")` sends it: read as binary frames are.
+#[test]
+fn exec_stdin_in_websocket_text_frames_is_read() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    create(
+        &node,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: texty}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}\n",
+    )?;
+    running(&node, "texty")?;
+    node.api_curl(true)?; // writes the admin certificate and key to <node>/curl
+    let certs = node.dir.join("curl");
+    let netns = std::fs::File::open(format!("/proc/{}/ns/net", node.reaper))?;
+    let output = std::thread::spawn(move || -> Result<String> {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut tls = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())?;
+        tls.set_ca_file(certs.join("ca.crt"))?;
+        tls.set_certificate_file(certs.join("admin.crt"), openssl::ssl::SslFiletype::PEM)?;
+        tls.set_private_key_file(certs.join("admin.key"), openssl::ssl::SslFiletype::PEM)?;
+        let tcp = std::net::TcpStream::connect("127.0.0.1:6443")?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let stream = tls.build().connect("127.0.0.1", tcp)?;
+        let url = "wss://127.0.0.1:6443/api/v1/namespaces/default/pods/texty/exec?command=sh&command=-c&command=read%20x%3B%20echo%20got%20%24x&stdin=true&stdout=true";
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(url)?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse()?);
+        let (mut ws, _) = tungstenite::client::client(request, stream)
+            .map_err(|e| anyhow::anyhow!("websocket handshake: {e}"))?;
+        ws.send(tungstenite::Message::text("\u{0}hello\n"))?;
+        let mut stdout = String::new();
+        for _ in 0..100 {
+            match ws.read()? {
+                tungstenite::Message::Binary(data) if data.first() == Some(&1) => {
+                    stdout.push_str(&String::from_utf8_lossy(&data[1..]));
+                    if stdout.contains('\n') {
+                        break;
+                    }
+                }
+                tungstenite::Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        Ok(stdout)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("websocket thread panicked"))??;
+    ensure!(output.trim() == "got hello", "stdout: {output:?}");
+    Ok(())
+}

@@ -198,7 +198,8 @@ pub async fn serve_websocket(
                 None => break,
             },
             msg = source.next() => match msg {
-                Some(Ok(Message::Binary(d))) => {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(m)) => if let Some(d) = super::streams::payload(&m) {
                     // Only data channels carry input; their index is the port's.
                     if let Some((&ch, rest)) = d.split_first() {
                         if ch % 2 == 0 {
@@ -207,9 +208,7 @@ pub async fn serve_websocket(
                             }
                         }
                     }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
+                },
             },
         }
     }

@@ -343,9 +343,11 @@ pub async fn serve_websocket(
         let mut stdin_tx = Some(stdin_tx);
         while let Some(msg) = source.next().await {
             let data = match msg {
-                Ok(Message::Binary(d)) => d,
                 Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => continue,
+                Ok(m) => match super::streams::payload(&m) {
+                    Some(d) => d,
+                    None => continue,
+                },
             };
             match data.first() {
                 Some(0) => {

@@ -40,6 +40,16 @@ fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
 }
 
 /// Chooses the transport and protocol; `Err` is the reason no upgrade can happen.
+/// A data message's bytes. kube-apiserver and kubelet read a text frame's bytes as they read a
+/// binary frame's: the Python client's `write_stdin("...")` sends text frames.
+pub fn payload(msg: &Message) -> Option<Bytes> {
+    match msg {
+        Message::Binary(data) => Some(data.clone()),
+        Message::Text(text) => Some(Bytes::copy_from_slice(text.as_bytes())),
+        _ => None,
+    }
+}
+
 pub fn negotiate(
     headers: &HeaderMap,
     spdy: &[&str],
@@ -116,12 +126,11 @@ pub fn websocket_bytes(ws: WebSocketStream<Io>) -> DuplexStream {
         loop {
             tokio::select! {
                 msg = source.next() => match msg {
-                    Some(Ok(Message::Binary(data))) => {
-                        if theirs.write_all(&data).await.is_err() { break }
-                    }
                     Some(Ok(Message::Ping(p))) => { let _ = sink.send(Message::Pong(p)).await; }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
+                    Some(Ok(m)) => if let Some(data) = payload(&m) {
+                        if theirs.write_all(&data).await.is_err() { break }
+                    },
                 },
                 n = theirs.read(&mut buf) => match n {
                     Ok(0) | Err(_) => break,
