@@ -119,11 +119,22 @@ pub fn logs(config: &Config, args: &LogsArgs) -> anyhow::Result<()> {
         (Some(c), _) if names.contains(c) => c.clone(),
         (Some(c), _) => bail!("container {c} is not valid for pod {}", args.pod),
         (None, [only]) => only.clone(),
-        (None, _) => bail!(
-            "a container name must be specified for pod {}, choose one of: [{}]",
-            args.pod,
-            names.join(" ")
-        ),
+        (None, []) => bail!("pod {} has no containers", args.pod),
+        // As kubectl: the container the pod's annotation names, else the first, and say so.
+        (None, [first, ..]) => {
+            let annotated = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("kubectl.kubernetes.io/default-container"))
+                .filter(|c| names.contains(c));
+            let chosen = annotated.unwrap_or(first).clone();
+            eprintln!(
+                "Defaulted container \"{chosen}\" out of: {}",
+                names.join(", ")
+            );
+            chosen
+        }
     };
     let status = pod
         .status

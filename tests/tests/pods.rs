@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
-use nodelet_tests::{sleeper_pod, TestNode};
+use nodelet_tests::{sleeper_pod, wait_for, TestNode};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -514,6 +514,21 @@ fn logs_follow_until_the_container_stops_and_previous_shows_the_last_instance() 
         .contains("container nope is not valid for pod talk-node1"));
     node.remove_manifest("talk.yaml");
     node.wait_gone("talk", T)?;
+    // Two containers and no -c: kubectl's default (the annotated one, else the first), said.
+    node.write_manifest(
+        "two.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: two\n  annotations: {kubectl.kubernetes.io/default-container: b}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: a, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'echo from a; sleep 3600']}\n  - {name: b, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'echo from b; sleep 3600']}\n",
+    );
+    node.wait_pod("two", "running", T, |p| TestNode::running(p, "b"))?;
+    let out = wait_for("b's log line", T, || {
+        let out = node.nodelet(&["logs", "two-node1"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("from b")
+            .then_some(out)
+    })?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Defaulted container \"b\" out of: a, b"));
+    node.remove_manifest("two.yaml");
+    node.wait_gone("two", T)?;
     node.assert_clean()
 }
 

@@ -21,6 +21,12 @@ pub struct Reference {
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 
 impl Reference {
+    /// The name a digest identifies an image by, as containerd's CRI reports `imageID` and
+    /// kubelet the node's images: `docker.io/luksa/kubia@sha256:...` (no tag).
+    pub fn by_digest(&self, digest: &str) -> String {
+        format!("{}/{}@{digest}", self.registry, self.repository)
+    }
+
     pub fn parse(text: &str) -> Result<Reference, Error> {
         let err = |reason| Error {
             reference: text.to_owned(),

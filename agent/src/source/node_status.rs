@@ -99,7 +99,7 @@ pub fn images(
         .map(|image| {
             let by_digest = image.names.iter().filter_map(|name| {
                 let r = crate::images::Reference::parse(name).ok()?;
-                Some(format!("{}/{}@{}", r.registry, r.repository, image.digest))
+                Some(r.by_digest(&image.digest))
             });
             let mut names: Vec<String> = by_digest.collect();
             names.dedup();

@@ -280,10 +280,10 @@ impl Worker {
             Err(step) => return step,
         };
         self.node.images.touch(&image.digest);
-        self.observed.image_ids.insert(
-            c.name.clone(),
-            format!("{}@{}", image.reference, image.digest),
-        );
+        let image_id = crate::images::Reference::parse(&image.reference)
+            .map(|r| r.by_digest(&image.digest))
+            .unwrap_or_else(|_| format!("{}@{}", image.reference, image.digest));
+        self.observed.image_ids.insert(c.name.clone(), image_id);
         let id = crate::random_hex(32);
         self.replacing.clear();
         let inst = BuildInstance {
