@@ -866,7 +866,12 @@ fn descriptor_exhaustion_tears_nothing_down() -> Result<()> {
     node.start_agent()?;
     node.wait_api()?;
     node.kubectl_create(&pods_yaml("held", 3), &[])?;
-    let before = wait_running(&node, &names("held", 3))?;
+    node.write_manifest("static.yaml", &nodelet_tests::sleeper_pod("static"));
+    let held: Vec<String> = names("held", 3)
+        .into_iter()
+        .chain([format!("static-{}", node.name)])
+        .collect();
+    let before = wait_running(&node, &held)?;
     let pid = node.agent.as_ref().context("agent")?.pid.to_string();
     let limit = |n: &str| -> Result<()> {
         let out = std::process::Command::new("prlimit")
@@ -897,11 +902,10 @@ fn descriptor_exhaustion_tears_nothing_down() -> Result<()> {
         !log.contains("shim gone"),
         "a pod was taken for lost: {log}"
     );
-    ensure!(
-        wait_running(&node, &names("held", 3))? == before,
-        "pods changed"
-    );
+    // The static pod too: an unreadable manifest directory is not an empty one.
+    ensure!(wait_running(&node, &held)? == before, "pods changed");
     node.kubectl_create(&pods_yaml("after", 1), &[])?;
     wait_running(&node, &names("after", 1))?;
+    node.remove_manifest("static.yaml");
     delete_all_and_check_clean(&node)
 }

@@ -419,6 +419,13 @@ fn ip_masq_true_adds_a_masquerade_rule_per_pod_and_removes_it() -> Result<()> {
     node.start_agent()?;
     node.write_manifest("p.yaml", &sleeper_pod("p"));
     let pod = node.wait_pod("p", "running", T, |p| TestNode::running(p, "c"))?;
+    // The chosen file is said, and so is the masquerade, once per load.
+    let log = node.agent_log();
+    ensure!(
+        log.contains("10-masq.conflist") && log.contains("network=masq"),
+        "{log}"
+    );
+    ensure!(log.contains("this CNI network masquerades"), "{log}");
     let ip = TestNode::pod_ip(&pod);
     let ruleset = String::from_utf8(
         node.command("nft")

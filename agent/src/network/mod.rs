@@ -142,7 +142,38 @@ pub fn load(config: &Config) -> Result<NetworkList, Error> {
         })?;
         info!(path = %path.display(), pod_cidr = %cidr, "wrote default CNI configuration");
     }
-    Ok(cni::load_dir(dir)?)
+    let list = cni::load_dir(dir)?;
+    let plugins: Vec<&str> = list.plugins.iter().map(|p| p.kind.as_str()).collect();
+    info!(
+        file = %list.source.display(),
+        network = %list.name,
+        plugins = %plugins.join(","),
+        native = list.native_bridge().is_some(),
+        "pod network"
+    );
+    if masquerades(&list.bytes) {
+        warn!(
+            file = %list.source.display(),
+            "this CNI network masquerades (ipMasq: true): pods reach other networks with the \
+             node's address, not their own, and the network is not flat; set cniConfDir to a \
+             directory with nodelet's own conflist to keep pod addresses (see docs/network.md)"
+        );
+    }
+    Ok(list)
+}
+
+/// Whether any plugin of a conflist (or a single conf) has `ipMasq: true`.
+fn masquerades(bytes: &[u8]) -> bool {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return false;
+    };
+    let plugins = doc["plugins"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| vec![doc.clone()]);
+    plugins
+        .iter()
+        .any(|p| p["ipMasq"] == serde_json::Value::Bool(true))
 }
 
 impl Network {

@@ -67,14 +67,20 @@ impl FileSource {
     }
 
     pub async fn run(mut self, tx: watch::Sender<Desired>) {
+        // As kubelet: the directory exists from the start (and is watched from then on).
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            warn!(dir = %self.dir.display(), error = %e, "create static pod directory");
+        }
         let mut inotify = self.watch();
         loop {
-            let desired = self.scan();
-            tx.send_if_modified(|current| {
-                let changed = current.as_ref() != Some(&desired);
-                *current = Some(desired);
-                changed
-            });
+            // An unreadable directory (EMFILE, EIO) says nothing: the pods stay as they are.
+            if let Some(desired) = self.scan() {
+                tx.send_if_modified(|current| {
+                    let changed = current.as_ref() != Some(&desired);
+                    *current = Some(desired);
+                    changed
+                });
+            }
             let woke = async {
                 match &mut inotify {
                     Some(stream) => {
@@ -113,8 +119,9 @@ impl FileSource {
         inotify.into_event_stream(vec![0u8; 4096]).ok()
     }
 
-    /// Reads the directory; returns the pods it now asks for.
-    fn scan(&mut self) -> BTreeMap<String, Arc<Pod>> {
+    /// Reads the directory; returns the pods it now asks for, or `None` when it cannot be read
+    /// (a missing directory asks for none).
+    fn scan(&mut self) -> Option<BTreeMap<String, Arc<Pod>>> {
         let mut seen = Vec::new();
         match std::fs::read_dir(&self.dir) {
             Ok(entries) => {
@@ -129,7 +136,11 @@ impl FileSource {
                     seen.push(path);
                 }
             }
-            Err(e) => warn!(dir = %self.dir.display(), error = %e, "read static pod directory"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "read static pod directory");
+                return None;
+            }
         }
         self.files.retain(|path, _| {
             let keep = seen.contains(path);
@@ -157,7 +168,7 @@ impl FileSource {
             names.insert(key, path.clone());
             desired.insert(pod.metadata.uid.clone().unwrap_or_default(), pod.clone());
         }
-        desired
+        Some(desired)
     }
 
     fn read_file(&mut self, path: &Path) {
@@ -264,7 +275,7 @@ mod tests {
         let good = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec: {containers: [{name: a, image: busybox}]}\n";
         std::fs::write(dir.join("web.yaml"), good).unwrap();
         std::fs::write(dir.join(".hidden.yaml"), good).unwrap();
-        let first = src.scan();
+        let first = src.scan().unwrap();
         assert_eq!(first.len(), 1);
         let pod = first.values().next().unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-node1"));
@@ -276,14 +287,17 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("bad.yaml"), "{{{").unwrap();
-        let second = src.scan();
+        let second = src.scan().unwrap();
         assert_eq!(
             second, first,
             "an invalid edit keeps the running version; a bad file adds nothing"
         );
 
+        // (A directory that cannot be read says nothing: see the descriptor exhaustion fault
+        // test.) A missing one asks for no pods.
         std::fs::remove_file(dir.join("web.yaml")).unwrap();
-        assert!(src.scan().is_empty());
+        assert!(src.scan().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(src.scan(), Some(BTreeMap::new()));
     }
 }
