@@ -51,8 +51,11 @@ base_digest=$layer_digest base_size=$layer_size base_diff_id=$layer_diff_id
 
 app=$work/app
 mkdir -p "$app/www/cgi-bin"
+# Logs like the tutorial's luksa/kubia: a line at start (the image's command) and one per request
+# (the CGI's stderr is httpd's, which is the container's log).
 cat > "$app/www/cgi-bin/index.cgi" <<'CGI'
 #!/bin/sh
+echo "Received request from $REMOTE_ADDR" >&2
 printf 'Content-Type: text/plain\r\n\r\n'
 echo "You've hit $(hostname)"
 CGI
@@ -134,7 +137,7 @@ multiarch() {
 
 mkdir -p "$out"
 image busybox docker.io/library/busybox:latest '["sh"]' base
-image kubia docker.io/luksa/kubia:latest '["httpd","-f","-p","8080","-h","/www"]' base app
+image kubia docker.io/luksa/kubia:latest '["sh","-c","echo Kubia server starting...; exec httpd -f -p 8080 -h /www"]' base app
 image note docker.io/library/note:latest '["cat","/etc/note"]' base note
 multiarch
 image hostile docker.io/library/hostile:latest '["sh"]' base hostile

@@ -64,16 +64,24 @@ pub fn test_images() -> PathBuf {
         .expect("open image lock");
     let _guard =
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).expect("lock images");
-    // The image built last: a cache from before it was added is built again.
-    if !out.join("hostile/index.json").exists() {
+    // Built again whenever build.sh changed since (its hash is kept beside the images).
+    let script = workspace().join("tests/images/build.sh");
+    let hash = hex(&openssl::sha::sha256(&fs::read(&script).expect("read build.sh")));
+    let stamp = out.join(".build.sh.sha256");
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(hash.as_str()) {
         let status = Command::new("bash")
-            .arg(workspace().join("tests/images/build.sh"))
+            .arg(&script)
             .arg(&out)
             .status()
             .expect("run tests/images/build.sh");
         assert!(status.success(), "building test images failed");
+        fs::write(&stamp, &hash).expect("write test image stamp");
     }
     out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A one-container busybox pod that sleeps, with a 1 s grace period.

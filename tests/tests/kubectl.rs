@@ -173,6 +173,12 @@ fn run_get_describe_delete() -> Result<()> {
         "{}",
         text(&hit)
     );
+    // and logs as the tutorial's image does: a line at start, one per request
+    let logs = ok(&node, &["logs", "kubia"])?;
+    ensure!(
+        logs.starts_with("Kubia server starting...\n") && logs.contains("Received request from "),
+        "{logs}"
+    );
 
     // get nodes
     let nodes = ok(&node, &["get", "nodes"])?;
