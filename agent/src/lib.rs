@@ -11,6 +11,7 @@ pub mod network;
 pub mod node;
 pub mod paths;
 pub mod pod;
+pub mod reset;
 pub mod runtime;
 pub mod source;
 

@@ -39,6 +39,9 @@ enum Command {
     },
     /// Print a container's logs
     Logs(cli::LogsArgs),
+    /// Stop every pod gracefully and remove the node's state, pod network and cgroups (the
+    /// agent must be stopped; images, manifests and configuration stay)
+    Reset,
     /// Read the built-in API's store through and report damage (`<rootDir>/api.db` by default)
     CheckStore {
         /// The store file
@@ -91,6 +94,10 @@ fn main() -> ExitCode {
             Some(Command::Pods { namespace }) => cli::pods(&config, namespace.as_deref()),
             Some(Command::Logs(args)) => cli::logs(&config, args),
             Some(Command::Kubectl { args }) => cli::kubectl(&config, args),
+            Some(Command::Reset) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(nodelet::reset::reset(config)),
             Some(Command::CheckStore { database }) => {
                 let path = database
                     .clone()

@@ -462,7 +462,7 @@ fn raise_descriptor_limit() {
 }
 
 /// One agent per run directory: two would fight over the same shims.
-fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<Flock<std::fs::File>> {
+pub fn lock_run_dir(paths: &NodePaths) -> anyhow::Result<Flock<std::fs::File>> {
     let path = paths.run.join("nodelet.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

@@ -66,7 +66,9 @@ pub fn test_images() -> PathBuf {
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).expect("lock images");
     // Built again whenever build.sh changed since (its hash is kept beside the images).
     let script = workspace().join("tests/images/build.sh");
-    let hash = hex(&openssl::sha::sha256(&fs::read(&script).expect("read build.sh")));
+    let hash = hex(&openssl::sha::sha256(
+        &fs::read(&script).expect("read build.sh"),
+    ));
     let stamp = out.join(".build.sh.sha256");
     if fs::read_to_string(&stamp).ok().as_deref() != Some(hash.as_str()) {
         let status = Command::new("bash")

@@ -609,3 +609,56 @@ fn bad_rotation_settings_stop_the_agent_with_the_key_named() -> Result<()> {
         .contains("containerLogMaxSize: invalid quantity \"lots\""));
     Ok(())
 }
+
+/// `nodelet reset`: refused while the agent runs; with it stopped, every pod is stopped
+/// gracefully (its stop signal first) and released, the bridge, allocations, cgroups and state
+/// go, each said, and nothing is left.
+#[test]
+fn reset_stops_every_pod_and_removes_the_node_state() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.write_manifest(
+        "polite.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: polite}\nspec:\n  terminationGracePeriodSeconds: 10\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'trap \"echo got TERM > /host/term; exit 0\" TERM; while true; do sleep 0.1; done'], volumeMounts: [{name: host, mountPath: /host}]}\n  volumes: [{name: host, hostPath: {path: HOST}}]\n"
+            .replace("HOST", &node.dir.join("host").display().to_string())
+            .as_str(),
+    );
+    node.kubectl_create(&sleeper_pod("api"), &[])?;
+    node.wait_pod("polite", "running", T, |p| TestNode::running(p, "c"))?;
+    wait_for("the API pod running", T, || {
+        node.pods()
+            .ok()?
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "api" && TestNode::running(p, "c"))
+    })?;
+    let refused = node.nodelet(&["reset"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop nodelet first"));
+
+    node.stop_agent(Signal::SIGTERM)?;
+    let out = node.nodelet(&["reset"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for what in [
+        "removed pod default/polite-node1",
+        "removed pod default/api",
+        "removed bridge cni0",
+        "removed cgroups",
+        "api.db",
+    ] {
+        assert!(said.contains(what), "{what} not said: {said}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(node.dir.join("host/term"))?.trim(),
+        "got TERM",
+        "the pod was not stopped gracefully"
+    );
+    let bridge = node.command("ip").args(["link", "show", "cni0"]).output()?;
+    assert!(!bridge.status.success(), "the bridge is still there");
+    node.assert_clean()
+}

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 
-const TABLE: &str = "nodelet_masquerade";
+pub const TABLE: &str = "nodelet_masquerade";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,6 +58,15 @@ pub async fn add(id: &str, ip: IpAddr, subnet: IpNet) -> Result<(), Error> {
          add rule inet {TABLE} postrouting {family} saddr {ip} {family} daddr != {subnet} {family} daddr != {multicast} masquerade comment \"{id}\"\n"
     );
     nft(&["-f", "-"], Some(&script)).await.map(drop)
+}
+
+/// Removes the whole table (`nodelet reset`); whether there was one.
+pub async fn delete_table() -> Result<bool, Error> {
+    if nft(&["list", "table", "inet", TABLE], None).await.is_err() {
+        return Ok(false);
+    }
+    nft(&["delete", "table", "inet", TABLE], None).await?;
+    Ok(true)
 }
 
 /// Removes the pod's rules; a missing table or rule is fine.

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
-mod masq;
+pub mod masq;
 mod plugins;
 
 /// The pod's interface name, as containerd names the default network's.
@@ -113,6 +113,9 @@ impl PodRef<'_> {
 
 /// Loads the node's network from the CNI config directory, writing nodelet's default first if
 /// the directory has none.
+/// The conflist nodelet writes when the configuration directory has none.
+pub const DEFAULT_CONFLIST: &str = "10-nodelet.conflist";
+
 pub fn load(config: &Config) -> Result<NetworkList, Error> {
     let dir = &config.cni_conf_dir;
     let has_config = std::fs::read_dir(dir).map(|d| {
@@ -128,7 +131,7 @@ pub fn load(config: &Config) -> Result<NetworkList, Error> {
             .pod_cidr
             .parse()
             .map_err(|_| Error::PodCidr(config.pod_cidr.clone()))?;
-        let path = dir.join("10-nodelet.conflist");
+        let path = dir.join(DEFAULT_CONFLIST);
         let text = cni::default_conflist("nodelet", cidr, &config.cni_data_dir.join("networks"));
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;

@@ -429,7 +429,7 @@ const HASH_LABEL: &str = "io.kubernetes.container.hash";
 const STOP_SIGNAL_LABEL: &str = "nodelet.io/stop-signal";
 
 /// The signal that asks an instance to stop: its image's (`SIGQUIT`, `QUIT` or `3`) or SIGTERM.
-pub(super) fn stop_signal(c: &protocol::ContainerStatus) -> i32 {
+pub fn stop_signal(c: &protocol::ContainerStatus) -> i32 {
     let Some(name) = c.labels.get(STOP_SIGNAL_LABEL) else {
         return libc::SIGTERM;
     };

@@ -30,6 +30,7 @@ use crate::node::Node;
 use crate::runtime::{Liveness, Scope, ShimEvents};
 
 mod containers;
+pub use containers::stop_signal;
 mod stop;
 
 const RESYNC: Duration = Duration::from_secs(10);
