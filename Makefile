@@ -51,9 +51,11 @@ run: release images
 	install -d $(MANIFESTS)
 	target/release/nodelet image import target/test-images/busybox
 	target/release/nodelet image import target/test-images/kubia
-	@[ -n "$$(ls -A $(MANIFESTS))" ] || cp docs/examples/kubia.yaml $(MANIFESTS)/
+	@if [ -z "$$(ls -A $(MANIFESTS))" ]; then cp docs/examples/kubia.yaml $(MANIFESTS)/; \
+	  echo "nodelet: the demo pod is $(MANIFESTS)/kubia.yaml (remove the file to delete the pod)"; fi
 	@echo "nodelet: static pods from $(MANIFESTS) and the built-in API on https://127.0.0.1:6443;"
-	@echo "  try 'target/release/nodelet kubectl get pods -o wide' in another shell"
+	@echo "  try 'target/release/nodelet kubectl get pods -o wide' in another shell;"
+	@echo "  ^C stops nodelet and leaves its pods running; 'target/release/nodelet reset' removes them"
 	exec target/release/nodelet --pod-manifest-path $(MANIFESTS)
 
 test: build

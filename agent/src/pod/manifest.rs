@@ -112,6 +112,19 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
             ));
         }
     }
+    if spec.host_users == Some(false) {
+        return Err(field_err(
+            "spec.hostUsers",
+            "Forbidden: user namespaces are not supported by nodelet yet",
+        ));
+    }
+    if let Some(profile) = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+    {
+        check_seccomp("spec.securityContext.seccompProfile", &profile.type_)?;
+    }
     let volumes = validate_volumes(spec)?;
     let mut names = HashSet::new();
     for (i, c) in spec.containers.iter().enumerate() {
@@ -185,6 +198,7 @@ fn validate_container(
             ));
         }
     }
+    refuse_unapplied(path, c)?;
     let mut mount_paths = HashSet::new();
     for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
         let mpath = format!("{path}.volumeMounts[{j}]");
@@ -272,6 +286,60 @@ fn validate_container(
         }
     }
     Ok(())
+}
+
+/// Fields nodelet does not apply yet are refused, never accepted and ignored: a pod that
+/// asked for a probe, a hook or a seccomp profile must not run as if it had one.
+fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
+    let not_yet = |field: &str, what: &str| {
+        field_err(
+            format!("{path}.{field}"),
+            format!("Forbidden: {what} are not supported by nodelet yet"),
+        )
+    };
+    for (field, set) in [
+        ("livenessProbe", c.liveness_probe.is_some()),
+        ("readinessProbe", c.readiness_probe.is_some()),
+        ("startupProbe", c.startup_probe.is_some()),
+    ] {
+        if set {
+            return Err(not_yet(field, "probes"));
+        }
+    }
+    if c.lifecycle.is_some() {
+        return Err(not_yet("lifecycle", "lifecycle hooks"));
+    }
+    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
+        return Err(not_yet("envFrom", "ConfigMap and Secret environments"));
+    }
+    for (j, e) in c.env.iter().flatten().enumerate() {
+        let from = e.value_from.as_ref();
+        if from.is_some_and(|f| f.field_ref.is_none()) {
+            return Err(not_yet(
+                &format!("env[{j}].valueFrom"),
+                "values from ConfigMaps, Secrets and resources",
+            ));
+        }
+    }
+    if let Some(profile) = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+    {
+        check_seccomp(&format!("{path}.securityContext.seccompProfile"), &profile.type_)?;
+    }
+    Ok(())
+}
+
+/// Only `Unconfined` is what nodelet does today; a profile asked for is refused, not dropped.
+fn check_seccomp(field: &str, kind: &str) -> Result<(), FieldError> {
+    if kind == "Unconfined" {
+        return Ok(());
+    }
+    Err(field_err(
+        format!("{field}.type"),
+        format!("Forbidden: seccomp profile {kind:?} is not supported by nodelet yet (only \"Unconfined\")"),
+    ))
 }
 
 /// runc's `checkProcMount`: nothing is mounted on /proc or below it, except over the few files
@@ -446,6 +514,13 @@ mod tests {
             ("metadata: {name: web, annotations: {'a/b/c': x}}\nspec: {containers: [{name: a, image: b}]}", "metadata.annotations"),
             ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc/sys}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
             ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
+            // Not applied yet, so refused rather than ignored.
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, livenessProbe: {exec: {command: [x]}}}]}", "spec.containers[0].livenessProbe"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, lifecycle: {preStop: {exec: {command: [x]}}}}]}", "spec.containers[0].lifecycle"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, envFrom: [{configMapRef: {name: c}}]}]}", "spec.containers[0].envFrom"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {secretKeyRef: {name: s, key: k}}}]}]}", "spec.containers[0].env[0].valueFrom"),
+            ("metadata: {name: web}\nspec: {securityContext: {seccompProfile: {type: RuntimeDefault}}, containers: [{name: a, image: b}]}", "spec.securityContext.seccompProfile.type"),
+            ("metadata: {name: web}\nspec: {hostUsers: false, containers: [{name: a, image: b}]}", "spec.hostUsers"),
         ];
         for (yaml, field) in cases {
             assert_eq!(check(yaml).unwrap_err().field, field, "{yaml}");
