@@ -83,6 +83,14 @@ fn shim_of(node: &TestNode, uid: &str) -> Result<i32> {
         .with_context(|| format!("no shim for pod {uid}"))
 }
 
+/// A test node with its agent and built-in API up.
+fn api_node() -> Result<TestNode> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    Ok(node)
+}
+
 fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -112,9 +120,7 @@ fn steady_pods() -> usize {
 /// sandbox; also when it was killed while pods were still being created.
 #[test]
 fn agent_sigkill_and_restart_keeps_every_api_pod() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let mut node = api_node()?;
     let n = steady_pods();
     let steady = names("steady", n);
     node.kubectl_create(&pods_yaml("steady", n), &[])?;
@@ -165,9 +171,7 @@ fn agent_sigkill_and_restart_keeps_every_api_pod() -> Result<()> {
 /// `SandboxChanged` event is recorded. Nothing of the old sandbox survives.
 #[test]
 fn a_killed_shim_counts_as_a_restart_of_each_container() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let mut node = api_node()?;
     node.kubectl_create(&pods_yaml("victim", 1), &[])?;
     let pod = "victim-0".to_owned();
     let before = wait_running(&node, std::slice::from_ref(&pod))?;
@@ -222,9 +226,7 @@ fn a_killed_shim_counts_as_a_restart_of_each_container() -> Result<()> {
 /// agent asks again, and the pod is left as it runs.
 #[test]
 fn a_shim_that_does_not_answer_is_not_torn_down() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = api_node()?;
     node.kubectl_create(&pods_yaml("frozen", 1), &[])?;
     let pod = "frozen-0".to_owned();
     let before = wait_running(&node, std::slice::from_ref(&pod))?;
@@ -256,9 +258,7 @@ fn a_shim_that_does_not_answer_is_not_torn_down() -> Result<()> {
 /// root only, as etcd and kubelet keep theirs.
 #[test]
 fn state_holding_secrets_is_private() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = api_node()?;
     node.kubectl_create(&pods_yaml("private", 1), &[])?;
     let pod = "private-0".to_owned();
     wait_running(&node, std::slice::from_ref(&pod))?;
@@ -368,9 +368,7 @@ fn check_devices(output: &str) -> Result<()> {
 /// the standard nodes; an exec'd process is held to the same rules.
 #[test]
 fn containers_and_execs_open_only_the_standard_devices() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = api_node()?;
     let script: String = DEVICE_CHECKS
         .lines()
         .chain(["sleep 3600"])
@@ -510,9 +508,7 @@ fn delete_all_and_check_clean_keeping(node: &TestNode, mounts: &[&str]) -> Resul
 /// pods running as they are.
 #[test]
 fn a_damaged_store_is_refused_and_the_node_goes_on() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let mut node = api_node()?;
     node.write_manifest("static.yaml", &nodelet_tests::sleeper_pod("static"));
     node.kubectl_create(&pods_yaml("api", 1), &[])?;
     let before = wait_running(
@@ -620,9 +616,7 @@ fn is_open(c: &mut impl std::io::Read) -> bool {
 /// pods and its other listener go on.
 #[test]
 fn idle_and_slow_connections_are_bounded_and_closed() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = api_node()?;
     node.kubectl_create(&pods_yaml("steady", 1), &[])?;
     let before = wait_running(&node, &names("steady", 1))?;
     let (mut idle, slow) = in_node_netns(&node, || {
@@ -696,9 +690,7 @@ fn idle_and_slow_connections_are_bounded_and_closed() -> Result<()> {
 /// the longest valid name runs.
 #[test]
 fn oversized_and_malformed_objects_are_refused() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = api_node()?;
     let refused = |yaml: &str, expect: &str| -> Result<()> {
         let out = node.kubectl_with("kubectl", &["create", "-f", "-"], Some(yaml));
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -862,9 +854,7 @@ fn agent_sigkill_during_deletion_and_image_pull_loses_and_leaks_nothing() -> Res
 /// the node goes on as before and new pods start.
 #[test]
 fn descriptor_exhaustion_tears_nothing_down() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = api_node()?;
     node.kubectl_create(&pods_yaml("held", 3), &[])?;
     node.write_manifest("static.yaml", &nodelet_tests::sleeper_pod("static"));
     let held: Vec<String> = names("held", 3)

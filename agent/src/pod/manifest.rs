@@ -326,7 +326,10 @@ fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
         .as_ref()
         .and_then(|s| s.seccomp_profile.as_ref())
     {
-        check_seccomp(&format!("{path}.securityContext.seccompProfile"), &profile.type_)?;
+        check_seccomp(
+            &format!("{path}.securityContext.seccompProfile"),
+            &profile.type_,
+        )?;
     }
     Ok(())
 }
