@@ -99,15 +99,17 @@ impl Beneath {
         Ok(current)
     }
 
-    /// Forgets the cached directory: after a directory entry may have been replaced.
-    pub fn forget(&mut self) {
-        self.last = None;
+    /// Forgets the cached directory if it is `rel`, which an entry may just have replaced.
+    pub fn forget_if(&mut self, rel: &Path) {
+        if self.last.as_ref().is_some_and(|(p, _)| p == rel) {
+            self.last = None;
+        }
     }
 }
 
 /// Opens `name` in `dir` without following a symlink (for changing what was just made).
-pub fn open_in(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag) -> io::Result<OwnedFd> {
-    Ok(openat2(dir, name, how(flags))?)
+pub fn open_in(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag) -> nix::Result<OwnedFd> {
+    openat2(dir, name, how(flags))
 }
 
 #[cfg(test)]

@@ -108,9 +108,9 @@ pub fn unpack(blob: impl Read, dest: &Path) -> Result<String, Error> {
             _ => write_entry(&mut entry, dir, &name, &root),
         };
         done.map_err(fail)?;
-        if entry.header().entry_type().is_dir() {
-            root.forget();
-        }
+        // An entry may have replaced the directory the cache holds (a file over an empty
+        // directory of the same name): look it up again then, and only then.
+        root.forget_if(&path);
     }
     // Tar readers stop at the end-of-archive blocks; the diff id covers the padding after them.
     let mut rest = archive.into_inner();
@@ -132,14 +132,25 @@ fn whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
             "whiteout of no file",
         ));
     }
-    remove_existing(dir, name)?;
-    Ok(mknodat(
-        dir,
-        name,
-        SFlag::S_IFCHR,
-        Mode::empty(),
-        makedev(0, 0),
-    )?)
+    replacing(dir, name, || {
+        mknodat(dir, name, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
+    })
+}
+
+/// Makes a new entry with `make`; where the name is taken (an earlier entry of the layer), the
+/// old one is removed first and `make` tried again. Most names are new: one call, not two.
+fn replacing<T>(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    mut make: impl FnMut() -> nix::Result<T>,
+) -> io::Result<T> {
+    match make() {
+        Err(Errno::EEXIST) => {
+            remove_existing(dir, name)?;
+            Ok(make()?)
+        }
+        other => Ok(other?),
+    }
 }
 
 /// Removes a non-directory (or an empty directory) at `name`, so a new entry takes its place;
@@ -181,8 +192,8 @@ fn write_entry<R: Read>(
             )?)
         }
         EntryType::Regular | EntryType::Continuous => {
-            remove_existing(dir, name)?;
-            let fd = beneath::open_in(dir, name, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL)?;
+            let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+            let fd = replacing(dir, name, || beneath::open_in(dir, name, create))?;
             let mut file = std::fs::File::from(fd);
             io::copy(entry, &mut file)?;
             Some(file.into())
@@ -191,8 +202,7 @@ fn write_entry<R: Read>(
             let target = entry.link_name()?.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidData, "symlink without target")
             })?;
-            remove_existing(dir, name)?;
-            symlinkat(target.as_ref(), dir, name)?;
+            replacing(dir, name, || symlinkat(target.as_ref(), dir, name))?;
             fchownat(dir, name, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)?;
             utimensat(dir, name, &mtime, &mtime, UtimensatFlags::NoFollowSymlink)?;
             return Ok(());
@@ -216,8 +226,9 @@ fn write_entry<R: Read>(
                 return Err(unsafe_link());
             };
             let from = root.existing_dir(from_dir)?;
-            remove_existing(dir, name)?;
-            linkat(from.as_fd(), from_name, dir, name, AtFlags::empty())?;
+            replacing(dir, name, || {
+                linkat(from.as_fd(), from_name, dir, name, AtFlags::empty())
+            })?;
             return Ok(());
         }
         EntryType::Char | EntryType::Block | EntryType::Fifo => {
@@ -234,8 +245,7 @@ fn write_entry<R: Read>(
                     header.device_minor()?.unwrap_or(0).into(),
                 )
             };
-            remove_existing(dir, name)?;
-            mknodat(dir, name, sflag, mode, dev)?;
+            replacing(dir, name, || mknodat(dir, name, sflag, mode, dev))?;
             fchownat(dir, name, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)?;
             // A device is never opened to change it: fchmodat on the node just made (no
             // symlink: mknodat made it), past the umask mknodat applied.
