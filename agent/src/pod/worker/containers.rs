@@ -18,36 +18,30 @@ impl Worker {
     pub(super) async fn sync_container(&mut self, c: &Container) -> Step {
         let newest = self.newest(&c.name).cloned();
         let hash = spec_hash(c);
-        let changed = |i: &Instance| i.record.labels.get(HASH_LABEL).is_some_and(|h| *h != hash);
-        let attempt = match &newest {
-            None => 0,
-            Some(i) if i.record.exit.is_none() => {
+        let changed = newest
+            .as_ref()
+            .is_some_and(|i| i.record.labels.get(HASH_LABEL).is_some_and(|h| *h != hash));
+        let policy = pod_spec(&self.pod)
+            .restart_policy
+            .as_deref()
+            .unwrap_or("Always");
+        let attempt = match decide(newest.as_ref(), changed, policy) {
+            Decision::Start { attempt } => attempt,
+            Decision::Running { replace } => {
                 self.observed.waiting.remove(&c.name);
-                if changed(i) {
+                if let (true, Some(i)) = (replace, &newest) {
                     self.replace(&c.name, &i.record.id);
                 }
                 return Step::Nothing;
             }
-            // kubelet: "Container spec hash changed, will be restarted", whatever the policy.
-            Some(i) if changed(i) => i.record.attempt + 1,
-            Some(i) => {
-                let exit = i.record.exit.as_ref().expect("exited");
-                let policy = pod_spec(&self.pod)
-                    .restart_policy
-                    .as_deref()
-                    .unwrap_or("Always");
-                let restart = match policy {
-                    "Never" => false,
-                    "OnFailure" => exit.code != 0,
-                    _ => true,
-                };
-                if !restart {
-                    self.observed.waiting.remove(&c.name);
-                    return Step::Nothing;
-                }
+            Decision::Stay => {
+                self.observed.waiting.remove(&c.name);
+                return Step::Nothing;
+            }
+            Decision::Restart { attempt, exited } => {
                 let key = backoff_key(c);
                 let now = Timestamp::now();
-                if let Some(remaining) = self.backoff.remaining(&key, exit.finished_at, now) {
+                if let Some(remaining) = self.backoff.remaining(&key, exited, now) {
                     let current = self.backoff.current(&key).unwrap_or_default();
                     let (ns, name) = namespace_name(&self.pod);
                     let message = format!(
@@ -64,8 +58,8 @@ impl Worker {
                     self.wait(c, "CrashLoopBackOff", message, Some(("BackOff", event)));
                     return Step::WaitFor(remaining);
                 }
-                self.backoff.next(&key, exit.finished_at, now);
-                i.record.attempt + 1
+                self.backoff.next(&key, exited, now);
+                attempt
             }
         };
         self.start_container(c, attempt).await
@@ -422,6 +416,47 @@ impl Worker {
     }
 }
 
+/// What one container needs, from its newest instance (kubelet's `computePodActions`, for one
+/// container).
+#[derive(Debug, PartialEq)]
+enum Decision {
+    /// Nothing runs yet, or the spec changed: start this attempt now.
+    Start { attempt: u32 },
+    /// It runs; `replace` when its spec changed (stopped, then started anew).
+    Running { replace: bool },
+    /// It exited and its policy restarts it: this attempt, once the backoff from `exited` allows.
+    Restart { attempt: u32, exited: Timestamp },
+    /// It exited and its policy leaves it so.
+    Stay,
+}
+
+fn decide(newest: Option<&Instance>, changed: bool, policy: &str) -> Decision {
+    let Some(i) = newest else {
+        return Decision::Start { attempt: 0 };
+    };
+    let Some(exit) = &i.record.exit else {
+        return Decision::Running { replace: changed };
+    };
+    let attempt = i.record.attempt + 1;
+    // kubelet: "Container spec hash changed, will be restarted", whatever the policy.
+    if changed {
+        return Decision::Start { attempt };
+    }
+    let restart = match policy {
+        "Never" => false,
+        "OnFailure" => exit.code != 0,
+        _ => true,
+    };
+    if restart {
+        Decision::Restart {
+            attempt,
+            exited: exit.finished_at,
+        }
+    } else {
+        Decision::Stay
+    }
+}
+
 /// The CRI label under which each instance keeps the hash of the spec it was made from.
 const HASH_LABEL: &str = "io.kubernetes.container.hash";
 
@@ -501,5 +536,56 @@ mod tests {
     fn go_style_back_off_durations() {
         assert_eq!(humantime(Duration::from_secs(40)), "40s");
         assert_eq!(humantime(Duration::from_secs(300)), "5m0s");
+    }
+
+    #[test]
+    fn restart_decisions_follow_the_policy_and_the_spec_hash() {
+        let at = Timestamp::UNIX_EPOCH;
+        let instance = |attempt: u32, exit_code: Option<i32>| Instance {
+            record: protocol::ContainerStatus {
+                attempt,
+                exit: exit_code.map(|code| Exit {
+                    code,
+                    signal: None,
+                    finished_at: at,
+                    oom_killed: false,
+                }),
+                ..record(None)
+            },
+            start_error: None,
+        };
+        assert_eq!(
+            decide(None, false, "Always"),
+            Decision::Start { attempt: 0 }
+        );
+        let running = instance(2, None);
+        assert_eq!(
+            decide(Some(&running), false, "Never"),
+            Decision::Running { replace: false }
+        );
+        assert_eq!(
+            decide(Some(&running), true, "Never"),
+            Decision::Running { replace: true }
+        );
+        let (ok, failed) = (instance(2, Some(0)), instance(2, Some(1)));
+        let restart = Decision::Restart {
+            attempt: 3,
+            exited: at,
+        };
+        for (policy, exited, want) in [
+            ("Always", &ok, &restart),
+            ("Always", &failed, &restart),
+            ("OnFailure", &ok, &Decision::Stay),
+            ("OnFailure", &failed, &restart),
+            ("Never", &ok, &Decision::Stay),
+            ("Never", &failed, &Decision::Stay),
+        ] {
+            assert_eq!(&decide(Some(exited), false, policy), want, "{policy}");
+            // A changed spec starts again at once, whatever the policy, without backoff.
+            assert_eq!(
+                decide(Some(exited), true, policy),
+                Decision::Start { attempt: 3 }
+            );
+        }
     }
 }
