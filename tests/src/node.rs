@@ -650,7 +650,7 @@ impl Drop for TestNode {
         if let Some(mut agent) = self.agent.take() {
             let _ = agent.nsenter.wait();
         }
-        for controller in ["memory", "cpu", "cpuacct", "pids", ""] {
+        for controller in ["memory", "cpu", "cpuacct", "pids", "devices", ""] {
             remove_cgroup_tree(
                 &Path::new("/sys/fs/cgroup")
                     .join(controller)
