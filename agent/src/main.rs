@@ -69,6 +69,14 @@ enum ImageCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A store named outright needs no configuration (the agent runs this check on its own
+    // store, whatever configuration file it was given).
+    if let Some(Command::CheckStore {
+        database: Some(path),
+    }) = &cli.command
+    {
+        return finish(check_store(path));
+    }
     let result = config::Config::load(&cli.flags)
         .map_err(anyhow::Error::from)
         .and_then(|config| match &cli.command {
@@ -98,18 +106,16 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()?
                 .block_on(nodelet::reset::reset(config)),
-            Some(Command::CheckStore { database }) => {
-                let path = database
+            Some(Command::CheckStore { database }) => check_store(
+                &database
                     .clone()
-                    .unwrap_or_else(|| config.root_dir.join("api.db"));
-                let (objects, rv) = apiserver::Store::check(&path)?;
-                println!(
-                    "{}: {objects} objects, resourceVersion {rv}",
-                    path.display()
-                );
-                Ok(())
-            }
+                    .unwrap_or_else(|| config.root_dir.join("api.db")),
+            ),
         });
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -117,6 +123,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check_store(path: &std::path::Path) -> anyhow::Result<()> {
+    let (objects, rv) = apiserver::Store::check(path)?;
+    println!(
+        "{}: {objects} objects, resourceVersion {rv}",
+        path.display()
+    );
+    Ok(())
 }
 
 fn init_tracing() {
