@@ -573,14 +573,27 @@ impl Workers {
                 (None, None) => self.spawn(pod.clone(), false),
             }
         }
-        if !complete {
-            return;
-        }
         for (uid, w) in &self.handles {
-            if !desired.contains_key(uid) && self.deleting.insert(uid.clone()) {
+            // Until every source has listed, only what the manifest directory dropped goes (it
+            // has listed: `desired` holds its pods), as kubelet applies each source's removals.
+            let gone = !desired.contains_key(uid) && (complete || is_static(&w.tx.borrow()));
+            if gone && self.deleting.insert(uid.clone()) {
                 let _ = w.tx.send(Desired::Delete { grace: None });
             }
         }
+    }
+}
+
+/// Whether a worker's pod came from the manifest directory (kubelet's `config.source` annotation).
+fn is_static(desired: &Desired) -> bool {
+    match desired {
+        Desired::Run(pod) => pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubernetes.io/config.source"))
+            .is_some_and(|s| s == "file"),
+        Desired::Delete { .. } => false,
     }
 }
 
@@ -600,9 +613,15 @@ async fn adopt(workers: &mut Workers) {
         }
     }
     for uid in uids {
-        let record = std::fs::read(paths.pod_record(&uid))
-            .ok()
-            .and_then(|d| serde_json::from_slice::<Pod>(&d).ok());
+        let record = match std::fs::read(paths.pod_record(&uid)) {
+            Ok(data) => serde_json::from_slice::<Pod>(&data).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // Unreadable now (EMFILE, EIO) is not missing: leave the pod alone.
+            Err(e) => {
+                error!(pod_uid = %uid, error = %e, "read pod record; leaving the pod as it is");
+                continue;
+            }
+        };
         // A shim too busy to answer right now is still adopted; its worker asks again.
         let alive = node.runtime.liveness(&uid).await == Liveness::Alive;
         match record {

@@ -563,11 +563,20 @@ fn a_damaged_store_is_refused_and_the_node_goes_on() -> Result<()> {
         // Start over with an empty store, as the message says: the API pod is then gone.
         std::fs::File::create(node.dir.join("agent.log"))?;
     }
+    // Without the API's list, the manifest directory's own removals still apply.
+    node.remove_manifest("static.yaml");
+    let static_name = format!("static-{}", node.name);
+    wait_for("the static pod gone without the API", T, || {
+        (!by_name(&node).contains_key(&static_name)).then_some(())
+    })?;
+    ensure!(
+        by_name(&node).contains_key("api-0"),
+        "the API's pod was touched"
+    );
     node.stop_agent(Signal::SIGTERM)?;
     std::fs::remove_file(&db)?;
     node.start_agent()?;
     node.wait_api()?;
-    node.remove_manifest("static.yaml");
     wait_for("every pod gone", T, || {
         by_name(&node).is_empty().then_some(())
     })?;

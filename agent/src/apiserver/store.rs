@@ -368,7 +368,13 @@ impl Store {
             })?;
             let stored = stored_rv(&db).map_err(|_| unavailable())?;
             match state.pending.take() {
-                Some(p) if stored == p.change.rv => self.apply(state, p.key, p.change),
+                Some(p) if stored == p.change.rv => {
+                    // The failed write did land. The caller's change was made against the state
+                    // before it (its version, its preconditions): it must be asked again.
+                    self.apply(state, p.key, p.change);
+                    state.db = Some(db);
+                    return Err(unavailable());
+                }
                 _ if stored == state.rv => {}
                 pending => {
                     state.pending = pending;

@@ -191,7 +191,8 @@ fn write_entry<R: Read>(
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY,
             )?)
         }
-        EntryType::Regular | EntryType::Continuous => {
+        // The tar crate expands a GNU sparse entry's data as it is read.
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
             let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
             let fd = replacing(dir, name, || beneath::open_in(dir, name, create))?;
             let mut file = std::fs::File::from(fd);

@@ -125,7 +125,16 @@ impl FileSource {
         let mut seen = Vec::new();
         match std::fs::read_dir(&self.dir) {
             Ok(entries) => {
-                let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+                // A listing that fails half-way would drop the pods not yet listed.
+                let listed: std::io::Result<Vec<PathBuf>> =
+                    entries.map(|e| e.map(|e| e.path())).collect();
+                let mut paths = match listed {
+                    Ok(paths) => paths,
+                    Err(e) => {
+                        warn!(dir = %self.dir.display(), error = %e, "read static pod directory");
+                        return None;
+                    }
+                };
                 paths.sort();
                 for path in paths {
                     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
