@@ -891,10 +891,26 @@ fn descriptor_exhaustion_tears_nothing_down() -> Result<()> {
         .context("open files limit")?
         .to_owned();
     // Below what it has open: each new descriptor fails with EMFILE.
+    // A pod being deleted when the descriptors run out: its grace (5 s) ends while they are
+    // out, so its SIGKILL and teardown fail; it must stay until they can be done, not be
+    // reported gone with its processes left behind (the final clean check sees those).
+    node.kubectl_create(
+        &pods_yaml("doomed", 1).replace(
+            "terminationGracePeriodSeconds: 1",
+            "terminationGracePeriodSeconds: 5",
+        ),
+        &[],
+    )?;
+    wait_running(&node, &names("doomed", 1))?;
+    node.kubectl_ok(&["delete", "pod", "doomed-0", "--wait=false"])?;
+    std::thread::sleep(Duration::from_secs(1));
     limit("16:")?;
     // Past two resyncs of every worker (10 s each).
     std::thread::sleep(Duration::from_secs(25));
     limit(&format!("{soft}:"))?;
+    wait_for("the deleted pod gone once descriptors are back", T, || {
+        (!by_name(&node).contains_key("doomed-0")).then_some(())
+    })?;
     let log = node.agent_log();
     ensure!(log.contains("shim did not answer"), "no call failed: {log}");
     ensure!(

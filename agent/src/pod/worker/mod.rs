@@ -457,17 +457,26 @@ impl Worker {
         self.events = None;
         let (ns, name) = namespace_name(&self.pod);
         let log_dir = self.node.ctx.paths.pod_logs(ns, name, &self.uid);
-        for e in self
-            .node
-            .teardown_pod(
-                &self.uid,
-                Scope::Pod {
-                    logs: Some(&log_dir),
-                },
-            )
-            .await
-        {
-            warn!(error = %e, "teardown");
+        // The pod is gone only once everything of it is: a teardown that failed (out of
+        // descriptors, a busy mount) is tried again, and the pod stays Terminating meanwhile,
+        // as kubelet keeps it.
+        let mut delay = RETRY;
+        loop {
+            let logs = Scope::Pod {
+                logs: Some(&log_dir),
+            };
+            let errors = self.node.teardown_pod(&self.uid, logs).await;
+            if errors.is_empty() {
+                break;
+            }
+            for e in &errors {
+                warn!(error = %e, "teardown; trying again");
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(60));
         }
         self.node
             .pods
