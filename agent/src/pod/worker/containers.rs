@@ -76,8 +76,22 @@ impl Worker {
         let (runtime, uid, id) = (self.node.runtime.clone(), self.uid.clone(), id.to_owned());
         tokio::spawn(async move {
             for (signal, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, Duration::ZERO)] {
-                if runtime.signal(&uid, &id, signal).await.is_err() {
-                    return;
+                // A shim that did not answer is asked again (a spec change must not be lost to a
+                // hiccup); one that answered no (the instance has exited) or is gone is done.
+                let mut tries = 0;
+                loop {
+                    match runtime.signal(&uid, &id, signal).await {
+                        Ok(()) => break,
+                        Err(crate::runtime::Error::Shim { .. }) => return,
+                        Err(_) if tries == 10 => return,
+                        Err(_)
+                            if runtime.liveness(&uid).await == crate::runtime::Liveness::Gone =>
+                        {
+                            return
+                        }
+                        Err(_) => tries += 1,
+                    }
+                    tokio::time::sleep(RETRY).await;
                 }
                 tokio::time::sleep(wait).await;
             }
