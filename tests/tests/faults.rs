@@ -35,11 +35,11 @@ fn by_name(node: &TestNode) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Each pod's only container, as (containerID, startedAt, restartCount), once all `names` run.
-fn wait_running(
-    node: &TestNode,
-    names: &[String],
-) -> Result<BTreeMap<String, (Value, Value, Value)>> {
+/// A pod's only container as (containerID, startedAt, restartCount).
+type Running = (Value, Value, Value);
+
+/// Each pod's only container, once all `names` run.
+fn wait_running(node: &TestNode, names: &[String]) -> Result<BTreeMap<String, Running>> {
     wait_for(&format!("{} pods running", names.len()), T, || {
         let pods = by_name(node);
         names
@@ -81,6 +81,21 @@ fn shim_of(node: &TestNode, uid: &str) -> Result<i32> {
             String::from_utf8_lossy(&cmdline).contains(uid)
         })
         .with_context(|| format!("no shim for pod {uid}"))
+}
+
+/// One sleeping API pod `<prefix>-0`, once running: its name, its only container as
+/// `wait_running` reports it, the pod and its UID.
+fn one_pod(node: &TestNode, prefix: &str) -> Result<(String, Running, Value, String)> {
+    node.kubectl_create(&pods_yaml(prefix, 1), &[])?;
+    let name = format!("{prefix}-0");
+    let mut running = wait_running(node, std::slice::from_ref(&name))?;
+    let container = running.remove(&name).context("running pod")?;
+    let pod = by_name(node).remove(&name).context("pod")?;
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((name, container, pod, uid))
 }
 
 /// A test node with its agent and built-in API up.
@@ -172,12 +187,8 @@ fn agent_sigkill_and_restart_keeps_every_api_pod() -> Result<()> {
 #[test]
 fn a_killed_shim_counts_as_a_restart_of_each_container() -> Result<()> {
     let mut node = api_node()?;
-    node.kubectl_create(&pods_yaml("victim", 1), &[])?;
-    let pod = "victim-0".to_owned();
-    let before = wait_running(&node, std::slice::from_ref(&pod))?;
-    let p = by_name(&node)[&pod].clone();
+    let (pod, before, p, uid) = one_pod(&node, "victim")?;
     let old_pid = node.container_pid(&p, "c")?;
-    let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
     kill(Pid::from_raw(shim_of(&node, &uid)?), Signal::SIGKILL)?;
 
     let restarted = wait_for("the container restarted in a new sandbox", T, || {
@@ -187,10 +198,10 @@ fn a_killed_shim_counts_as_a_restart_of_each_container() -> Result<()> {
     })
     .with_context(|| node.agent_log())?;
     let c = TestNode::container_status(&restarted, "c");
-    ensure!(c["containerID"] != before[&pod].0, "{c:#}");
+    ensure!(c["containerID"] != before.0, "{c:#}");
     let last = &c["lastState"]["terminated"];
     ensure!(
-        last["exitCode"] == 137 && last["containerID"] == before[&pod].0,
+        last["exitCode"] == 137 && last["containerID"] == before.0,
         "lastState: {c:#}"
     );
     ensure!(
@@ -227,20 +238,14 @@ fn a_killed_shim_counts_as_a_restart_of_each_container() -> Result<()> {
 #[test]
 fn a_shim_that_does_not_answer_is_not_torn_down() -> Result<()> {
     let node = api_node()?;
-    node.kubectl_create(&pods_yaml("frozen", 1), &[])?;
-    let pod = "frozen-0".to_owned();
-    let before = wait_running(&node, std::slice::from_ref(&pod))?;
-    let uid = by_name(&node)[&pod]["metadata"]["uid"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let (pod, before, _, uid) = one_pod(&node, "frozen")?;
     let shim_pid = shim_of(&node, &uid)?;
     kill(Pid::from_raw(shim_pid), Signal::SIGSTOP)?;
     // Past the 30 s call timeout and a resync.
     std::thread::sleep(Duration::from_secs(45));
     kill(Pid::from_raw(shim_pid), Signal::SIGCONT)?;
     let after = wait_running(&node, std::slice::from_ref(&pod))?;
-    ensure!(after == before, "before {before:?}, after {after:?}");
+    ensure!(after[&pod] == before, "before {before:?}, after {after:?}");
     ensure!(
         node.agent_log().contains("shim did not answer"),
         "{}",
@@ -259,11 +264,7 @@ fn a_shim_that_does_not_answer_is_not_torn_down() -> Result<()> {
 #[test]
 fn state_holding_secrets_is_private() -> Result<()> {
     let node = api_node()?;
-    node.kubectl_create(&pods_yaml("private", 1), &[])?;
-    let pod = "private-0".to_owned();
-    wait_running(&node, std::slice::from_ref(&pod))?;
-    let p = by_name(&node)[&pod].clone();
-    let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+    let (_, _, p, uid) = one_pod(&node, "private")?;
     let id = TestNode::container_status(&p, "c")["containerID"]
         .as_str()
         .and_then(|c| c.strip_prefix("nodelet://"))
