@@ -113,7 +113,12 @@ pub fn logs(config: &Config, args: &LogsArgs) -> anyhow::Result<()> {
     let names: Vec<String> = pod
         .spec
         .iter()
-        .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .map(|c| c.name.clone())
+        })
         .collect();
     let container = match (&args.container, names.as_slice()) {
         (Some(c), _) if names.contains(c) => c.clone(),

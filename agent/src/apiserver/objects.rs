@@ -457,6 +457,31 @@ fn default_pod(pod: &mut Value) {
             set(c, "terminationMessagePath", json!("/dev/termination-log"));
             set(c, "terminationMessagePolicy", json!("File"));
             set(c, "resources", json!({}));
+            // SetDefaults_Probe and SetDefaults_HTTPGetAction.
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                let Some(p) = c.get_mut(probe).filter(|p| p.is_object()) else {
+                    continue;
+                };
+                set(p, "timeoutSeconds", json!(1));
+                set(p, "periodSeconds", json!(10));
+                set(p, "successThreshold", json!(1));
+                set(p, "failureThreshold", json!(3));
+                if let Some(get) = p.get_mut("httpGet").filter(|g| g.is_object()) {
+                    set(get, "path", json!("/"));
+                    set(get, "scheme", json!("HTTP"));
+                }
+            }
+            for hook in ["postStart", "preStop"] {
+                if let Some(get) = c
+                    .get_mut("lifecycle")
+                    .and_then(|l| l.get_mut(hook))
+                    .and_then(|h| h.get_mut("httpGet"))
+                    .filter(|g| g.is_object())
+                {
+                    set(get, "path", json!("/"));
+                    set(get, "scheme", json!("HTTP"));
+                }
+            }
             if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports {
                     set(p, "protocol", json!("TCP"));

@@ -77,6 +77,130 @@ impl Exec {
     }
 }
 
+/// `nodelet-shim exec` for `command` in the instance `id` (its first process `pid`), with the
+/// instance's user, capabilities and environment; and the file where it reports a failure to
+/// start.
+fn helper(
+    node: &Node,
+    uid: &str,
+    id: &str,
+    pid: i32,
+    command: &[String],
+    tty: bool,
+) -> Result<(tokio::process::Command, std::path::PathBuf), ExecError> {
+    let process_file = node.ctx.paths.container_dir(uid, id).join("process.json");
+    let mut process: ProcessSpec = std::fs::read(&process_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            ExecError::Internal(format!(
+                "the container's process settings ({}) are missing",
+                process_file.display()
+            ))
+        })?;
+    process.args = command.to_vec();
+    if tty && !process.env.iter().any(|e| e.starts_with("TERM=")) {
+        process.env.push("TERM=xterm".into());
+    }
+    let error_file = node
+        .ctx
+        .paths
+        .run
+        .join(format!("exec-{}.err", crate::random_hex(8)));
+    let spec = ExecSpec {
+        pid,
+        process,
+        tty,
+        error_file: error_file.clone(),
+    };
+    let mut cmd = tokio::process::Command::new(crate::runtime::shim_binary());
+    cmd.arg("exec")
+        .arg(serde_json::to_string(&spec).expect("serialise exec spec"))
+        .kill_on_drop(true);
+    Ok((cmd, error_file))
+}
+
+/// Most of a command's output a probe or hook keeps (kubelet's `maxReadLength`).
+const MAX_OUTPUT: usize = 10 * 1024;
+
+/// Runs `command` in a running instance without a client (probes and hooks), its stdout and
+/// stderr together as kubelet's `CombinedOutput`: its exit status and at most 10 KiB of output.
+/// `Err` when it could not run, or did not end within `timeout` (then it is killed).
+pub async fn run_captured(
+    node: &Node,
+    uid: &str,
+    id: &str,
+    pid: i32,
+    command: &[String],
+    timeout: Option<std::time::Duration>,
+) -> Result<(i32, String), String> {
+    use tokio::io::AsyncReadExt;
+    if command.is_empty() {
+        return Err("no command given".into());
+    }
+    let (mut cmd, error_file) =
+        helper(node, uid, id, pid, command, false).map_err(|e| e.to_string())?;
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let writer2 = writer.try_clone().map_err(|e| format!("pipe: {e}"))?;
+    cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("start nodelet-shim exec: {e}"));
+    drop(cmd);
+    let mut exec = Exec {
+        child: child?,
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        terminal: None,
+        error_file,
+    };
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+        .map_err(|e| format!("pipe: {e}"))?;
+    // Read until the command ends (not until end of file: something it started in the
+    // background may hold the pipe open), then what is left in the pipe.
+    let mut output = Vec::new();
+    let read = |output: &mut Vec<u8>, buf: &[u8]| {
+        let room = MAX_OUTPUT.saturating_sub(output.len());
+        output.extend_from_slice(&buf[..buf.len().min(room)]);
+    };
+    let mut buf = [0u8; 4096];
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let expired = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
+    let mut open = true;
+    loop {
+        tokio::select! {
+            n = pipe.read(&mut buf), if open => match n {
+                Ok(0) | Err(_) => open = false,
+                Ok(n) => read(&mut output, &buf[..n]),
+            },
+            _ = exec.child.wait() => break,
+            () = &mut expired => {
+                let _ = exec.child.start_kill();
+                return Err(format!("command {:?} timed out", command.join(" ")));
+            }
+        }
+    }
+    while open {
+        match tokio::time::timeout(std::time::Duration::from_millis(20), pipe.read(&mut buf)).await
+        {
+            Ok(Ok(n)) if n > 0 => read(&mut output, &buf[..n]),
+            _ => open = false,
+        }
+    }
+    let output = String::from_utf8_lossy(&output).into_owned();
+    match exec.wait().await {
+        Outcome::Exited(code) => Ok((code, output)),
+        Outcome::Failed(why) => Err(why),
+    }
+}
+
 /// The pod's UID and the running instance's (id, pid) of `container`.
 pub async fn find_container(
     node: &Node,
@@ -85,10 +209,12 @@ pub async fn find_container(
     container: &str,
 ) -> Result<(String, String, i32), ExecError> {
     let found = node.find_pod(namespace, pod).map(|(uid, p)| {
-        let known = p
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.containers.iter().any(|c| c.name == container));
+        let known = p.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .any(|c| c.name == container)
+        });
         (uid, known)
     });
     let (uid, known) = found.ok_or_else(|| ExecError::PodNotFound(format!("{namespace}/{pod}")))?;
@@ -117,35 +243,7 @@ pub async fn start(node: Arc<Node>, req: &ExecRequest) -> Result<Exec, ExecError
         return Err(ExecError::Internal("no command given".into()));
     }
     let (uid, id, pid) = find_container(&node, &req.namespace, &req.pod, &req.container).await?;
-    let process_file = node.ctx.paths.container_dir(&uid, &id).join("process.json");
-    let mut process: ProcessSpec = std::fs::read(&process_file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            ExecError::Internal(format!(
-                "the container's process settings ({}) are missing",
-                process_file.display()
-            ))
-        })?;
-    process.args = req.command.clone();
-    if req.tty && !process.env.iter().any(|e| e.starts_with("TERM=")) {
-        process.env.push("TERM=xterm".into());
-    }
-    let error_file = node
-        .ctx
-        .paths
-        .run
-        .join(format!("exec-{}.err", crate::random_hex(8)));
-    let spec = ExecSpec {
-        pid,
-        process,
-        tty: req.tty,
-        error_file: error_file.clone(),
-    };
-    let mut cmd = tokio::process::Command::new(crate::runtime::shim_binary());
-    cmd.arg("exec")
-        .arg(serde_json::to_string(&spec).expect("serialise exec spec"))
-        .kill_on_drop(true);
+    let (mut cmd, error_file) = helper(&node, &uid, &id, pid, &req.command, req.tty)?;
     // With a terminal, the helper opens it inside the container and hands back its controlling
     // side over this socket (its standard input); the command's stdio is the terminal.
     let mut terminal_socket = None;

@@ -123,10 +123,12 @@ fn instance(
     let (_, p) = node
         .find_pod(namespace, pod)
         .ok_or_else(|| LogError::PodNotFound(pod.to_owned()))?;
-    let known = p
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.containers.iter().any(|c| c.name == container));
+    let known = p.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == container)
+    });
     if !known {
         return Err(LogError::NoContainer {
             pod: pod.to_owned(),

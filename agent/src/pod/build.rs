@@ -76,8 +76,17 @@ fn request(c: &Container, name: &str) -> Option<String> {
     resource(c, "requests", name).or_else(|| resource(c, "limits", name))
 }
 
+/// Every container of the pod: init containers (and sidecars), then the app containers.
+fn all_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+}
+
+/// kubelet's `GetPodQOS`, over every container, init containers included.
 pub fn qos(spec: &PodSpec) -> Qos {
-    let any = spec.containers.iter().any(|c| {
+    let any = all_containers(spec).any(|c| {
         ["cpu", "memory"]
             .iter()
             .any(|r| resource(c, "limits", r).is_some() || resource(c, "requests", r).is_some())
@@ -85,7 +94,7 @@ pub fn qos(spec: &PodSpec) -> Qos {
     if !any {
         return Qos::BestEffort;
     }
-    let guaranteed = spec.containers.iter().all(|c| {
+    let guaranteed = all_containers(spec).all(|c| {
         ["cpu", "memory"]
             .iter()
             .all(|r| match (resource(c, "limits", r), request(c, r)) {
@@ -128,28 +137,48 @@ fn container_cgroup(c: &Container, path: PathBuf) -> CgroupSpec {
     }
 }
 
+/// The pod's effective value of one resource, by kubelet's rule (`PodRequests`/`PodLimits`):
+/// the larger of the app containers' sum (with the sidecars, which run beside them) and each
+/// init container's own value (with the sidecars started before it). `None` when some
+/// container has none (no pod limit then).
+fn effective(spec: &PodSpec, value: impl Fn(&Container) -> Option<u64>) -> Option<u64> {
+    let mut sidecars = 0u64;
+    let mut init_max = 0u64;
+    for c in spec.init_containers.iter().flatten() {
+        let v = value(c)?;
+        if c.restart_policy.as_deref() == Some("Always") {
+            sidecars += v;
+            init_max = init_max.max(sidecars);
+        } else {
+            init_max = init_max.max(v + sidecars);
+        }
+    }
+    let apps = spec.containers.iter().map(&value).sum::<Option<u64>>()?;
+    Some((apps + sidecars).max(init_max))
+}
+
 /// kubelet's `ResourceConfigForPod`: limits only when every container has one.
 pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
     let spec = pod_spec(pod);
-    let limits: Vec<CgroupSpec> = spec
-        .containers
-        .iter()
-        .map(|c| container_cgroup(c, PathBuf::new()))
-        .collect();
-    let all = |f: fn(&CgroupSpec) -> Option<u64>| limits.iter().map(f).sum::<Option<u64>>();
-    let shares: u64 = spec
-        .containers
-        .iter()
-        .filter_map(|c| request(c, "cpu").and_then(|q| quantity::parse_millicpu(&q)))
-        .sum();
+    let limit = |c: &Container| container_cgroup(c, PathBuf::new());
+    let memory_limit = effective(spec, |c| limit(c).memory_limit);
+    let cpu_quota_us = effective(spec, |c| limit(c).cpu_quota_us);
+    let millicpu = |c: &Container| {
+        Some(
+            request(c, "cpu")
+                .and_then(|q| quantity::parse_millicpu(&q))
+                .unwrap_or(0),
+        )
+    };
+    let shares = effective(spec, millicpu).unwrap_or(0);
     SandboxSpec {
         pod_uid: pod_uid(pod).to_owned(),
         hostname: hostname(pod),
         share_pid: spec.share_process_namespace == Some(true),
         cgroup: Some(CgroupSpec {
             path: pod_cgroup_path(node, pod),
-            memory_limit: all(|l| l.memory_limit),
-            cpu_quota_us: all(|l| l.cpu_quota_us),
+            memory_limit,
+            cpu_quota_us,
             cpu_shares: Some(cgroup::millicpu_to_shares(shares)),
             cpu_weight: Some(cgroup::shares_to_weight(cgroup::millicpu_to_shares(shares))),
             pids_limit: node.pod_pids_limit,
@@ -214,7 +243,7 @@ pub fn container_spec(
             env,
             ..user(pod, c, image)?
         },
-        mounts: mounts(node, pod, c)?,
+        mounts: mounts(node, pod, c, inst.id)?,
         cgroup: Some(container_cgroup(
             c,
             pod_cgroup_path(node, pod).join(inst.id),
@@ -516,7 +545,12 @@ fn capabilities(c: &Container, privileged: bool) -> Vec<String> {
 }
 
 /// Managed files first (unless a volume covers them), then volumes in spec order.
-fn mounts(node: &NodeContext, pod: &Pod, c: &Container) -> Result<Vec<BindMount>, ConfigError> {
+fn mounts(
+    node: &NodeContext,
+    pod: &Pod,
+    c: &Container,
+    id: &str,
+) -> Result<Vec<BindMount>, ConfigError> {
     let uid = pod_uid(pod);
     let root = node.paths.pod_root(uid);
     let volume_mounts = c.volume_mounts.clone().unwrap_or_default();
@@ -538,6 +572,20 @@ fn mounts(node: &NodeContext, pod: &Pod, c: &Container) -> Result<Vec<BindMount>
                 read_only: false,
             });
         }
+    }
+    // The file the container may leave its termination message in (kubelet mounts one per
+    // instance at `terminationMessagePath`, /dev/termination-log unless set).
+    let message_path = c
+        .termination_message_path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/dev/termination-log");
+    if !covered(message_path) {
+        out.push(BindMount {
+            source: crate::pod::worker::termination_path(&node.paths, uid, id),
+            destination: message_path.into(),
+            read_only: false,
+        });
     }
     let volumes = pod_spec(pod).volumes.clone().unwrap_or_default();
     for m in volume_mounts {

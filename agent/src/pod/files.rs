@@ -132,6 +132,7 @@ pub fn load_lost(paths: &crate::paths::NodePaths, uid: &str) -> HashMap<String, 
             let instance = Instance {
                 record,
                 start_error: None,
+                previous_sandbox: true,
             };
             (instance.record.name.clone(), instance)
         })

@@ -15,7 +15,7 @@ pub struct FieldError {
     pub reason: String,
 }
 
-fn field_err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+pub fn field_err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
         reason: reason.into(),
@@ -67,12 +67,6 @@ pub fn validate(pod: &Pod) -> Result<(), FieldError> {
 fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
     if spec.containers.is_empty() {
         return Err(field_err("spec.containers", "Required value"));
-    }
-    if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
-        return Err(field_err(
-            "spec.initContainers",
-            "Forbidden: init containers are not supported by nodelet yet",
-        ));
     }
     if spec
         .ephemeral_containers
@@ -126,9 +120,17 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
         check_seccomp("spec.securityContext.seccompProfile", &profile.type_)?;
     }
     let volumes = validate_volumes(spec)?;
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
     let mut names = HashSet::new();
-    for (i, c) in spec.containers.iter().enumerate() {
-        let path = format!("spec.containers[{i}]");
+    let init = spec.init_containers.iter().flatten();
+    let all = init.map(|c| ("initContainers", c)).enumerate().chain(
+        spec.containers
+            .iter()
+            .map(|c| ("containers", c))
+            .enumerate(),
+    );
+    for (i, (list, c)) in all {
+        let path = format!("spec.{list}[{i}]");
         check_label(&format!("{path}.name"), &c.name)?;
         if !names.insert(c.name.as_str()) {
             return Err(field_err(
@@ -137,6 +139,7 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
             ));
         }
         validate_container(&path, c, &volumes)?;
+        super::lifecycle::validate(&path, c, list == "initContainers", grace)?;
     }
     Ok(())
 }
@@ -289,7 +292,7 @@ fn validate_container(
 }
 
 /// Fields nodelet does not apply yet are refused, never accepted and ignored: a pod that
-/// asked for a probe, a hook or a seccomp profile must not run as if it had one.
+/// asked for a seccomp profile or a Secret's value must not run as if it had one.
 fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
     let not_yet = |field: &str, what: &str| {
         field_err(
@@ -297,18 +300,6 @@ fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
             format!("Forbidden: {what} are not supported by nodelet yet"),
         )
     };
-    for (field, set) in [
-        ("livenessProbe", c.liveness_probe.is_some()),
-        ("readinessProbe", c.readiness_probe.is_some()),
-        ("startupProbe", c.startup_probe.is_some()),
-    ] {
-        if set {
-            return Err(not_yet(field, "probes"));
-        }
-    }
-    if c.lifecycle.is_some() {
-        return Err(not_yet("lifecycle", "lifecycle hooks"));
-    }
     if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
         return Err(not_yet("envFrom", "ConfigMap and Secret environments"));
     }
@@ -518,8 +509,6 @@ mod tests {
             ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc/sys}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
             ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
             // Not applied yet, so refused rather than ignored.
-            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, livenessProbe: {exec: {command: [x]}}}]}", "spec.containers[0].livenessProbe"),
-            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, lifecycle: {preStop: {exec: {command: [x]}}}}]}", "spec.containers[0].lifecycle"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, envFrom: [{configMapRef: {name: c}}]}]}", "spec.containers[0].envFrom"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {secretKeyRef: {name: s, key: k}}}]}]}", "spec.containers[0].env[0].valueFrom"),
             ("metadata: {name: web}\nspec: {securityContext: {seccompProfile: {type: RuntimeDefault}}, containers: [{name: a, image: b}]}", "spec.securityContext.seccompProfile.type"),

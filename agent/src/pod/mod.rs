@@ -1,9 +1,12 @@
 //! Pods: manifests, what to run for them, their workers, and their status.
 
+pub mod action;
 pub mod backoff;
 pub mod build;
 pub mod files;
+pub mod lifecycle;
 pub mod manifest;
+pub mod probe;
 pub mod quantity;
 pub mod status;
 pub mod table;

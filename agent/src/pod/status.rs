@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, Pod, PodCondition, PodStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use nodelet_sandbox::protocol;
@@ -19,6 +19,32 @@ pub struct Instance {
     pub record: protocol::ContainerStatus,
     /// Set when the runtime could not start the instance (containerd's `StartError`, exit 128).
     pub start_error: Option<String>,
+    /// It ran in an earlier sandbox of the pod, which was lost.
+    pub previous_sandbox: bool,
+}
+
+impl Instance {
+    pub fn running(&self) -> bool {
+        self.record.exit.is_none()
+    }
+}
+
+/// What a container is to its pod.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Role {
+    /// Runs to completion, in order, before the app containers.
+    Init,
+    /// An init container with `restartPolicy: Always`: started in order, then kept running.
+    Sidecar,
+    App,
+}
+
+pub fn role_of_init(c: &Container) -> Role {
+    if c.restart_policy.as_deref() == Some("Always") {
+        Role::Sidecar
+    } else {
+        Role::Init
+    }
 }
 
 /// What the worker saw during its last sync.
@@ -33,9 +59,13 @@ pub struct Observed {
     pub start_time: Option<Timestamp>,
     pub pod_ip: Option<std::net::IpAddr>,
     pub host_ip: Option<String>,
+    /// Probe results by instance id: readiness, and whether the startup probe has succeeded.
+    pub probes: super::probe::Results,
+    /// Termination messages by instance id.
+    pub messages: HashMap<String, String>,
 }
 
-fn terminated(i: &Instance) -> Option<ContainerStateTerminated> {
+fn terminated(i: &Instance, message: Option<&String>) -> Option<ContainerStateTerminated> {
     let exit = i.record.exit.as_ref()?;
     let reason = if i.start_error.is_some() {
         "StartError"
@@ -51,7 +81,10 @@ fn terminated(i: &Instance) -> Option<ContainerStateTerminated> {
         exit_code: exit.code,
         signal: exit.signal,
         reason: Some(reason.to_owned()),
-        message: i.start_error.clone(),
+        message: match (i.start_error.clone(), message.filter(|m| !m.is_empty())) {
+            (Some(e), Some(m)) => Some(format!("{e}: {m}")),
+            (e, m) => e.or(m.cloned()),
+        },
         started_at: Some(Time(i.record.started_at)),
         finished_at: Some(Time(exit.finished_at)),
     })
@@ -61,7 +94,13 @@ pub fn container_id(id: &str) -> String {
     format!("nodelet://{id}")
 }
 
-fn container_status(name: &str, image: &str, observed: &Observed) -> ContainerStatus {
+fn container_status(
+    c: &Container,
+    role: Role,
+    default_waiting: &str,
+    observed: &Observed,
+) -> ContainerStatus {
+    let name = c.name.as_str();
     let mut mine: Vec<&Instance> = observed
         .instances
         .iter()
@@ -70,6 +109,7 @@ fn container_status(name: &str, image: &str, observed: &Observed) -> ContainerSt
     mine.sort_by_key(|i| i.record.attempt);
     let newest = mine.last().copied();
     let previous = mine.len().checked_sub(2).map(|i| mine[i]);
+    let terminated = |i: &Instance| terminated(i, observed.messages.get(&i.record.id));
     let waiting_reason = observed.waiting.get(name);
     let waiting = |reason: &str, message: Option<&str>| ContainerState {
         waiting: Some(ContainerStateWaiting {
@@ -80,8 +120,8 @@ fn container_status(name: &str, image: &str, observed: &Observed) -> ContainerSt
     };
     let (state, last) = match newest {
         None => match waiting_reason {
-            Some((r, m)) => (waiting(r, Some(m)), None),
-            None => (waiting("ContainerCreating", None), None),
+            Some((r, m)) => (waiting(r, Some(m.as_str()).filter(|m| !m.is_empty())), None),
+            None => (waiting(default_waiting, None), None),
         },
         Some(i) if i.record.exit.is_none() => (
             ContainerState {
@@ -93,7 +133,10 @@ fn container_status(name: &str, image: &str, observed: &Observed) -> ContainerSt
             previous.and_then(terminated),
         ),
         Some(i) => match waiting_reason {
-            Some((r, m)) => (waiting(r, Some(m)), terminated(i)),
+            Some((r, m)) => (
+                waiting(r, Some(m.as_str()).filter(|m| !m.is_empty())),
+                terminated(i),
+            ),
             None => (
                 ContainerState {
                     terminated: terminated(i),
@@ -103,14 +146,26 @@ fn container_status(name: &str, image: &str, observed: &Observed) -> ContainerSt
             ),
         },
     };
-    let running = state.running.is_some();
+    // kubelet's prober manager: started once the startup probe succeeded (or at once without
+    // one); ready once started and the readiness probe succeeded (or at once without one). A
+    // completed init container is ready.
+    let running = newest.filter(|i| state.running.is_some() && i.running());
+    let started =
+        running.is_some_and(|i| c.startup_probe.is_none() || observed.probes.started(&i.record.id));
+    let ready = match (role, running) {
+        (Role::Init, _) => state.terminated.as_ref().is_some_and(|t| t.exit_code == 0),
+        (_, Some(i)) => {
+            started && (c.readiness_probe.is_none() || observed.probes.ready(&i.record.id))
+        }
+        (_, None) => false,
+    };
     ContainerStatus {
         name: name.to_owned(),
-        image: image.to_owned(),
+        image: c.image.clone().unwrap_or_default(),
         image_id: observed.image_ids.get(name).cloned().unwrap_or_default(),
         container_id: newest.map(|i| container_id(&i.record.id)),
-        ready: running,
-        started: Some(running),
+        ready,
+        started: Some(started),
         restart_count: newest.map(|i| i.record.attempt as i32).unwrap_or(0),
         state: Some(state),
         last_state: Some(ContainerState {
@@ -121,35 +176,103 @@ fn container_status(name: &str, image: &str, observed: &Observed) -> ContainerSt
     }
 }
 
-/// kubelet's `getPhase` for pods without init containers.
-pub fn phase(pod: &Pod, statuses: &[ContainerStatus]) -> &'static str {
-    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+fn last_terminated(s: &ContainerStatus) -> Option<&ContainerStateTerminated> {
+    s.last_state.as_ref().and_then(|l| l.terminated.as_ref())
+}
+
+fn state(s: &ContainerStatus) -> ContainerState {
+    s.state.clone().unwrap_or_default()
+}
+
+/// kubelet's `getPhase`: init containers pending or failed, then the app containers (and the
+/// running sidecars) by state.
+///
+/// `initialized`: an app container has run in the current sandbox (kubelet's
+/// `HasAnyActiveRegularContainerStarted`).
+pub fn phase(
+    pod: &Pod,
+    init: &[ContainerStatus],
+    statuses: &[ContainerStatus],
+    initialized: bool,
+) -> &'static str {
+    let spec = pod_spec(pod);
+    let (mut pending_init, mut pending_sidecars, mut failed_init) = (0, 0, 0);
+    let (mut unknown, mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0, 0);
+    for c in spec.init_containers.iter().flatten() {
+        let Some(s) = init.iter().find(|s| s.name == c.name) else {
+            match role_of_init(c) {
+                Role::Init => pending_init += 1,
+                _ => unknown += 1,
+            }
+            continue;
+        };
+        let st = state(s);
+        match role_of_init(c) {
+            Role::Init => {
+                if st.running.is_some() {
+                    pending_init += 1;
+                } else if let Some(t) = &st.terminated {
+                    if t.exit_code != 0 {
+                        failed_init += 1;
+                    }
+                } else if st.waiting.is_some() {
+                    match last_terminated(s) {
+                        Some(t) if t.exit_code != 0 => failed_init += 1,
+                        Some(_) => {}
+                        None => pending_init += 1,
+                    }
+                } else {
+                    pending_init += 1;
+                }
+            }
+            _ => {
+                // A terminated sidecar does not count towards the phase.
+                if st.running.is_some() {
+                    if s.started != Some(true) {
+                        pending_sidecars += 1;
+                    }
+                    running += 1;
+                } else if st.terminated.is_some() {
+                } else if st.waiting.is_some() {
+                    if last_terminated(s).is_none() {
+                        pending_sidecars += 1;
+                        waiting += 1;
+                    }
+                } else {
+                    pending_sidecars += 1;
+                    unknown += 1;
+                }
+            }
+        }
+    }
     for s in statuses {
-        let state = s.state.clone().unwrap_or_default();
-        let last_terminated = s
-            .last_state
-            .as_ref()
-            .and_then(|l| l.terminated.as_ref())
-            .is_some();
-        if state.running.is_some() {
+        let st = state(s);
+        if st.running.is_some() {
             running += 1;
-        } else if let Some(t) = &state.terminated {
+        } else if let Some(t) = &st.terminated {
             stopped += 1;
             if t.exit_code == 0 {
                 succeeded += 1;
             }
-        } else if last_terminated {
-            stopped += 1;
+        } else if st.waiting.is_some() {
+            if last_terminated(s).is_some() {
+                stopped += 1;
+            } else {
+                waiting += 1;
+            }
         } else {
-            waiting += 1;
+            unknown += 1;
         }
     }
-    let policy = pod_spec(pod).restart_policy.as_deref().unwrap_or("Always");
-    if waiting > 0 {
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    if failed_init > 0 && policy == "Never" {
+        return "Failed";
+    }
+    if pending_init > 0 || (pending_sidecars > 0 && !initialized) || waiting > 0 {
         "Pending"
-    } else if running > 0 {
+    } else if running > 0 && unknown == 0 {
         "Running"
-    } else if stopped > 0 {
+    } else if running == 0 && stopped > 0 && unknown == 0 {
         match policy {
             "Always" => "Running",
             _ if stopped == succeeded => "Succeeded",
@@ -171,6 +294,16 @@ fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>
     }
 }
 
+/// Every container of the pod with its role: init containers (and sidecars) first, in order.
+pub fn containers(pod: &Pod) -> impl Iterator<Item = (&Container, Role)> {
+    let spec = pod_spec(pod);
+    spec.init_containers
+        .iter()
+        .flatten()
+        .map(|c| (c, role_of_init(c)))
+        .chain(spec.containers.iter().map(|c| (c, Role::App)))
+}
+
 /// The whole status; `previous` keeps condition transition times that did not change.
 pub fn pod_status(
     pod: &Pod,
@@ -179,25 +312,79 @@ pub fn pod_status(
     now: Timestamp,
 ) -> PodStatus {
     let spec = pod_spec(pod);
-    let statuses: Vec<ContainerStatus> = spec
-        .containers
-        .iter()
-        .map(|c| container_status(&c.name, c.image.as_deref().unwrap_or_default(), observed))
-        .collect();
-    let phase = phase(pod, &statuses);
-    let unready: Vec<&str> = statuses
-        .iter()
-        .filter(|s| !s.ready)
-        .map(|s| s.name.as_str())
-        .collect();
-    let terminal = phase == "Succeeded" || phase == "Failed";
-    let not_ready_reason = if terminal {
-        "PodCompleted"
+    let has_init = spec.init_containers.as_ref().is_some_and(|i| !i.is_empty());
+    let default_waiting = if has_init {
+        "PodInitializing"
     } else {
-        "ContainersNotReady"
+        "ContainerCreating"
     };
-    let message =
-        (!terminal).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
+    let status_of =
+        |(c, role): (&Container, Role)| container_status(c, role, default_waiting, observed);
+    let init: Vec<ContainerStatus> = containers(pod)
+        .filter(|(_, r)| *r != Role::App)
+        .map(status_of)
+        .collect();
+    let statuses: Vec<ContainerStatus> = containers(pod)
+        .filter(|(_, r)| *r == Role::App)
+        .map(status_of)
+        .collect();
+    let active = spec.containers.iter().any(|c| {
+        observed
+            .instances
+            .iter()
+            .any(|i| i.record.name == c.name && !i.previous_sandbox)
+    });
+    let phase = phase(pod, &init, &statuses, active);
+    // GeneratePodInitializedCondition: every init container done (sidecars started), or an
+    // app container running or terminated.
+    let app_started = statuses.iter().any(|s| {
+        s.state
+            .as_ref()
+            .is_some_and(|st| st.running.is_some() || st.terminated.is_some())
+    });
+    let incomplete: Vec<&str> = containers(pod)
+        .zip(init.iter())
+        .filter(|((_, role), s)| match role {
+            Role::Sidecar => s.started != Some(true),
+            _ => state(s).terminated.is_none_or(|t| t.exit_code != 0),
+        })
+        .map(|(_, s)| s.name.as_str())
+        .collect();
+    let initialized = phase == "Succeeded" || app_started || incomplete.is_empty();
+    let terminal = phase == "Succeeded" || phase == "Failed";
+    // Sidecars count towards readiness (ContainersReady), before the app containers.
+    let unready: Vec<&str> = containers(pod)
+        .zip(init.iter().chain(statuses.iter()))
+        .filter(|((_, role), s)| *role != Role::Init && !s.ready)
+        .map(|(_, s)| s.name.as_str())
+        .collect();
+    let (reason, message) = if terminal {
+        (
+            if phase == "Succeeded" {
+                "PodCompleted"
+            } else {
+                "PodFailed"
+            },
+            None,
+        )
+    } else if !initialized {
+        (
+            "ContainersNotInitialized",
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            )),
+        )
+    } else {
+        (
+            "ContainersNotReady",
+            Some(format!(
+                "containers with unready status: [{}]",
+                unready.join(" ")
+            )),
+        )
+    };
+    let ready = initialized && unready.is_empty();
     let mut conditions = vec![
         condition(
             "PodReadyToStartContainers",
@@ -205,19 +392,17 @@ pub fn pod_status(
             None,
             None,
         ),
-        condition("Initialized", true, None, None),
         condition(
-            "Ready",
-            unready.is_empty(),
-            Some(not_ready_reason),
-            message.clone(),
+            "Initialized",
+            initialized,
+            Some("ContainersNotInitialized"),
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            )),
         ),
-        condition(
-            "ContainersReady",
-            unready.is_empty(),
-            Some(not_ready_reason),
-            message,
-        ),
+        condition("Ready", ready, Some(reason), message.clone()),
+        condition("ContainersReady", ready, Some(reason), message),
         condition("PodScheduled", true, None, None),
     ];
     for c in &mut conditions {
@@ -234,6 +419,7 @@ pub fn pod_status(
         phase: Some(phase.to_owned()),
         conditions: Some(conditions),
         container_statuses: Some(statuses),
+        init_container_statuses: has_init.then_some(init),
         start_time: observed.start_time.map(Time),
         pod_ip: observed.pod_ip.map(|ip| ip.to_string()),
         pod_ips: observed
@@ -284,6 +470,7 @@ mod tests {
                 labels: Default::default(),
             },
             start_error: None,
+            previous_sandbox: false,
         }
     }
 

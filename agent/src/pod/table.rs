@@ -16,50 +16,121 @@ pub struct PodRow {
 
 pub fn pod_row(pod: &Pod, now: Timestamp) -> PodRow {
     let status = pod.status.clone().unwrap_or_default();
-    let statuses = status.container_statuses.unwrap_or_default();
+    let statuses = status.container_statuses.clone().unwrap_or_default();
+    let init_specs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.clone())
+        .unwrap_or_default();
+    let sidecar = |name: &str| {
+        init_specs
+            .iter()
+            .any(|c| c.name == name && c.restart_policy.as_deref() == Some("Always"))
+    };
     let total = pod
         .spec
         .as_ref()
         .map(|s| s.containers.len())
-        .unwrap_or(statuses.len());
+        .unwrap_or(statuses.len())
+        + init_specs
+            .iter()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+            .count();
     let mut reason = status
         .reason
         .clone()
         .or(status.phase.clone())
         .unwrap_or_default();
-    let (mut restarts, mut ready, mut has_running) = (0, 0, false);
-    let mut last_restart: Option<Timestamp> = None;
-    for c in statuses.iter().rev() {
-        restarts += c.restart_count;
-        if let Some(t) = c
-            .last_state
+    let finished = |c: &k8s_openapi::api::core::v1::ContainerStatus| {
+        c.last_state
             .as_ref()
             .and_then(|l| l.terminated.as_ref())
             .and_then(|t| t.finished_at.as_ref())
-        {
-            last_restart = Some(last_restart.map_or(t.0, |l| l.max(t.0)));
+            .map(|t| t.0)
+    };
+    let latest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let (mut restarts, mut ready) = (0, 0);
+    let (mut sidecar_restarts, mut last_sidecar_restart) = (0, None);
+    let mut last_restart: Option<Timestamp> = None;
+    // Init containers, in order, up to the first that is not done (kubectl's `printPod`).
+    let mut initializing = false;
+    let init = status.init_container_statuses.clone().unwrap_or_default();
+    for (i, c) in init.iter().enumerate() {
+        restarts += c.restart_count;
+        last_restart = latest(last_restart, finished(c));
+        if sidecar(&c.name) {
+            sidecar_restarts += c.restart_count;
+            last_sidecar_restart = latest(last_sidecar_restart, finished(c));
         }
         let state = c.state.clone().unwrap_or_default();
-        if let Some(r) = state
+        let waiting = state
             .waiting
             .as_ref()
             .and_then(|w| w.reason.clone())
-            .filter(|r| !r.is_empty())
-        {
-            reason = r;
-        } else if let Some(t) = &state.terminated {
-            reason = match (&t.reason, t.signal) {
-                (Some(r), _) if !r.is_empty() => r.clone(),
-                (_, Some(sig)) if sig != 0 => format!("Signal:{sig}"),
-                _ => format!("ExitCode:{}", t.exit_code),
-            };
-        } else if c.ready && state.running.is_some() {
-            has_running = true;
-            ready += 1;
+            .filter(|r| !r.is_empty() && r != "PodInitializing");
+        if state.terminated.as_ref().is_some_and(|t| t.exit_code == 0) {
+            continue;
         }
+        if sidecar(&c.name) && c.started == Some(true) {
+            if c.ready {
+                ready += 1;
+            }
+            continue;
+        }
+        reason = match (&state.terminated, waiting) {
+            (Some(t), _) => match (&t.reason, t.signal) {
+                (Some(r), _) if !r.is_empty() => format!("Init:{r}"),
+                (_, Some(sig)) if sig != 0 => format!("Init:Signal:{sig}"),
+                _ => format!("Init:ExitCode:{}", t.exit_code),
+            },
+            (None, Some(w)) => format!("Init:{w}"),
+            (None, None) => format!("Init:{i}/{}", init_specs.len()),
+        };
+        initializing = true;
+        break;
     }
-    if reason == "Completed" && has_running {
-        reason = "Running".into();
+    let initialized = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Initialized" && c.status == "True");
+    if !initializing || initialized {
+        restarts = sidecar_restarts;
+        last_restart = last_sidecar_restart;
+        let mut has_running = false;
+        for c in statuses.iter().rev() {
+            restarts += c.restart_count;
+            last_restart = latest(last_restart, finished(c));
+            let state = c.state.clone().unwrap_or_default();
+            if let Some(r) = state
+                .waiting
+                .as_ref()
+                .and_then(|w| w.reason.clone())
+                .filter(|r| !r.is_empty())
+            {
+                reason = r;
+            } else if let Some(t) = &state.terminated {
+                reason = match (&t.reason, t.signal) {
+                    (Some(r), _) if !r.is_empty() => r.clone(),
+                    (_, Some(sig)) if sig != 0 => format!("Signal:{sig}"),
+                    _ => format!("ExitCode:{}", t.exit_code),
+                };
+            } else if c.ready && state.running.is_some() {
+                has_running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && has_running {
+            let pod_ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            reason = if pod_ready { "Running" } else { "NotReady" }.into();
+        }
     }
     let terminal = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
     if pod.metadata.deletion_timestamp.is_some() && status.reason.as_deref() == Some("NodeLost") {

@@ -8,29 +8,43 @@ use k8s_openapi::api::core::v1::Container;
 use nodelet_sandbox::protocol::{self, Exit};
 use tracing::{info, warn};
 
-use super::{grace_period, namespace_name, Step, Worker, RETRY};
+use super::{grace_period, hooks, namespace_name, Step, Worker, RETRY};
 use crate::images::credentials::Source;
-use crate::pod::build::{self, pod_spec, Instance as BuildInstance};
-use crate::pod::status::Instance;
+use crate::pod::build::{self, Instance as BuildInstance};
+use crate::pod::status::{self, Instance, Role};
+
+/// The least time between a stop signal sent after a preStop hook and SIGKILL (kubelet's
+/// `minimumGracePeriodInSeconds`).
+pub(super) const MIN_GRACE: Duration = Duration::from_secs(2);
 
 impl Worker {
-    /// Starts or restarts one container if its policy and backoff say so.
-    pub(super) async fn sync_container(&mut self, c: &Container) -> Step {
+    /// Starts or restarts one container if `policy` and the backoff say so.
+    pub(super) async fn sync_container(&mut self, c: &Container, policy: &str) -> Step {
         let newest = self.newest(&c.name).cloned();
         let hash = spec_hash(c);
         let changed = newest
             .as_ref()
             .is_some_and(|i| i.record.labels.get(HASH_LABEL).is_some_and(|h| *h != hash));
-        let policy = pod_spec(&self.pod)
-            .restart_policy
-            .as_deref()
-            .unwrap_or("Always");
-        let attempt = match decide(newest.as_ref(), changed, policy) {
+        // An init container or sidecar runs anew in each sandbox; an app container's newest
+        // instance is its newest anywhere (a lost sandbox's exit is a restart, with backoff).
+        let role = status::containers(&self.pod)
+            .find(|(o, _)| o.name == c.name)
+            .map_or(Role::App, |(_, r)| r);
+        let decision = match (&newest, role) {
+            (Some(i), Role::Init | Role::Sidecar) if i.previous_sandbox => Decision::Start {
+                attempt: i.record.attempt + 1,
+            },
+            _ => decide(newest.as_ref(), changed, policy),
+        };
+        let attempt = match decision {
             Decision::Start { attempt } => attempt,
             Decision::Running { replace } => {
                 self.observed.waiting.remove(&c.name);
                 if let (true, Some(i)) = (replace, &newest) {
-                    self.replace(&c.name, &i.record.id);
+                    info!(container = %c.name, "container spec changed; restarting it");
+                    let message =
+                        format!("Container {} definition changed, will be restarted", c.name);
+                    self.kill(c, &i.record, grace_period(&self.pod), message);
                 }
                 return Step::Nothing;
             }
@@ -65,18 +79,38 @@ impl Worker {
         self.start_container(c, attempt).await
     }
 
-    /// Stops a running instance whose spec changed: SIGTERM, SIGKILL after the pod's grace.
-    /// Its exit then makes the next sync start the new spec.
-    fn replace(&mut self, name: &str, id: &str) {
-        if !self.replacing.insert(id.to_owned()) {
+    /// Stops one running instance as kubelet's `killContainer` does: a `Killing` event, its
+    /// preStop hook (within the grace period), its stop signal, and SIGKILL once the grace period
+    /// (what the hook left of it, at least 2 s) is over. Its exit then lets the next sync restart
+    /// it as its policy says.
+    pub(super) fn kill(
+        &mut self,
+        c: &Container,
+        record: &protocol::ContainerStatus,
+        grace: Duration,
+        message: String,
+    ) {
+        if !self.killing.insert(record.id.clone()) {
             return;
         }
-        info!(container = %name, "container spec changed; restarting it");
-        let grace = grace_period(&self.pod);
-        let (runtime, uid, id) = (self.node.runtime.clone(), self.uid.clone(), id.to_owned());
+        self.probe_tasks.stop(&record.id);
+        self.event(Some(&c.name), "Killing", message, false);
+        let hook = self.pre_stop(c, record);
+        let signal = stop_signal(record);
+        let (runtime, uid, id) = (
+            self.node.runtime.clone(),
+            self.uid.clone(),
+            record.id.clone(),
+        );
         tokio::spawn(async move {
-            for (signal, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, Duration::ZERO)] {
-                // A shim that did not answer is asked again (a spec change must not be lost to a
+            let began = tokio::time::Instant::now();
+            let mut grace = grace;
+            if let Some(hook) = hook {
+                let _ = tokio::time::timeout(grace, hook).await;
+                grace = grace.saturating_sub(began.elapsed()).max(MIN_GRACE);
+            }
+            for (signal, wait) in [(signal, grace), (libc::SIGKILL, Duration::ZERO)] {
+                // A shim that did not answer is asked again (a kill must not be lost to a
                 // hiccup); one that answered no (the instance has exited) or is gone is done.
                 let mut tries = 0;
                 loop {
@@ -293,7 +327,6 @@ impl Worker {
             .unwrap_or_else(|_| format!("{}@{}", image.reference, image.digest));
         self.observed.image_ids.insert(c.name.clone(), image_id);
         let id = crate::random_hex(32);
-        self.replacing.clear();
         let inst = BuildInstance {
             pod: &self.pod,
             container: c,
@@ -344,10 +377,20 @@ impl Worker {
             );
             return Step::WaitFor(RETRY);
         }
+        if let Err(e) = hooks::termination_log(&self.node.ctx.paths, &self.uid, &id) {
+            self.observed.waiting.insert(
+                c.name.clone(),
+                (
+                    "CreateContainerError".into(),
+                    format!("create the termination log: {e}"),
+                ),
+            );
+            return Step::WaitFor(RETRY);
+        }
         let result = self.node.runtime.create(&self.uid, spec).await;
         self.prune(&c.name, attempt).await;
         match result {
-            Ok(_) => {
+            Ok(pid) => {
                 info!(container = %c.name, attempt, "container started");
                 self.event(
                     Some(&c.name),
@@ -363,7 +406,7 @@ impl Worker {
                 );
                 self.observed.waiting.remove(&c.name);
                 self.failed_starts.remove(&c.name);
-                Step::Started
+                self.post_start(c, &id, pid, attempt).await
             }
             Err(e) => {
                 let message = match e {
@@ -393,6 +436,7 @@ impl Worker {
                     Instance {
                         record,
                         start_error: Some(message.clone()),
+                        previous_sandbox: false,
                     },
                 );
                 self.observed
@@ -422,6 +466,9 @@ impl Worker {
         for i in old {
             let _ = std::fs::remove_dir_all(paths.container_dir(&self.uid, &i.record.id));
             if i.record.attempt + 1 < newest_attempt {
+                let _ =
+                    std::fs::remove_file(hooks::termination_path(&paths, &self.uid, &i.record.id));
+                self.observed.messages.remove(&i.record.id);
                 let _ = self.node.runtime.remove(&self.uid, &i.record.id).await;
                 let log = paths.container_log(ns, pod_name, &self.uid, name, i.record.attempt);
                 let _ = std::fs::remove_file(log);
@@ -567,6 +614,7 @@ mod tests {
                 ..record(None)
             },
             start_error: None,
+            previous_sandbox: false,
         };
         assert_eq!(
             decide(None, false, "Always"),

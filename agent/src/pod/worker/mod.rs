@@ -24,6 +24,7 @@ use tracing::{info, warn, Instrument};
 use super::backoff::Backoff;
 use super::build::{self, pod_spec, pod_uid};
 use super::files;
+use super::probe;
 use super::status::{self, Instance, Observed};
 use crate::network;
 use crate::node::Node;
@@ -31,6 +32,10 @@ use crate::runtime::{Liveness, Scope, ShimEvents};
 
 mod containers;
 pub use containers::stop_signal;
+mod hooks;
+pub use hooks::termination_path;
+mod order;
+mod probes;
 mod stop;
 
 const RESYNC: Duration = Duration::from_secs(10);
@@ -92,6 +97,7 @@ pub fn spawn(
     );
     let host_ip = node.config.node_ip.clone();
     let (paths, uid) = (node.ctx.paths.clone(), pod_uid(&pod).to_owned());
+    let (reports_tx, reports) = mpsc::unbounded_channel();
     let mut worker = Worker {
         node,
         uid: pod_uid(&pod).to_owned(),
@@ -101,13 +107,18 @@ pub fn spawn(
         events: None,
         observed: Observed {
             host_ip,
+            probes: probe::Results::load(&paths.pod_root(&uid).join(probes::RESULTS)),
             ..Observed::default()
         },
         failed_starts: HashMap::new(),
         backoff: Backoff::default(),
         status: None,
-        replacing: Default::default(),
+        killing: Default::default(),
         lost: files::load_lost(&paths, &uid),
+        reports_tx,
+        reports,
+        probe_tasks: probe::Tasks::default(),
+        desired: rx.clone(),
     };
     // Known from now on, before the first sync: a pod that is being adopted or created is never
     // missing from what the node reports.
@@ -136,10 +147,16 @@ struct Worker {
     failed_starts: HashMap<String, Instance>,
     backoff: Backoff,
     status: Option<PodStatus>,
-    /// Running instances being stopped because their spec changed.
-    replacing: std::collections::HashSet<String>,
+    /// Running instances being stopped (a changed spec, a failed probe or hook, a finished pod).
+    killing: std::collections::HashSet<String>,
     /// Each container's newest instance in a sandbox that was lost, by container name.
     lost: HashMap<String, Instance>,
+    /// Probe results, from the probe tasks.
+    reports_tx: mpsc::UnboundedSender<probe::Report>,
+    reports: mpsc::UnboundedReceiver<probe::Report>,
+    probe_tasks: probe::Tasks,
+    /// The desired state, watched while a hook runs (a deletion cuts a postStart hook short).
+    desired: watch::Receiver<Desired>,
 }
 
 /// Waits for the next line from the shim's event stream; forever when there is none.
@@ -173,6 +190,7 @@ impl Worker {
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
                 _ = next_event(&mut self.events) => {}
+                Some(report) = self.reports.recv() => self.probed(report).await,
                 _ = tokio::time::sleep(wake) => {}
             }
         }
@@ -193,11 +211,20 @@ impl Worker {
         let mut wake = RESYNC;
         if let Err(message) = self.ensure_sandbox().await {
             warn!(error = %message, "pod sandbox not ready");
-            for c in &pod_spec(&self.pod).containers {
-                self.observed.waiting.insert(
-                    c.name.clone(),
-                    ("ContainerCreating".into(), message.clone()),
-                );
+            let pod = self.pod.clone();
+            let reason = if pod_spec(&pod)
+                .init_containers
+                .as_ref()
+                .is_some_and(|i| !i.is_empty())
+            {
+                "PodInitializing"
+            } else {
+                "ContainerCreating"
+            };
+            for (c, _) in status::containers(&pod) {
+                self.observed
+                    .waiting
+                    .insert(c.name.clone(), (reason.into(), message.clone()));
             }
             self.publish();
             return RETRY;
@@ -207,21 +234,56 @@ impl Worker {
             Refresh::Retry => return RETRY,
             Refresh::Lost => return Duration::ZERO,
         }
-        let containers = pod_spec(&self.pod).containers.clone();
-        let mut started = false;
-        for c in &containers {
-            match self.sync_container(c).await {
-                Step::Started => started = true,
-                Step::WaitFor(next) => wake = wake.min(next),
-                Step::Nothing => {}
+        let pod = self.pod.clone();
+        // Each pass starts what the pod's order allows now (kubelet's `computePodActions`):
+        // init containers one at a time, sidecars in order, then the app containers; a start
+        // that lets the next container go is followed by another pass.
+        for _ in 0..=status::containers(&pod).count() {
+            let plan = order::plan(&pod, &self.observed);
+            for c in plan.stop {
+                if let Some(i) = self.current(&c.name).filter(|i| i.running()).cloned() {
+                    let message = format!("Stopping container {}", c.name);
+                    self.kill(c, &i.record, grace_period(&pod), message);
+                }
+            }
+            let mut started = false;
+            for (c, policy) in plan.sync {
+                match self.sync_container(c, policy).await {
+                    Step::Started => started = true,
+                    Step::WaitFor(next) => wake = wake.min(next),
+                    Step::Nothing => {}
+                }
+            }
+            self.mark_waiting(&plan.waiting);
+            if !started {
+                break;
+            }
+            if let Refresh::Lost = self.refresh_instances().await {
+                return Duration::ZERO;
             }
         }
-        if started {
-            self.refresh_instances().await;
-        }
+        self.sync_probes();
         self.backoff.gc(Timestamp::now());
         self.publish();
         wake
+    }
+
+    /// The container's newest instance in this sandbox.
+    fn current(&self, name: &str) -> Option<&Instance> {
+        self.observed
+            .instances
+            .iter()
+            .filter(|i| i.record.name == name && !i.previous_sandbox)
+            .max_by_key(|i| i.record.attempt)
+    }
+
+    /// Containers the pod's order holds back wait as `PodInitializing` (kubelet's default
+    /// waiting reason for a pod with init containers), unless they wait for a reason of their own.
+    fn mark_waiting(&mut self, names: &[String]) {
+        for name in names {
+            let entry = self.observed.waiting.entry(name.clone());
+            entry.or_insert_with(|| ("PodInitializing".into(), String::new()));
+        }
     }
 
     /// Reads every instance from the shim. A shim that did not answer is asked again later; one
@@ -243,10 +305,24 @@ impl Worker {
             .map(|record| Instance {
                 record,
                 start_error: None,
+                previous_sandbox: false,
             })
             .chain(self.failed_starts.values().cloned())
             .chain(self.lost.values().cloned())
             .collect();
+        self.read_termination_messages();
+        let running: std::collections::HashSet<String> = self
+            .observed
+            .instances
+            .iter()
+            .filter(|i| i.running() && !i.previous_sandbox)
+            .map(|i| i.record.id.clone())
+            .collect();
+        self.killing.retain(|id| running.contains(id));
+        self.probe_tasks.retain(&|id| running.contains(id));
+        if self.observed.probes.retain(&|id| running.contains(id)) {
+            self.save_probes();
+        }
         Refresh::Fresh
     }
 
@@ -263,10 +339,9 @@ impl Worker {
             false,
         );
         let now = Timestamp::now();
-        let newest: Vec<Instance> = pod_spec(&self.pod)
-            .containers
-            .iter()
-            .filter_map(|c| {
+        let pod = self.pod.clone();
+        let newest: Vec<Instance> = status::containers(&pod)
+            .filter_map(|(c, _)| {
                 self.observed
                     .instances
                     .iter()
@@ -276,6 +351,7 @@ impl Worker {
             .cloned()
             .collect();
         for mut i in newest {
+            i.previous_sandbox = true;
             i.record.exit.get_or_insert(protocol::Exit {
                 code: 128 + libc::SIGKILL,
                 signal: Some(libc::SIGKILL),
@@ -287,6 +363,7 @@ impl Worker {
         self.sandbox_ready = false;
         self.observed.sandbox_ready = false;
         self.events = None;
+        self.probe_tasks = probe::Tasks::default();
         for e in self.node.teardown_pod(&self.uid, Scope::Sandbox).await {
             warn!(error = %e, "teardown of the lost sandbox");
         }
@@ -434,6 +511,8 @@ impl Worker {
         let spec_grace = grace_period(&self.pod);
         let grace = requested.map_or(spec_grace, |r| r.min(spec_grace));
         info!(grace_seconds = grace.as_secs_f64(), "terminating pod");
+        // Liveness and startup probes stop with the deletion (kubelet's prober does).
+        self.probe_tasks = probe::Tasks::default();
         if let Some(pod) = self
             .node
             .pods
@@ -531,6 +610,31 @@ impl stop::Containers for Worker {
             format!("Stopping container {}", c.name),
             false,
         );
+    }
+
+    fn pre_stop(&mut self, record: &protocol::ContainerStatus) -> Option<stop::Hook> {
+        let pod = self.pod.clone();
+        let (c, _) = status::containers(&pod).find(|(c, _)| c.name == record.name)?;
+        self.probe_tasks.stop(&record.id);
+        let hook = Worker::pre_stop(self, c, record)?;
+        Some(Box::pin(hook))
+    }
+
+    /// A sidecar stops after the app containers and the sidecars started after it (kubelet's
+    /// `terminationOrdering`); the others stop at once.
+    fn waits_for(&self, record: &protocol::ContainerStatus) -> Vec<String> {
+        let all: Vec<_> = status::containers(&self.pod).collect();
+        let Some(at) = all.iter().position(|(c, _)| c.name == record.name) else {
+            return Vec::new();
+        };
+        if all[at].1 != status::Role::Sidecar {
+            return Vec::new();
+        }
+        all[at + 1..]
+            .iter()
+            .filter(|(_, role)| *role != status::Role::Init)
+            .map(|(c, _)| c.name.clone())
+            .collect()
     }
 }
 

@@ -1,22 +1,32 @@
 //! Stopping a pod's containers within its grace period, as kubelet's `killPod` does:
 //!
 //! ```text
-//!  t=0   stop signal (the image's, or SIGTERM) to every running container, "Killing" events
-//!  ...   wait for exits; a shorter grace that arrives brings the deadline forward (never back)
-//!  t=G   SIGKILL to whatever still runs, then up to KILL_WAIT for the exits
+//!  t=0   "Killing" events; every preStop hook starts (each bounded by the grace period)
+//!  ...   each container gets its stop signal (the image's, or SIGTERM) once its hook is done
+//!        and, for a sidecar, once the app containers and the sidecars after it have exited;
+//!        a shorter grace that arrives brings the deadline forward (never back)
+//!  t=G   SIGKILL to whatever still runs (at least 2 s after a stop signal that a hook delayed),
+//!        then up to KILL_WAIT for the exits
 //! ```
 //!
 //! A shim that does not answer is asked again (a slow shim is not "everything stopped"). The
 //! steps talk to the shim through `Containers`, so that the timing is unit-tested against a fake
 //! on tokio's paused clock.
 
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use nodelet_sandbox::protocol::ContainerStatus;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::containers::MIN_GRACE;
 use super::Desired;
+
+/// A preStop hook, ready to run.
+pub(super) type Hook = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long after SIGKILL to wait for exits before the sandbox is torn down anyway.
 pub(super) const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -34,6 +44,10 @@ pub(super) trait Containers {
     async fn exited(&mut self);
     /// Records that the container is being stopped (kubelet's `Killing` event).
     fn stopping(&mut self, c: &ContainerStatus);
+    /// The container's preStop hook, if it has one.
+    fn pre_stop(&mut self, c: &ContainerStatus) -> Option<Hook>;
+    /// The containers (by name) that must have exited before `c` gets its stop signal.
+    fn waits_for(&self, c: &ContainerStatus) -> Vec<String>;
 }
 
 #[derive(Debug, PartialEq)]
@@ -54,20 +68,67 @@ pub(super) async fn stop_within(
     rx: &mut watch::Receiver<Desired>,
 ) -> Stopped {
     let mut deadline = Instant::now() + grace;
-    let mut signalled = false;
+    let mut kill_at = deadline;
+    let (hook_done, mut hooks_done) = mpsc::unbounded_channel::<String>();
+    // Instances whose stop began (event, hook), whose hook still runs, that had a hook, and
+    // that were signalled.
+    let (mut began, mut hooking, mut hooked, mut signalled) = (
+        HashSet::new(),
+        HashSet::new(),
+        HashSet::new(),
+        HashSet::new(),
+    );
     loop {
-        match containers.running().await {
-            Some(running) if running.is_empty() => return Stopped::Exited,
-            Some(running) if !signalled => {
-                for c in &running {
-                    containers.stopping(c);
-                }
-                containers.signal(&running, None).await;
-                signalled = true;
-            }
-            _ => {}
+        while let Ok(id) = hooks_done.try_recv() {
+            hooking.remove(&id);
         }
         if Instant::now() >= deadline {
+            // Hooks are cut at the end of the grace period.
+            hooking.clear();
+        }
+        match containers.running().await {
+            Some(running) if running.is_empty() => return Stopped::Exited,
+            Some(running) => {
+                for c in &running {
+                    if !began.insert(c.id.clone()) {
+                        continue;
+                    }
+                    containers.stopping(c);
+                    if let Some(hook) = containers.pre_stop(c) {
+                        let (id, done) = (c.id.clone(), hook_done.clone());
+                        hooking.insert(id.clone());
+                        hooked.insert(id.clone());
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout_at(deadline, hook).await;
+                            let _ = done.send(id);
+                        });
+                    }
+                }
+                let names: HashSet<&str> = running.iter().map(|c| c.name.as_str()).collect();
+                let due: Vec<ContainerStatus> = running
+                    .iter()
+                    .filter(|c| !signalled.contains(&c.id) && !hooking.contains(&c.id))
+                    .filter(|c| {
+                        containers
+                            .waits_for(c)
+                            .iter()
+                            .all(|n| !names.contains(n.as_str()))
+                    })
+                    .cloned()
+                    .collect();
+                if !due.is_empty() {
+                    containers.signal(&due, None).await;
+                    for c in due {
+                        if hooked.contains(&c.id) {
+                            kill_at = kill_at.max(Instant::now() + MIN_GRACE);
+                        }
+                        signalled.insert(c.id);
+                    }
+                }
+            }
+            None => {}
+        }
+        if Instant::now() >= kill_at {
             break;
         }
         tokio::select! {
@@ -77,10 +138,14 @@ pub(super) async fn stop_within(
                 }
                 if let Desired::Delete { grace: Some(g) } = *rx.borrow_and_update() {
                     deadline = deadline.min(Instant::now() + g);
+                    kill_at = kill_at.min(deadline);
                 }
             }
             () = containers.exited() => {}
-            () = tokio::time::sleep_until(deadline.min(Instant::now() + POLL)) => {}
+            Some(id) = hooks_done.recv() => {
+                hooking.remove(&id);
+            }
+            () = tokio::time::sleep_until(kill_at.min(Instant::now() + POLL)) => {}
         }
     }
     tracing::info!("grace period over; killing");
@@ -112,6 +177,10 @@ mod tests {
         sent: Vec<(Duration, usize, i32)>,
         /// The shim does not answer until this long after start.
         silent_for: Duration,
+        /// How long each container's preStop hook takes (none if `None`).
+        hooks: Vec<Option<Duration>>,
+        /// What each container waits for (by name) before its stop signal.
+        after: Vec<Vec<String>>,
     }
 
     impl Fake {
@@ -123,6 +192,8 @@ mod tests {
                 exits: vec![None; n],
                 sent: Vec::new(),
                 silent_for: Duration::ZERO,
+                hooks: vec![None; n],
+                after: vec![Vec::new(); n],
             }
         }
 
@@ -178,6 +249,16 @@ mod tests {
         }
 
         fn stopping(&mut self, _: &ContainerStatus) {}
+
+        fn pre_stop(&mut self, c: &ContainerStatus) -> Option<Hook> {
+            let i: usize = c.id.parse().unwrap();
+            let took = self.hooks[i]?;
+            Some(Box::pin(tokio::time::sleep(took)))
+        }
+
+        fn waits_for(&self, c: &ContainerStatus) -> Vec<String> {
+            self.after[c.id.parse::<usize>().unwrap()].clone()
+        }
     }
 
     fn channel() -> (watch::Sender<Desired>, watch::Receiver<Desired>) {
@@ -267,5 +348,54 @@ mod tests {
             Stopped::Abandoned
         );
         assert_eq!(fake.sent, [(S(0), 0, libc::SIGTERM)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pre_stop_hooks_run_before_the_stop_signal_and_count_against_the_grace() {
+        // c0's hook takes 5 s; c1 has none and is signalled at once.
+        let mut fake = Fake::new(vec![Some(S(1)), Some(S(1))]);
+        fake.hooks[0] = Some(S(5));
+        let (_tx, mut rx) = channel();
+        assert_eq!(
+            stop_within(&mut fake, S(30), &mut rx).await,
+            Stopped::Exited
+        );
+        assert_eq!(
+            fake.sent,
+            [(S(0), 1, libc::SIGTERM), (S(5), 0, libc::SIGTERM)]
+        );
+        // A hook that outlasts the grace is cut at its end; the stop signal still gets 2 s.
+        let mut fake = Fake::new(vec![None]);
+        fake.hooks[0] = Some(S(60));
+        let (_tx, mut rx) = channel();
+        assert_eq!(
+            stop_within(&mut fake, S(10), &mut rx).await,
+            Stopped::Exited
+        );
+        assert_eq!(
+            fake.sent,
+            [(S(10), 0, libc::SIGTERM), (S(12), 0, libc::SIGKILL)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sidecars_stop_after_the_app_containers_in_reverse_order() {
+        // c0 and c1 are sidecars (c1 after c0 in the pod), c2 the app container.
+        let mut fake = Fake::new(vec![Some(S(1)), Some(S(1)), Some(S(3))]);
+        fake.after[0] = vec!["c1".into(), "c2".into()];
+        fake.after[1] = vec!["c2".into()];
+        let (_tx, mut rx) = channel();
+        assert_eq!(
+            stop_within(&mut fake, S(30), &mut rx).await,
+            Stopped::Exited
+        );
+        assert_eq!(
+            fake.sent,
+            [
+                (S(0), 2, libc::SIGTERM),
+                (S(3), 1, libc::SIGTERM),
+                (S(4), 0, libc::SIGTERM)
+            ]
+        );
     }
 }
