@@ -497,18 +497,30 @@ impl Server {
             .flatten()
             .filter_map(|c| c["name"].as_str())
             .collect();
+        let init: Vec<&str> = pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
         let container = match (q.get("container"), containers.as_slice()) {
             (Some(c), _) if !c.is_empty() => c.to_owned(),
             (_, [only]) => (*only).to_owned(),
             _ if sub == "portforward" => String::new(),
             _ => {
+                let init = if init.is_empty() {
+                    String::new()
+                } else {
+                    format!(" or one of the init containers: [{}]", init.join(" "))
+                };
                 return Err(ApiError::bad_request(format!(
-                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    "a container name must be specified for pod {name}, choose one of: [{}]{init}",
                     containers.join(" ")
-                )))
+                )));
             }
         };
-        if sub != "portforward" && !containers.contains(&container.as_str()) {
+        let known = containers.contains(&container.as_str()) || init.contains(&container.as_str());
+        if sub != "portforward" && !known {
             return Err(ApiError::bad_request(format!(
                 "container {container} is not valid for pod {name}"
             )));

@@ -138,8 +138,13 @@ fn instance(
     let status = p
         .status
         .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == container))
+        .and_then(|s| {
+            s.container_statuses
+                .iter()
+                .chain(s.init_container_statuses.iter())
+                .flatten()
+                .find(|c| c.name == container)
+        })
         .cloned()
         .unwrap_or_default();
     let uid = p.metadata.uid.clone().unwrap_or_default();

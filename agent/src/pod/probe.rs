@@ -151,8 +151,9 @@ pub struct Task {
     pub container: String,
     /// When the instance started: the first try is `initialDelaySeconds` after it.
     pub started_at: Timestamp,
-    /// The result so far (restored after an agent restart, or the kind's initial value).
-    pub healthy: bool,
+    /// The result so far (restored after an agent restart, or the kind's initial value: success
+    /// for liveness, failure for readiness, unknown for startup).
+    pub healthy: Option<bool>,
 }
 
 /// Runs the probe until it has nothing more to say: a liveness or startup probe ends at its
@@ -175,7 +176,7 @@ pub async fn run(task: Task, node: Arc<Node>, reports: mpsc::UnboundedSender<Rep
         .checked_sub(since_start.unsigned_abs())
         .unwrap_or_default();
     tokio::time::sleep(first).await;
-    let (mut last, mut run) = (healthy, 0u32);
+    let (mut last, mut run) = (healthy.unwrap_or(false), 0u32);
     let mut ticks = tokio::time::interval(timing.period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -200,21 +201,21 @@ pub async fn run(task: Task, node: Arc<Node>, reports: mpsc::UnboundedSender<Rep
         } else {
             timing.failure_threshold
         };
-        if run >= threshold && ok != healthy {
-            healthy = ok;
+        if run >= threshold && healthy != Some(ok) {
+            healthy = Some(ok);
             let report = Report {
                 id: target.id.clone(),
                 container: container.clone(),
                 kind,
-                healthy,
+                healthy: ok,
             };
             if reports.send(report).is_err() {
                 return;
             }
         }
         match (kind, healthy) {
-            (Kind::Liveness | Kind::Startup, false) if run >= threshold => return,
-            (Kind::Startup, true) => return,
+            (Kind::Liveness | Kind::Startup, Some(false)) => return,
+            (Kind::Startup, Some(true)) => return,
             _ => {}
         }
     }

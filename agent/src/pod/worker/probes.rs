@@ -63,9 +63,9 @@ impl Worker {
                     container: c.name.clone(),
                     started_at: i.record.started_at,
                     healthy: match kind {
-                        Kind::Liveness => true,
-                        Kind::Readiness => self.observed.probes.ready(id),
-                        Kind::Startup => false,
+                        Kind::Liveness => Some(true),
+                        Kind::Readiness => Some(self.observed.probes.ready(id)),
+                        Kind::Startup => None,
                     },
                 };
                 let handle =
