@@ -141,4 +141,21 @@ image kubia docker.io/luksa/kubia:latest '["sh","-c","echo Kubia server starting
 image note docker.io/library/note:latest '["cat","/etc/note"]' base note
 multiarch
 image hostile docker.io/library/hostile:latest '["sh"]' base hostile
-echo "built $out/busybox $out/kubia $out/note $out/multiarch $out/hostile"
+built="$out/busybox $out/kubia $out/note $out/multiarch $out/hostile"
+
+# grpc-health (with GRPC_HEALTH=path to the tests' grpc-health binary): busybox and the gRPC
+# health server with the shared libraries it links, for the gRPC probe tests.
+if [ -n "${GRPC_HEALTH:-}" ]; then
+  grpc=$work/grpc
+  mkdir -p "$grpc/bin"
+  cp "$GRPC_HEALTH" "$grpc/bin/grpc-health"
+  for lib in $(ldd "$GRPC_HEALTH" | grep -o '/[^ ]*'); do
+    mkdir -p "$grpc$(dirname "$lib")"
+    cp -L "$lib" "$grpc$lib"
+  done
+  layer "$grpc" grpc
+  grpc_digest=$layer_digest grpc_size=$layer_size grpc_diff_id=$layer_diff_id
+  image grpc-health docker.io/library/grpc-health:latest '["grpc-health","9090"]' base grpc
+  built+=" $out/grpc-health"
+fi
+echo "built $built"

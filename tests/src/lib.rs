@@ -66,12 +66,18 @@ pub fn test_images() -> PathBuf {
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).expect("lock images");
     // Built again whenever build.sh changed since (its hash is kept beside the images).
     let script = workspace().join("tests/images/build.sh");
-    let hash = hex(&openssl::sha::sha256(
-        &fs::read(&script).expect("read build.sh"),
-    ));
+    // The gRPC health server of the probe tests, built with this package's binaries.
+    let grpc = nodelet_bin().with_file_name("grpc-health");
+    let mut inputs = fs::read(&script).expect("read build.sh");
+    inputs.extend(fs::read(&grpc).unwrap_or_default());
+    let hash = hex(&openssl::sha::sha256(&inputs));
     let stamp = out.join(".build.sh.sha256");
     if fs::read_to_string(&stamp).ok().as_deref() != Some(hash.as_str()) {
-        let status = Command::new("bash")
+        let mut build = Command::new("bash");
+        if grpc.is_file() {
+            build.env("GRPC_HEALTH", &grpc);
+        }
+        let status = build
             .arg(&script)
             .arg(&out)
             .status()

@@ -116,7 +116,7 @@ fn settled(node: &TestNode) -> Result<()> {
 
 fn describe(node: &TestNode, name: &str) -> String {
     node.kubectl_ok(&["describe", "pod", name])
-        .unwrap_or_default()
+        .unwrap_or_else(|e| format!("{e:#}"))
 }
 
 #[test]
@@ -676,5 +676,118 @@ fn lifecycle_mistakes_are_refused_with_the_field_named() -> Result<()> {
     })?;
     assert!(node.pod("bad").is_none());
     node.remove_manifest("bad.yaml");
+    settled(&node)
+}
+
+#[test]
+fn grpc_probes_speak_the_standard_health_protocol() -> Result<()> {
+    let node = api_node()?;
+    let image = nodelet_tests::test_images().join("grpc-health");
+    let out = node.nodelet(&["image", "import", &image.display().to_string()]);
+    ensure!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    create(
+        &node,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: grpc}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: server
+    image: grpc-health
+    imagePullPolicy: Never
+    command: [sh, -c, "touch /tmp/serving; exec grpc-health 9090"]
+    readinessProbe: {grpc: {port: 9090}, periodSeconds: 1}
+    livenessProbe: {grpc: {port: 9090, service: nodelet}, periodSeconds: 1, failureThreshold: 30}
+  - name: wrong
+    image: grpc-health
+    imagePullPolicy: Never
+    command: [sh, -c, "touch /tmp/serving; exec grpc-health 9091"]
+    livenessProbe: {grpc: {port: 9091, service: elsewhere}, periodSeconds: 1, failureThreshold: 2}
+"#,
+    )?;
+    wait_pod(&node, "grpc", "server ready", |p| {
+        status_of(p, "containerStatuses", "server")["ready"] == true
+    })?;
+    node.kubectl_ok(&["exec", "grpc", "-c", "server", "--", "rm", "/tmp/serving"])?;
+    let p = wait_pod(&node, "grpc", "server unready", |p| {
+        status_of(p, "containerStatuses", "server")["ready"] == false
+    })?;
+    assert_eq!(
+        status_of(&p, "containerStatuses", "server")["restartCount"],
+        0
+    );
+    wait_pod(&node, "grpc", "wrong restarted", |p| {
+        status_of(p, "containerStatuses", "wrong")["restartCount"].as_i64() >= Some(1)
+    })?;
+    let events = describe(&node, "grpc");
+    for want in [
+        "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")",
+        "Liveness probe failed: error: health rpc probe failed: rpc error: code = NotFound desc = unknown service",
+    ] {
+        assert!(events.contains(want), "{want:?} in:\n{events}");
+    }
+    node.kubectl_ok(&["delete", "pod", "grpc"])?;
+    settled(&node)
+}
+
+#[test]
+fn static_pods_run_init_containers_and_pre_stop_hooks_and_nodelet_pods_agrees_with_kubectl(
+) -> Result<()> {
+    let node = api_node()?;
+    let out = node.dir.join("static-hooks");
+    std::fs::create_dir_all(&out)?;
+    node.write_manifest(
+        "ordered.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ordered}}
+spec:
+  terminationGracePeriodSeconds: 10
+  volumes: [{{name: out, hostPath: {{path: {out}, type: Directory}}}}]
+  initContainers:
+  - {{name: wait, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, "3"]}}
+  containers:
+  - name: app
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "trap 'echo term >> /out/log; exit 0' TERM; while true; do sleep 0.1; done"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    lifecycle:
+      preStop: {{exec: {{command: [sh, -c, "echo prestop >> /out/log"]}}}}
+"#,
+            out = out.display()
+        ),
+    );
+    let name = format!("ordered-{}", node.name);
+    // `nodelet pods` and kubectl (the mirror pod) print the same STATUS.
+    let nodelet_status = || {
+        let out = node.nodelet(&["pods"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name.as_str()))
+            .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    wait_for("nodelet pods: Init:0/1", T, || {
+        (nodelet_status() == "Init:0/1").then_some(())
+    })?;
+    let mut seen = BTreeSet::new();
+    wait_status(&node, &name, "Running", &mut seen)?;
+    assert!(seen.contains("Init:0/1"), "kubectl saw {seen:?}");
+    wait_for("nodelet pods: Running", T, || {
+        (nodelet_status() == "Running").then_some(())
+    })?;
+    node.remove_manifest("ordered.yaml");
+    node.wait_gone("ordered", T)?;
+    let log = std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    assert_eq!(log, "prestop\nterm\n");
     settled(&node)
 }

@@ -470,6 +470,10 @@ fn default_pod(pod: &mut Value) {
                     set(get, "path", json!("/"));
                     set(get, "scheme", json!("HTTP"));
                 }
+                // SetDefaults_GRPCAction (kubectl describe dereferences it).
+                if let Some(grpc) = p.get_mut("grpc").filter(|g| g.is_object()) {
+                    set(grpc, "service", json!(""));
+                }
             }
             for hook in ["postStart", "preStop"] {
                 if let Some(get) = c
