@@ -166,8 +166,42 @@ impl Runtime {
         }
     }
 
+    /// Runs a command in a running container through its shim (probes and hooks): its exit
+    /// status and output, or `None` for the status when `timeout` passed first.
+    pub async fn exec(
+        &self,
+        uid: &str,
+        spec: nodelet_sandbox::spec::ExecSpec,
+        timeout: Option<Duration>,
+    ) -> Result<(Option<i32>, String), Error> {
+        let request = Request::Exec {
+            spec: Box::new(spec),
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        };
+        // The shim ends the command at its timeout; the answer gets a margin beyond it.
+        let wait = timeout.map(|t| t + CALL_TIMEOUT);
+        match self.call_within(uid, &request, wait).await? {
+            Response::Ran {
+                code,
+                output,
+                timed_out,
+            } => Ok(((!timed_out).then_some(code), output)),
+            other => Err(unexpected(uid, "exec", &other)),
+        }
+    }
+
     /// One request, one response.
     async fn call(&self, uid: &str, request: &Request) -> Result<Response, Error> {
+        self.call_within(uid, request, Some(CALL_TIMEOUT)).await
+    }
+
+    /// One request, one response, waiting at most `wait` (forever with `None`).
+    async fn call_within(
+        &self,
+        uid: &str,
+        request: &Request,
+        wait: Option<Duration>,
+    ) -> Result<Response, Error> {
         let socket = self.shim(uid).socket();
         let call_err = |source| Error::Call {
             uid: uid.to_owned(),
@@ -188,7 +222,11 @@ impl Runtime {
             }
             serde_json::from_str(&reply).map_err(std::io::Error::from)
         };
-        match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+        let answered = match wait {
+            Some(wait) => tokio::time::timeout(wait, exchange).await,
+            None => Ok(exchange.await),
+        };
+        match answered {
             Err(_) => Err(Error::Timeout {
                 uid: uid.to_owned(),
             }),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, ExecSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -27,6 +27,13 @@ pub enum Request {
     Shutdown,
     /// Keep the connection open and receive an `Event` line per container exit.
     Subscribe,
+    /// Run a command in a running container without a client (probes, hooks): the shim forks
+    /// it (no helper binary to load), keeps at most 10 KiB of its stdout and stderr together,
+    /// and answers `Ran` when it ends, or when `timeout_ms` passes (it is then killed).
+    Exec {
+        spec: Box<ExecSpec>,
+        timeout_ms: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -42,6 +49,11 @@ pub enum Response {
     },
     Exited {
         id: String,
+    },
+    Ran {
+        code: i32,
+        output: String,
+        timed_out: bool,
     },
     Error {
         message: String,

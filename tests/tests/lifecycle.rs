@@ -397,6 +397,10 @@ spec:
     image: busybox
     command: [sleep, "3600"]
     startupProbe: {exec: {command: ["false"]}, periodSeconds: 1, failureThreshold: 2}
+  - name: hung
+    image: busybox
+    command: [sleep, "3600"]
+    readinessProbe: {exec: {command: [sleep, "5"]}, timeoutSeconds: 1, periodSeconds: 2}
 "#,
     )?;
     let p = wait_pod(&node, "slow", "running", |p| TestNode::running(p, "slow"))?;
@@ -419,9 +423,17 @@ spec:
         status_of(p, "containerStatuses", "never")["restartCount"].as_i64() >= Some(1)
     })?;
     let events = describe(&node, "slow");
-    assert!(
-        events.contains("Container never failed startup probe, will be restarted"),
-        "{events}"
+    for want in [
+        "Container never failed startup probe, will be restarted",
+        "Readiness probe failed: command \"sleep 5\" timed out",
+    ] {
+        assert!(events.contains(want), "{want:?} in {events}");
+    }
+    let p = pod(&node, "slow").context("pod")?;
+    let hung = status_of(&p, "containerStatuses", "hung");
+    assert_eq!(
+        (hung["ready"].clone(), hung["restartCount"].clone()),
+        (false.into(), 0.into())
     );
     node.kubectl_ok(&["delete", "pod", "slow"])?;
     settled(&node)

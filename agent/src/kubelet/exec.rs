@@ -88,6 +88,24 @@ fn helper(
     command: &[String],
     tty: bool,
 ) -> Result<(tokio::process::Command, std::path::PathBuf), ExecError> {
+    let spec = exec_spec(node, uid, id, pid, command, tty)?;
+    let error_file = spec.error_file.clone();
+    let mut cmd = tokio::process::Command::new(crate::runtime::shim_binary());
+    cmd.arg("exec")
+        .arg(serde_json::to_string(&spec).expect("serialise exec spec"))
+        .kill_on_drop(true);
+    Ok((cmd, error_file))
+}
+
+/// What runs `command` in the instance: its process settings with the command's arguments.
+fn exec_spec(
+    node: &Node,
+    uid: &str,
+    id: &str,
+    pid: i32,
+    command: &[String],
+    tty: bool,
+) -> Result<ExecSpec, ExecError> {
     let process_file = node.ctx.paths.container_dir(uid, id).join("process.json");
     let mut process: ProcessSpec = std::fs::read(&process_file)
         .ok()
@@ -107,25 +125,18 @@ fn helper(
         .paths
         .run
         .join(format!("exec-{}.err", crate::random_hex(8)));
-    let spec = ExecSpec {
+    Ok(ExecSpec {
         pid,
         process,
         tty,
-        error_file: error_file.clone(),
-    };
-    let mut cmd = tokio::process::Command::new(crate::runtime::shim_binary());
-    cmd.arg("exec")
-        .arg(serde_json::to_string(&spec).expect("serialise exec spec"))
-        .kill_on_drop(true);
-    Ok((cmd, error_file))
+        error_file,
+    })
 }
-
-/// Most of a command's output a probe or hook keeps (kubelet's `maxReadLength`).
-const MAX_OUTPUT: usize = 10 * 1024;
 
 /// Runs `command` in a running instance without a client (probes and hooks), its stdout and
 /// stderr together as kubelet's `CombinedOutput`: its exit status and at most 10 KiB of output.
-/// `Err` when it could not run, or did not end within `timeout` (then it is killed).
+/// The pod's shim forks it (no helper binary is started: an exec probe costs a fork and the
+/// command). `Err` when it could not run, or did not end within `timeout` (it is then killed).
 pub async fn run_captured(
     node: &Node,
     uid: &str,
@@ -134,70 +145,19 @@ pub async fn run_captured(
     command: &[String],
     timeout: Option<std::time::Duration>,
 ) -> Result<(i32, String), String> {
-    use tokio::io::AsyncReadExt;
     if command.is_empty() {
         return Err("no command given".into());
     }
-    let (mut cmd, error_file) =
-        helper(node, uid, id, pid, command, false).map_err(|e| e.to_string())?;
-    let (reader, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let writer2 = writer.try_clone().map_err(|e| format!("pipe: {e}"))?;
-    cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("start nodelet-shim exec: {e}"));
-    drop(cmd);
-    let mut exec = Exec {
-        child: child?,
-        stdin: None,
-        stdout: None,
-        stderr: None,
-        terminal: None,
-        error_file,
-    };
-    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
-        .map_err(|e| format!("pipe: {e}"))?;
-    // Read until the command ends (not until end of file: something it started in the
-    // background may hold the pipe open), then what is left in the pipe.
-    let mut output = Vec::new();
-    let read = |output: &mut Vec<u8>, buf: &[u8]| {
-        let room = MAX_OUTPUT.saturating_sub(output.len());
-        output.extend_from_slice(&buf[..buf.len().min(room)]);
-    };
-    let mut buf = [0u8; 4096];
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let expired = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expired);
-    let mut open = true;
-    loop {
-        tokio::select! {
-            n = pipe.read(&mut buf), if open => match n {
-                Ok(0) | Err(_) => open = false,
-                Ok(n) => read(&mut output, &buf[..n]),
-            },
-            _ = exec.child.wait() => break,
-            () = &mut expired => {
-                let _ = exec.child.start_kill();
-                return Err(format!("command {:?} timed out", command.join(" ")));
-            }
-        }
-    }
-    while open {
-        match tokio::time::timeout(std::time::Duration::from_millis(20), pipe.read(&mut buf)).await
-        {
-            Ok(Ok(n)) if n > 0 => read(&mut output, &buf[..n]),
-            _ => open = false,
-        }
-    }
-    let output = String::from_utf8_lossy(&output).into_owned();
-    match exec.wait().await {
-        Outcome::Exited(code) => Ok((code, output)),
-        Outcome::Failed(why) => Err(why),
+    let spec = exec_spec(node, uid, id, pid, command, false).map_err(|e| e.to_string())?;
+    let error_file = spec.error_file.clone();
+    let ran = node.runtime.exec(uid, spec, timeout).await;
+    let error = std::fs::read_to_string(&error_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&error_file);
+    match ran {
+        _ if !error.is_empty() => Err(error),
+        Ok((Some(code), output)) => Ok((code, output)),
+        Ok((None, _)) => Err(format!("command {:?} timed out", command.join(" "))),
+        Err(e) => Err(crate::error_chain(&e)),
     }
 }
 

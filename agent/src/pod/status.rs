@@ -29,6 +29,15 @@ impl Instance {
     }
 }
 
+/// The pod conditions kubelet owns; any other is another controller's, kept as it is.
+const KUBELET_CONDITIONS: [&str; 5] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+    "PodScheduled",
+];
+
 /// What a container is to its pod.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Role {
@@ -384,7 +393,41 @@ pub fn pod_status(
             )),
         )
     };
-    let ready = initialized && unready.is_empty();
+    let containers_ready = initialized && unready.is_empty();
+    // Readiness gates: conditions other controllers set on the pod (kubelet's
+    // GeneratePodReadyCondition), kept in the status the node reports.
+    let external: Vec<PodCondition> = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+        .collect();
+    let gates: Vec<String> = spec
+        .readiness_gates
+        .iter()
+        .flatten()
+        .filter_map(
+            |g| match external.iter().find(|c| c.type_ == g.condition_type) {
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate {:?} does not exist.",
+                    g.condition_type
+                )),
+                Some(c) if c.status != "True" => Some(format!(
+                    "the status of pod readiness gate {:?} is not \"True\", but {}",
+                    g.condition_type, c.status
+                )),
+                Some(_) => None,
+            },
+        )
+        .collect();
+    let ready = containers_ready && gates.is_empty();
+    let (ready_reason, ready_message) = if containers_ready && !gates.is_empty() {
+        ("ReadinessGatesNotReady", Some(gates.join(", ")))
+    } else {
+        (reason, message.clone())
+    };
     let mut conditions = vec![
         condition(
             "PodReadyToStartContainers",
@@ -401,8 +444,8 @@ pub fn pod_status(
                 incomplete.join(" ")
             )),
         ),
-        condition("Ready", ready, Some(reason), message.clone()),
-        condition("ContainersReady", ready, Some(reason), message),
+        condition("Ready", ready, Some(ready_reason), ready_message),
+        condition("ContainersReady", containers_ready, Some(reason), message),
         condition("PodScheduled", true, None, None),
     ];
     for c in &mut conditions {
@@ -415,6 +458,7 @@ pub fn pod_status(
             .and_then(|o| o.last_transition_time.clone());
         c.last_transition_time = Some(kept.unwrap_or(Time(now)));
     }
+    conditions.extend(external);
     PodStatus {
         phase: Some(phase.to_owned()),
         conditions: Some(conditions),

@@ -29,7 +29,20 @@ pub struct Server {
     pub(super) containers: HashMap<String, Container>,
     pub(super) pipes: Vec<LogPipe>,
     subscribers: Vec<UnixStream>,
+    execs: Vec<Exec>,
 }
+
+/// A command run for a probe or hook, until it ends and its caller has the answer.
+struct Exec {
+    pid: Pid,
+    caller: UnixStream,
+    output: fs::File,
+    kept: Vec<u8>,
+    deadline: Option<Instant>,
+}
+
+/// The most of an exec's output kept (kubelet's `maxReadLength`).
+const MAX_EXEC_OUTPUT: usize = 10 * 1024;
 
 impl Server {
     pub(super) fn new(
@@ -56,6 +69,7 @@ impl Server {
             containers: HashMap::new(),
             pipes: Vec::new(),
             subscribers: Vec::new(),
+            execs: Vec::new(),
         })
     }
 
@@ -72,7 +86,20 @@ impl Server {
                         .iter()
                         .map(|p| PollFd::new(p.file.as_fd(), PollFlags::POLLIN)),
                 );
-                match poll(&mut fds, PollTimeout::NONE) {
+                fds.extend(
+                    self.execs
+                        .iter()
+                        .map(|e| PollFd::new(e.output.as_fd(), PollFlags::POLLIN)),
+                );
+                let timeout = self.execs.iter().filter_map(|e| e.deadline).min().map_or(
+                    PollTimeout::NONE,
+                    |d| {
+                        let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                        PollTimeout::try_from(ms.min(60_000) as i32 + 1)
+                            .unwrap_or(PollTimeout::NONE)
+                    },
+                );
+                match poll(&mut fds, timeout) {
                     Ok(_) => fds
                         .iter()
                         .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
@@ -86,11 +113,18 @@ impl Server {
                 }
             };
             // Pipes first: a container's last words are logged before its exit is announced.
-            for i in (0..self.pipes.len()).rev() {
+            let pipes = self.pipes.len();
+            for i in 0..self.execs.len() {
+                if ready.get(2 + pipes + i) == Some(&true) {
+                    self.execs[i].read();
+                }
+            }
+            for i in (0..pipes).rev() {
                 if ready[i + 2] {
                     self.drain_pipe(i);
                 }
             }
+            self.expire_execs();
             if ready[0] {
                 while self.signals.read_signal().ok().flatten().is_some() {}
                 self.reap();
@@ -134,6 +168,19 @@ impl Server {
                 self.subscribers.push(stream);
                 return false;
             }
+            Request::Exec { spec, timeout_ms } => match self.exec(&spec, timeout_ms) {
+                Ok((pid, output)) => {
+                    self.execs.push(Exec {
+                        pid,
+                        caller: stream,
+                        output,
+                        kept: Vec::new(),
+                        deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+                    });
+                    return false;
+                }
+                Err(message) => Response::Error { message },
+            },
             Request::Shutdown => {
                 self.shutdown();
                 respond(&stream, &Response::Done);
@@ -203,7 +250,72 @@ impl Server {
         }
     }
 
+    /// Forks the command's runner: in the child, stdout and stderr go to a pipe the shim
+    /// reads, and `exec::main` joins the container and runs the command (as `nodelet-shim exec`
+    /// does, without loading a binary).
+    fn exec(
+        &self,
+        spec: &crate::spec::ExecSpec,
+        _timeout: Option<u64>,
+    ) -> Result<(Pid, fs::File), String> {
+        use std::os::fd::AsRawFd;
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        match sys::fork().map_err(|e| format!("fork: {e}"))? {
+            sys::Forked::Child => {
+                // SAFETY: dup2 and open on fds this child owns; it is single-threaded (the shim
+                // is), and ends in _exit.
+                unsafe {
+                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                    libc::dup2(null, 0);
+                    libc::dup2(write.as_raw_fd(), 1);
+                    libc::dup2(write.as_raw_fd(), 2);
+                }
+                drop(write);
+                drop(read);
+                // The shim's own signal setup (SIGCHLD blocked for its signalfd, TERM ignored)
+                // is not the command's.
+                sys::reset_signals();
+                let _ = nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&SigSet::empty()),
+                    None,
+                );
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+                sys::exit_now(crate::exec::main(spec))
+            }
+            sys::Forked::Parent(pid) => {
+                drop(write);
+                let output = fs::File::from(read);
+                let _ = output.set_nonblocking();
+                Ok((pid, output))
+            }
+        }
+    }
+
+    /// Kills the execs whose time is up and answers their callers.
+    fn expire_execs(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.execs.len() {
+            if self.execs[i].deadline.is_some_and(|d| d <= now) {
+                let mut e = self.execs.swap_remove(i);
+                let _ = kill(e.pid, Signal::SIGKILL);
+                e.read();
+                e.answer(-1, true);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn exited(&mut self, pid: Pid, code: i32, signal: Option<i32>) {
+        if let Some(i) = self.execs.iter().position(|e| e.pid == pid) {
+            let mut e = self.execs.swap_remove(i);
+            e.read();
+            e.answer(code, false);
+            return;
+        }
         if Some(pid) == self.pod_init {
             tracing::error!("pod init exited; the shared PID namespace is gone");
             self.pod_init = None;
@@ -284,6 +396,26 @@ impl Server {
             tracing::warn!(error = %super::error_chain(&e), "release pod mount");
         }
         tracing::info!(pod_uid = %self.spec.pod_uid, "shim shut down");
+    }
+}
+
+impl Exec {
+    /// Reads what the command wrote so far, keeping the first 10 KiB.
+    fn read(&mut self) {
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n @ 1..) = self.output.read(&mut buf) {
+            let room = MAX_EXEC_OUTPUT.saturating_sub(self.kept.len());
+            self.kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+    }
+
+    fn answer(self, code: i32, timed_out: bool) {
+        let response = Response::Ran {
+            code,
+            output: String::from_utf8_lossy(&self.kept).into_owned(),
+            timed_out,
+        };
+        respond(&self.caller, &response);
     }
 }
 

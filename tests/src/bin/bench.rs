@@ -3,7 +3,8 @@
 //! with many idle pods, pod network wiring and throughput, and the built-in API (1,000-pod
 //! Table list, watch fan-out), exec round trips and port-forward throughput, and pulling a
 //! ~100 MB image from a local registry against skopeo + umoci. Runs in throwaway test nodes like
-//! the tests. `BENCH=images` (or `pods`, `network`, `api`) runs one part.
+//! the tests. `BENCH=images` (or `pods`, `network`, `api`, `probes`) runs one part.
+//! `probes` measures the CPU cost of exec and httpGet probes and readiness propagation.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -229,7 +230,202 @@ fn main() -> Result<()> {
     if part("images") {
         images()?;
     }
+    if part("probes") {
+        probes()?;
+    }
     Ok(())
+}
+
+/// CPU seconds a process has used, with its waited-for children's (`/proc/PID/stat` fields
+/// utime, stime, cutime, cstime).
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<f64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    fields.iter().sum::<f64>() / 100.0
+}
+
+/// The agent's CPU (its exec helpers and their commands included), its shims', and the whole
+/// node's (containers too).
+fn node_cpu(node: &TestNode) -> (f64, f64, f64) {
+    let agent = node
+        .agent
+        .as_ref()
+        .map(|a| cpu_seconds(a.pid))
+        .unwrap_or(0.0);
+    let processes = node.processes();
+    let shims: f64 = processes
+        .iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .next()
+                    .is_some_and(|a| a.ends_with(b"nodelet-shim"))
+            })
+        })
+        .map(|p| cpu_seconds(*p))
+        .sum();
+    let all: f64 = processes.iter().map(|p| cpu_seconds(*p)).sum::<f64>() + agent;
+    (agent, shims, all)
+}
+
+const PROBED_PODS: usize = 100;
+const PROBE_WINDOW: Duration = Duration::from_secs(30);
+
+/// The CPU cost of probes: 100 pods with an exec liveness probe, then 100 more with an httpGet
+/// readiness probe, all at periodSeconds 1, measured as the agent's and the shims' CPU time over
+/// a window; and the delay from a readiness change in the app to `Ready` in the API.
+fn probes() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let spec = |name: &str, probe: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'echo ok > /tmp/ok; exec httpd -f -p 8080 -h /tmp'], {probe}}}\n"
+        )
+    };
+    let exec = "livenessProbe: {exec: {command: [test, -f, /tmp/ok]}, periodSeconds: 1}";
+    let http = "readinessProbe: {httpGet: {path: /ok, port: 8080}, periodSeconds: 1}";
+    let create = |prefix: &str, probe: &str| -> Result<()> {
+        let list: String = (0..PROBED_PODS)
+            .map(|i| spec(&format!("{prefix}-{i}"), probe))
+            .collect();
+        let out = node.kubectl_with("kubectl", &["create", "-f", "-"], Some(&list));
+        anyhow::ensure!(
+            out.status.success(),
+            "create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(
+            &format!("{prefix} pods running"),
+            Duration::from_secs(180),
+            || {
+                let pods = node.pods().ok()?;
+                let n = pods
+                    .iter()
+                    .filter(|p| {
+                        p["metadata"]["name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with(prefix))
+                    })
+                    .filter(|p| {
+                        p["status"]["conditions"].as_array().is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                    })
+                    .count();
+                (n == PROBED_PODS).then_some(())
+            },
+        )
+    };
+    let window = |what: &str| -> (f64, f64, f64) {
+        std::thread::sleep(Duration::from_secs(3));
+        let (a0, s0, n0) = node_cpu(&node);
+        std::thread::sleep(PROBE_WINDOW);
+        let (a1, s1, n1) = node_cpu(&node);
+        let secs = PROBE_WINDOW.as_secs_f64();
+        println!(
+            "probes: {what}: agent {:.1} % of a core, shims {:.1} %, whole node {:.1} %",
+            100.0 * (a1 - a0) / secs,
+            100.0 * (s1 - s0) / secs,
+            100.0 * (n1 - n0) / secs
+        );
+        (a1 - a0, s1 - s0, n1 - n0)
+    };
+    create("exec", exec)?;
+    let (agent_exec, shims_exec, _) = window(&format!(
+        "{PROBED_PODS} pods with an exec liveness probe every second"
+    ));
+    let probes = PROBED_PODS as f64 * PROBE_WINDOW.as_secs_f64();
+    println!(
+        "probes: CPU per exec probe: {:.2} ms (agent, its helper and the command) + {:.3} ms (shims) (target < 2 ms; kubelet with containerd: tens of ms)",
+        1000.0 * agent_exec / probes,
+        1000.0 * shims_exec / probes
+    );
+    create("http", http)?;
+    let (agent_both, shims_both, node_both) = window(&format!(
+        "{PROBED_PODS} exec + {PROBED_PODS} httpGet probes every second"
+    ));
+    println!(
+        "probes: CPU per httpGet probe: {:.3} ms (agent, over the exec-only window) (target < 0.3 ms); node idle CPU with {} probed pods: {:.1} % of a core (target < 15 %)",
+        1000.0 * (agent_both - agent_exec) / probes,
+        2 * PROBED_PODS,
+        100.0 * node_both / PROBE_WINDOW.as_secs_f64()
+    );
+    let _ = shims_both;
+    node.kubectl_ok(&["delete", "pods", "--all", "--wait=false"])?;
+    wait_for("probed pods deleted", Duration::from_secs(120), || {
+        node.pods().ok().filter(|p| p.is_empty())
+    })?;
+
+    // Readiness change in the app -> Ready in the API, polled on loopback.
+    let out = node.kubectl_with(
+        "kubectl",
+        &["create", "-f", "-"],
+        Some(&spec(
+            "flip",
+            "readinessProbe: {exec: {command: [test, -f, /tmp/ok]}, periodSeconds: 1}",
+        )),
+    );
+    anyhow::ensure!(out.status.success(), "create flip");
+    let ready = || -> Option<bool> {
+        let out = node
+            .api_curl(true)
+            .ok()?
+            .arg("https://127.0.0.1:6443/api/v1/namespaces/default/pods/flip")
+            .output()
+            .ok()?;
+        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
+        pod["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .map(|c| c["status"] == "True")
+    };
+    wait_for("flip ready", Duration::from_secs(60), || {
+        ready().filter(|r| *r)
+    })?;
+    let pod = wait_for("flip in the agent", Duration::from_secs(10), || {
+        node.pods()
+            .ok()?
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "flip")
+    })?;
+    let mut delays = Vec::new();
+    for i in 0..10 {
+        let want = i % 2 == 1;
+        let command = if want {
+            "echo ok > /tmp/ok"
+        } else {
+            "rm /tmp/ok"
+        };
+        let t = Instant::now();
+        node.exec(&pod, "c", &["sh", "-c", command])?;
+        wait_for("Ready to flip", Duration::from_secs(10), || {
+            (ready() == Some(want)).then_some(())
+        })?;
+        delays.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    delays.sort_by(f64::total_cmp);
+    println!(
+        "probes: readiness change in the app -> Ready in the API: median {:.0} ms, max {:.0} ms (periodSeconds 1; target within the period + 50 ms)",
+        percentile(&delays, 0.5),
+        delays[delays.len() - 1]
+    );
+    node.kubectl_ok(&["delete", "pods", "--all"])?;
+    wait_for("flip deleted", Duration::from_secs(60), || {
+        node.pods().ok().filter(|p| p.is_empty())
+    })?;
+    node.assert_clean().context("bench left something behind")
 }
 
 /// Pull and unpack of a 4-layer image (~77 MB of gzip, ~112 MB unpacked) from a registry on the
