@@ -64,7 +64,12 @@ pub fn main(spec: &ExecSpec) -> i32 {
             return 126;
         }
     };
-    match run(spec, &mut errors) {
+    run_reporting(spec, &mut errors)
+}
+
+/// Runs the exec, writing a failure to start to `errors`; returns the exit status.
+pub fn run_reporting(spec: &ExecSpec, errors: &mut impl Write) -> i32 {
+    match run(spec, errors) {
         Ok(code) => code,
         Err(e) => {
             let _ = errors.write_all(crate::shim::error_chain(&e).as_bytes());
@@ -73,7 +78,7 @@ pub fn main(spec: &ExecSpec) -> i32 {
     }
 }
 
-fn run(spec: &ExecSpec, errors: &mut File) -> Result<i32, Error> {
+fn run(spec: &ExecSpec, errors: &mut impl Write) -> Result<i32, Error> {
     let pid = spec.pid;
     if !Path::new(&format!("/proc/{pid}")).exists() {
         return Err(Error::NotRunning(pid));
@@ -145,6 +150,72 @@ fn run(spec: &ExecSpec, errors: &mut File) -> Result<i32, Error> {
                 return Ok(126);
             }
             Ok(status)
+        }
+    }
+}
+
+/// Starts the command straight in the container from a single-threaded parent (the shim, for
+/// probes and hooks): the parent enters the container's PID namespace for its children only,
+/// forks, and goes back to its own; the child joins the container's cgroups and its IPC, UTS,
+/// network and mount namespaces and becomes the command. One fork and no runner in between: on
+/// a virtual machine, where every fork and page fault is dear, that is most of an exec probe's
+/// cost. The child's stdout and stderr are `output`; a failure to start is written to `errors`
+/// (close-on-exec: it reads empty once the command runs).
+pub fn spawn_direct(
+    spec: &ExecSpec,
+    output: std::os::fd::BorrowedFd<'_>,
+    errors: OwnedFd,
+) -> Result<nix::unistd::Pid, Error> {
+    let pid = spec.pid;
+    let open = |name: &str| {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+        File::open(&path)
+            .map(|f| (path, f))
+            .map_err(|_| Error::NotRunning(pid))
+    };
+    let (pid_path, pid_ns) = open("pid")?;
+    let own = File::open("/proc/self/ns/pid").map_err(|_| Error::NotRunning(pid))?;
+    let joined: Vec<(PathBuf, File, CloneFlags)> = NAMESPACES
+        .iter()
+        .filter(|(_, flag)| *flag != CloneFlags::CLONE_NEWPID)
+        .map(|(name, flag)| open(name).map(|(path, f)| (path, f, *flag)))
+        .collect::<Result<_, _>>()?;
+    nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID).map_err(|source| Error::Join {
+        path: pid_path,
+        source,
+    })?;
+    let forked = sys::fork();
+    if !matches!(forked, Ok(Forked::Child)) {
+        // Back to the parent's own namespace for its next children (always allowed: it is the
+        // parent's active one).
+        let _ = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID);
+    }
+    match forked.map_err(Error::Fork)? {
+        Forked::Parent(child) => Ok(child),
+        Forked::Child => {
+            let mut errors = File::from(errors);
+            let started = (|| -> Result<std::convert::Infallible, Error> {
+                let null = File::open("/dev/null").map_err(Error::Fork)?;
+                sys::dup_onto(null.as_fd(), 0).map_err(Error::Fork)?;
+                sys::dup_onto(output, 1).map_err(Error::Fork)?;
+                sys::dup_onto(output, 2).map_err(Error::Fork)?;
+                let _ = nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&nix::sys::signal::SigSet::empty()),
+                    None,
+                );
+                join_cgroups(pid)?;
+                for (path, file, flag) in &joined {
+                    nix::sched::setns(file, *flag).map_err(|source| Error::Join {
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+                child(spec, None)
+            })();
+            let Err(e) = started;
+            let _ = errors.write_all(crate::shim::error_chain(&e).as_bytes());
+            sys::exit_now(127)
         }
     }
 }

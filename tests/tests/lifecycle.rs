@@ -474,7 +474,7 @@ spec:
     command: [sh, -c, "trap 'echo napper-term >> /out/log; exit 0' TERM; while true; do sleep 0.1; done"]
     volumeMounts: [{{name: out, mountPath: /out}}]
     lifecycle:
-      postStart: {{exec: {{command: [sh, -c, "echo poststart-exec >> /out/log"]}}}}
+      postStart: {{exec: {{command: [sh, -c, "echo poststart-exec >> /out/log; readlink /proc/self/ns/pid > /out/pidns; grep memory /proc/self/cgroup > /out/cgroup"]}}}}
       preStop: {{sleep: {{seconds: 3}}}}
 "#,
             out = out.display()
@@ -488,6 +488,18 @@ spec:
         let l = log();
         (l.contains("poststart-http") && l.contains("poststart-exec")).then_some(())
     })?;
+    // The hook ran inside napper: its PID namespace and its (memory) cgroup.
+    let p = pod(&node, "hooked").context("pod")?;
+    let napper = node.container_pid(&p, "napper")?;
+    let ns = std::fs::read_link(format!("/proc/{napper}/ns/pid"))?;
+    let hook_ns = std::fs::read_to_string(out.join("pidns"))?;
+    assert_eq!(hook_ns.trim(), ns.to_string_lossy());
+    let own = std::fs::read_to_string(format!("/proc/{napper}/cgroup"))?;
+    let memory = own
+        .lines()
+        .find(|l| l.contains("memory"))
+        .unwrap_or_default();
+    assert_eq!(std::fs::read_to_string(out.join("cgroup"))?.trim(), memory);
     let deleted = Instant::now();
     node.kubectl_ok(&["delete", "pod", "hooked"])?;
     let lines: Vec<String> = log().lines().map(str::to_owned).collect();

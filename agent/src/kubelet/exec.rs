@@ -148,15 +148,12 @@ pub async fn run_captured(
     if command.is_empty() {
         return Err("no command given".into());
     }
+    // The shim reports a failure to start in its answer; the spec's error file is not used.
     let spec = exec_spec(node, uid, id, pid, command, false).map_err(|e| e.to_string())?;
-    let error_file = spec.error_file.clone();
-    let ran = node.runtime.exec(uid, spec, timeout).await;
-    let error = std::fs::read_to_string(&error_file).unwrap_or_default();
-    let _ = std::fs::remove_file(&error_file);
-    match ran {
-        _ if !error.is_empty() => Err(error),
+    match node.runtime.exec(uid, spec, timeout).await {
         Ok((Some(code), output)) => Ok((code, output)),
         Ok((None, _)) => Err(format!("command {:?} timed out", command.join(" "))),
+        Err(crate::runtime::Error::Shim { message, .. }) => Err(message),
         Err(e) => Err(crate::error_chain(&e)),
     }
 }

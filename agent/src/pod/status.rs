@@ -622,4 +622,58 @@ mod tests {
             ("False", Some("containers with unready status: [a]"))
         );
     }
+
+    #[test]
+    fn init_containers_gate_initialized_and_readiness_gates_gate_ready() {
+        let yaml = "metadata: {name: p, uid: u}\nspec: {readinessGates: [{conditionType: example.com/lb}], initContainers: [{name: i, image: b}, {name: s, image: b, restartPolicy: Always}], containers: [{name: a, image: d}]}\nstatus: {conditions: [{type: example.com/lb, status: 'False'}]}";
+        let p = super::super::manifest::parse(yaml.as_bytes()).unwrap();
+        let observed = |instances: Vec<Instance>| Observed {
+            instances,
+            sandbox_ready: true,
+            ..Default::default()
+        };
+        let cond = |s: &PodStatus, kind: &str| {
+            s.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == kind)
+                .cloned()
+                .unwrap()
+        };
+        let s = pod_status(
+            &p,
+            &observed(vec![inst("i", 0, None)]),
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        let init = cond(&s, "Initialized");
+        assert_eq!(init.status, "False");
+        assert_eq!(
+            init.message.as_deref(),
+            Some("containers with incomplete status: [i s]")
+        );
+        let app = &s.container_statuses.as_ref().unwrap()[0];
+        let waiting = app.state.as_ref().unwrap().waiting.as_ref().unwrap();
+        assert_eq!(waiting.reason.as_deref(), Some("PodInitializing"));
+        let running = vec![
+            inst("i", 0, Some(0)),
+            inst("s", 0, None),
+            inst("a", 0, None),
+        ];
+        let s = pod_status(&p, &observed(running), None, Timestamp::now());
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&s, "Initialized").status, "True");
+        assert_eq!(cond(&s, "ContainersReady").status, "True");
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("ReadinessGatesNotReady"))
+        );
+        // The gate's condition, another controller's, is kept in the status.
+        assert_eq!(cond(&s, "example.com/lb").status, "False");
+        let side = &s.init_container_statuses.as_ref().unwrap()[1];
+        assert_eq!((side.ready, side.started), (true, Some(true)));
+    }
 }

@@ -37,7 +37,11 @@ struct Exec {
     pid: Pid,
     caller: UnixStream,
     output: fs::File,
+    /// The output pipe reached its end (no longer polled).
+    closed: bool,
     kept: Vec<u8>,
+    /// Where the runner reports a failure to start (close-on-exec: empty when the command ran).
+    errors: fs::File,
     deadline: Option<Instant>,
 }
 
@@ -86,11 +90,15 @@ impl Server {
                         .iter()
                         .map(|p| PollFd::new(p.file.as_fd(), PollFlags::POLLIN)),
                 );
-                fds.extend(
-                    self.execs
-                        .iter()
-                        .map(|e| PollFd::new(e.output.as_fd(), PollFlags::POLLIN)),
-                );
+                // An exec whose output ended is not polled (its end would wake poll at once
+                // until the runner's exit is reaped).
+                let open = PollFlags::POLLIN;
+                fds.extend(self.execs.iter().map(|e| {
+                    PollFd::new(
+                        e.output.as_fd(),
+                        if e.closed { PollFlags::empty() } else { open },
+                    )
+                }));
                 let timeout = self.execs.iter().filter_map(|e| e.deadline).min().map_or(
                     PollTimeout::NONE,
                     |d| {
@@ -168,12 +176,14 @@ impl Server {
                 self.subscribers.push(stream);
                 return false;
             }
-            Request::Exec { spec, timeout_ms } => match self.exec(&spec, timeout_ms) {
-                Ok((pid, output)) => {
+            Request::Exec { spec, timeout_ms } => match self.exec(&spec) {
+                Ok((pid, output, errors)) => {
                     self.execs.push(Exec {
                         pid,
                         caller: stream,
                         output,
+                        closed: false,
+                        errors,
                         kept: Vec::new(),
                         deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
                     });
@@ -250,47 +260,21 @@ impl Server {
         }
     }
 
-    /// Forks the command's runner: in the child, stdout and stderr go to a pipe the shim
-    /// reads, and `exec::main` joins the container and runs the command (as `nodelet-shim exec`
-    /// does, without loading a binary).
-    fn exec(
-        &self,
-        spec: &crate::spec::ExecSpec,
-        _timeout: Option<u64>,
-    ) -> Result<(Pid, fs::File), String> {
-        use std::os::fd::AsRawFd;
-        let (read, write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        match sys::fork().map_err(|e| format!("fork: {e}"))? {
-            sys::Forked::Child => {
-                // SAFETY: dup2 and open on fds this child owns; it is single-threaded (the shim
-                // is), and ends in _exit.
-                unsafe {
-                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                    libc::dup2(null, 0);
-                    libc::dup2(write.as_raw_fd(), 1);
-                    libc::dup2(write.as_raw_fd(), 2);
-                }
-                drop(write);
-                drop(read);
-                // The shim's own signal setup (SIGCHLD blocked for its signalfd, TERM ignored)
-                // is not the command's.
-                sys::reset_signals();
-                let _ = nix::sys::signal::sigprocmask(
-                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                    Some(&SigSet::empty()),
-                    None,
-                );
-                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-                sys::exit_now(crate::exec::main(spec))
-            }
-            sys::Forked::Parent(pid) => {
-                drop(write);
-                let output = fs::File::from(read);
-                let _ = output.set_nonblocking();
-                Ok((pid, output))
-            }
-        }
+    /// Starts the command in the container (`exec::spawn_direct`), its stdout and stderr on a
+    /// pipe the shim reads.
+    fn exec(&self, spec: &crate::spec::ExecSpec) -> Result<(Pid, fs::File, fs::File), String> {
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+        let (read, write) = pipe()?;
+        let (errors_r, errors_w) = pipe()?;
+        let child = crate::exec::spawn_direct(spec, write.as_fd(), errors_w)
+            .map_err(|e| super::error_chain(&e))?;
+        drop(write);
+        let output = fs::File::from(read);
+        let _ = output.set_nonblocking();
+        let errors = fs::File::from(errors_r);
+        let _ = errors.set_nonblocking();
+        Ok((child, output, errors))
     }
 
     /// Kills the execs whose time is up and answers their callers.
@@ -403,17 +387,33 @@ impl Exec {
     /// Reads what the command wrote so far, keeping the first 10 KiB.
     fn read(&mut self) {
         let mut buf = [0u8; 16 * 1024];
-        while let Ok(n @ 1..) = self.output.read(&mut buf) {
-            let room = MAX_EXEC_OUTPUT.saturating_sub(self.kept.len());
-            self.kept.extend_from_slice(&buf[..n.min(room)]);
+        loop {
+            match self.output.read(&mut buf) {
+                Ok(0) => {
+                    self.closed = true;
+                    return;
+                }
+                Ok(n) => {
+                    let room = MAX_EXEC_OUTPUT.saturating_sub(self.kept.len());
+                    self.kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
         }
     }
 
-    fn answer(self, code: i32, timed_out: bool) {
-        let response = Response::Ran {
-            code,
-            output: String::from_utf8_lossy(&self.kept).into_owned(),
-            timed_out,
+    fn answer(mut self, code: i32, timed_out: bool) {
+        let mut error = String::new();
+        let _ = self.errors.read_to_string(&mut error);
+        let response = if error.is_empty() {
+            Response::Ran {
+                code,
+                output: String::from_utf8_lossy(&self.kept).into_owned(),
+                timed_out,
+            }
+        } else {
+            Response::Error { message: error }
         };
         respond(&self.caller, &response);
     }

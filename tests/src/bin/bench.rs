@@ -417,7 +417,7 @@ fn probes() -> Result<()> {
     }
     delays.sort_by(f64::total_cmp);
     println!(
-        "probes: readiness change in the app -> Ready in the API: median {:.0} ms, max {:.0} ms (periodSeconds 1; target within the period + 50 ms)",
+        "probes: readiness change in the app -> Ready in the API: median {:.0} ms, max {:.0} ms (periodSeconds 1, failureThreshold 1, both directions; target within the period + 50 ms)",
         percentile(&delays, 0.5),
         delays[delays.len() - 1]
     );
