@@ -815,3 +815,56 @@ spec:
     assert_eq!(log, "prestop\nterm\n");
     settled(&node)
 }
+
+#[test]
+fn a_lost_sandbox_runs_the_init_containers_again() -> Result<()> {
+    let node = api_node()?;
+    let out = node.dir.join("init-runs");
+    std::fs::create_dir_all(&out)?;
+    create(
+        &node,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: again}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: out, hostPath: {{path: {out}, type: Directory}}}}]
+  initContainers:
+  - name: count
+    image: busybox
+    command: [sh, -c, "echo run >> /out/runs"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  containers:
+  - name: app
+    image: busybox
+    command: [sleep, "3600"]
+"#,
+            out = out.display()
+        ),
+    )?;
+    let p = wait_pod(&node, "again", "running", |p| TestNode::running(p, "app"))?;
+    let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    // The pod's shim (and with it the sandbox) dies.
+    let shim = node
+        .processes()
+        .into_iter()
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("nodelet-shim") && cmdline.contains(&uid)
+        })
+        .context("the pod's shim")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), Signal::SIGKILL)?;
+    let p = wait_pod(&node, "again", "running in a new sandbox", |p| {
+        TestNode::running(p, "app") && status_of(p, "containerStatuses", "app")["restartCount"] == 1
+    })?;
+    let count = status_of(&p, "initContainerStatuses", "count");
+    assert_eq!(count["restartCount"], 1, "{count}");
+    assert_eq!(count["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(std::fs::read_to_string(out.join("runs"))?, "run\nrun\n");
+    assert_eq!(condition(&p, "Initialized"), "True");
+    node.kubectl_ok(&["delete", "pod", "again"])?;
+    settled(&node)
+}
