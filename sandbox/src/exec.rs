@@ -156,111 +156,48 @@ fn run(spec: &ExecSpec, errors: &mut impl Write) -> Result<i32, Error> {
 
 /// Starts the command straight in the container from a single-threaded parent (the shim, for
 /// probes and hooks): the parent enters the container's PID namespace for its children only,
-/// forks, and goes back to its own; the child joins the container's cgroups and its IPC, UTS,
-/// network and mount namespaces and becomes the command. One fork and no runner in between: on
-/// a virtual machine, where every fork and page fault is dear, that is most of an exec probe's
-/// cost. The child's stdout and stderr are `output`; a failure to start is written to `errors`
-/// (close-on-exec: it reads empty once the command runs).
+/// spawns the command (`spawn::spawn`: a vfork-style child that joins the cgroups and the other
+/// namespaces and execs), and goes back to its own. The command's stdout and stderr are
+/// `output`; a failure to start is written to `errors` (close-on-exec: empty once it runs).
 pub fn spawn_direct(
     spec: &ExecSpec,
     output: std::os::fd::BorrowedFd<'_>,
     errors: OwnedFd,
 ) -> Result<nix::unistd::Pid, Error> {
     let pid = spec.pid;
-    let open = |name: &str| {
-        let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
-        File::open(&path)
-            .map(|f| (path, f))
-            .map_err(|_| Error::NotRunning(pid))
-    };
-    let (pid_path, pid_ns) = open("pid")?;
+    let pid_path = PathBuf::from(format!("/proc/{pid}/ns/pid"));
+    let pid_ns = File::open(&pid_path).map_err(|_| Error::NotRunning(pid))?;
     let own = File::open("/proc/self/ns/pid").map_err(|_| Error::NotRunning(pid))?;
-    let joined: Vec<(PathBuf, File, CloneFlags)> = NAMESPACES
-        .iter()
-        .filter(|(_, flag)| *flag != CloneFlags::CLONE_NEWPID)
-        .map(|(name, flag)| open(name).map(|(path, f)| (path, f, *flag)))
-        .collect::<Result<_, _>>()?;
     nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID).map_err(|source| Error::Join {
         path: pid_path,
         source,
     })?;
-    let forked = sys::fork();
-    if !matches!(forked, Ok(Forked::Child)) {
-        // Back to the parent's own namespace for its next children (always allowed: it is the
-        // parent's active one).
-        let _ = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID);
-    }
-    match forked.map_err(Error::Fork)? {
-        Forked::Parent(child) => Ok(child),
-        Forked::Child => {
-            let mut errors = File::from(errors);
-            let started = (|| -> Result<std::convert::Infallible, Error> {
-                let null = File::open("/dev/null").map_err(Error::Fork)?;
-                sys::dup_onto(null.as_fd(), 0).map_err(Error::Fork)?;
-                sys::dup_onto(output, 1).map_err(Error::Fork)?;
-                sys::dup_onto(output, 2).map_err(Error::Fork)?;
-                let _ = nix::sys::signal::sigprocmask(
-                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                    Some(&nix::sys::signal::SigSet::empty()),
-                    None,
-                );
-                join_cgroups(pid)?;
-                for (path, file, flag) in &joined {
-                    nix::sched::setns(file, *flag).map_err(|source| Error::Join {
-                        path: path.clone(),
-                        source,
-                    })?;
-                }
-                child(spec, None)
-            })();
-            let Err(e) = started;
-            let _ = errors.write_all(crate::shim::error_chain(&e).as_bytes());
-            sys::exit_now(127)
-        }
-    }
+    let spawned = crate::spawn::spawn(spec, output, errors);
+    // Back to the parent's own namespace for its next children (always allowed: it is the
+    // parent's active one).
+    let _ = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID);
+    spawned
 }
 
 /// Moves the helper into every cgroup of the container's process (cgroup v2's one, or each v1
 /// hierarchy's), so the command is counted and limited with the container.
 fn join_cgroups(pid: i32) -> Result<(), Error> {
     let me = std::process::id().to_string();
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .map_err(|_| Error::NotRunning(pid))?;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (
-            parts.next(),
-            parts.next().unwrap_or_default(),
-            parts.next().unwrap_or_default(),
-        );
-        let path = path.trim_start_matches('/');
-        let dirs: Vec<PathBuf> = if controllers.is_empty() {
-            let unified = Path::new("/sys/fs/cgroup/unified");
-            let root = if unified.join("cgroup.procs").exists() {
-                unified
-            } else {
-                Path::new("/sys/fs/cgroup")
-            };
-            vec![root.join(path)]
-        } else {
-            controllers
-                .split(',')
-                .filter(|c| !c.starts_with("name="))
-                .map(|c| Path::new("/sys/fs/cgroup").join(c).join(path))
-                .collect()
-        };
-        for dir in dirs {
-            let procs = dir.join("cgroup.procs");
-            if !procs.exists() {
-                continue;
-            }
-            std::fs::write(&procs, &me).map_err(|source| Error::Cgroup {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+    for procs in cgroup_procs(pid)? {
+        std::fs::write(&procs, &me).map_err(|source| Error::Cgroup {
+            path: procs.parent().unwrap_or(&procs).to_path_buf(),
+            source,
+        })?;
     }
     Ok(())
+}
+
+/// The `cgroup.procs` files of every cgroup `pid` is in (cgroup v2's one, or each v1
+/// hierarchy's).
+pub(crate) fn cgroup_procs(pid: i32) -> Result<Vec<PathBuf>, Error> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|_| Error::NotRunning(pid))?;
+    Ok(crate::spawn::procs_paths(&text))
 }
 
 /// The controlling and the process side of a new terminal in the current mount namespace's devpts.

@@ -12,5 +12,6 @@ pub mod ns;
 pub mod protocol;
 pub mod rootfs;
 pub mod shim;
+pub mod spawn;
 pub mod spec;
 pub mod sys;

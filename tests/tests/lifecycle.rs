@@ -444,6 +444,13 @@ fn hooks_run_after_start_and_before_the_stop_signal() -> Result<()> {
     let node = api_node()?;
     let out = node.dir.join("hooks");
     std::fs::create_dir_all(&out)?;
+    // napper runs as uid 1000.
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    std::fs::write(out.join("log"), "")?;
+    std::fs::set_permissions(
+        out.join("log"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )?;
     create(
         &node,
         &format!(
@@ -471,10 +478,11 @@ spec:
       preStop: {{exec: {{command: [sh, -c, "echo prestop-exec >> /out/log; sleep 2"]}}}}
   - name: napper
     image: busybox
+    securityContext: {{runAsUser: 1000, runAsGroup: 3000, capabilities: {{add: [NET_ADMIN], drop: [CHOWN]}}}}
     command: [sh, -c, "trap 'echo napper-term >> /out/log; exit 0' TERM; while true; do sleep 0.1; done"]
     volumeMounts: [{{name: out, mountPath: /out}}]
     lifecycle:
-      postStart: {{exec: {{command: [sh, -c, "echo poststart-exec >> /out/log; readlink /proc/self/ns/pid > /out/pidns; grep memory /proc/self/cgroup > /out/cgroup"]}}}}
+      postStart: {{exec: {{command: [sh, -c, "echo poststart-exec >> /out/log; readlink /proc/self/ns/pid > /out/pidns; grep memory /proc/self/cgroup > /out/cgroup; grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs)' /proc/self/status > /out/status"]}}}}
       preStop: {{sleep: {{seconds: 3}}}}
 "#,
             out = out.display()
@@ -500,6 +508,38 @@ spec:
         .find(|l| l.contains("memory"))
         .unwrap_or_default();
     assert_eq!(std::fs::read_to_string(out.join("cgroup"))?.trim(), memory);
+    // ... as napper's user, with napper's capabilities and no_new_privs.
+    let wanted = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                [
+                    "Uid:",
+                    "Gid:",
+                    "Groups:",
+                    "CapInh:",
+                    "CapPrm:",
+                    "CapEff:",
+                    "CapBnd:",
+                    "CapAmb:",
+                    "NoNewPrivs:",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let theirs = wanted(&std::fs::read_to_string(format!("/proc/{napper}/status"))?);
+    assert_eq!(
+        wanted(&std::fs::read_to_string(out.join("status"))?),
+        theirs
+    );
+    assert!(
+        theirs
+            .iter()
+            .any(|l| l.starts_with("Uid:") && l.contains("1000")),
+        "{theirs:?}"
+    );
     let deleted = Instant::now();
     node.kubectl_ok(&["delete", "pod", "hooked"])?;
     let lines: Vec<String> = log().lines().map(str::to_owned).collect();
