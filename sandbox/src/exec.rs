@@ -154,31 +154,6 @@ fn run(spec: &ExecSpec, errors: &mut impl Write) -> Result<i32, Error> {
     }
 }
 
-/// Starts the command straight in the container from a single-threaded parent (the shim, for
-/// probes and hooks): the parent enters the container's PID namespace for its children only,
-/// spawns the command (`spawn::spawn`: a vfork-style child that joins the cgroups and the other
-/// namespaces and execs), and goes back to its own. The command's stdout and stderr are
-/// `output`; a failure to start is written to `errors` (close-on-exec: empty once it runs).
-pub fn spawn_direct(
-    spec: &ExecSpec,
-    output: std::os::fd::BorrowedFd<'_>,
-    errors: OwnedFd,
-) -> Result<nix::unistd::Pid, Error> {
-    let pid = spec.pid;
-    let pid_path = PathBuf::from(format!("/proc/{pid}/ns/pid"));
-    let pid_ns = File::open(&pid_path).map_err(|_| Error::NotRunning(pid))?;
-    let own = File::open("/proc/self/ns/pid").map_err(|_| Error::NotRunning(pid))?;
-    nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID).map_err(|source| Error::Join {
-        path: pid_path,
-        source,
-    })?;
-    let spawned = crate::spawn::spawn(spec, output, errors);
-    // Back to the parent's own namespace for its next children (always allowed: it is the
-    // parent's active one).
-    let _ = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID);
-    spawned
-}
-
 /// Moves the helper into every cgroup of the container's process (cgroup v2's one, or each v1
 /// hierarchy's), so the command is counted and limited with the container.
 fn join_cgroups(pid: i32) -> Result<(), Error> {

@@ -29,11 +29,48 @@ const NAMESPACES: [(&str, CloneFlags); 4] = [
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
-/// What the child needs, prepared by the parent.
-struct Prepared {
-    null: File,
+/// A running container's namespaces and cgroups, opened once and kept by the shim while the
+/// container runs (they do not change), so that each exec only uses them.
+pub struct Joined {
+    pid_ns: File,
     cgroups: Vec<File>,
     namespaces: Vec<(File, libc::c_int)>,
+}
+
+impl Joined {
+    /// Opens the namespaces and `cgroup.procs` files of the container whose first process is
+    /// `pid`.
+    pub fn open(pid: i32) -> Result<Joined, Error> {
+        let not_running = |_| Error::NotRunning(pid);
+        let namespaces = NAMESPACES
+            .iter()
+            .map(|(name, flag)| {
+                File::open(format!("/proc/{pid}/ns/{name}"))
+                    .map(|f| (f, flag.bits()))
+                    .map_err(not_running)
+            })
+            .collect::<Result<_, _>>()?;
+        let cgroups = crate::exec::cgroup_procs(pid)?
+            .into_iter()
+            .map(|path| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|source| Error::Cgroup { path, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Joined {
+            pid_ns: File::open(format!("/proc/{pid}/ns/pid")).map_err(not_running)?,
+            cgroups,
+            namespaces,
+        })
+    }
+}
+
+/// What the child needs, prepared by the parent.
+struct Prepared<'j> {
+    null: File,
+    joined: &'j Joined,
     drop_bounding: Vec<libc::c_ulong>,
     groups: Vec<libc::gid_t>,
     uid: libc::uid_t,
@@ -52,27 +89,8 @@ fn cstring(s: impl AsRef<[u8]>) -> Result<CString, Error> {
     CString::new(s.as_ref()).map_err(|_| Error::Process(crate::init::Error::Nul))
 }
 
-fn prepare(spec: &ExecSpec) -> Result<Prepared, Error> {
-    let pid = spec.pid;
+fn prepare<'j>(spec: &ExecSpec, joined: &'j Joined) -> Result<Prepared<'j>, Error> {
     let process = &spec.process;
-    let not_running = |_| Error::NotRunning(pid);
-    let namespaces = NAMESPACES
-        .iter()
-        .map(|(name, flag)| {
-            File::open(format!("/proc/{pid}/ns/{name}"))
-                .map(|f| (f, flag.bits()))
-                .map_err(not_running)
-        })
-        .collect::<Result<_, _>>()?;
-    let cgroups = crate::exec::cgroup_procs(pid)?
-        .into_iter()
-        .map(|path| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|source| Error::Cgroup { path, source })
-        })
-        .collect::<Result<_, _>>()?;
     let wanted = crate::caps::parse(&process.capabilities)
         .map_err(|e| Error::Process(crate::init::Error::Caps(e)))?;
     let mut mask = 0u64;
@@ -107,8 +125,7 @@ fn prepare(spec: &ExecSpec) -> Result<Prepared, Error> {
             .write(true)
             .open("/dev/null")
             .map_err(Error::Fork)?,
-        cgroups,
-        namespaces,
+        joined,
         drop_bounding,
         groups: process.additional_gids.clone(),
         uid: process.uid,
@@ -123,15 +140,25 @@ fn prepare(spec: &ExecSpec) -> Result<Prepared, Error> {
     })
 }
 
-/// Starts the command in the container; returns its pid. The caller (single-threaded) has
-/// entered the container's PID namespace for its children, or the command is born outside it.
-/// Its stdout and stderr are `output`; a failure to start is written to `errors` (close-on-exec:
-/// empty once the command runs).
-pub fn spawn(spec: &ExecSpec, output: BorrowedFd<'_>, errors: OwnedFd) -> Result<Pid, Error> {
+/// Starts the command in the container `joined` opened; returns its pid (in the caller's PID
+/// namespace). The caller must be single-threaded: it enters the container's PID namespace for
+/// its children and leaves it again. The command's stdout and stderr are `output`; a failure to
+/// start is written to `errors` (close-on-exec: empty once the command runs).
+pub fn spawn(
+    spec: &ExecSpec,
+    joined: &Joined,
+    output: BorrowedFd<'_>,
+    errors: OwnedFd,
+) -> Result<Pid, Error> {
     if spec.process.args.is_empty() {
         return Err(Error::Process(crate::init::Error::Nul));
     }
-    let prepared = prepare(spec)?;
+    let prepared = prepare(spec, joined)?;
+    let own = File::open("/proc/self/ns/pid").map_err(Error::Fork)?;
+    nix::sched::setns(&joined.pid_ns, CloneFlags::CLONE_NEWPID).map_err(|source| Error::Join {
+        path: PathBuf::from(format!("/proc/{}/ns/pid", spec.pid)),
+        source,
+    })?;
     let argv: Vec<*const libc::c_char> = prepared
         .argv
         .iter()
@@ -161,9 +188,12 @@ pub fn spawn(spec: &ExecSpec, output: BorrowedFd<'_>, errors: OwnedFd) -> Result
             Some(libc::SIGCHLD),
         )
     }
-    .map_err(|e| Error::Fork(e.into()))?;
+    .map_err(|e| Error::Fork(e.into()));
+    // Back to the caller's own namespace for its next children (always allowed: it is the
+    // caller's active one).
+    let _ = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID);
     drop(errors);
-    Ok(pid)
+    pid
 }
 
 /// Writes `what`, ": errno N" and exits: the child's only way to fail.
@@ -207,12 +237,12 @@ unsafe fn child(
     if libc::dup2(null, 0) < 0 || libc::dup2(output, 1) < 0 || libc::dup2(output, 2) < 0 {
         fail(errors, b"set up the command's stdio");
     }
-    for cgroup in &p.cgroups {
+    for cgroup in &p.joined.cgroups {
         if libc::write(cgroup.as_raw_fd(), b"0".as_ptr().cast(), 1) < 0 {
             fail(errors, b"join the container's cgroup");
         }
     }
-    for (ns, flag) in &p.namespaces {
+    for (ns, flag) in &p.joined.namespaces {
         if libc::setns(ns.as_raw_fd(), *flag) < 0 {
             fail(errors, b"join the container's namespaces");
         }

@@ -30,6 +30,9 @@ pub struct Server {
     pub(super) pipes: Vec<LogPipe>,
     subscribers: Vec<UnixStream>,
     execs: Vec<Exec>,
+    /// Each running container's namespaces and cgroups, by its first process's pid, opened at
+    /// its first exec.
+    joined: HashMap<i32, crate::spawn::Joined>,
 }
 
 /// A command run for a probe or hook, until it ends and its caller has the answer.
@@ -74,6 +77,7 @@ impl Server {
             pipes: Vec::new(),
             subscribers: Vec::new(),
             execs: Vec::new(),
+            joined: HashMap::new(),
         })
     }
 
@@ -177,6 +181,7 @@ impl Server {
                 return false;
             }
             Request::Exec { spec, timeout_ms } => match self.exec(&spec) {
+                Err(message) => Response::Error { message },
                 Ok((pid, output, errors)) => {
                     self.execs.push(Exec {
                         pid,
@@ -189,7 +194,6 @@ impl Server {
                     });
                     return false;
                 }
-                Err(message) => Response::Error { message },
             },
             Request::Shutdown => {
                 self.shutdown();
@@ -262,12 +266,27 @@ impl Server {
 
     /// Starts the command in the container (`exec::spawn_direct`), its stdout and stderr on a
     /// pipe the shim reads.
-    fn exec(&self, spec: &crate::spec::ExecSpec) -> Result<(Pid, fs::File, fs::File), String> {
+    fn exec(&mut self, spec: &crate::spec::ExecSpec) -> Result<(Pid, fs::File, fs::File), String> {
+        // Only a running container's first process may be joined.
+        let running = self
+            .containers
+            .values()
+            .any(|c| c.status.pid == spec.pid && c.status.exit.is_none());
+        if !running {
+            return Err(format!("container process {} is not running", spec.pid));
+        }
+        let joined = match self.joined.entry(spec.pid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(crate::spawn::Joined::open(spec.pid).map_err(|e| super::error_chain(&e))?)
+            }
+        };
+        let joined = &*joined;
         let pipe =
             || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
         let (read, write) = pipe()?;
         let (errors_r, errors_w) = pipe()?;
-        let child = crate::exec::spawn_direct(spec, write.as_fd(), errors_w)
+        let child = crate::spawn::spawn(spec, joined, write.as_fd(), errors_w)
             .map_err(|e| super::error_chain(&e))?;
         drop(write);
         let output = fs::File::from(read);
@@ -313,6 +332,7 @@ impl Server {
         else {
             return; // an orphan re-parented to us; nothing to record
         };
+        self.joined.remove(&pid.as_raw());
         self.record_exit(&id, code, signal);
         tracing::info!(container = %id, code, ?signal, "container exited");
         let event = Response::Exited { id };
