@@ -662,3 +662,48 @@ fn reset_stops_every_pod_and_removes_the_node_state() -> Result<()> {
     assert!(!bridge.status.success(), "the bridge is still there");
     node.assert_clean()
 }
+
+#[test]
+fn the_downward_api_in_env_gives_the_pod_ip_and_resources() -> Result<()> {
+    let node = started_node()?;
+    node.write_manifest(
+        "facts.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: facts, labels: {tier: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    resources: {limits: {memory: 64Mi, cpu: 500m}}
+    env:
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: TIER, valueFrom: {fieldRef: {fieldPath: "metadata.labels['tier']"}}}
+    - {name: MEM_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
+    - {name: CPU_M, valueFrom: {resourceFieldRef: {resource: requests.cpu, divisor: 1m}}}
+    - {name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu}}}
+"#,
+    );
+    let pod = node.wait_pod("facts", "running", T, |p| TestNode::running(p, "c"))?;
+    let pid = node.container_pid(&pod, "c")?;
+    let env = std::fs::read(format!("/proc/{pid}/environ"))?;
+    let env = String::from_utf8_lossy(&env).replace('\0', "\n");
+    let ip = TestNode::pod_ip(&pod);
+    assert!(!ip.is_empty());
+    for want in [
+        format!("POD_IP={ip}"),
+        "TIER=web".into(),
+        "MEM_MI=64".into(),
+        "CPU_M=500".into(),
+        "CPU=1".into(),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} in {env}");
+    }
+    node.remove_manifest("facts.yaml");
+    node.wait_gone("facts", T)?;
+    node.assert_clean()
+}

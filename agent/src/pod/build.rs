@@ -194,6 +194,20 @@ pub struct Instance<'a> {
     pub image: &'a Image,
     pub id: &'a str,
     pub attempt: u32,
+    /// What the downward API reads that the node knows, not the spec.
+    pub facts: &'a Facts,
+}
+
+/// The node's facts about a pod for the downward API (`status.podIP`, limits left unset).
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub pod_ip: Option<String>,
+    pub host_ip: Option<String>,
+    /// The node's allocatable CPU (millicores) and memory and ephemeral storage (bytes): the
+    /// value of a limit a container does not set.
+    pub allocatable_millicpu: u64,
+    pub allocatable_memory: u64,
+    pub allocatable_storage: u64,
 }
 
 pub fn container_spec(
@@ -207,7 +221,7 @@ pub fn container_spec(
     let dir = node.paths.container_dir(uid, inst.id);
     let security = c.security_context.clone().unwrap_or_default();
     let privileged = security.privileged == Some(true);
-    let env = environment(pod, c, image)?;
+    let env = environment(pod, c, image, inst.facts)?;
     Ok(ContainerSpec {
         id: inst.id.to_owned(),
         name: c.name.clone(),
@@ -289,7 +303,12 @@ fn env_map(env: &[String]) -> BTreeMap<String, String> {
 }
 
 /// Image env, then PATH and HOSTNAME defaults, then the pod's env on top (later wins).
-fn environment(pod: &Pod, c: &Container, image: &Image) -> Result<Vec<String>, ConfigError> {
+fn environment(
+    pod: &Pod,
+    c: &Container,
+    image: &Image,
+    facts: &Facts,
+) -> Result<Vec<String>, ConfigError> {
     let mut env = Env::default();
     let default_path = DEFAULT_PATH.split_once('=').expect("constant");
     env.set(default_path.0, default_path.1.to_owned());
@@ -303,7 +322,7 @@ fn environment(pod: &Pod, c: &Container, image: &Image) -> Result<Vec<String>, C
     }
     env.set("HOSTNAME", hostname(pod));
     for var in c.env.iter().flatten() {
-        let value = expand(&env_value(pod, var)?, &env.values);
+        let value = expand(&env_value(pod, c, var, facts)?, &env.values);
         env.set(&var.name, value);
     }
     if !env.values.contains_key("HOME") {
@@ -336,13 +355,17 @@ impl Env {
     }
 }
 
-fn env_value(pod: &Pod, var: &EnvVar) -> Result<String, ConfigError> {
+fn env_value(pod: &Pod, c: &Container, var: &EnvVar, facts: &Facts) -> Result<String, ConfigError> {
     let Some(from) = &var.value_from else {
         return Ok(var.value.clone().unwrap_or_default());
     };
+    if let Some(r) = &from.resource_field_ref {
+        return resource_value(pod, c, r, facts)
+            .map_err(|why| ConfigError(format!("env {:?}: {why}", var.name)));
+    }
     let Some(field) = &from.field_ref else {
         return Err(ConfigError(format!(
-            "env {:?}: only value and valueFrom.fieldRef are supported on a node without an API server",
+            "env {:?}: only value, valueFrom.fieldRef and valueFrom.resourceFieldRef are supported yet",
             var.name
         )));
     };
@@ -363,13 +386,9 @@ fn env_value(pod: &Pod, var: &EnvVar) -> Result<String, ConfigError> {
         "metadata.uid" => meta.uid.clone(),
         "spec.nodeName" => pod_spec(pod).node_name.clone(),
         "spec.serviceAccountName" => pod_spec(pod).service_account_name.clone(),
-        "status.podIP" | "status.hostIP" => pod.status.as_ref().and_then(|s| {
-            if path == "status.podIP" {
-                s.pod_ip.clone()
-            } else {
-                s.host_ip.clone()
-            }
-        }),
+        // The node's own view: the API's copy of the status may not have them yet.
+        "status.podIP" | "status.podIPs" => facts.pod_ip.clone(),
+        "status.hostIP" | "status.hostIPs" => facts.host_ip.clone(),
         _ => from_map(&meta.labels, "metadata.labels['")
             .or_else(|| from_map(&meta.annotations, "metadata.annotations['"))
             .map(Some)
@@ -378,6 +397,72 @@ fn env_value(pod: &Pod, var: &EnvVar) -> Result<String, ConfigError> {
             })?,
     };
     Ok(value.unwrap_or_default())
+}
+
+/// The downward API's `resourceFieldRef` (kubelet's `ExtractContainerResourceValue`): a
+/// container's limit or request, in units of `divisor`, rounded up; a limit not set is the
+/// node's allocatable amount.
+pub fn resource_value(
+    pod: &Pod,
+    own: &Container,
+    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+    facts: &Facts,
+) -> Result<String, String> {
+    let c = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
+        None => own,
+        Some(name) => crate::pod::status::containers(pod)
+            .map(|(c, _)| c)
+            .find(|c| c.name == name)
+            .ok_or_else(|| format!("container {name:?} not found"))?,
+    };
+    let (kind, name) = r
+        .resource
+        .split_once('.')
+        .ok_or_else(|| format!("unsupported resource {:?}", r.resource))?;
+    let cpu = name == "cpu";
+    let divisor = r.divisor.as_ref().map(|d| d.0.as_str()).unwrap_or("1");
+    let parse = |q: &str| {
+        if cpu {
+            quantity::parse_millicpu(q).map(u128::from)
+        } else {
+            quantity::parse_bytes(q).map(u128::from)
+        }
+    };
+    let divisor = parse(divisor)
+        .filter(|d| *d > 0)
+        .ok_or_else(|| format!("invalid divisor {divisor:?}"))?;
+    let set = match kind {
+        "limits" => resource(c, "limits", name),
+        "requests" => request(c, name),
+        _ => return Err(format!("unsupported resource {:?}", r.resource)),
+    };
+    let value = match (set, kind, name) {
+        (Some(q), ..) => parse(&q).ok_or_else(|| format!("invalid quantity {q:?}"))?,
+        (None, "limits", "cpu") => u128::from(facts.allocatable_millicpu),
+        (None, "limits", "memory") => u128::from(facts.allocatable_memory),
+        (None, "limits", "ephemeral-storage") => u128::from(facts.allocatable_storage),
+        (None, "requests", "cpu" | "memory" | "ephemeral-storage") => 0,
+        _ => return Err(format!("unsupported resource {:?}", r.resource)),
+    };
+    Ok(value.div_ceil(divisor).to_string())
+}
+
+/// The node's allocatable CPU, memory and root file system (what `resourceFieldRef` reports
+/// for limits a container leaves unset).
+pub fn node_allocatable(root: &Path) -> (u64, u64, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    let storage = nix::sys::statvfs::statvfs(root)
+        .map(|s| s.blocks() * s.fragment_size())
+        .unwrap_or(0);
+    (cpus * 1000, memory, storage)
 }
 
 /// Kubernetes `$(VAR)` expansion: defined variables are replaced, `$$` escapes, the rest is kept.
@@ -677,5 +762,36 @@ mod tests {
         let caps = capabilities(&c, false);
         assert_eq!(caps.len(), 13);
         assert!(!caps.contains(&"CAP_KILL".to_owned()));
+    }
+
+    #[test]
+    fn downward_api_resources_round_up_in_the_divisor_and_default_to_the_node() {
+        let p = pod("metadata: {name: p}\nspec: {containers: [{name: a, image: b, resources: {limits: {memory: 100Mi, cpu: 250m}}}, {name: c, image: b}]}");
+        let facts = Facts {
+            allocatable_millicpu: 2000,
+            allocatable_memory: 8 << 30,
+            ..Facts::default()
+        };
+        let r = |resource: &str, divisor: Option<&str>, container: Option<&str>| {
+            let sel = k8s_openapi::api::core::v1::ResourceFieldSelector {
+                container_name: container.map(str::to_owned),
+                resource: resource.into(),
+                divisor: divisor
+                    .map(|d| k8s_openapi::apimachinery::pkg::api::resource::Quantity(d.into())),
+            };
+            let own = &pod_spec(&p).containers[0];
+            resource_value(&p, own, &sel, &facts)
+        };
+        assert_eq!(r("limits.memory", None, None).unwrap(), "104857600");
+        assert_eq!(r("limits.memory", Some("1Mi"), None).unwrap(), "100");
+        // 250m of CPU in whole cores rounds up to 1, in millicores is 250.
+        assert_eq!(r("limits.cpu", None, None).unwrap(), "1");
+        assert_eq!(r("limits.cpu", Some("1m"), None).unwrap(), "250");
+        // Requests default to limits; a container without limits gets the node's.
+        assert_eq!(r("requests.cpu", Some("1m"), None).unwrap(), "250");
+        assert_eq!(r("limits.cpu", None, Some("c")).unwrap(), "2");
+        assert_eq!(r("limits.memory", Some("1Gi"), Some("c")).unwrap(), "8");
+        assert_eq!(r("requests.memory", None, Some("c")).unwrap(), "0");
+        assert!(r("limits.cpu", None, Some("nope")).is_err());
     }
 }

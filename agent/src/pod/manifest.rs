@@ -305,11 +305,14 @@ fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
     }
     for (j, e) in c.env.iter().flatten().enumerate() {
         let from = e.value_from.as_ref();
-        if from.is_some_and(|f| f.field_ref.is_none()) {
+        if from.is_some_and(|f| f.field_ref.is_none() && f.resource_field_ref.is_none()) {
             return Err(not_yet(
                 &format!("env[{j}].valueFrom"),
-                "values from ConfigMaps, Secrets and resources",
+                "values from ConfigMaps and Secrets",
             ));
+        }
+        if let Some(r) = from.and_then(|f| f.resource_field_ref.as_ref()) {
+            check_resource_ref(&format!("{path}.env[{j}].valueFrom.resourceFieldRef"), r)?;
         }
     }
     if let Some(profile) = c
@@ -321,6 +324,50 @@ fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
             &format!("{path}.securityContext.seccompProfile"),
             &profile.type_,
         )?;
+    }
+    Ok(())
+}
+
+/// kube-apiserver's `validateContainerResourceFieldSelector` for environment variables.
+fn check_resource_ref(
+    field: &str,
+    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+) -> Result<(), FieldError> {
+    const RESOURCES: [&str; 6] = [
+        "limits.cpu",
+        "limits.memory",
+        "limits.ephemeral-storage",
+        "requests.cpu",
+        "requests.memory",
+        "requests.ephemeral-storage",
+    ];
+    if !RESOURCES.contains(&r.resource.as_str()) {
+        let supported: Vec<String> = RESOURCES.iter().map(|r| format!("{r:?}")).collect();
+        return Err(field_err(
+            format!("{field}.resource"),
+            format!(
+                "Unsupported value: {:?}: supported values: {}",
+                r.resource,
+                supported.join(", ")
+            ),
+        ));
+    }
+    if let Some(d) = &r.divisor {
+        let cpu = r.resource.ends_with(".cpu");
+        let ok: &[&str] = if cpu {
+            &["1m", "1"]
+        } else {
+            &[
+                "1", "1k", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei",
+            ]
+        };
+        if !ok.contains(&d.0.as_str()) {
+            let what = if cpu { "cpu" } else { "memory or storage" };
+            return Err(field_err(
+                format!("{field}.divisor"),
+                format!("Invalid value: {:?}: only divisor's values {} are supported with the {what} resource", d.0, ok.join(", ")),
+            ));
+        }
     }
     Ok(())
 }

@@ -327,12 +327,22 @@ impl Worker {
             .unwrap_or_else(|_| format!("{}@{}", image.reference, image.digest));
         self.observed.image_ids.insert(c.name.clone(), image_id);
         let id = crate::random_hex(32);
+        let (allocatable_millicpu, allocatable_memory, allocatable_storage) =
+            build::node_allocatable(&self.node.ctx.paths.root);
+        let facts = build::Facts {
+            pod_ip: self.observed.pod_ip.map(|ip| ip.to_string()),
+            host_ip: self.observed.host_ip.clone(),
+            allocatable_millicpu,
+            allocatable_memory,
+            allocatable_storage,
+        };
         let inst = BuildInstance {
             pod: &self.pod,
             container: c,
             image: &image,
             id: &id,
             attempt,
+            facts: &facts,
         };
         let mut spec = match build::container_spec(&self.node.ctx, &inst) {
             Ok(spec) => spec,
