@@ -255,6 +255,7 @@ fn namespaces(store: &Store) {
             Resource::Events,
             Resource::Leases,
             Resource::Secrets,
+            Resource::ConfigMaps,
         ] {
             if let Err(e) = handlers::delete_collection(
                 store,

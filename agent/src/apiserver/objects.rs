@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -96,6 +96,7 @@ fn decode(
         Resource::Events => typed::<Event>(resource, body)?,
         Resource::Leases => typed::<Lease>(resource, body)?,
         Resource::Secrets => typed::<Secret>(resource, body)?,
+        Resource::ConfigMaps => typed::<ConfigMap>(resource, body)?,
     };
     let mut unknown = Vec::new();
     unknown_fields(body, &object, "", &mut unknown);
@@ -318,6 +319,9 @@ pub fn admit_update(
     if resource == Resource::Secrets {
         check_secret_update(old, obj)?;
     }
+    if resource == Resource::ConfigMaps {
+        check_config_map_update(old, obj)?;
+    }
     if resource == Resource::Pods && !status {
         check_pod_update(old, obj)?;
         if obj["spec"] != old["spec"] {
@@ -411,7 +415,7 @@ fn default(resource: Resource, obj: &mut Value) {
                 }
             }
         }
-        Resource::Nodes | Resource::Leases => {}
+        Resource::Nodes | Resource::Leases | Resource::ConfigMaps => {}
     }
 }
 
@@ -560,8 +564,91 @@ fn validate(resource: Resource, obj: &Value) -> Result<(), ApiError> {
             validate_secret(obj)
                 .map_err(|(field, reason)| ApiError::invalid(kind, name, &[(field, reason)]))
         }
+        Resource::ConfigMaps => {
+            manifest::check_subdomain("metadata.name", name).map_err(field_error)?;
+            validate_config_map(obj)
+                .map_err(|(field, reason)| ApiError::invalid(kind, name, &[(field, reason)]))
+        }
         _ => manifest::check_subdomain("metadata.name", name).map_err(field_error),
     }
+}
+
+/// An immutable ConfigMap keeps its data and stays immutable (`ValidateConfigMapUpdate`).
+fn check_config_map_update(old: &Value, new: &Value) -> Result<(), ApiError> {
+    if old["immutable"] != json!(true) {
+        return Ok(());
+    }
+    let name = name_of(old);
+    let field = if new["immutable"] != json!(true) {
+        "immutable"
+    } else if old["data"] != new["data"] {
+        "data"
+    } else if old["binaryData"] != new["binaryData"] {
+        "binaryData"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::invalid(
+        "ConfigMap",
+        name,
+        &[(
+            field.into(),
+            "Forbidden: field is immutable when `immutable` is set".into(),
+        )],
+    ))
+}
+
+/// A config key (`IsConfigMapKey`): letters, digits, `-`, `_`, `.`, at most 253, not `.`/`..`.
+fn is_config_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        && key != "."
+        && key != ".."
+        && !key.starts_with("..")
+}
+
+/// kube-apiserver's `ValidateConfigMap`: config keys, no key in both `data` and `binaryData`,
+/// and 1 MiB in all (`MaxSecretSize`, which ConfigMaps share).
+fn validate_config_map(obj: &Value) -> Result<(), (String, String)> {
+    let data = obj["data"].as_object();
+    let binary = obj["binaryData"].as_object();
+    let mut size = 0usize;
+    for (key, value) in data.into_iter().flatten() {
+        if !is_config_key(key) {
+            return Err((
+                format!("data[{key}]"),
+                format!("Invalid value: {key:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"),
+            ));
+        }
+        size += key.len() + value.as_str().map_or(0, str::len);
+    }
+    for (key, value) in binary.into_iter().flatten() {
+        if !is_config_key(key) {
+            return Err((
+                format!("binaryData[{key}]"),
+                format!("Invalid value: {key:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"),
+            ));
+        }
+        if data.is_some_and(|d| d.contains_key(key)) {
+            return Err((
+                format!("data[{key}]"),
+                format!("Invalid value: {key:?}: duplicate of key present in binaryData"),
+            ));
+        }
+        let b64 = value.as_str().unwrap_or_default();
+        size +=
+            key.len() + b64.len() / 4 * 3 - b64.bytes().rev().take_while(|b| *b == b'=').count();
+    }
+    if size > SECRET_MAX {
+        return Err((
+            String::new(),
+            format!("Too long: must have at most {SECRET_MAX} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 const SECRET_MAX: usize = 1024 * 1024;

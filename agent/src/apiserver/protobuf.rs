@@ -169,6 +169,39 @@ fn secret(raw: &[u8]) -> Option<Value> {
     Some(secret)
 }
 
+/// `ConfigMap`: metadata 1, data 2 (map<string,string>), binaryData 3 (map<string,bytes>),
+/// immutable 4.
+fn config_map(raw: &[u8]) -> Option<Value> {
+    let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}});
+    let (mut data, mut binary) = (Vec::new(), Map::new());
+    for (n, b) in Reader::fields(raw)? {
+        match n {
+            1 => cm["metadata"] = object_meta(b)?,
+            2 => data.push(b),
+            3 => {
+                let (mut key, mut value) = (String::new(), &[][..]);
+                for (m, v) in Reader::fields(b)? {
+                    match m {
+                        1 => key = text(v)?,
+                        2 => value = v,
+                        _ => {}
+                    }
+                }
+                binary.insert(key, json!(openssl::base64::encode_block(value)));
+            }
+            4 => cm["immutable"] = json!(b == [1]),
+            _ => {}
+        }
+    }
+    if !data.is_empty() {
+        cm["data"] = string_map(&data)?;
+    }
+    if !binary.is_empty() {
+        cm["binaryData"] = Value::Object(binary);
+    }
+    Some(cm)
+}
+
 /// Decodes a protobuf request body into the JSON object it stands for.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     let bad = || ApiError::bad_request("invalid protobuf body");
@@ -192,8 +225,9 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => namespace(raw).ok_or_else(bad),
         ("v1", "Secret") => secret(raw).ok_or_else(bad),
+        ("v1", "ConfigMap") => config_map(raw).ok_or_else(bad),
         _ => Err(ApiError::unsupported_media_type(&format!(
-            "application/vnd.kubernetes.protobuf ({api_version} {kind}; only v1 Namespace and Secret are decoded)"
+            "application/vnd.kubernetes.protobuf ({api_version} {kind}; only v1 Namespace, Secret and ConfigMap are decoded)"
         ))),
     }
 }

@@ -8,18 +8,20 @@ pub enum Resource {
     Events,
     Leases,
     Secrets,
+    ConfigMaps,
 }
 
 pub const COORDINATION: &str = "coordination.k8s.io/v1";
 
 impl Resource {
-    pub const ALL: [Resource; 6] = [
+    pub const ALL: [Resource; 7] = [
         Resource::Pods,
         Resource::Namespaces,
         Resource::Nodes,
         Resource::Events,
         Resource::Leases,
         Resource::Secrets,
+        Resource::ConfigMaps,
     ];
 
     pub fn plural(self) -> &'static str {
@@ -30,6 +32,7 @@ impl Resource {
             Resource::Events => "events",
             Resource::Leases => "leases",
             Resource::Secrets => "secrets",
+            Resource::ConfigMaps => "configmaps",
         }
     }
 
@@ -41,6 +44,7 @@ impl Resource {
             Resource::Events => "Event",
             Resource::Leases => "Lease",
             Resource::Secrets => "Secret",
+            Resource::ConfigMaps => "ConfigMap",
         }
     }
 
@@ -61,6 +65,7 @@ impl Resource {
             Resource::Namespaces => &["ns"],
             Resource::Nodes => &["no"],
             Resource::Events => &["ev"],
+            Resource::ConfigMaps => &["cm"],
             Resource::Leases | Resource::Secrets => &[],
         }
     }
@@ -80,7 +85,7 @@ impl Resource {
                 ("status", "Namespace", &["get", "patch", "update"]),
             ],
             Resource::Nodes => &[("status", "Node", &["get", "patch", "update"])],
-            Resource::Events | Resource::Leases | Resource::Secrets => &[],
+            Resource::Events | Resource::Leases | Resource::Secrets | Resource::ConfigMaps => &[],
         }
     }
 
@@ -119,7 +124,7 @@ impl Resource {
                 "source",
                 "type",
             ],
-            Resource::Leases | Resource::Secrets => &[],
+            Resource::Leases | Resource::Secrets | Resource::ConfigMaps => &[],
         }
     }
 }

@@ -58,6 +58,11 @@ fn columns(resource: Resource) -> &'static [Column] {
             ("Holder", "string", 0, "HolderIdentity contains the identity of the holder of a current lease."),
             ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
         ],
+        Resource::ConfigMaps => &[
+            ("Name", "string", 0, "Name must be unique within a namespace."),
+            ("Data", "string", 0, "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process."),
+            ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+        ],
         Resource::Secrets => &[
             ("Name", "string", 0, "Name must be unique within a namespace."),
             ("Type", "string", 0, "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types"),
@@ -292,6 +297,14 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
         Resource::Leases => vec![
             name,
             json!(obj["spec"]["holderIdentity"].as_str().unwrap_or_default()),
+            json!(created),
+        ],
+        Resource::ConfigMaps => vec![
+            name,
+            json!(
+                obj["data"].as_object().map_or(0, |d| d.len())
+                    + obj["binaryData"].as_object().map_or(0, |d| d.len())
+            ),
             json!(created),
         ],
         Resource::Secrets => vec![

@@ -208,6 +208,47 @@ pub struct Facts {
     pub allocatable_millicpu: u64,
     pub allocatable_memory: u64,
     pub allocatable_storage: u64,
+    /// The ConfigMaps and Secrets the container's environment names, read from the API (`None`:
+    /// there is no such object).
+    pub config_maps: BTreeMap<String, Option<BTreeMap<String, String>>>,
+    pub secrets: BTreeMap<String, Option<BTreeMap<String, String>>>,
+}
+
+/// The ConfigMaps and Secrets a container's `env` and `envFrom` name.
+pub fn env_sources(c: &Container) -> (Vec<String>, Vec<String>) {
+    let (mut maps, mut secrets) = (Vec::new(), Vec::new());
+    for var in c.env.iter().flatten() {
+        let from = var.value_from.as_ref();
+        if let Some(r) = from.and_then(|f| f.config_map_key_ref.as_ref()) {
+            maps.push(r.name.clone());
+        }
+        if let Some(r) = from.and_then(|f| f.secret_key_ref.as_ref()) {
+            secrets.push(r.name.clone());
+        }
+    }
+    for src in c.env_from.iter().flatten() {
+        if let Some(r) = &src.config_map_ref {
+            maps.push(r.name.clone());
+        }
+        if let Some(r) = &src.secret_ref {
+            secrets.push(r.name.clone());
+        }
+    }
+    for list in [&mut maps, &mut secrets] {
+        list.sort();
+        list.dedup();
+    }
+    (maps, secrets)
+}
+
+/// kubelet's rule for an environment variable name from `envFrom`: a C identifier-like name
+/// (`IsEnvVarName`: letters, digits, `_`, `-`, `.`, not starting with a digit).
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
 pub fn container_spec(
@@ -321,8 +362,81 @@ fn environment(
         }
     }
     env.set("HOSTNAME", hostname(pod));
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    // envFrom first, in order (a later source wins), then env on top (kubelet's order).
+    for src in c.env_from.iter().flatten() {
+        let (found, kind, name, optional) = match (&src.config_map_ref, &src.secret_ref) {
+            (Some(r), _) => (
+                facts.config_maps.get(&r.name),
+                "configmap",
+                &r.name,
+                r.optional,
+            ),
+            (_, Some(r)) => (facts.secrets.get(&r.name), "secret", &r.name, r.optional),
+            _ => continue,
+        };
+        let Some(data) = found.cloned().flatten() else {
+            if optional == Some(true) {
+                continue;
+            }
+            return Err(ConfigError(format!("{kind} {name:?} not found")));
+        };
+        let prefix = src.prefix.clone().unwrap_or_default();
+        for (key, value) in data {
+            let key = format!("{prefix}{key}");
+            // Invalid names are skipped, as kubelet skips them.
+            if is_env_name(&key) {
+                env.set(&key, value);
+            }
+        }
+    }
     for var in c.env.iter().flatten() {
-        let value = expand(&env_value(pod, c, var, facts)?, &env.values);
+        let from = var.value_from.as_ref();
+        let keyed = from
+            .and_then(|f| f.config_map_key_ref.as_ref())
+            .map(|r| {
+                (
+                    &facts.config_maps,
+                    "configmap",
+                    "ConfigMap",
+                    &r.name,
+                    &r.key,
+                    r.optional,
+                )
+            })
+            .or_else(|| {
+                from.and_then(|f| f.secret_key_ref.as_ref()).map(|r| {
+                    (
+                        &facts.secrets,
+                        "secret",
+                        "Secret",
+                        &r.name,
+                        &r.key,
+                        r.optional,
+                    )
+                })
+            });
+        let value = match keyed {
+            Some((objects, kind, title, name, key, optional)) => {
+                let optional = optional == Some(true);
+                let Some(data) = objects.get(name).cloned().flatten() else {
+                    if optional {
+                        continue;
+                    }
+                    return Err(ConfigError(format!("{kind} {name:?} not found")));
+                };
+                match data.get(key) {
+                    Some(v) => v.clone(),
+                    None if optional => continue,
+                    None => {
+                        return Err(ConfigError(format!(
+                            "couldn't find key {key} in {title} {namespace}/{name}"
+                        )))
+                    }
+                }
+            }
+            None => expand(&env_value(pod, c, var, facts)?, &env.values),
+        };
         env.set(&var.name, value);
     }
     if !env.values.contains_key("HOME") {
@@ -365,7 +479,7 @@ fn env_value(pod: &Pod, c: &Container, var: &EnvVar, facts: &Facts) -> Result<St
     }
     let Some(field) = &from.field_ref else {
         return Err(ConfigError(format!(
-            "env {:?}: only value, valueFrom.fieldRef and valueFrom.resourceFieldRef are supported yet",
+            "env {:?}: valueFrom has no source",
             var.name
         )));
     };

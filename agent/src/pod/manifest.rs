@@ -292,24 +292,69 @@ fn validate_container(
 }
 
 /// Fields nodelet does not apply yet are refused, never accepted and ignored: a pod that
-/// asked for a seccomp profile or a Secret's value must not run as if it had one.
+/// asked for a seccomp profile must not run as if it had one.
 fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
-    let not_yet = |field: &str, what: &str| {
-        field_err(
-            format!("{path}.{field}"),
-            format!("Forbidden: {what} are not supported by nodelet yet"),
-        )
-    };
-    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(not_yet("envFrom", "ConfigMap and Secret environments"));
+    for (j, src) in c.env_from.iter().flatten().enumerate() {
+        let field = format!("{path}.envFrom[{j}]");
+        match (&src.config_map_ref, &src.secret_ref) {
+            (Some(_), Some(_)) => {
+                return Err(field_err(
+                    field,
+                    "Invalid value: \"\": may not have more than one field specified at a time",
+                ))
+            }
+            (None, None) => {
+                return Err(field_err(
+                    field,
+                    "Invalid value: \"\": must specify one of: `configMapRef` or `secretRef`",
+                ))
+            }
+            _ => {}
+        }
+        let name = src
+            .config_map_ref
+            .as_ref()
+            .map(|r| ("configMapRef", &r.name))
+            .or(src.secret_ref.as_ref().map(|r| ("secretRef", &r.name)));
+        if let Some((kind, name)) = name {
+            if name.is_empty() {
+                return Err(field_err(format!("{field}.{kind}.name"), "Required value"));
+            }
+        }
     }
     for (j, e) in c.env.iter().flatten().enumerate() {
         let from = e.value_from.as_ref();
-        if from.is_some_and(|f| f.field_ref.is_none() && f.resource_field_ref.is_none()) {
-            return Err(not_yet(
-                &format!("env[{j}].valueFrom"),
-                "values from ConfigMaps and Secrets",
-            ));
+        if let Some(f) = from {
+            let sources = [
+                f.field_ref.is_some(),
+                f.resource_field_ref.is_some(),
+                f.config_map_key_ref.is_some(),
+                f.secret_key_ref.is_some(),
+            ];
+            let field = format!("{path}.env[{j}].valueFrom");
+            match sources.iter().filter(|s| **s).count() {
+                0 => return Err(field_err(field, "Invalid value: \"\": must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`")),
+                1 => {}
+                _ => return Err(field_err(field, "Invalid value: \"\": may not have more than one field specified at a time")),
+            }
+            for (kind, name, key) in [
+                f.config_map_key_ref
+                    .as_ref()
+                    .map(|r| ("configMapKeyRef", &r.name, &r.key)),
+                f.secret_key_ref
+                    .as_ref()
+                    .map(|r| ("secretKeyRef", &r.name, &r.key)),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if name.is_empty() {
+                    return Err(field_err(format!("{field}.{kind}.name"), "Required value"));
+                }
+                if key.is_empty() {
+                    return Err(field_err(format!("{field}.{kind}.key"), "Required value"));
+                }
+            }
         }
         if let Some(r) = from.and_then(|f| f.resource_field_ref.as_ref()) {
             check_resource_ref(&format!("{path}.env[{j}].valueFrom.resourceFieldRef"), r)?;
@@ -555,9 +600,11 @@ mod tests {
             ("metadata: {name: web, annotations: {'a/b/c': x}}\nspec: {containers: [{name: a, image: b}]}", "metadata.annotations"),
             ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc/sys}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
             ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
-            // Not applied yet, so refused rather than ignored.
-            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, envFrom: [{configMapRef: {name: c}}]}]}", "spec.containers[0].envFrom"),
-            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {secretKeyRef: {name: s, key: k}}}]}]}", "spec.containers[0].env[0].valueFrom"),
+            // Not applied yet, so refused rather than ignored; or malformed.
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, envFrom: [{prefix: X_}]}]}", "spec.containers[0].envFrom[0]"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, envFrom: [{configMapRef: {name: c}, secretRef: {name: s}}]}]}", "spec.containers[0].envFrom[0]"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {secretKeyRef: {name: s, key: k}, fieldRef: {fieldPath: metadata.name}}}]}]}", "spec.containers[0].env[0].valueFrom"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {configMapKeyRef: {name: c, key: ''}}}]}]}", "spec.containers[0].env[0].valueFrom.configMapKeyRef.key"),
             ("metadata: {name: web}\nspec: {securityContext: {seccompProfile: {type: RuntimeDefault}}, containers: [{name: a, image: b}]}", "spec.securityContext.seccompProfile.type"),
             ("metadata: {name: web}\nspec: {hostUsers: false, containers: [{name: a, image: b}]}", "spec.hostUsers"),
         ];

@@ -13,6 +13,10 @@ use crate::images::credentials::Source;
 use crate::pod::build::{self, Instance as BuildInstance};
 use crate::pod::status::{self, Instance, Role};
 
+/// ConfigMaps or Secrets by name, with their data (`None`: not found).
+type EnvObjects =
+    std::collections::BTreeMap<String, Option<std::collections::BTreeMap<String, String>>>;
+
 /// The least time between a stop signal sent after a preStop hook and SIGKILL (kubelet's
 /// `minimumGracePeriodInSeconds`).
 pub(super) const MIN_GRACE: Duration = Duration::from_secs(2);
@@ -288,6 +292,54 @@ impl Worker {
         sources
     }
 
+    /// The ConfigMaps and Secrets the container's environment names, read from the API server
+    /// at each start as kubelet's managers read them (`None` for one that does not exist).
+    async fn env_objects(&self, c: &Container) -> Result<(EnvObjects, EnvObjects), String> {
+        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        let (maps, secrets) = build::env_sources(c);
+        if maps.is_empty() && secrets.is_empty() {
+            return Ok(Default::default());
+        }
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(client) = self.node.api.get() else {
+            let what = maps
+                .first()
+                .map(|m| format!("ConfigMap {namespace}/{m}"))
+                .or(secrets.first().map(|s| format!("Secret {namespace}/{s}")))
+                .unwrap_or_default();
+            return Err(format!(
+                "the environment of container {} refers to {what}, and the node has no API server to read it from",
+                c.name
+            ));
+        };
+        let mut found_maps = EnvObjects::new();
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
+        for name in maps {
+            let cm = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("get ConfigMap {namespace}/{name}: {e}"))?;
+            found_maps.insert(name, cm.map(|cm| cm.data.unwrap_or_default()));
+        }
+        let mut found_secrets = EnvObjects::new();
+        let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+        for name in secrets {
+            let secret = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("get Secret {namespace}/{name}: {e}"))?;
+            let data = secret.map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect()
+            });
+            found_secrets.insert(name, data);
+        }
+        Ok((found_maps, found_secrets))
+    }
+
     /// Records why a container waits; the event, if any, is recorded when the reason is new
     /// (not on every sync that finds it still waiting).
     fn wait(
@@ -329,12 +381,24 @@ impl Worker {
         let id = crate::random_hex(32);
         let (allocatable_millicpu, allocatable_memory, allocatable_storage) =
             build::node_allocatable(&self.node.ctx.paths.root);
+        let (config_maps, secrets) = match self.env_objects(c).await {
+            Ok(found) => found,
+            Err(message) => {
+                self.observed.waiting.insert(
+                    c.name.clone(),
+                    ("CreateContainerConfigError".into(), message),
+                );
+                return Step::WaitFor(RETRY);
+            }
+        };
         let facts = build::Facts {
             pod_ip: self.observed.pod_ip.map(|ip| ip.to_string()),
             host_ip: self.observed.host_ip.clone(),
             allocatable_millicpu,
             allocatable_memory,
             allocatable_storage,
+            config_maps,
+            secrets,
         };
         let inst = BuildInstance {
             pod: &self.pod,
