@@ -284,6 +284,9 @@ impl Runtime {
             Scope::Sandbox => (containers.as_path(), None),
             Scope::Pod { logs } => (pod_root.as_path(), logs),
         };
+        if matches!(scope, Scope::Pod { .. }) {
+            errors.extend(unmount_memory_volumes(&pod_root));
+        }
         for path in [Some(dir.path()), Some(pod_dir), log_dir]
             .into_iter()
             .flatten()
@@ -294,6 +297,25 @@ impl Runtime {
         }
         errors
     }
+}
+
+/// Unmounts the pod's `medium: Memory` emptyDir volumes (tmpfs mounts the agent made), so that
+/// its directory can go.
+fn unmount_memory_volumes(pod_root: &std::path::Path) -> Vec<String> {
+    let dir = pod_root.join("volumes/kubernetes.io~empty-dir");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if crate::pod::volumes::is_mount_point(&path) {
+            if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+                errors.push(format!("unmount {}: {e}", path.display()));
+            }
+        }
+    }
+    errors
 }
 
 fn unexpected(uid: &str, request: &'static str, got: &Response) -> Error {

@@ -707,3 +707,49 @@ spec:
     node.wait_gone("facts", T)?;
     node.assert_clean()
 }
+
+#[test]
+fn a_memory_empty_dir_is_a_tmpfs_of_its_size_limit_and_goes_with_the_pod() -> Result<()> {
+    let node = started_node()?;
+    node.write_manifest(
+        "ram.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ram}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: cache, emptyDir: {medium: Memory, sizeLimit: 1Mi}}]
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    volumeMounts: [{name: cache, mountPath: /cache}]
+"#,
+    );
+    let pod = node.wait_pod("ram", "running", T, |p| TestNode::running(p, "c"))?;
+    let mounts = node.exec(&pod, "c", &["cat", "/proc/self/mounts"])?;
+    let mounts = String::from_utf8_lossy(&mounts.stdout).into_owned();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tmpfs /cache tmpfs") && l.contains("size=1024k")),
+        "{mounts}"
+    );
+    let fits = node.exec(
+        &pod,
+        "c",
+        &["dd", "if=/dev/zero", "of=/cache/a", "bs=1k", "count=512"],
+    )?;
+    assert!(fits.status.success(), "512 KiB fit");
+    let full = node.exec(
+        &pod,
+        "c",
+        &["dd", "if=/dev/zero", "of=/cache/b", "bs=1k", "count=1024"],
+    )?;
+    assert!(!full.status.success(), "more than the size limit does not");
+    node.remove_manifest("ram.yaml");
+    node.wait_gone("ram", T)?;
+    node.assert_clean()
+}

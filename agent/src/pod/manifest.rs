@@ -156,7 +156,23 @@ fn validate_volumes(spec: &PodSpec) -> Result<HashSet<&str>, FieldError> {
             ));
         }
         match (&v.empty_dir, &v.host_path) {
-            (Some(_), None) => {}
+            (Some(e), None) => {
+                if let Some(m) = e.medium.as_deref().filter(|m| !m.is_empty()) {
+                    if m != "Memory" {
+                        return Err(field_err(format!("{path}.emptyDir.medium"), format!("Unsupported value: {m:?}: supported values: \"\", \"Memory\"")));
+                    }
+                }
+                if let Some(q) = &e.size_limit {
+                    if quantity::parse_bytes(&q.0).is_none() {
+                        return Err(field_err(format!("{path}.emptyDir.sizeLimit"), format!("Invalid value: {:?}: must be a quantity", q.0)));
+                    }
+                    if e.medium.as_deref() != Some("Memory") {
+                        // kubelet enforces a disk emptyDir's sizeLimit by eviction, which
+                        // nodelet does not do: refused rather than ignored.
+                        return Err(field_err(format!("{path}.emptyDir.sizeLimit"), "Forbidden: sizeLimit is enforced by nodelet only for medium: Memory (a tmpfs of that size); disk emptyDir limits need eviction, which nodelet does not do yet"));
+                    }
+                }
+            }
             (None, Some(hp)) => {
                 if !hp.path.starts_with('/') {
                     return Err(field_err(format!("{path}.hostPath.path"), format!("Invalid value: {:?}: must be an absolute path", hp.path)));

@@ -10,4 +10,5 @@ pub mod probe;
 pub mod quantity;
 pub mod status;
 pub mod table;
+pub mod volumes;
 pub mod worker;

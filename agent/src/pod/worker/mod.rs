@@ -449,7 +449,6 @@ impl Worker {
 
     /// The pod's own directories and the files kubelet manages inside its containers.
     fn prepare_pod_dirs(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
         let paths = &self.node.ctx.paths;
         let root = paths.pod_root(&self.uid);
         std::fs::create_dir_all(&root)?;
@@ -470,9 +469,7 @@ impl Worker {
             .flatten()
             .filter(|v| v.empty_dir.is_some())
         {
-            let dir = paths.empty_dir(&self.uid, &v.name);
-            std::fs::create_dir_all(&dir)?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+            super::volumes::prepare_empty_dir(&paths.empty_dir(&self.uid, &v.name), v)?;
         }
         let (ns, name) = namespace_name(pod);
         std::fs::create_dir_all(paths.pod_logs(ns, name, &self.uid))
