@@ -52,7 +52,9 @@ pub struct PodEvent {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    pub container: Option<String>,
+    /// The container the event is about, as kubelet names it (`spec.containers{name}` or
+    /// `spec.initContainers{name}`).
+    pub field_path: Option<String>,
     pub reason: &'static str,
     pub message: String,
     pub warning: bool,
@@ -214,7 +216,15 @@ impl Node {
                 .unwrap_or_else(|| "default".into()),
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
-            container: container.map(str::to_owned),
+            field_path: container.map(|name| {
+                let init = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.init_containers.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.name == name));
+                let list = if init { "initContainers" } else { "containers" };
+                format!("spec.{list}{{{name}}}")
+            }),
             reason,
             message,
             warning,

@@ -218,6 +218,16 @@ fn a_failing_init_container_follows_the_pods_restart_policy() -> Result<()> {
         events.contains("Back-off restarting failed container check"),
         "{events}"
     );
+    // Events about an init container name it as kubelet does.
+    let events: Value = serde_json::from_str(&node.kubectl_ok(&["get", "events", "-o", "json"])?)?;
+    let paths: BTreeSet<String> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["name"] == "always")
+        .filter_map(|e| e["involvedObject"]["fieldPath"].as_str().map(str::to_owned))
+        .collect();
+    assert!(paths.contains("spec.initContainers{check}"), "{paths:?}");
     node.kubectl_ok(&["delete", "pod", "never", "always"])?;
     settled(&node)
 }

@@ -185,6 +185,9 @@ fn validate_volumes(spec: &PodSpec) -> Result<HashSet<&str>, FieldError> {
                 }
             }
             (Some(_), Some(_)) => return Err(field_err(path, "Forbidden: may not specify more than 1 volume type")),
+            (None, None) if v.persistent_volume_claim.is_some() => {
+                return Err(field_err(format!("{path}.persistentVolumeClaim"), "Forbidden: this node has no storage provisioner: persistentVolumeClaim volumes cannot be bound (use a hostPath or an emptyDir volume)"))
+            }
             (None, None) => {
                 return Err(field_err(path, "Unsupported value: only emptyDir and hostPath volumes are supported by nodelet yet"))
             }
@@ -617,6 +620,7 @@ mod tests {
             ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc/sys}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
             ("metadata: {name: web}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: b, volumeMounts: [{name: v, mountPath: /proc}]}]}", "spec.containers[0].volumeMounts[0].mountPath"),
             // Not applied yet, so refused rather than ignored; or malformed.
+            ("metadata: {name: web}\nspec: {volumes: [{name: v, persistentVolumeClaim: {claimName: c}}], containers: [{name: a, image: b}]}", "spec.volumes[0].persistentVolumeClaim"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, envFrom: [{prefix: X_}]}]}", "spec.containers[0].envFrom[0]"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, envFrom: [{configMapRef: {name: c}, secretRef: {name: s}}]}]}", "spec.containers[0].envFrom[0]"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {secretKeyRef: {name: s, key: k}, fieldRef: {fieldPath: metadata.name}}}]}]}", "spec.containers[0].env[0].valueFrom"),

@@ -408,10 +408,7 @@ impl ApiSource {
                     namespace: Some(ns),
                     name: Some(ev.name.clone()),
                     uid: Some(ev.uid.clone()),
-                    field_path: ev
-                        .container
-                        .as_ref()
-                        .map(|c| format!("spec.containers{{{c}}}")),
+                    field_path: ev.field_path.clone(),
                     ..Default::default()
                 },
                 reason: Some(ev.reason.into()),
