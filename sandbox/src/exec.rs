@@ -64,12 +64,7 @@ pub fn main(spec: &ExecSpec) -> i32 {
             return 126;
         }
     };
-    run_reporting(spec, &mut errors)
-}
-
-/// Runs the exec, writing a failure to start to `errors`; returns the exit status.
-pub fn run_reporting(spec: &ExecSpec, errors: &mut impl Write) -> i32 {
-    match run(spec, errors) {
+    match run(spec, &mut errors) {
         Ok(code) => code,
         Err(e) => {
             let _ = errors.write_all(crate::shim::error_chain(&e).as_bytes());
@@ -78,7 +73,7 @@ pub fn run_reporting(spec: &ExecSpec, errors: &mut impl Write) -> i32 {
     }
 }
 
-fn run(spec: &ExecSpec, errors: &mut impl Write) -> Result<i32, Error> {
+fn run(spec: &ExecSpec, errors: &mut File) -> Result<i32, Error> {
     let pid = spec.pid;
     if !Path::new(&format!("/proc/{pid}")).exists() {
         return Err(Error::NotRunning(pid));

@@ -371,6 +371,14 @@ impl TestNode {
             .find(|p| p["metadata"]["name"] == full.as_str())
     }
 
+    /// The pod named exactly `name` (an API pod), if the agent has it.
+    pub fn api_pod(&self, name: &str) -> Option<Value> {
+        self.pods()
+            .ok()?
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == name)
+    }
+
     /// Waits until `check` holds for the pod, returning the pod.
     pub fn wait_pod(
         &self,

@@ -10,10 +10,7 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(60);
 
 fn pod(node: &TestNode, name: &str) -> Option<Value> {
-    node.pods()
-        .ok()?
-        .into_iter()
-        .find(|p| p["metadata"]["name"] == name)
+    node.api_pod(name)
 }
 
 #[test]

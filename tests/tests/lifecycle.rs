@@ -19,12 +19,8 @@ fn api_node() -> Result<TestNode> {
     Ok(node)
 }
 
-/// The API pod `name` as the agent reports it.
 fn pod(node: &TestNode, name: &str) -> Option<Value> {
-    node.pods()
-        .ok()?
-        .into_iter()
-        .find(|p| p["metadata"]["name"] == name)
+    node.api_pod(name)
 }
 
 fn wait_pod(

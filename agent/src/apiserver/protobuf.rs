@@ -137,6 +137,19 @@ fn namespace(raw: &[u8]) -> Option<Value> {
     Some(ns)
 }
 
+/// One entry of a `map<string, bytes>` (key 1, value 2).
+fn bytes_entry(raw: &[u8]) -> Option<(String, &[u8])> {
+    let (mut key, mut value) = (String::new(), &[][..]);
+    for (m, v) in Reader::fields(raw)? {
+        match m {
+            1 => key = text(v)?,
+            2 => value = v,
+            _ => {}
+        }
+    }
+    Some((key, value))
+}
+
 fn secret(raw: &[u8]) -> Option<Value> {
     let mut secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}});
     let (mut data, mut strings) = (Map::new(), Vec::new());
@@ -144,14 +157,7 @@ fn secret(raw: &[u8]) -> Option<Value> {
         match n {
             1 => secret["metadata"] = object_meta(b)?,
             2 => {
-                let (mut key, mut value) = (String::new(), &[][..]);
-                for (m, v) in Reader::fields(b)? {
-                    match m {
-                        1 => key = text(v)?,
-                        2 => value = v,
-                        _ => {}
-                    }
-                }
+                let (key, value) = bytes_entry(b)?;
                 data.insert(key, json!(openssl::base64::encode_block(value)));
             }
             3 if !b.is_empty() => secret["type"] = json!(text(b)?),
@@ -179,14 +185,7 @@ fn config_map(raw: &[u8]) -> Option<Value> {
             1 => cm["metadata"] = object_meta(b)?,
             2 => data.push(b),
             3 => {
-                let (mut key, mut value) = (String::new(), &[][..]);
-                for (m, v) in Reader::fields(b)? {
-                    match m {
-                        1 => key = text(v)?,
-                        2 => value = v,
-                        _ => {}
-                    }
-                }
+                let (key, value) = bytes_entry(b)?;
                 binary.insert(key, json!(openssl::base64::encode_block(value)));
             }
             4 => cm["immutable"] = json!(b == [1]),

@@ -88,8 +88,12 @@ fn helper(
     command: &[String],
     tty: bool,
 ) -> Result<(tokio::process::Command, std::path::PathBuf), ExecError> {
-    let spec = exec_spec(node, uid, id, pid, command, tty)?;
-    let error_file = spec.error_file.clone();
+    let error_file = node
+        .ctx
+        .paths
+        .run
+        .join(format!("exec-{}.err", crate::random_hex(8)));
+    let spec = exec_spec(node, uid, id, pid, command, tty, error_file.clone())?;
     let mut cmd = tokio::process::Command::new(crate::runtime::shim_binary());
     cmd.arg("exec")
         .arg(serde_json::to_string(&spec).expect("serialise exec spec"))
@@ -105,6 +109,7 @@ fn exec_spec(
     pid: i32,
     command: &[String],
     tty: bool,
+    error_file: std::path::PathBuf,
 ) -> Result<ExecSpec, ExecError> {
     let process_file = node.ctx.paths.container_dir(uid, id).join("process.json");
     let mut process: ProcessSpec = std::fs::read(&process_file)
@@ -120,11 +125,6 @@ fn exec_spec(
     if tty && !process.env.iter().any(|e| e.starts_with("TERM=")) {
         process.env.push("TERM=xterm".into());
     }
-    let error_file = node
-        .ctx
-        .paths
-        .run
-        .join(format!("exec-{}.err", crate::random_hex(8)));
     Ok(ExecSpec {
         pid,
         process,
@@ -148,8 +148,9 @@ pub async fn run_captured(
     if command.is_empty() {
         return Err("no command given".into());
     }
-    // The shim reports a failure to start in its answer; the spec's error file is not used.
-    let spec = exec_spec(node, uid, id, pid, command, false).map_err(|e| e.to_string())?;
+    // The shim reports a failure to start in its answer: the spec needs no error file.
+    let spec = exec_spec(node, uid, id, pid, command, false, Default::default())
+        .map_err(|e| e.to_string())?;
     match node.runtime.exec(uid, spec, timeout).await {
         Ok((Some(code), output)) => Ok((code, output)),
         Ok((None, _)) => Err(format!("command {:?} timed out", command.join(" "))),

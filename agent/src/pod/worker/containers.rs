@@ -361,11 +361,7 @@ impl Worker {
     }
 
     fn newest(&self, name: &str) -> Option<&Instance> {
-        self.observed
-            .instances
-            .iter()
-            .filter(|i| i.record.name == name)
-            .max_by_key(|i| i.record.attempt)
+        super::order::newest(&self.observed, name)
     }
 
     async fn start_container(&mut self, c: &Container, attempt: u32) -> Step {
@@ -379,8 +375,17 @@ impl Worker {
             .unwrap_or_else(|_| format!("{}@{}", image.reference, image.digest));
         self.observed.image_ids.insert(c.name.clone(), image_id);
         let id = crate::random_hex(32);
-        let (allocatable_millicpu, allocatable_memory, allocatable_storage) =
-            build::node_allocatable(&self.node.ctx.paths.root);
+        // Read only when a resourceFieldRef may need them (not on every start).
+        let asks = c.env.iter().flatten().any(|v| {
+            v.value_from
+                .as_ref()
+                .is_some_and(|f| f.resource_field_ref.is_some())
+        });
+        let (allocatable_millicpu, allocatable_memory, allocatable_storage) = if asks {
+            build::node_allocatable(&self.node.ctx.paths.root)
+        } else {
+            (0, 0, 0)
+        };
         let (config_maps, secrets) = match self.env_objects(c).await {
             Ok(found) => found,
             Err(message) => {

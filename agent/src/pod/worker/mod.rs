@@ -270,11 +270,7 @@ impl Worker {
 
     /// The container's newest instance in this sandbox.
     fn current(&self, name: &str) -> Option<&Instance> {
-        self.observed
-            .instances
-            .iter()
-            .filter(|i| i.record.name == name && !i.previous_sandbox)
-            .max_by_key(|i| i.record.attempt)
+        order::current(&self.observed, name)
     }
 
     /// Containers the pod's order holds back wait as `PodInitializing` (kubelet's default

@@ -28,7 +28,7 @@ pub struct Plan<'a> {
 }
 
 /// The container's newest instance in the current sandbox.
-fn current<'o>(observed: &'o Observed, name: &str) -> Option<&'o Instance> {
+pub(super) fn current<'o>(observed: &'o Observed, name: &str) -> Option<&'o Instance> {
     observed
         .instances
         .iter()
@@ -37,7 +37,7 @@ fn current<'o>(observed: &'o Observed, name: &str) -> Option<&'o Instance> {
 }
 
 /// The container's newest instance in any sandbox.
-fn newest<'o>(observed: &'o Observed, name: &str) -> Option<&'o Instance> {
+pub(super) fn newest<'o>(observed: &'o Observed, name: &str) -> Option<&'o Instance> {
     observed
         .instances
         .iter()
