@@ -40,8 +40,11 @@ pub struct Node {
     /// The pod network, loaded on first use (and again after a failure, so a fixed CNI config
     /// takes effect without a restart).
     network: Mutex<Option<Arc<Network>>>,
-    /// The API server this node answers to, once connected (for image pull secrets).
+    /// The API server this node answers to, once connected (image pull secrets, ConfigMaps,
+    /// Secrets, tokens).
     pub api: std::sync::OnceLock<kube::Client>,
+    /// The ConfigMaps and Secrets the pods use, watched.
+    pub objects: crate::pod::objects::Objects,
     /// Rung when image garbage collection may have work: a pull finished, a pod left.
     pub image_gc: tokio::sync::Notify,
 }
@@ -182,6 +185,7 @@ impl Node {
             config,
             network: Mutex::new(None),
             api: std::sync::OnceLock::new(),
+            objects: Default::default(),
             image_gc: tokio::sync::Notify::new(),
         })
     }

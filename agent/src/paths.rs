@@ -49,6 +49,18 @@ impl NodePaths {
             .join("volumes/kubernetes.io~empty-dir")
             .join(volume)
     }
+    /// A volume the agent fills (`plugin` is kubelet's directory name for its type).
+    pub fn volume_dir(&self, uid: &str, plugin: &str, volume: &str) -> PathBuf {
+        self.pod_root(uid).join("volumes").join(plugin).join(volume)
+    }
+    /// Where a container's `subPath` mount is bound (kubelet's layout).
+    pub fn subpath(&self, uid: &str, volume: &str, container: &str, index: usize) -> PathBuf {
+        self.pod_root(uid)
+            .join("volume-subpaths")
+            .join(volume)
+            .join(container)
+            .join(index.to_string())
+    }
     pub fn container_dir(&self, uid: &str, id: &str) -> PathBuf {
         self.pod_root(uid).join("containers").join(id)
     }

@@ -149,3 +149,230 @@ spec:
     wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
     node.assert_clean()
 }
+
+fn read(node: &TestNode, p: &Value, path: &str) -> String {
+    let out = node.exec(p, "c", &["cat", path]).expect("exec cat");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn api_volumes_show_objects_and_the_pod_and_follow_updates() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let file = node.dir.join("app.ini");
+    std::fs::write(&file, "[app]\nmode = fast\n")?;
+    let from_file = format!("--from-file={}", file.display());
+    node.kubectl_ok(&[
+        "create",
+        "configmap",
+        "app",
+        "--from-literal=greeting=hello",
+        &from_file,
+    ])?;
+    node.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+    ])?;
+    node.kubectl_create(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: volumes, labels: {app: web}, annotations: {note: first}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {fsGroup: 2000}
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    resources: {limits: {memory: 64Mi}}
+    volumeMounts:
+    - {name: cfg, mountPath: /cfg}
+    - {name: items, mountPath: /items}
+    - {name: sec, mountPath: /sec}
+    - {name: info, mountPath: /info}
+    - {name: proj, mountPath: /proj}
+    - {name: cfg, mountPath: /etc/greeting, subPath: greeting}
+    - {name: opt, mountPath: /opt}
+  volumes:
+  - {name: cfg, configMap: {name: app}}
+  - name: items
+    configMap:
+      name: app
+      items: [{key: greeting, path: dir/hi, mode: 0400}]
+  - {name: sec, secret: {secretName: db, defaultMode: 0440}}
+  - name: info
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: note, fieldRef: {fieldPath: "metadata.annotations['note']"}}
+      - {path: mem, resourceFieldRef: {containerName: c, resource: limits.memory, divisor: 1Mi}}
+  - name: proj
+    projected:
+      sources:
+      - configMap: {name: app, items: [{key: greeting, path: g}]}
+      - secret: {name: db}
+      - downwardAPI: {items: [{path: name, fieldRef: {fieldPath: metadata.name}}]}
+  - {name: opt, configMap: {name: absent, optional: true}}
+"#,
+        &[],
+    )?;
+    let p = wait_for("volumes running", T, || {
+        pod(&node, "volumes").filter(|p| TestNode::running(p, "c"))
+    })
+    .with_context(|| node.agent_log())?;
+    assert_eq!(read(&node, &p, "/cfg/greeting"), "hello");
+    assert_eq!(read(&node, &p, "/cfg/app.ini"), "[app]\nmode = fast\n");
+    assert_eq!(read(&node, &p, "/items/dir/hi"), "hello");
+    assert_eq!(read(&node, &p, "/sec/password"), "s3cret");
+    assert_eq!(read(&node, &p, "/info/labels"), "app=\"web\"");
+    assert_eq!(read(&node, &p, "/info/note"), "first");
+    assert_eq!(read(&node, &p, "/info/mem"), "64");
+    assert_eq!(read(&node, &p, "/proj/g"), "hello");
+    assert_eq!(read(&node, &p, "/proj/password"), "s3cret");
+    assert_eq!(read(&node, &p, "/proj/name"), "volumes");
+    assert_eq!(read(&node, &p, "/etc/greeting"), "hello");
+    let stat = |path: &str| {
+        let out = node
+            .exec(&p, "c", &["stat", "-L", "-c", "%a %g", path])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // Modes as asked, with the fsGroup's read bit and group (kubelet's SetVolumeOwnership).
+    assert_eq!(stat("/items/dir/hi"), "440 2000");
+    assert_eq!(stat("/sec/password"), "440 2000");
+    assert_eq!(stat("/cfg/greeting"), "644 2000");
+    let ls = node.exec(&p, "c", &["ls", "-a", "/cfg", "/opt"])?;
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(ls.contains("..data") && ls.contains("..20"), "{ls}");
+    let write = node.exec(&p, "c", &["sh", "-c", "echo x > /cfg/new"])?;
+    assert!(
+        !write.status.success(),
+        "an API volume is read-only to the pod"
+    );
+    // The secret volume is in memory.
+    let mounts = read(&node, &p, "/proc/mounts");
+    assert!(
+        mounts.lines().any(|l| l.starts_with("tmpfs /sec ")),
+        "{mounts}"
+    );
+
+    // Updates reach the running pod, except under subPath.
+    node.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "app",
+        "-p",
+        r#"{"data":{"greeting":"bye"}}"#,
+    ])?;
+    node.kubectl_ok(&["label", "pod", "volumes", "color=blue"])?;
+    wait_for("update seen", Duration::from_secs(20), || {
+        (read(&node, &p, "/cfg/greeting") == "bye"
+            && read(&node, &p, "/proj/g") == "bye"
+            && read(&node, &p, "/info/labels") == "app=\"web\"\ncolor=\"blue\"")
+            .then_some(())
+    })?;
+    assert_eq!(read(&node, &p, "/etc/greeting"), "hello");
+
+    // A ConfigMap that is not there holds the pod with kubelet's FailedMount, until it is.
+    node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: later}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600'], volumeMounts: [{name: v, mountPath: /v}]}\n  volumes: [{name: v, configMap: {name: later}}]\n",
+        &[],
+    )?;
+    wait_for("FailedMount", T, || {
+        let events = node
+            .kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=later",
+            ])
+            .ok()?;
+        events.contains("FailedMount").then_some(())?;
+        events
+            .contains("MountVolume.SetUp failed for volume \"v\" : configmap \"later\" not found")
+            .then_some(())
+    })?;
+    let w = TestNode::container_status(&pod(&node, "later").unwrap(), "c")["state"]["waiting"]
+        ["reason"]
+        .clone();
+    assert_eq!(w, "ContainerCreating");
+    node.kubectl_ok(&["create", "configmap", "later", "--from-literal=x=1"])?;
+    wait_for("later runs", T, || {
+        pod(&node, "later").filter(|p| TestNode::running(p, "c"))
+    })?;
+
+    node.kubectl_ok(&["delete", "pod", "volumes", "later"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    node.assert_clean()
+}
+
+/// A symlink planted in a shared volume cannot lead a subPath mount out of it.
+#[test]
+fn sub_paths_stay_inside_their_volume() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: escape}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: plant
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "ln -s /etc /data/out && ln -s ../data/inside /data/rel && mkdir /data/inside && echo ok > /data/inside/f"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    env: [{name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+    volumeMounts:
+    - {name: data, mountPath: /inside, subPath: inside}
+    - {name: data, mountPath: /mine, subPathExpr: "per-$(POD)"}
+  - name: bad
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    volumeMounts: [{name: data, mountPath: /x, subPath: out/passwd}]
+  volumes: [{name: data, emptyDir: {}}]
+"#,
+        &[],
+    )?;
+    let p = wait_for("c runs, bad refused", T, || {
+        let p = pod(&node, "escape")?;
+        let w = TestNode::container_status(&p, "bad")["state"]["waiting"].clone();
+        (TestNode::running(&p, "c")
+            && w["reason"] == "CreateContainerConfigError"
+            && w["message"].as_str()?.contains("is not within volume path"))
+        .then_some(p)
+    })
+    .with_context(|| node.agent_log())?;
+    assert_eq!(read(&node, &p, "/inside/f"), "ok\n");
+    let pid = node.container_pid(&p, "c")?;
+    let made = node.exec(&p, "c", &["ls", "-d", "/mine"])?;
+    assert!(made.status.success(), "subPathExpr directory made");
+    let host = std::fs::read_dir(node.dir.join("root/pods"))?
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    assert!(
+        host.join("volumes/kubernetes.io~empty-dir/data/per-escape")
+            .is_dir(),
+        "{pid}"
+    );
+    node.kubectl_ok(&["delete", "pod", "escape"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    node.assert_clean()
+}

@@ -263,6 +263,7 @@ pub fn container_spec(
     let security = c.security_context.clone().unwrap_or_default();
     let privileged = security.privileged == Some(true);
     let env = environment(pod, c, image, inst.facts)?;
+    let process_env = env.clone();
     Ok(ContainerSpec {
         id: inst.id.to_owned(),
         name: c.name.clone(),
@@ -298,7 +299,7 @@ pub fn container_spec(
             env,
             ..user(pod, c, image)?
         },
-        mounts: mounts(node, pod, c, inst.id)?,
+        mounts: mounts(node, pod, c, inst.id, &env_map(&process_env))?,
         cgroup: Some(container_cgroup(
             c,
             pod_cgroup_path(node, pod).join(inst.id),
@@ -483,34 +484,65 @@ fn env_value(pod: &Pod, c: &Container, var: &EnvVar, facts: &Facts) -> Result<St
             var.name
         )));
     };
+    field_value(pod, &field.field_path, facts).ok_or_else(|| {
+        ConfigError(format!(
+            "env {:?}: unsupported fieldRef {:?}",
+            var.name, field.field_path
+        ))
+    })
+}
+
+/// A downward API `fieldRef`'s value (`None`: not a field the downward API offers).
+/// `metadata.labels` and `metadata.annotations` are whole maps, formatted as kubelet's
+/// `FormatMap` does (`key="value"` lines, sorted), for volumes.
+pub fn field_value(pod: &Pod, path: &str, facts: &Facts) -> Option<String> {
     let meta = &pod.metadata;
-    let path = field.field_path.as_str();
     let from_map = |map: &Option<BTreeMap<String, String>>, prefix: &str| {
         let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-        Some(
-            map.as_ref()
-                .and_then(|m| m.get(key))
-                .cloned()
-                .unwrap_or_default(),
-        )
+        Some(map.as_ref().and_then(|m| m.get(key)).cloned())
+    };
+    let whole = |map: &Option<BTreeMap<String, String>>| {
+        let lines: Vec<String> = map
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", go_quote(v)))
+            .collect();
+        Some(lines.join("\n"))
     };
     let value = match path {
         "metadata.name" => meta.name.clone(),
         "metadata.namespace" => meta.namespace.clone(),
         "metadata.uid" => meta.uid.clone(),
+        "metadata.labels" => whole(&meta.labels),
+        "metadata.annotations" => whole(&meta.annotations),
         "spec.nodeName" => pod_spec(pod).node_name.clone(),
         "spec.serviceAccountName" => pod_spec(pod).service_account_name.clone(),
         // The node's own view: the API's copy of the status may not have them yet.
         "status.podIP" | "status.podIPs" => facts.pod_ip.clone(),
         "status.hostIP" | "status.hostIPs" => facts.host_ip.clone(),
         _ => from_map(&meta.labels, "metadata.labels['")
-            .or_else(|| from_map(&meta.annotations, "metadata.annotations['"))
-            .map(Some)
-            .ok_or_else(|| {
-                ConfigError(format!("env {:?}: unsupported fieldRef {path:?}", var.name))
-            })?,
+            .or_else(|| from_map(&meta.annotations, "metadata.annotations['"))?,
     };
-    Ok(value.unwrap_or_default())
+    Some(value.unwrap_or_default())
+}
+
+/// Go's `%q` of a string: double-quoted, with `\\`, `\"` and control characters escaped.
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The downward API's `resourceFieldRef` (kubelet's `ExtractContainerResourceValue`): a
@@ -749,6 +781,7 @@ fn mounts(
     pod: &Pod,
     c: &Container,
     id: &str,
+    env: &BTreeMap<String, String>,
 ) -> Result<Vec<BindMount>, ConfigError> {
     let uid = pod_uid(pod);
     let root = node.paths.pod_root(uid);
@@ -787,25 +820,43 @@ fn mounts(
         });
     }
     let volumes = pod_spec(pod).volumes.clone().unwrap_or_default();
-    for m in volume_mounts {
+    for (index, m) in volume_mounts.iter().enumerate() {
         let volume = volumes
             .iter()
             .find(|v| v.name == m.name)
             .ok_or_else(|| ConfigError(format!("volume {:?} not found", m.name)))?;
-        let source = match (&volume.empty_dir, &volume.host_path) {
-            (Some(_), _) => node.paths.empty_dir(uid, &volume.name),
-            (_, Some(hp)) => host_path_source(&hp.path, hp.type_.as_deref().unwrap_or(""))?,
-            _ => {
-                return Err(ConfigError(format!(
-                    "volume {:?}: unsupported type",
-                    m.name
-                )))
-            }
+        let mut read_only = m.read_only == Some(true);
+        let mut source = if volume.empty_dir.is_some() {
+            node.paths.empty_dir(uid, &volume.name)
+        } else if let Some(hp) = &volume.host_path {
+            host_path_source(&hp.path, hp.type_.as_deref().unwrap_or(""))?
+        } else if super::projected::is_api_volume(volume) {
+            // Read-only to the pod whatever the mount says (kubelet's ReadOnlyAPIDataVolumes):
+            // the node owns their content.
+            read_only = true;
+            node.paths
+                .volume_dir(uid, super::projected::plugin(volume), &volume.name)
+        } else {
+            return Err(ConfigError(format!(
+                "volume {:?}: unsupported type",
+                m.name
+            )));
         };
+        let sub = match (m.sub_path.as_deref(), m.sub_path_expr.as_deref()) {
+            (Some(p), _) if !p.is_empty() => Some(p.to_owned()),
+            (_, Some(expr)) if !expr.is_empty() => {
+                Some(super::subpath::expand(expr, env).map_err(ConfigError)?)
+            }
+            _ => None,
+        };
+        if let Some(sub) = sub.filter(|s| !s.is_empty()) {
+            let target = node.paths.subpath(uid, &volume.name, &c.name, index);
+            source = super::subpath::bind(&source, &sub, &target).map_err(ConfigError)?;
+        }
         out.push(BindMount {
             source,
             destination: m.mount_path.clone().into(),
-            read_only: m.read_only == Some(true),
+            read_only,
         });
     }
     Ok(out)

@@ -155,6 +155,24 @@ fn validate_volumes(spec: &PodSpec) -> Result<HashSet<&str>, FieldError> {
                 format!("Duplicate value: {:?}", v.name),
             ));
         }
+        let types = [
+            v.empty_dir.is_some(),
+            v.host_path.is_some(),
+            v.config_map.is_some(),
+            v.secret.is_some(),
+            v.downward_api.is_some(),
+            v.projected.is_some(),
+        ];
+        if types.iter().filter(|t| **t).count() > 1 {
+            return Err(field_err(
+                path,
+                "Forbidden: may not specify more than 1 volume type",
+            ));
+        }
+        if super::projected::is_api_volume(v) {
+            super::projected::validate(&path, v)?;
+            continue;
+        }
         match (&v.empty_dir, &v.host_path) {
             (Some(e), None) => {
                 if let Some(m) = e.medium.as_deref().filter(|m| !m.is_empty()) {
@@ -173,7 +191,7 @@ fn validate_volumes(spec: &PodSpec) -> Result<HashSet<&str>, FieldError> {
                     }
                 }
             }
-            (None, Some(hp)) => {
+            (_, Some(hp)) => {
                 if !hp.path.starts_with('/') {
                     return Err(field_err(format!("{path}.hostPath.path"), format!("Invalid value: {:?}: must be an absolute path", hp.path)));
                 }
@@ -184,12 +202,11 @@ fn validate_volumes(spec: &PodSpec) -> Result<HashSet<&str>, FieldError> {
                     }
                 }
             }
-            (Some(_), Some(_)) => return Err(field_err(path, "Forbidden: may not specify more than 1 volume type")),
             (None, None) if v.persistent_volume_claim.is_some() => {
                 return Err(field_err(format!("{path}.persistentVolumeClaim"), "Forbidden: this node has no storage provisioner: persistentVolumeClaim volumes cannot be bound (use a hostPath or an emptyDir volume)"))
             }
             (None, None) => {
-                return Err(field_err(path, "Unsupported value: only emptyDir and hostPath volumes are supported by nodelet yet"))
+                return Err(field_err(path, "Unsupported value: nodelet supports emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes"))
             }
         }
     }
@@ -254,11 +271,29 @@ fn validate_container(
                 ),
             ));
         }
-        if m.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
+        let sub_path = m.sub_path.as_deref().filter(|s| !s.is_empty());
+        let sub_path_expr = m.sub_path_expr.as_deref().filter(|s| !s.is_empty());
+        if sub_path.is_some() && sub_path_expr.is_some() {
             return Err(field_err(
-                format!("{mpath}.subPath"),
-                "Forbidden: subPath is not supported by nodelet yet",
+                format!("{mpath}.subPathExpr"),
+                "Invalid value: subPathExpr and subPath are mutually exclusive",
             ));
+        }
+        for (field, value) in [("subPath", sub_path), ("subPathExpr", sub_path_expr)] {
+            if let Some(p) = value {
+                if p.starts_with('/') {
+                    return Err(field_err(
+                        format!("{mpath}.{field}"),
+                        format!("Invalid value: {p:?}: must be a relative path"),
+                    ));
+                }
+                if p.split('/').any(|c| c == "..") {
+                    return Err(field_err(
+                        format!("{mpath}.{field}"),
+                        format!("Invalid value: {p:?}: must not contain '..'"),
+                    ));
+                }
+            }
         }
     }
     for (j, e) in c.env.iter().flatten().enumerate() {
@@ -375,6 +410,22 @@ fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
                 }
             }
         }
+        if let Some(f) = from.and_then(|f| f.field_ref.as_ref()) {
+            let p = f.field_path.as_str();
+            let keyed = ["metadata.labels['", "metadata.annotations['"]
+                .iter()
+                .any(|pre| p.starts_with(pre) && p.ends_with("']"));
+            if !ENV_FIELDS.contains(&p) && !keyed {
+                let supported: Vec<String> = ENV_FIELDS.iter().map(|f| format!("{f:?}")).collect();
+                return Err(field_err(
+                    format!("{path}.env[{j}].valueFrom.fieldRef.fieldPath"),
+                    format!(
+                        "Unsupported value: {p:?}: supported values: {}",
+                        supported.join(", ")
+                    ),
+                ));
+            }
+        }
         if let Some(r) = from.and_then(|f| f.resource_field_ref.as_ref()) {
             check_resource_ref(&format!("{path}.env[{j}].valueFrom.resourceFieldRef"), r)?;
         }
@@ -391,6 +442,20 @@ fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
     }
     Ok(())
 }
+
+/// The fields an environment variable may take (`validEnvDownwardAPIFieldPathExpressions`,
+/// and `metadata.labels['k']`/`metadata.annotations['k']`).
+const ENV_FIELDS: [&str; 9] = [
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.hostIP",
+    "status.hostIPs",
+    "status.podIP",
+    "status.podIPs",
+];
 
 /// kube-apiserver's `validateContainerResourceFieldSelector` for environment variables.
 fn check_resource_ref(

@@ -36,14 +36,25 @@ pub fn prepare_empty_dir(dir: &Path, volume: &Volume) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
 }
 
-/// Whether `path` is the root of a mount (its device differs from its parent's).
+/// Whether `path` is the root of a mount (statx's `STATX_ATTR_MOUNT_ROOT`: right for bind
+/// mounts from the same file system too, where comparing devices says nothing).
 pub fn is_mount_point(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(me), Some(Ok(parent))) = (
-        std::fs::symlink_metadata(path),
-        path.parent().map(std::fs::symlink_metadata),
-    ) else {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
-    me.dev() != parent.dev()
+    // SAFETY: statx writes at most a `statx` struct into `buf`; the path is NUL-terminated.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            0,
+            &mut buf,
+        )
+    };
+    rc == 0
+        && buf.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+        && buf.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
 }

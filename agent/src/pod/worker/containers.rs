@@ -295,7 +295,7 @@ impl Worker {
     /// The ConfigMaps and Secrets the container's environment names, read from the API server
     /// at each start as kubelet's managers read them (`None` for one that does not exist).
     async fn env_objects(&self, c: &Container) -> Result<(EnvObjects, EnvObjects), String> {
-        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        use crate::pod::objects::{Key, Kind};
         let (maps, secrets) = build::env_sources(c);
         if maps.is_empty() && secrets.is_empty() {
             return Ok(Default::default());
@@ -312,31 +312,21 @@ impl Worker {
                 c.name
             ));
         };
-        let mut found_maps = EnvObjects::new();
-        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
-        for name in maps {
-            let cm = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| format!("get ConfigMap {namespace}/{name}: {e}"))?;
-            found_maps.insert(name, cm.map(|cm| cm.data.unwrap_or_default()));
-        }
-        let mut found_secrets = EnvObjects::new();
-        let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
-        for name in secrets {
-            let secret = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| format!("get Secret {namespace}/{name}: {e}"))?;
-            let data = secret.map(|s| {
-                s.data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                    .collect()
-            });
-            found_secrets.insert(name, data);
-        }
+        let read = |kind, names: Vec<String>| async move {
+            let mut found = EnvObjects::new();
+            for name in names {
+                let key = Key {
+                    kind,
+                    namespace: namespace.to_owned(),
+                    name,
+                };
+                let object = self.node.objects.get(client, &key).await?;
+                found.insert(key.name, object.map(|o| o.env(kind)));
+            }
+            Ok::<_, String>(found)
+        };
+        let found_maps = read(Kind::ConfigMap, maps).await?;
+        let found_secrets = read(Kind::Secret, secrets).await?;
         Ok((found_maps, found_secrets))
     }
 

@@ -37,6 +37,7 @@ pub use hooks::termination_path;
 mod order;
 mod probes;
 mod stop;
+mod volumes;
 
 const RESYNC: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(2);
@@ -119,6 +120,9 @@ pub fn spawn(
         reports,
         probe_tasks: probe::Tasks::default(),
         desired: rx.clone(),
+        objects_changed: Default::default(),
+        written: HashMap::new(),
+        mount_failure: None,
     };
     // Known from now on, before the first sync: a pod that is being adopted or created is never
     // missing from what the node reports.
@@ -132,6 +136,13 @@ pub fn spawn(
         .instrument(span),
     );
     WorkerHandle { id, tx, task }
+}
+
+/// A worker that ends, however it ends, stops using the objects it watched.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.use_objects(&Default::default());
+    }
 }
 
 struct Worker {
@@ -157,6 +168,12 @@ struct Worker {
     probe_tasks: probe::Tasks,
     /// The desired state, watched while a hook runs (a deletion cuts a postStart hook short).
     desired: watch::Receiver<Desired>,
+    /// Rung by the node's watches when a ConfigMap or Secret the pod uses changes.
+    objects_changed: Arc<tokio::sync::Notify>,
+    /// A hash of the payload last written to each API volume, by volume name.
+    written: HashMap<String, u64>,
+    /// Why the pod's volumes could not be set up, last time (its event is sent once).
+    mount_failure: Option<String>,
 }
 
 /// Waits for the next line from the shim's event stream; forever when there is none.
@@ -191,6 +208,7 @@ impl Worker {
                 changed = rx.changed() => if changed.is_err() { return },
                 _ = next_event(&mut self.events) => {}
                 Some(report) = self.reports.recv() => self.probed(report).await,
+                _ = self.objects_changed.notified() => {}
                 _ = tokio::time::sleep(wake) => {}
             }
         }
@@ -234,6 +252,22 @@ impl Worker {
             Refresh::Retry => return RETRY,
             Refresh::Lost => return Duration::ZERO,
         }
+        if let Err(message) = self.sync_volumes().await {
+            warn!(error = %message, "pod volumes not ready");
+            if self.mount_failure.as_ref() != Some(&message) {
+                self.event(None, "FailedMount", message.clone(), true);
+                self.mount_failure = Some(message.clone());
+            }
+            for (c, _) in status::containers(&self.pod.clone()) {
+                if self.current(&c.name).is_none_or(|i| !i.running()) {
+                    let waiting = ("ContainerCreating".to_owned(), message.clone());
+                    self.observed.waiting.insert(c.name.clone(), waiting);
+                }
+            }
+            self.publish();
+            return RETRY;
+        }
+        self.mount_failure = None;
         let pod = self.pod.clone();
         // Each pass starts what the pod's order allows now (kubelet's `computePodActions`):
         // init containers one at a time, sidecars in order, then the app containers; a start
@@ -465,7 +499,19 @@ impl Worker {
             .flatten()
             .filter(|v| v.empty_dir.is_some())
         {
-            super::volumes::prepare_empty_dir(&paths.empty_dir(&self.uid, &v.name), v)?;
+            let dir = paths.empty_dir(&self.uid, &v.name);
+            super::volumes::prepare_empty_dir(&dir, v)?;
+            // kubelet's SetVolumeOwnership: the pod's fsGroup owns the volume and may write it.
+            let security = pod_spec(pod).security_context.as_ref();
+            if let Some(gid) = security.and_then(|s| s.fs_group) {
+                let only_on_mismatch = security.and_then(|s| s.fs_group_change_policy.as_deref())
+                    == Some("OnRootMismatch");
+                let owner = super::projected::Ownership {
+                    gid: gid as u32,
+                    read_only: false,
+                };
+                owner.apply(&dir, only_on_mismatch)?;
+            }
         }
         let (ns, name) = namespace_name(pod);
         std::fs::create_dir_all(paths.pod_logs(ns, name, &self.uid))
