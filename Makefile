@@ -13,7 +13,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # iproute2, nftables, containernetworking-plugins: the pod network and its reference plugins;
 # docker-registry, skopeo: a real registry for the image tests; libssl-dev, pkg-config: TLS.
 DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins docker-registry skopeo \
-        libssl-dev pkg-config ca-certificates curl gcc apache2-utils umoci openssl
+        libssl-dev libseccomp-dev pkg-config ca-certificates curl gcc apache2-utils umoci openssl
 
 .PHONY: all deps build release images run test faults bench fuzz install uninstall fmt lint clean
 

@@ -65,6 +65,9 @@ pub struct Config {
     /// `pids.max`); -1 for no limit. kubelet's default is -1; nodelet's is 4096, so that a fork
     /// bomb in one pod cannot take the node's pid space.
     pub pod_pids_limit: i64,
+    /// kubelet's `seccompDefault`: containers that ask for no seccomp profile get
+    /// `RuntimeDefault` instead of running unconfined.
+    pub seccomp_default: bool,
     /// Registries (`host` or `host:port`) spoken to over plain HTTP; those on 127.0.0.0/8 always are.
     pub insecure_registries: Vec<String>,
     /// A docker `config.json` with registry credentials, searched before `<rootDir>/config.json`,
@@ -156,6 +159,7 @@ impl Default for Config {
             container_log_max_size: "10Mi".into(),
             container_log_max_files: 5,
             pod_pids_limit: 4096,
+            seccomp_default: false,
             insecure_registries: Vec::new(),
             registry_credentials_file: None,
             registry_mirrors: BTreeMap::new(),

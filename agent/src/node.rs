@@ -166,6 +166,9 @@ impl Node {
                 n if n > 0 => Some(n as u64),
                 n => anyhow::bail!("config: podPidsLimit: must be -1 or positive, got {n}"),
             },
+            api_service: Default::default(),
+            seccomp_default: config.seccomp_default,
+            seccomp_dir: config.root_dir.join("seccomp"),
         };
         let puller = crate::images::pull::Puller::new(
             images.clone(),
@@ -256,7 +259,13 @@ impl Node {
         let mut errors = Vec::new();
         let shim = self.runtime.shim(uid);
         let attachment = network::read_attachment(shim.path());
-        if shim.path().exists() || attachment.is_some() {
+        // A hostNetwork pod has no attachment and its "pod" namespace is the node's: nothing to
+        // detach, and nothing there to touch.
+        let host_network = std::fs::read(shim.config())
+            .ok()
+            .and_then(|d| serde_json::from_slice::<nodelet_sandbox::spec::SandboxSpec>(&d).ok())
+            .is_some_and(|s| s.host_network);
+        if !host_network && (shim.path().exists() || attachment.is_some()) {
             match self.network() {
                 Ok(net) => {
                     let netns = shim.ns_dir().join("net");
@@ -370,6 +379,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The API server's address in a kubeconfig, when it is an IP address (what pods are told in
+/// `KUBERNETES_SERVICE_HOST`: nodelet has no service proxy for a cluster IP).
+fn server_address(kubeconfig: &std::path::Path) -> Option<std::net::SocketAddr> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).ok()?;
+    let context = kc.current_context.as_deref();
+    let cluster_name = kc
+        .contexts
+        .iter()
+        .find(|c| Some(c.name.as_str()) == context)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone());
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| Some(&c.name) == cluster_name.as_ref())
+        .or(kc.clusters.first())?;
+    let server: hyper::Uri = cluster.cluster.as_ref()?.server.as_deref()?.parse().ok()?;
+    let host = server.host()?.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    Some(std::net::SocketAddr::new(
+        ip,
+        server.port_u16().unwrap_or(443),
+    ))
+}
+
 /// Where the node's API pods come from.
 enum Api {
     /// The API server with this kubeconfig: the configured one, or the built-in API's.
@@ -397,19 +431,34 @@ async fn api_kubeconfig(
     if !address.ip().is_unspecified() {
         hosts.push(address.ip().to_string());
     }
+    // Pods reach the built-in API at the pod network's gateway, under the names in-cluster
+    // clients use for it.
+    let gateway = node.network().ok().and_then(|n| n.gateway());
+    if let Some(gw) = gateway {
+        hosts.push(gw.to_string());
+        for name in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
+            hosts.push(name.to_owned());
+        }
+        hosts.push(format!("kubernetes.default.svc.{}", config.cluster_domain));
+    }
     hosts.dedup();
     let pki = crate::apiserver::pki::Pki::ensure(&paths.root.join("pki"), &hosts)?;
     if config.port != 0 {
         start_kubelet_api(config, &pki, kubelet.clone()).await?;
     }
     if let Some(kubeconfig) = &config.kubeconfig {
+        if let Some(service) = server_address(kubeconfig) {
+            let _ = node.ctx.api_service.set(service);
+        }
         return Ok(Api::Server(kubeconfig.clone()));
     }
     if !config.api_server.enabled {
         return Ok(Api::None);
     }
+    let pod_address = gateway.map(|gw| std::net::SocketAddr::new(gw, address.port()));
     let started = crate::apiserver::start(crate::apiserver::Options {
         address,
+        pod_address,
         database: paths.root.join("api.db"),
         pki: &pki,
         kubeconfig: config.api_server.kubeconfig.clone(),
@@ -418,7 +467,12 @@ async fn api_kubeconfig(
     })
     .await;
     match started {
-        Ok(()) => Ok(Api::Server(config.api_server.kubeconfig.clone())),
+        Ok(()) => {
+            if let Some(a) = pod_address {
+                let _ = node.ctx.api_service.set(a);
+            }
+            Ok(Api::Server(config.api_server.kubeconfig.clone()))
+        }
         Err(e) if e.downcast_ref::<crate::apiserver::StoreError>().is_some() => {
             error!(
                 error = %format!("{e:#}"),

@@ -28,6 +28,8 @@ pub enum Error {
     },
     #[error("set no_new_privs")]
     NoNewPrivs(#[source] nix::Error),
+    #[error("load the seccomp filter")]
+    Seccomp(#[source] std::io::Error),
 }
 
 /// Parses capability names (`CAP_CHOWN` or `chown`), as containerd does for securityContext.
@@ -49,6 +51,16 @@ pub fn parse(names: &[String]) -> Result<CapsHashSet, Error> {
 /// Switches to the process's user and leaves it exactly the configured capabilities.
 pub fn apply(process: &ProcessSpec) -> Result<(), Error> {
     let wanted = parse(&process.capabilities)?;
+    let filter = process
+        .seccomp
+        .as_deref()
+        .map(crate::seccomp::Filter::from_hex)
+        .transpose()
+        .map_err(Error::Seccomp)?;
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: now, before it goes.
+    if let Some(f) = filter.as_ref().filter(|_| !process.no_new_privileges) {
+        f.load().map_err(Error::Seccomp)?;
+    }
     let set_err = |set| move |source| Error::Set { set, source };
     // Bounding can only shrink (capabilities(7)); drop what is not wanted while CAP_SETPCAP is held.
     let bounding: HashSet<Capability> =
@@ -82,6 +94,9 @@ pub fn apply(process: &ProcessSpec) -> Result<(), Error> {
     caps::set(None, CapSet::Permitted, &wanted).map_err(set_err(CapSet::Permitted))?;
     if process.no_new_privileges {
         nix::sys::prctl::set_no_new_privs().map_err(Error::NoNewPrivs)?;
+        if let Some(f) = &filter {
+            f.load().map_err(Error::Seccomp)?;
+        }
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod mount;
 pub mod ns;
 pub mod protocol;
 pub mod rootfs;
+pub mod seccomp;
 pub mod shim;
 pub mod spawn;
 pub mod spec;

@@ -28,12 +28,26 @@ pub enum Error {
 pub const POD_NAMESPACES: [&str; 3] = ["net", "uts", "ipc"];
 
 /// Moves the calling (single-threaded) process into fresh network, UTS and IPC namespaces, names
-/// the host, and brings `lo` up so the pod's containers reach each other on localhost.
-pub fn create_pod_namespaces(hostname: &str) -> Result<(), Error> {
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
-        .map_err(Error::Unshare)?;
-    nix::unistd::sethostname(hostname).map_err(|e| Error::Hostname(hostname.to_owned(), e))?;
-    crate::sys::loopback_up().map_err(Error::Loopback)?;
+/// the host, and brings `lo` up so the pod's containers reach each other on localhost. A
+/// `hostNetwork` pod keeps the node's network and UTS namespaces (containerd's rule), a
+/// `hostIPC` one the node's IPC namespace.
+pub fn create_pod_namespaces(
+    hostname: &str,
+    host_network: bool,
+    host_ipc: bool,
+) -> Result<(), Error> {
+    let mut flags = CloneFlags::empty();
+    if !host_network {
+        flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+    }
+    if !host_ipc {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    unshare(flags).map_err(Error::Unshare)?;
+    if !host_network {
+        nix::unistd::sethostname(hostname).map_err(|e| Error::Hostname(hostname.to_owned(), e))?;
+        crate::sys::loopback_up().map_err(Error::Loopback)?;
+    }
     Ok(())
 }
 

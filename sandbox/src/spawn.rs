@@ -77,6 +77,7 @@ struct Prepared<'j> {
     gid: libc::gid_t,
     caps: [u32; 2],
     no_new_privs: bool,
+    seccomp: Option<crate::seccomp::Filter>,
     cwd: CString,
     /// Where the program may be: itself if it names a path, else each `$PATH` entry's.
     candidates: Vec<CString>,
@@ -132,6 +133,14 @@ fn prepare<'j>(spec: &ExecSpec, joined: &'j Joined) -> Result<Prepared<'j>, Erro
         gid: process.gid,
         caps: [mask as u32, (mask >> 32) as u32],
         no_new_privs: process.no_new_privileges,
+        seccomp: process
+            .seccomp
+            .as_deref()
+            .map(crate::seccomp::Filter::from_hex)
+            .transpose()
+            .map_err(|e| {
+                Error::Process(crate::init::Error::Caps(crate::caps::Error::Seccomp(e)))
+            })?,
         cwd: cstring(process.cwd.as_os_str().as_bytes())?,
         candidates,
         argv: process.args.iter().map(cstring).collect::<Result<_, _>>()?,
@@ -248,6 +257,12 @@ unsafe fn child(
         }
     }
     libc::setsid();
+    // The container's filter, as its first process got it (runc's order, see seccomp.rs).
+    if let Some(f) = p.seccomp.as_ref().filter(|_| !p.no_new_privs) {
+        if f.load().is_err() {
+            fail(errors, b"load the seccomp filter");
+        }
+    }
     for cap in &p.drop_bounding {
         libc::prctl(libc::PR_CAPBSET_DROP, *cap);
     }
@@ -273,6 +288,11 @@ unsafe fn child(
     }
     if p.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) < 0 {
         fail(errors, b"set no_new_privs");
+    }
+    if let Some(f) = p.seccomp.as_ref().filter(|_| p.no_new_privs) {
+        if f.load().is_err() {
+            fail(errors, b"load the seccomp filter");
+        }
     }
     if libc::chdir(p.cwd.as_ptr()) < 0 {
         fail(errors, b"change to the working directory");

@@ -16,6 +16,14 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// One PID namespace for the whole pod (`shareProcessNamespace: true`).
     pub share_pid: bool,
+    /// The node's own namespaces instead of the pod's (`hostNetwork`, which brings the node's
+    /// UTS namespace too, `hostPID`, `hostIPC`).
+    #[serde(default)]
+    pub host_network: bool,
+    #[serde(default)]
+    pub host_pid: bool,
+    #[serde(default)]
+    pub host_ipc: bool,
     /// Pod-level cgroup, if resource control is on.
     pub cgroup: Option<crate::cgroup::CgroupSpec>,
 }
@@ -72,6 +80,9 @@ pub struct ProcessSpec {
     /// Paths hidden (masked) and made read-only after pivot_root, as runc does.
     pub masked_paths: Vec<PathBuf>,
     pub readonly_paths: Vec<PathBuf>,
+    /// The seccomp filter (compiled BPF, hex), none for `Unconfined`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

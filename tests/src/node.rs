@@ -126,6 +126,9 @@ impl TestNode {
                 "--mount",
                 "--net",
                 "--pid",
+                // Its own hostname and IPC too: a hostNetwork/hostIPC pod shares the node's.
+                "--uts",
+                "--ipc",
                 "--fork",
                 "--propagation",
                 "private",
@@ -166,6 +169,11 @@ impl TestNode {
 
     pub fn config(&self) -> PathBuf {
         self.dir.join("config.yaml")
+    }
+
+    /// The running agent's pid, as the host sees it.
+    pub fn agent_pid(&self) -> i32 {
+        self.agent.as_ref().expect("agent running").pid
     }
 
     /// A command that runs inside the node's namespaces.
@@ -272,6 +280,17 @@ impl TestNode {
 
     /// `curl` in the node's network namespace, trusting the built-in API's CA and, with `auth`,
     /// presenting the admin client certificate from the kubeconfig.
+    /// The built-in API's URL, from the node's kubeconfig.
+    pub fn api_url(&self) -> String {
+        let kubeconfig = fs::read_to_string(self.kubeconfig()).unwrap_or_default();
+        kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .unwrap_or("https://127.0.0.1:6443")
+            .trim()
+            .to_owned()
+    }
+
     pub fn api_curl(&self, auth: bool) -> Result<Command> {
         use base64::Engine as _;
         let dir = self.dir.join("curl");

@@ -376,3 +376,148 @@ spec:
     wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
     node.assert_clean()
 }
+
+/// Service accounts: `default` in every namespace, `kubectl create token`, the kube-api-access
+/// volume and the service variables, a pod calling the API with its own token through the
+/// service address (checked against the mounted CA), and tokens refused once they may not be.
+#[test]
+fn pods_call_the_api_with_their_service_account() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    wait_for("default service account", T, || {
+        node.kubectl_ok(&["get", "sa", "default"]).ok()
+    })?;
+    node.kubectl_ok(&["create", "serviceaccount", "robot"])?;
+    let short = node.kubectl(&["create", "token", "robot", "--duration=1m"]);
+    let err = String::from_utf8_lossy(&short.stderr).into_owned();
+    assert!(
+        !short.status.success() && err.contains("may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
+    let token = node.kubectl_ok(&["create", "token", "robot", "--duration=10m"])?;
+    let token = token.trim().to_owned();
+    let as_token = |token: &str, path: &str| -> Result<String> {
+        let out = node
+            .api_curl(false)?
+            .args(["-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("{}{path}", node.api_url()))
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(as_token(&token, "/api/v1/namespaces/default/pods")?, "200");
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(as_token(&forged, "/api/v1/namespaces/default/pods")?, "401");
+
+    // A pod of a service account that does not exist is refused at admission.
+    let refused = node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: nobody}\nspec:\n  serviceAccountName: ghost\n  containers: [{name: c, image: busybox}]\n",
+        &[],
+    );
+    let err = format!("{:?}", refused.err());
+    assert!(
+        err.contains(
+            "error looking up service account default/ghost: serviceaccount \"ghost\" not found"
+        ),
+        "{err}"
+    );
+
+    node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: caller}\nspec:\n  serviceAccountName: robot\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}\n",
+        &[],
+    )?;
+    node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: quiet}\nspec:\n  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}\n",
+        &[],
+    )?;
+    let p = wait_for("caller running", T, || {
+        pod(&node, "caller").filter(|p| TestNode::running(p, "c"))
+    })
+    .with_context(|| node.agent_log())?;
+    let q = wait_for("quiet running", T, || {
+        pod(&node, "quiet").filter(|p| TestNode::running(p, "c"))
+    })?;
+    let volumes = p["spec"]["volumes"].to_string();
+    assert!(volumes.contains("kube-api-access-"), "{volumes}");
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(read(&node, &p, &format!("{dir}/namespace")), "default");
+    let ca = read(&node, &p, &format!("{dir}/ca.crt"));
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    let pod_token = read(&node, &p, &format!("{dir}/token"));
+    let ls = node.exec(&q, "c", &["ls", dir])?;
+    assert!(
+        !ls.status.success(),
+        "automountServiceAccountToken: false mounts nothing"
+    );
+    let pid = node.container_pid(&p, "c")?;
+    let env = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ"))?)
+        .replace('\0', "\n");
+    let var = |name: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let (host, port) = (
+        var("KUBERNETES_SERVICE_HOST"),
+        var("KUBERNETES_SERVICE_PORT"),
+    );
+    assert!(
+        !host.is_empty() && var("KUBERNETES_PORT") == format!("tcp://{host}:{port}"),
+        "{env}"
+    );
+
+    // From the pod's network namespace, verifying the server with the mounted CA.
+    let ca_file = node.dir.join("pod-ca.crt");
+    std::fs::write(&ca_file, &ca)?;
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "--",
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(&ca_file)
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {pod_token}"))
+        .arg(format!(
+            "https://{host}:{port}/api/v1/namespaces/default/pods"
+        ))
+        .output()?;
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        body.contains("\"kind\":\"PodList\"") && body.contains("\"caller\""),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The kubelet API accepts the token too (TokenReview).
+    let review = node
+        .api_curl(true)?
+        .args(["-X", "POST", "-H", "Content-Type: application/json", "-d"])
+        .arg(format!(r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{pod_token}"}}}}"#))
+        .arg(format!("{}/apis/authentication.k8s.io/v1/tokenreviews", node.api_url()))
+        .output()?;
+    let review = String::from_utf8_lossy(&review.stdout).into_owned();
+    assert!(
+        review.contains("\"username\":\"system:serviceaccount:default:robot\""),
+        "{review}"
+    );
+
+    // A token bound to a pod ends with the pod; one of a deleted service account with it.
+    node.kubectl_ok(&["delete", "pod", "caller", "quiet"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    wait_for("bound token refused", T, || {
+        (as_token(&pod_token, "/api/v1/namespaces").ok()? == "401").then_some(())
+    })?;
+    node.kubectl_ok(&["delete", "serviceaccount", "robot"])?;
+    assert_eq!(as_token(&token, "/api/v1/namespaces")?, "401");
+    node.assert_clean()
+}

@@ -21,13 +21,14 @@ const RESYNC: Duration = Duration::from_secs(5);
 /// kube-apiserver's `--event-ttl` default: an event is kept an hour after its last update.
 const EVENT_TTL: Duration = Duration::from_secs(3600);
 
-pub async fn run(store: Arc<Store>) {
+pub async fn run(store: Arc<Store>, ca_pem: String) {
     let mut changes = store.subscribe();
     let mut scheduler = Scheduler::default();
     let mut events_swept = tokio::time::Instant::now();
     loop {
         scheduler.pass(&store);
         namespaces(&store);
+        super::serviceaccounts::ensure_defaults(&store, &ca_pem);
         if events_swept.elapsed() >= Duration::from_secs(60) {
             expire_events(&store, jiff::Timestamp::now(), EVENT_TTL);
             events_swept = tokio::time::Instant::now();
@@ -256,6 +257,7 @@ fn namespaces(store: &Store) {
             Resource::Leases,
             Resource::Secrets,
             Resource::ConfigMaps,
+            Resource::ServiceAccounts,
         ] {
             if let Err(e) = handlers::delete_collection(
                 store,

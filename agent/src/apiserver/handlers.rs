@@ -90,12 +90,23 @@ pub fn create(
     body: Value,
     validation: FieldValidation,
 ) -> Result<(Object, Vec<String>), ApiError> {
-    let Admitted { object, warnings } =
-        objects::admit_create(resource, namespace, body, validation)?;
+    let Admitted {
+        mut object,
+        warnings,
+    } = objects::admit_create(resource, namespace, body, validation)?;
     if let Some(ns) = namespace {
         check_namespace(store, resource, ns, name_of(&object))?;
     }
-    Ok((store.create(resource, object)?, warnings))
+    if resource == Resource::Pods {
+        super::serviceaccounts::admit_pod(store, &mut object)?;
+    }
+    let created = store.create(resource, object)?;
+    if resource == Resource::Namespaces {
+        // At once, not on the controller's next pass: a pod created right after its namespace
+        // needs the service account.
+        super::serviceaccounts::ensure_default_account(store, name_of(&created));
+    }
+    Ok((created, warnings))
 }
 
 /// PUT of a whole object (or of its status).
@@ -387,6 +398,7 @@ pub fn seed(store: &Store) -> Result<(), ApiError> {
                 FieldValidation::Strict,
             )?;
         }
+        super::serviceaccounts::ensure_default_account(store, ns);
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use super::objects::FieldValidation;
 use super::patch::PatchType;
 use super::pki::Pki;
 use super::resource::Resource;
+use super::serviceaccounts::ISSUER;
 use super::store::{Object, Store};
 use super::table;
 use super::watch::{self, Render, WatchRequest};
@@ -84,6 +85,7 @@ pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, server: Arc<Ser
 pub struct Server {
     store: Arc<Store>,
     token: String,
+    tokens: super::serviceaccounts::Tokens,
     address: String,
     node_name: String,
     kubelet: Option<crate::kubelet::Kubelet>,
@@ -204,6 +206,7 @@ impl Server {
     pub fn new(
         store: Arc<Store>,
         token: String,
+        tokens: super::serviceaccounts::Tokens,
         address: String,
         node_name: String,
         kubelet: Option<crate::kubelet::Kubelet>,
@@ -211,6 +214,7 @@ impl Server {
         Server {
             store,
             token,
+            tokens,
             address,
             node_name,
             kubelet,
@@ -228,14 +232,23 @@ impl Server {
         response
     }
 
+    /// A client certificate of the API's CA, the admin token, or a service account token.
+    /// Every authenticated client may do everything: the built-in API has no authorization.
     fn authenticated(&self, req: &Request<Incoming>, has_cert: bool) -> bool {
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
         has_cert
-            || req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|t| t.trim() == self.token)
+            || bearer.is_some_and(|t| {
+                t == self.token
+                    || self
+                        .tokens
+                        .authenticate(&self.store, t, &[ISSUER])
+                        .is_some()
+            })
     }
 
     async fn route(
@@ -382,6 +395,12 @@ impl Server {
                 )?;
                 Ok(self.object(r, call, &obj, 201, &warnings))
             }
+            (&Method::POST, Some(name), Some("token")) if r == Resource::ServiceAccounts => {
+                let answer = self
+                    .tokens
+                    .request(&self.store, ns, name, &call.json_body()?)?;
+                Ok(json_response(201, &answer))
+            }
             (&Method::PUT, Some(name), sub @ (None | Some("status"))) => {
                 let (obj, warnings) = handlers::update(
                     &self.store,
@@ -456,9 +475,23 @@ impl Server {
         let review: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("TokenReview: {e}")))?;
         let token = review["spec"]["token"].as_str().unwrap_or_default();
-        let mut status = json!({"authenticated": !token.is_empty() && token == self.token});
-        if status["authenticated"] == true {
-            status["user"] = json!({"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]});
+        let asked: Vec<&str> = review["spec"]["audiences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let audiences = if asked.is_empty() {
+            vec![ISSUER]
+        } else {
+            asked
+        };
+        let mut status = json!({"authenticated": false});
+        if !token.is_empty() && token == self.token {
+            status = json!({"authenticated": true, "user": {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]}});
+        } else if let Some(user) = self.tokens.authenticate(&self.store, token, &audiences) {
+            status = json!({"authenticated": true, "audiences": audiences,
+                "user": {"username": user.name, "uid": user.uid, "groups": user.groups}});
         }
         let answer = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"creationTimestamp": null}, "spec": review["spec"], "status": status});

@@ -19,6 +19,7 @@ pub mod pki;
 pub mod protobuf;
 mod resource;
 pub mod selector;
+pub mod serviceaccounts;
 mod store;
 mod table;
 mod watch;
@@ -34,6 +35,8 @@ pub use store::{Store, StoreError};
 
 pub struct Options<'a> {
     pub address: SocketAddr,
+    /// Where pods reach it too (the pod network's gateway), if anywhere.
+    pub pod_address: Option<SocketAddr>,
     /// The embedded database file.
     pub database: PathBuf,
     pub pki: &'a pki::Pki,
@@ -64,14 +67,45 @@ pub async fn start(options: Options<'_>) -> anyhow::Result<()> {
     let server = Arc::new(http::Server::new(
         store.clone(),
         pki.token.clone(),
+        serviceaccounts::Tokens::new(pki.service_account_key.clone()),
         address.to_string(),
         options.node_name,
         options.kubelet,
     ));
+    if let Some(pod_address) = options.pod_address.filter(|a| *a != address) {
+        let listener = listen_freely(pod_address)
+            .with_context(|| format!("listen for pods on {pod_address}"))?;
+        tokio::spawn(http::serve(listener, acceptor.clone(), server.clone()));
+        info!(address = %pod_address, "built-in Kubernetes API serving pods");
+    }
     tokio::spawn(http::serve(listener, acceptor, server));
-    tokio::spawn(controllers::run(store));
+    let ca_pem = String::from_utf8_lossy(&pki.ca.to_pem()?).into_owned();
+    tokio::spawn(controllers::run(store, ca_pem));
     info!(%url, kubeconfig = %options.kubeconfig.display(), "built-in Kubernetes API serving");
     Ok(())
+}
+
+/// A listener on an address the node may not have yet (`IP_FREEBIND`): the pod network's
+/// gateway appears on the bridge with the first pod.
+fn listen_freely(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if address.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let fd = socket::socket(family, SockType::Stream, flags, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // IP_FREEBIND binds IPv6 sockets as well (the kernel checks it for both families).
+    socket::setsockopt(&fd, sockopt::IpFreebind, &true)?;
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(address),
+    )?;
+    socket::listen(&fd, socket::Backlog::new(1024)?)?;
+    let std_listener = std::net::TcpListener::from(fd);
+    Ok(tokio::net::TcpListener::from_std(std_listener)?)
 }
 
 /// Opens the store once `nodelet check-store` has read it through in a process of its own: redb

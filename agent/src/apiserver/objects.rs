@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -97,6 +97,7 @@ fn decode(
         Resource::Leases => typed::<Lease>(resource, body)?,
         Resource::Secrets => typed::<Secret>(resource, body)?,
         Resource::ConfigMaps => typed::<ConfigMap>(resource, body)?,
+        Resource::ServiceAccounts => typed::<ServiceAccount>(resource, body)?,
     };
     let mut unknown = Vec::new();
     unknown_fields(body, &object, "", &mut unknown);
@@ -366,7 +367,7 @@ fn check_pod_update(old: &Value, new: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn random_suffix() -> String {
+pub fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     crate::random_hex(5)
         .as_bytes()
@@ -415,7 +416,7 @@ fn default(resource: Resource, obj: &mut Value) {
                 }
             }
         }
-        Resource::Nodes | Resource::Leases | Resource::ConfigMaps => {}
+        Resource::Nodes | Resource::Leases | Resource::ConfigMaps | Resource::ServiceAccounts => {}
     }
 }
 
@@ -434,9 +435,6 @@ fn default_pod(pod: &mut Value) {
     set(spec, "securityContext", json!({}));
     set(spec, "schedulerName", json!("default-scheduler"));
     set(spec, "enableServiceLinks", json!(true));
-    set(spec, "serviceAccountName", json!("default"));
-    let sa = spec["serviceAccountName"].clone();
-    set(spec, "serviceAccount", sa);
     set(spec, "priority", json!(0));
     set(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     set(

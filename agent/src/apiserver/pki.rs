@@ -55,6 +55,9 @@ pub struct Pki {
     pub kubelet_cert: X509,
     pub kubelet_key: PKey<Private>,
     pub token: String,
+    /// Signs service account tokens (ES256, as kube-apiserver does with an ECDSA
+    /// `--service-account-signing-key-file`).
+    pub service_account_key: PKey<Private>,
 }
 
 struct Pair {
@@ -100,6 +103,7 @@ impl Pki {
             None,
             Role::Server(hosts),
         )?;
+        let service_account_key = signing_key(&dir.join("sa.key"))?;
         let token_path = dir.join("token");
         let token = match std::fs::read_to_string(&token_path) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
@@ -118,6 +122,7 @@ impl Pki {
             kubelet_cert: kubelet.cert,
             kubelet_key: kubelet.key,
             token,
+            service_account_key,
         })
     }
 
@@ -169,10 +174,19 @@ fn pair(
             path: p.into(),
             source,
         };
-        return Ok(Pair {
+        let loaded = Pair {
             cert: X509::from_pem(&read(&cert_path)?).map_err(|e| parse(&cert_path, e))?,
             key: PKey::private_key_from_pem(&read(&key_path)?).map_err(|e| parse(&key_path, e))?,
-        });
+        };
+        // A serving certificate is made again when the node has a name or address it does not
+        // cover (a new node IP, the pod network's gateway).
+        let covers = match &role {
+            Role::Server(hosts) => hosts.iter().all(|h| names(&loaded.cert).contains(h)),
+            _ => true,
+        };
+        if covers {
+            return Ok(loaded);
+        }
     }
     let make = |source| PkiError::Make {
         what: "certificate",
@@ -186,6 +200,44 @@ fn pair(
     write_private(&key_path, &key.private_key_to_pem_pkcs8().map_err(make)?)?;
     write_private(&cert_path, &cert.to_pem().map_err(make)?)?;
     Ok(Pair { cert, key })
+}
+
+/// The DNS names and IP addresses a certificate is for.
+fn names(cert: &X509) -> Vec<String> {
+    let sans = cert.subject_alt_names();
+    let sans = sans.iter().flatten();
+    sans.filter_map(|n| {
+        n.dnsname().map(str::to_owned).or_else(|| {
+            let ip = n.ipaddress()?;
+            let ip: IpAddr = match ip.len() {
+                4 => <[u8; 4]>::try_from(ip).ok()?.into(),
+                16 => <[u8; 16]>::try_from(ip).ok()?.into(),
+                _ => return None,
+            };
+            Some(ip.to_string())
+        })
+    })
+    .collect()
+}
+
+/// The service account signing key: loaded, or made (P-256) and kept 0600.
+fn signing_key(path: &Path) -> Result<PKey<Private>, PkiError> {
+    if let Ok(pem) = std::fs::read(path) {
+        return PKey::private_key_from_pem(&pem).map_err(|source| PkiError::Parse {
+            path: path.into(),
+            source,
+        });
+    }
+    let make = |source| PkiError::Make {
+        what: "service account key",
+        source,
+    };
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(make)?;
+    let key = EcKey::generate(&group)
+        .and_then(PKey::from_ec_key)
+        .map_err(make)?;
+    write_private(path, &key.private_key_to_pem_pkcs8().map_err(make)?)?;
+    Ok(key)
 }
 
 fn sign(
@@ -291,6 +343,11 @@ mod tests {
             b.server_cert.to_pem().unwrap()
         );
         assert_eq!(a.token, b.token);
+        // A host the certificate lacks makes a new one, from the same CA.
+        let more = [hosts.clone(), vec!["10.88.0.1".to_owned()]].concat();
+        let c = Pki::ensure(dir.path(), &more).unwrap();
+        assert!(names(&c.server_cert).contains(&"10.88.0.1".to_owned()));
+        assert!(c.server_cert.verify(&a.ca.public_key().unwrap()).unwrap());
         assert!(a.server_cert.verify(&a.ca.public_key().unwrap()).unwrap());
         assert!(a.admin_cert.verify(&a.ca.public_key().unwrap()).unwrap());
         use std::os::unix::fs::PermissionsExt;

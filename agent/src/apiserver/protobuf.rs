@@ -201,6 +201,100 @@ fn config_map(raw: &[u8]) -> Option<Value> {
     Some(cm)
 }
 
+/// A varint field's value.
+fn number(bytes: &[u8]) -> Option<u64> {
+    Reader(bytes).varint()
+}
+
+/// The `name` (1) of each `LocalObjectReference` in a repeated field.
+fn local_refs(entries: &[&[u8]]) -> Option<Value> {
+    let names = entries.iter().map(|e| {
+        let fields = Reader::fields(e)?;
+        let name = fields
+            .iter()
+            .find(|(n, _)| *n == 1)
+            .map_or(Some(String::new()), |(_, b)| text(b))?;
+        Some(json!({"name": name}))
+    });
+    Some(Value::Array(names.collect::<Option<_>>()?))
+}
+
+/// `ServiceAccount`: metadata 1, secrets 2 (ObjectReference: name 3, namespace 2),
+/// imagePullSecrets 3, automountServiceAccountToken 4.
+fn service_account(raw: &[u8]) -> Option<Value> {
+    let mut sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {}});
+    let (mut secrets, mut pull) = (Vec::new(), Vec::new());
+    for (n, b) in Reader::fields(raw)? {
+        match n {
+            1 => sa["metadata"] = object_meta(b)?,
+            2 => {
+                let mut r = Map::new();
+                for (m, v) in Reader::fields(b)? {
+                    let key = match m {
+                        1 => "kind",
+                        2 => "namespace",
+                        3 => "name",
+                        4 => "uid",
+                        5 => "apiVersion",
+                        _ => continue,
+                    };
+                    r.insert(key.into(), json!(text(v)?));
+                }
+                secrets.push(Value::Object(r));
+            }
+            3 => pull.push(b),
+            4 => sa["automountServiceAccountToken"] = json!(b == [1]),
+            _ => {}
+        }
+    }
+    if !secrets.is_empty() {
+        sa["secrets"] = Value::Array(secrets);
+    }
+    if !pull.is_empty() {
+        sa["imagePullSecrets"] = local_refs(&pull)?;
+    }
+    Some(sa)
+}
+
+/// `authentication.k8s.io/v1 TokenRequest` (what `kubectl create token` sends): metadata 1,
+/// spec 2 {audiences 1, boundObjectRef 3 {kind 1, apiVersion 2, name 3, uid 4},
+/// expirationSeconds 4}.
+fn token_request(raw: &[u8]) -> Option<Value> {
+    let mut tr = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "metadata": {}, "spec": {}});
+    for (n, b) in Reader::fields(raw)? {
+        match n {
+            1 => tr["metadata"] = object_meta(b)?,
+            2 => {
+                let mut audiences = Vec::new();
+                for (m, v) in Reader::fields(b)? {
+                    match m {
+                        1 => audiences.push(json!(text(v)?)),
+                        3 => {
+                            let mut r = Map::new();
+                            for (k, w) in Reader::fields(v)? {
+                                let key = match k {
+                                    1 => "kind",
+                                    2 => "apiVersion",
+                                    3 => "name",
+                                    4 => "uid",
+                                    _ => continue,
+                                };
+                                r.insert(key.into(), json!(text(w)?));
+                            }
+                            tr["spec"]["boundObjectRef"] = Value::Object(r);
+                        }
+                        4 => tr["spec"]["expirationSeconds"] = json!(number(v)? as i64),
+                        _ => {}
+                    }
+                }
+                tr["spec"]["audiences"] = Value::Array(audiences);
+            }
+            _ => {}
+        }
+    }
+    Some(tr)
+}
+
 /// Decodes a protobuf request body into the JSON object it stands for.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     let bad = || ApiError::bad_request("invalid protobuf body");
@@ -225,8 +319,10 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("v1", "Namespace") => namespace(raw).ok_or_else(bad),
         ("v1", "Secret") => secret(raw).ok_or_else(bad),
         ("v1", "ConfigMap") => config_map(raw).ok_or_else(bad),
+        ("v1", "ServiceAccount") => service_account(raw).ok_or_else(bad),
+        ("authentication.k8s.io/v1", "TokenRequest") => token_request(raw).ok_or_else(bad),
         _ => Err(ApiError::unsupported_media_type(&format!(
-            "application/vnd.kubernetes.protobuf ({api_version} {kind}; only v1 Namespace, Secret and ConfigMap are decoded)"
+            "application/vnd.kubernetes.protobuf ({api_version} {kind}; only v1 Namespace, Secret, ConfigMap and ServiceAccount, and TokenRequest, are decoded)"
         ))),
     }
 }

@@ -9,12 +9,13 @@ pub enum Resource {
     Leases,
     Secrets,
     ConfigMaps,
+    ServiceAccounts,
 }
 
 pub const COORDINATION: &str = "coordination.k8s.io/v1";
 
 impl Resource {
-    pub const ALL: [Resource; 7] = [
+    pub const ALL: [Resource; 8] = [
         Resource::Pods,
         Resource::Namespaces,
         Resource::Nodes,
@@ -22,6 +23,7 @@ impl Resource {
         Resource::Leases,
         Resource::Secrets,
         Resource::ConfigMaps,
+        Resource::ServiceAccounts,
     ];
 
     pub fn plural(self) -> &'static str {
@@ -33,6 +35,7 @@ impl Resource {
             Resource::Leases => "leases",
             Resource::Secrets => "secrets",
             Resource::ConfigMaps => "configmaps",
+            Resource::ServiceAccounts => "serviceaccounts",
         }
     }
 
@@ -45,6 +48,7 @@ impl Resource {
             Resource::Leases => "Lease",
             Resource::Secrets => "Secret",
             Resource::ConfigMaps => "ConfigMap",
+            Resource::ServiceAccounts => "ServiceAccount",
         }
     }
 
@@ -66,6 +70,7 @@ impl Resource {
             Resource::Nodes => &["no"],
             Resource::Events => &["ev"],
             Resource::ConfigMaps => &["cm"],
+            Resource::ServiceAccounts => &["sa"],
             Resource::Leases | Resource::Secrets => &[],
         }
     }
@@ -85,6 +90,7 @@ impl Resource {
                 ("status", "Namespace", &["get", "patch", "update"]),
             ],
             Resource::Nodes => &[("status", "Node", &["get", "patch", "update"])],
+            Resource::ServiceAccounts => &[("token", "TokenRequest", &["create"])],
             Resource::Events | Resource::Leases | Resource::Secrets | Resource::ConfigMaps => &[],
         }
     }
@@ -124,7 +130,10 @@ impl Resource {
                 "source",
                 "type",
             ],
-            Resource::Leases | Resource::Secrets | Resource::ConfigMaps => &[],
+            Resource::Leases
+            | Resource::Secrets
+            | Resource::ConfigMaps
+            | Resource::ServiceAccounts => &[],
         }
     }
 }

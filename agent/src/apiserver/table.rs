@@ -63,6 +63,11 @@ fn columns(resource: Resource) -> &'static [Column] {
             ("Data", "string", 0, "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process."),
             ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
         ],
+        Resource::ServiceAccounts => &[
+            ("Name", "string", 0, "Name must be unique within a namespace."),
+            ("Secrets", "string", 0, "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."),
+            ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+        ],
         Resource::Secrets => &[
             ("Name", "string", 0, "Name must be unique within a namespace."),
             ("Type", "string", 0, "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types"),
@@ -305,6 +310,11 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
                 obj["data"].as_object().map_or(0, |d| d.len())
                     + obj["binaryData"].as_object().map_or(0, |d| d.len())
             ),
+            json!(created),
+        ],
+        Resource::ServiceAccounts => vec![
+            name,
+            json!(obj["secrets"].as_array().map_or(0, |s| s.len())),
             json!(created),
         ],
         Resource::Secrets => vec![

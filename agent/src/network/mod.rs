@@ -195,6 +195,15 @@ impl Network {
         Ok(ns::open_here()?)
     }
 
+    /// The node's address on the pod network (the bridge's gateway, IPv4 first): every pod
+    /// reaches it, so the built-in API serves pods there.
+    pub fn gateway(&self) -> Option<IpAddr> {
+        let bridge = self.list.native_bridge().filter(|b| b.is_gateway)?;
+        let gateways = bridge.ipam.ranges.iter().flatten().map(|r| r.gateway);
+        let all: Vec<IpAddr> = gateways.collect();
+        all.iter().find(|g| g.is_ipv4()).or(all.first()).copied()
+    }
+
     pub fn name(&self) -> &str {
         &self.list.name
     }
@@ -619,6 +628,29 @@ impl PodSide {
 }
 
 /// The saved attachment of a pod, beside its shim.
+/// The node's first global unicast address (IPv4 first): a hostNetwork pod's IP when the
+/// node has no `nodeIP` set.
+pub fn node_address() -> Option<IpAddr> {
+    let addrs: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|a| {
+            let addr = a.address?;
+            addr.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| addr.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect();
+    addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(addrs.first())
+        .copied()
+}
+
 pub fn attachment_path(shim_dir: &Path) -> PathBuf {
     shim_dir.join("network.json")
 }

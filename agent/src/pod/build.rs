@@ -33,6 +33,13 @@ pub struct NodeContext {
     pub log_rotation: nodelet_sandbox::logs::Rotation,
     /// `pids.max` of every pod's cgroup (`podPidsLimit`), `None` for no limit.
     pub pod_pids_limit: Option<u64>,
+    /// Where pods reach the API server: the `KUBERNETES_SERVICE_*` variables (set once the API
+    /// is known).
+    pub api_service: std::sync::OnceLock<std::net::SocketAddr>,
+    /// kubelet's `seccompDefault`.
+    pub seccomp_default: bool,
+    /// Where `Localhost` seccomp profiles are (`<rootDir>/seccomp`).
+    pub seccomp_dir: PathBuf,
 }
 
 pub fn pod_uid(pod: &Pod) -> &str {
@@ -45,6 +52,12 @@ pub fn pod_spec(pod: &Pod) -> &PodSpec {
 
 /// The kernel hostname of the pod: `spec.hostname` or the name, cut to 63 characters.
 pub fn hostname(pod: &Pod) -> String {
+    // A hostNetwork pod is in the node's UTS namespace: its hostname is the node's.
+    if pod_spec(pod).host_network == Some(true) {
+        if let Ok(h) = nix::unistd::gethostname() {
+            return h.to_string_lossy().into_owned();
+        }
+    }
     let name = pod_spec(pod)
         .hostname
         .clone()
@@ -175,6 +188,9 @@ pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
         pod_uid: pod_uid(pod).to_owned(),
         hostname: hostname(pod),
         share_pid: spec.share_process_namespace == Some(true),
+        host_network: spec.host_network == Some(true),
+        host_pid: spec.host_pid == Some(true),
+        host_ipc: spec.host_ipc == Some(true),
         cgroup: Some(CgroupSpec {
             path: pod_cgroup_path(node, pod),
             memory_limit,
@@ -212,6 +228,8 @@ pub struct Facts {
     /// there is no such object).
     pub config_maps: BTreeMap<String, Option<BTreeMap<String, String>>>,
     pub secrets: BTreeMap<String, Option<BTreeMap<String, String>>>,
+    /// Where pods reach the API server (`KUBERNETES_SERVICE_HOST` and the others).
+    pub api_service: Option<std::net::SocketAddr>,
 }
 
 /// The ConfigMaps and Secrets a container's `env` and `envFrom` name.
@@ -264,6 +282,10 @@ pub fn container_spec(
     let privileged = security.privileged == Some(true);
     let env = environment(pod, c, image, inst.facts)?;
     let process_env = env.clone();
+    let caps = capabilities(c, privileged);
+    let profile =
+        super::seccomp::choose(pod, c, privileged, node.seccomp_default, &node.seccomp_dir);
+    let seccomp = super::seccomp::program(&profile, &caps)?;
     Ok(ContainerSpec {
         id: inst.id.to_owned(),
         name: c.name.clone(),
@@ -284,7 +306,7 @@ pub fn container_spec(
                     .filter(|d| !d.is_empty())
                     .unwrap_or_else(|| "/".into()),
             ),
-            capabilities: capabilities(c, privileged),
+            capabilities: caps,
             no_new_privileges: !privileged && security.allow_privilege_escalation != Some(true),
             masked_paths: if privileged {
                 vec![]
@@ -297,6 +319,7 @@ pub fn container_spec(
                 DEFAULT_READONLY_PATHS.iter().map(PathBuf::from).collect()
             },
             env,
+            seccomp,
             ..user(pod, c, image)?
         },
         mounts: mounts(node, pod, c, inst.id, &env_map(&process_env))?,
@@ -363,6 +386,30 @@ fn environment(
         }
     }
     env.set("HOSTNAME", hostname(pod));
+    // The `kubernetes` service's variables, which every pod gets whatever enableServiceLinks
+    // says (kubelet's master services); the pod's own env may override them.
+    if let Some(api) = facts.api_service {
+        let (host, port) = (api.ip().to_string(), api.port());
+        let url = format!(
+            "tcp://{}:{port}",
+            if api.is_ipv6() {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            }
+        );
+        env.set("KUBERNETES_SERVICE_HOST", host.clone());
+        env.set("KUBERNETES_SERVICE_PORT", port.to_string());
+        env.set("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string());
+        env.set("KUBERNETES_PORT", url.clone());
+        env.set(&format!("KUBERNETES_PORT_{port}_TCP"), url);
+        env.set(&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into());
+        env.set(
+            &format!("KUBERNETES_PORT_{port}_TCP_PORT"),
+            port.to_string(),
+        );
+        env.set(&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), host);
+    }
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     // envFrom first, in order (a later source wins), then env on top (kubelet's order).
     for src in c.env_from.iter().flatten() {
@@ -683,6 +730,7 @@ fn user(pod: &Pod, c: &Container, image: &Image) -> Result<ProcessSpec, ConfigEr
         no_new_privileges: true,
         masked_paths: vec![],
         readonly_paths: vec![],
+        seccomp: None,
     })
 }
 

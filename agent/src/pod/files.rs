@@ -11,11 +11,21 @@ use super::status::Instance;
 
 /// kubelet's managed /etc/hosts (runtime-defaults.md §7); the pod line once the pod has an IP.
 pub fn hosts_file(pod: &Pod, pod_ip: Option<&str>) -> String {
-    let mut out = String::from(
+    // A hostNetwork pod sees the node's own hosts file (kubelet copies it), plus its aliases.
+    let mut out = if pod_spec(pod).host_network == Some(true) {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        String::new()
+    };
+    if !out.is_empty() {
+        out = format!("# Kubernetes-managed hosts file (host network).\n{out}");
+    } else {
+        out = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
     );
-    if let Some(ip) = pod_ip {
+    }
+    if let Some(ip) = pod_ip.filter(|_| pod_spec(pod).host_network != Some(true)) {
         out.push_str(&format!("{ip}\t{}\n", hostname(pod)));
     }
     let aliases = pod_spec(pod).host_aliases.clone().unwrap_or_default();
@@ -56,6 +66,12 @@ pub fn resolv_conf(
     };
     let (mut servers, mut searches, mut options) = match policy {
         "None" => (vec![], vec![], vec![]),
+        // kubelet: a hostNetwork pod with ClusterFirst uses the node's resolver.
+        "ClusterFirst" if spec.host_network == Some(true) => (
+            host_lines("nameserver "),
+            host_lines("search "),
+            host_lines("options "),
+        ),
         "ClusterFirst" | "ClusterFirstWithHostNet" if !cluster_dns.is_empty() => {
             let mut s = vec![
                 format!("{namespace}.svc.{cluster_domain}"),

@@ -94,16 +94,27 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
             ));
         }
     }
-    for flag in [
-        ("spec.hostNetwork", spec.host_network),
-        ("spec.hostPID", spec.host_pid),
-        ("spec.hostIPC", spec.host_ipc),
-    ] {
-        if flag.1 == Some(true) {
-            return Err(field_err(
-                flag.0,
-                "Forbidden: host namespaces are not supported by nodelet yet",
-            ));
+    if spec.host_pid == Some(true) && spec.share_process_namespace == Some(true) {
+        return Err(field_err(
+            "spec.shareProcessNamespace",
+            "Invalid value: true: ShareProcessNamespace and HostPID cannot both be enabled",
+        ));
+    }
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (j, p) in c.ports.iter().flatten().enumerate() {
+            let field = format!("spec.containers[{i}].ports[{j}].hostPort");
+            match p.host_port {
+                None | Some(0) => {}
+                // The node's port mapping (the CNI portmap plugin's job) is not built yet.
+                Some(h) if spec.host_network != Some(true) => {
+                    return Err(field_err(field, format!("Forbidden: {h}: hostPort mappings are not supported by nodelet yet (use hostNetwork: true, where the pod's ports are the node's)")));
+                }
+                // kube-apiserver: a host-network pod's ports are the node's.
+                Some(h) if h != p.container_port => {
+                    return Err(field_err(field, format!("Invalid value: {h}: must match `containerPort` when `hostNetwork` is true")));
+                }
+                Some(_) => {}
+            }
         }
     }
     if spec.host_users == Some(false) {
@@ -117,7 +128,7 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
         .as_ref()
         .and_then(|s| s.seccomp_profile.as_ref())
     {
-        check_seccomp("spec.securityContext.seccompProfile", &profile.type_)?;
+        check_seccomp("spec.securityContext.seccompProfile", profile)?;
     }
     let volumes = validate_volumes(spec)?;
     let grace = spec.termination_grace_period_seconds.unwrap_or(30);
@@ -435,10 +446,7 @@ fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
         .as_ref()
         .and_then(|s| s.seccomp_profile.as_ref())
     {
-        check_seccomp(
-            &format!("{path}.securityContext.seccompProfile"),
-            &profile.type_,
-        )?;
+        check_seccomp(&format!("{path}.securityContext.seccompProfile"), profile)?;
     }
     Ok(())
 }
@@ -501,15 +509,37 @@ fn check_resource_ref(
     Ok(())
 }
 
-/// Only `Unconfined` is what nodelet does today; a profile asked for is refused, not dropped.
-fn check_seccomp(field: &str, kind: &str) -> Result<(), FieldError> {
-    if kind == "Unconfined" {
-        return Ok(());
+/// kube-apiserver's `validateSeccompProfileField`.
+fn check_seccomp(
+    field: &str,
+    profile: &k8s_openapi::api::core::v1::SeccompProfile,
+) -> Result<(), FieldError> {
+    let localhost = profile.localhost_profile.as_deref();
+    match profile.type_.as_str() {
+        "RuntimeDefault" | "Unconfined" => {
+            if localhost.is_some() {
+                return Err(field_err(
+                    format!("{field}.localhostProfile"),
+                    "Invalid value: \"\": can only be set if type is Localhost",
+                ));
+            }
+        }
+        "Localhost" => {
+            let Some(path) = localhost.filter(|p| !p.is_empty()) else {
+                return Err(field_err(
+                    format!("{field}.localhostProfile"),
+                    "Required value: must be set when seccomp type is Localhost",
+                ));
+            };
+            if path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(field_err(format!("{field}.localhostProfile"), format!("Invalid value: {path:?}: must be a relative path without '..' (inside <rootDir>/seccomp)")));
+            }
+        }
+        other => {
+            return Err(field_err(format!("{field}.type"), format!("Unsupported value: {other:?}: supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\"")));
+        }
     }
-    Err(field_err(
-        format!("{field}.type"),
-        format!("Forbidden: seccomp profile {kind:?} is not supported by nodelet yet (only \"Unconfined\")"),
-    ))
+    Ok(())
 }
 
 /// runc's `checkProcMount`: nothing is mounted on /proc or below it, except over the few files
@@ -529,6 +559,57 @@ fn is_proc_mount(path: &str) -> bool {
     ];
     let clean: std::path::PathBuf = std::path::Path::new(path).components().collect();
     clean.starts_with("/proc") && !ALLOWED.iter().any(|a| clean == std::path::Path::new(a))
+}
+
+/// What a pod refers to in the API (a service account, Secrets, ConfigMaps), which a static pod
+/// may not: its node may run it with no API server (kubelet and kube-apiserver's ServiceAccount
+/// admission refuse them, for mirror pods).
+pub fn api_references(pod: &Pod) -> Option<&'static str> {
+    let spec = pod.spec.as_ref()?;
+    if spec
+        .service_account_name
+        .as_deref()
+        .is_some_and(|s| !s.is_empty())
+        || spec
+            .service_account
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+    {
+        return Some("service accounts");
+    }
+    let volumes = spec.volumes.iter().flatten();
+    let projected = || {
+        volumes
+            .clone()
+            .flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()))
+    };
+    let containers = super::status::containers(pod).map(|(c, _)| c);
+    let (mut maps, mut secrets) = (false, false);
+    for c in containers {
+        let (m, s) = super::build::env_sources(c);
+        maps |= !m.is_empty();
+        secrets |= !s.is_empty();
+    }
+    if volumes.clone().any(|v| v.secret.is_some())
+        || projected().any(|s| s.secret.is_some())
+        || spec
+            .image_pull_secrets
+            .as_ref()
+            .is_some_and(|s| !s.is_empty())
+        || secrets
+    {
+        return Some("secrets");
+    }
+    if projected().any(|s| s.service_account_token.is_some()) {
+        return Some("serviceaccounttoken volume projections");
+    }
+    if volumes.clone().any(|v| v.config_map.is_some())
+        || projected().any(|s| s.config_map.is_some())
+        || maps
+    {
+        return Some("configmaps");
+    }
+    None
 }
 
 /// kube-apiserver's total limit on an object's annotations (`TotalAnnotationSizeLimitB`).
@@ -690,7 +771,7 @@ mod tests {
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, envFrom: [{configMapRef: {name: c}, secretRef: {name: s}}]}]}", "spec.containers[0].envFrom[0]"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {secretKeyRef: {name: s, key: k}, fieldRef: {fieldPath: metadata.name}}}]}]}", "spec.containers[0].env[0].valueFrom"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {configMapKeyRef: {name: c, key: ''}}}]}]}", "spec.containers[0].env[0].valueFrom.configMapKeyRef.key"),
-            ("metadata: {name: web}\nspec: {securityContext: {seccompProfile: {type: RuntimeDefault}}, containers: [{name: a, image: b}]}", "spec.securityContext.seccompProfile.type"),
+            ("metadata: {name: web}\nspec: {securityContext: {seccompProfile: {type: Bogus}}, containers: [{name: a, image: b}]}", "spec.securityContext.seccompProfile.type"),
             ("metadata: {name: web}\nspec: {hostUsers: false, containers: [{name: a, image: b}]}", "spec.hostUsers"),
         ];
         for (yaml, field) in cases {

@@ -10,6 +10,7 @@ pub mod objects;
 pub mod probe;
 pub mod projected;
 pub mod quantity;
+pub mod seccomp;
 pub mod status;
 pub mod subpath;
 pub mod table;

@@ -195,6 +195,12 @@ impl FileSource {
         let parsed = manifest::parse(&data).and_then(|pod| {
             let pod = self.apply_defaults(pod, path, &data);
             manifest::validate(&pod)?;
+            if let Some(what) = manifest::api_references(&pod) {
+                return Err(manifest::field_err(
+                    "spec",
+                    format!("Forbidden: a static pod may not reference {what} (its node may have no API server to read them from)"),
+                ));
+            }
             Ok(pod)
         });
         let pod = match parsed {

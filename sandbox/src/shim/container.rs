@@ -81,10 +81,15 @@ impl Server {
             cgroup::create(cg).map_err(|e| error_chain(&e))?;
         }
         let mut flags = CloneFlags::CLONE_NEWNS;
-        if !self.spec.share_pid {
+        if !self.spec.share_pid && !self.spec.host_pid {
             flags |= CloneFlags::CLONE_NEWPID;
         }
-        let shm = self.dir.shm();
+        // hostIPC: the node's /dev/shm, as containerd binds it.
+        let shm = if self.spec.host_ipc {
+            std::path::PathBuf::from("/dev/shm")
+        } else {
+            self.dir.shm()
+        };
         let pid =
             match sys::clone_process(flags).map_err(|e| format!("clone container process: {e}"))? {
                 Forked::Child => {

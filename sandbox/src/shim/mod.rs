@@ -210,7 +210,7 @@ fn start(dir: &ShimDir) -> Result<server::Server, Error> {
     fs::create_dir_all(dir.records()).map_err(dir_err(dir.records()))?;
     fs::create_dir_all(dir.ns_dir()).map_err(dir_err(dir.ns_dir()))?;
 
-    ns::create_pod_namespaces(&spec.hostname)?;
+    ns::create_pod_namespaces(&spec.hostname, spec.host_network, spec.host_ipc)?;
     for name in ns::POD_NAMESPACES {
         ns::pin(&dir.ns_dir(), "self", name, name)?;
     }

@@ -394,6 +394,7 @@ impl Worker {
             allocatable_storage,
             config_maps,
             secrets,
+            api_service: self.node.ctx.api_service.get().copied(),
         };
         let inst = BuildInstance {
             pod: &self.pod,

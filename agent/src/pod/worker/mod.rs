@@ -96,7 +96,13 @@ pub fn spawn(
         namespace = pod.metadata.namespace.as_deref().unwrap_or("default"),
         name = pod.metadata.name.as_deref().unwrap_or_default()
     );
-    let host_ip = node.config.node_ip.clone();
+    let host_network = pod_spec(&pod).host_network == Some(true);
+    let host_ip = node.config.node_ip.clone().or_else(|| {
+        host_network
+            .then(network::node_address)
+            .flatten()
+            .map(|ip| ip.to_string())
+    });
     let (paths, uid) = (node.ctx.paths.clone(), pod_uid(&pod).to_owned());
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let mut worker = Worker {
@@ -123,6 +129,7 @@ pub fn spawn(
         objects_changed: Default::default(),
         written: HashMap::new(),
         mount_failure: None,
+        tokens: HashMap::new(),
     };
     // Known from now on, before the first sync: a pod that is being adopted or created is never
     // missing from what the node reports.
@@ -174,6 +181,8 @@ struct Worker {
     written: HashMap<String, u64>,
     /// Why the pod's volumes could not be set up, last time (its event is sent once).
     mount_failure: Option<String>,
+    /// The service account tokens its projected volumes show, by volume and source index.
+    tokens: HashMap<(String, usize), volumes::HeldToken>,
 }
 
 /// Waits for the next line from the shim's event stream; forever when there is none.
@@ -258,8 +267,10 @@ impl Worker {
                 self.event(None, "FailedMount", message.clone(), true);
                 self.mount_failure = Some(message.clone());
             }
+            // Only containers that have not run in this sandbox wait for the volumes: a finished
+            // init container stays finished, a running one runs on.
             for (c, _) in status::containers(&self.pod.clone()) {
-                if self.current(&c.name).is_none_or(|i| !i.running()) {
+                if self.current(&c.name).is_none() {
                     let waiting = ("ContainerCreating".to_owned(), message.clone());
                     self.observed.waiting.insert(c.name.clone(), waiting);
                 }
@@ -268,6 +279,9 @@ impl Worker {
             return RETRY;
         }
         self.mount_failure = None;
+        if let Some(refresh) = self.next_token_refresh() {
+            wake = wake.min(refresh);
+        }
         let pod = self.pod.clone();
         // Each pass starts what the pod's order allows now (kubelet's `computePodActions`):
         // init containers one at a time, sidecars in order, then the app containers; a start
@@ -419,7 +433,19 @@ impl Worker {
                 let _ = self.node.teardown_pod(&self.uid, Scope::Sandbox).await;
                 return Err(crate::error_chain(&e));
             }
-            let network_us = match self.attach_network().await {
+            let host_network = pod_spec(&self.pod).host_network == Some(true);
+            let attached = if host_network {
+                // The node's network: its address is the pod's, and there is nothing to wire.
+                self.observed.pod_ip = self
+                    .observed
+                    .host_ip
+                    .as_deref()
+                    .and_then(|ip| ip.parse().ok());
+                Ok(std::time::Duration::ZERO)
+            } else {
+                self.attach_network().await
+            };
+            let network_us = match attached {
                 Ok(took) => took.as_micros() as u64,
                 Err(message) => {
                     let _ = self.node.teardown_pod(&self.uid, Scope::Sandbox).await;
@@ -431,6 +457,13 @@ impl Worker {
             let shim = self.node.runtime.shim(&self.uid);
             let attachment = network::read_attachment(shim.path());
             self.observed.pod_ip = attachment.as_ref().and_then(|a| a.pod_ip());
+            if pod_spec(&self.pod).host_network == Some(true) {
+                self.observed.pod_ip = self
+                    .observed
+                    .host_ip
+                    .as_deref()
+                    .and_then(|ip| ip.parse().ok());
+            }
             if let (Some(a), Ok(net)) = (&attachment, self.node.network()) {
                 if let Err(e) = net.check(&self.uid, &shim.ns_dir().join("net"), a).await {
                     warn!(error = %crate::error_chain(&e), "re-adopted pod's network check failed");

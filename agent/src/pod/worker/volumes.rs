@@ -5,6 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ServiceAccount, Volume};
+
 use super::Worker;
 use crate::pod::build::{self, pod_spec};
 use crate::pod::objects::{self, Key};
@@ -145,14 +148,85 @@ impl Worker {
         }
     }
 
-    /// The tokens a projected volume's `serviceAccountToken` sources need, by source index.
-    async fn tokens(
-        &mut self,
-        v: &k8s_openapi::api::core::v1::Volume,
-    ) -> Result<HashMap<usize, String>, String> {
-        if !projected::has_token(v) {
-            return Ok(HashMap::new());
+    /// The tokens a projected volume's `serviceAccountToken` sources need, by source index:
+    /// asked for with TokenRequest, bound to the pod, and asked for again (kubelet's token
+    /// manager) once 80% of their lifetime or 24 hours have passed.
+    async fn tokens(&mut self, v: &Volume) -> Result<HashMap<usize, String>, String> {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        let mut out = HashMap::new();
+        let sources = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+        for (i, t) in sources.enumerate() {
+            let Some(t) = &t.service_account_token else {
+                continue;
+            };
+            let now = Timestamp::now();
+            let key = (v.name.clone(), i);
+            if let Some(held) = self.tokens.get(&key).filter(|h| now < h.refresh) {
+                out.insert(i, held.token.clone());
+                continue;
+            }
+            let Some(client) = self.node.api.get() else {
+                return Err("the node has no API server to ask for a service account token".into());
+            };
+            let (namespace, name) = super::namespace_name(&self.pod);
+            let account = pod_spec(&self.pod)
+                .service_account_name
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".into());
+            let request = TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: t
+                        .audience
+                        .iter()
+                        .filter(|a| !a.is_empty())
+                        .cloned()
+                        .collect(),
+                    expiration_seconds: Some(t.expiration_seconds.unwrap_or(3600)),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(name.to_owned()),
+                        uid: Some(self.uid.clone()),
+                    }),
+                },
+                ..Default::default()
+            };
+            let api: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
+            let answer = api
+                .create_token_request(&account, &Default::default(), &request)
+                .await
+                .map_err(|e| format!("failed to fetch token: {}", crate::error_chain(&e)))?;
+            let status = answer
+                .status
+                .ok_or("TokenRequest answered without a token")?;
+            let expires = status.expiration_timestamp.0;
+            let lifetime = expires.duration_since(now);
+            let refresh = now + (lifetime * 4 / 5).min(jiff::SignedDuration::from_hours(24));
+            self.tokens.insert(
+                key,
+                HeldToken {
+                    token: status.token.clone(),
+                    refresh,
+                },
+            );
+            out.insert(i, status.token);
         }
-        Err("serviceAccountToken projections are not supported yet".into())
+        Ok(out)
     }
+
+    /// How long until a token must be asked for again, if the pod holds any.
+    pub(super) fn next_token_refresh(&self) -> Option<std::time::Duration> {
+        let soonest = self.tokens.values().map(|t| t.refresh).min()?;
+        let left = soonest.duration_since(Timestamp::now());
+        Some(std::time::Duration::try_from(left).unwrap_or_default())
+    }
+}
+
+/// A service account token the pod's volume shows, and when to ask for a new one.
+pub(super) struct HeldToken {
+    token: String,
+    refresh: Timestamp,
 }

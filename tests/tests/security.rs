@@ -1,0 +1,203 @@
+//! A pod's confinement from its securityContext and host namespaces: seccomp profiles
+//! (RuntimeDefault, Localhost, Unconfined) applied to the container and to every process started
+//! in it, and hostNetwork/hostPID/hostIPC pods that share the node's namespaces.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nodelet_tests::{wait_for, TestNode};
+
+const T: Duration = Duration::from_secs(60);
+
+fn exec(node: &TestNode, pod: &str, container: &str, script: &str) -> (bool, String) {
+    let out = node.kubectl(&["exec", pod, "-c", container, "--", "sh", "-c", script]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn seccomp_profiles_confine_containers_and_their_execs() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let profiles = node.dir.join("root/seccomp/profiles");
+    std::fs::create_dir_all(&profiles)?;
+    std::fs::write(
+        profiles.join("no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+    )?;
+    node.kubectl_create(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: confined}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {seccompProfile: {type: RuntimeDefault}}
+  containers:
+  - name: default
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    # The probe runs through the exec path of probes: it must be filtered too.
+    readinessProbe:
+      exec: {command: [sh, -c, "grep -q '^Seccomp:.2' /proc/self/status"]}
+      periodSeconds: 1
+  - name: free
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    securityContext: {seccompProfile: {type: Unconfined}}
+  - name: local
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    securityContext: {seccompProfile: {type: Localhost, localhostProfile: profiles/no-mkdir.json}}
+  - name: admin
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    securityContext: {capabilities: {add: [SYS_ADMIN]}}
+"#,
+        &[],
+    )?;
+    let p = wait_for("confined ready", T, || {
+        let p = node.api_pod("confined")?;
+        ["default", "free", "local", "admin"]
+            .iter()
+            .all(|c| TestNode::running(&p, c))
+            .then_some(())?;
+        (TestNode::container_status(&p, "default")["ready"] == true).then_some(p)
+    })
+    .with_context(|| node.agent_log())?;
+    // The first process of each container, as the host sees it.
+    for (c, mode) in [
+        ("default", "2"),
+        ("free", "0"),
+        ("local", "2"),
+        ("admin", "2"),
+    ] {
+        let pid = node.container_pid(&p, c)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let seccomp = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .unwrap_or_default();
+        assert_eq!(seccomp.trim(), mode, "{c}");
+    }
+    // RuntimeDefault refuses what it leaves out (new namespaces, keyrings) in kubectl exec too.
+    let (ok, out) = exec(&node, "confined", "default", "unshare -U true");
+    assert!(!ok && out.contains("Operation not permitted"), "{out}");
+    let (ok, out) = exec(&node, "confined", "free", "unshare -U true && echo made");
+    assert!(ok && out.contains("made"), "{out}");
+    // ... and allows more for a container holding CAP_SYS_ADMIN, as containerd's profile does.
+    let (ok, out) = exec(&node, "confined", "admin", "unshare -m true && echo made");
+    assert!(ok && out.contains("made"), "{out}");
+    let (ok, out) = exec(&node, "confined", "local", "mkdir /tmp/x");
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    let (ok, _) = exec(&node, "confined", "local", "touch /tmp/y");
+    assert!(ok, "the Localhost profile allows the rest");
+
+    // A profile that is not there: kubelet's container config error, naming the file.
+    node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: missing}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n    securityContext: {seccompProfile: {type: Localhost, localhostProfile: nope.json}}\n",
+        &[],
+    )?;
+    wait_for("missing profile refused", T, || {
+        let p = node.api_pod("missing")?;
+        let w = TestNode::container_status(&p, "c")["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerConfigError"
+            && w["message"]
+                .as_str()?
+                .contains("cannot load seccomp profile")
+            && w["message"].as_str()?.contains("nope.json"))
+        .then_some(())
+    })?;
+    let bad = node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    securityContext: {seccompProfile: {type: Localhost, localhostProfile: ../../etc/x}}\n",
+        &[],
+    );
+    let err = format!("{:?}", bad.err());
+    assert!(
+        err.contains("spec.containers[0].securityContext.seccompProfile.localhostProfile"),
+        "{err}"
+    );
+
+    node.kubectl_ok(&["delete", "pod", "confined", "missing"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    node.assert_clean()
+}
+
+#[test]
+fn host_namespaces_are_the_nodes() -> Result<()> {
+    let mut node = TestNode::new()?;
+    // An address of the node's own (it has no nodeIP set: the agent finds it).
+    for args in [
+        "link add uplink0 type veth peer name uplink1",
+        "addr add 192.0.2.10/24 dev uplink0",
+        "link set uplink0 up",
+    ] {
+        let out = node.net_command("ip").args(args.split(' ')).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: host}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostNetwork: true
+  hostPID: true
+  hostIPC: true
+  containers:
+  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}
+"#,
+        &[],
+    )?;
+    node.kubectl_create(&nodelet_tests::sleeper_pod("plain"), &[])?;
+    let p = wait_for("host running", T, || {
+        node.api_pod("host").filter(|p| TestNode::running(p, "c"))
+    })
+    .with_context(|| node.agent_log())?;
+    let plain = wait_for("plain running", T, || {
+        node.api_pod("plain").filter(|p| TestNode::running(p, "c"))
+    })?;
+    let agent = node.agent_pid();
+    let ns = |pid: i32, name: &str| std::fs::read_link(format!("/proc/{pid}/ns/{name}")).unwrap();
+    let pid = node.container_pid(&p, "c")?;
+    for name in ["net", "pid", "ipc", "uts"] {
+        assert_eq!(ns(pid, name), ns(agent, name), "{name}");
+    }
+    let other = node.container_pid(&plain, "c")?;
+    for name in ["net", "pid", "ipc", "uts"] {
+        assert_ne!(ns(other, name), ns(agent, name), "{name} of a plain pod");
+    }
+    // Its IP is the node's; the container sees the node's processes and hostname.
+    assert_eq!(p["status"]["podIP"], "192.0.2.10", "{}", p["status"]);
+    assert_eq!(p["status"]["podIP"], p["status"]["hostIP"]);
+    let (ok, out) = exec(&node, "host", "c", "ps -o pid,comm | grep -c nodelet");
+    assert!(ok && out.trim() != "0", "{out}");
+    let links_before = node.net_command("ip").args(["-o", "link"]).output()?.stdout;
+    node.kubectl_ok(&["delete", "pod", "host"])?;
+    wait_for("host gone", T, || {
+        node.api_pod("host").is_none().then_some(())
+    })?;
+    // Deleting it took nothing of the node's network with it.
+    let links_after = node.net_command("ip").args(["-o", "link"]).output()?.stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&links_before),
+        String::from_utf8_lossy(&links_after)
+    );
+    node.kubectl_ok(&["delete", "pod", "plain"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    node.assert_clean()
+}
