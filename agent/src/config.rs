@@ -68,6 +68,9 @@ pub struct Config {
     /// kubelet's `seccompDefault`: containers that ask for no seccomp profile get
     /// `RuntimeDefault` instead of running unconfined.
     pub seccomp_default: bool,
+    /// kubelet's `allowedUnsafeSysctls`: sysctls (or `prefix*` patterns) pods may set besides
+    /// the safe ones.
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// Registries (`host` or `host:port`) spoken to over plain HTTP; those on 127.0.0.0/8 always are.
     pub insecure_registries: Vec<String>,
     /// A docker `config.json` with registry credentials, searched before `<rootDir>/config.json`,
@@ -160,6 +163,7 @@ impl Default for Config {
             container_log_max_files: 5,
             pod_pids_limit: 4096,
             seccomp_default: false,
+            allowed_unsafe_sysctls: Vec::new(),
             insecure_registries: Vec::new(),
             registry_credentials_file: None,
             registry_mirrors: BTreeMap::new(),

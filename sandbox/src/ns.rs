@@ -16,6 +16,8 @@ pub enum Error {
     Hostname(String, #[source] nix::Error),
     #[error("bring up loopback")]
     Loopback(#[source] io::Error),
+    #[error("set sysctl {0} to {1:?}")]
+    Sysctl(String, String, #[source] io::Error),
     #[error("pin namespace at {path}")]
     Pin {
         path: PathBuf,
@@ -47,6 +49,28 @@ pub fn create_pod_namespaces(
     if !host_network {
         nix::unistd::sethostname(hostname).map_err(|e| Error::Hostname(hostname.to_owned(), e))?;
         crate::sys::loopback_up().map_err(Error::Loopback)?;
+    }
+    Ok(())
+}
+
+/// Sets sysctls in the calling process's (the pod's) network and IPC namespaces: their
+/// /proc/sys files are the namespace's own for whoever opens them.
+pub fn set_sysctls(sysctls: &[(String, String)]) -> Result<(), Error> {
+    for (name, value) in sysctls {
+        // Names were checked by the agent; still, nothing but a plain relative path is written.
+        let path: PathBuf = Path::new("/proc/sys").join(name.replace('.', "/"));
+        let plain = name
+            .split('.')
+            .all(|p| !p.is_empty() && p != ".." && !p.contains('/'));
+        let written = if plain {
+            std::fs::write(&path, value)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a sysctl name",
+            ))
+        };
+        written.map_err(|e| Error::Sysctl(name.clone(), value.clone(), e))?;
     }
     Ok(())
 }

@@ -24,6 +24,10 @@ pub struct SandboxSpec {
     pub host_pid: bool,
     #[serde(default)]
     pub host_ipc: bool,
+    /// Namespaced sysctls set in the pod's namespaces (`securityContext.sysctls`, admitted by
+    /// the agent), dotted names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<(String, String)>,
     /// Pod-level cgroup, if resource control is on.
     pub cgroup: Option<crate::cgroup::CgroupSpec>,
 }

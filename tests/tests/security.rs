@@ -186,18 +186,135 @@ spec:
     assert_eq!(p["status"]["podIP"], p["status"]["hostIP"]);
     let (ok, out) = exec(&node, "host", "c", "ps -o pid,comm | grep -c nodelet");
     assert!(ok && out.trim() != "0", "{out}");
-    let links_before = node.net_command("ip").args(["-o", "link"]).output()?.stdout;
+    // The node's links (by name: a bridge's state may change as its ports come up).
+    let links = || -> Result<Vec<String>> {
+        let out = node.net_command("ip").args(["-o", "link"]).output()?.stdout;
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1).map(str::to_owned))
+            .collect())
+    };
+    let links_before = links()?;
     node.kubectl_ok(&["delete", "pod", "host"])?;
     wait_for("host gone", T, || {
         node.api_pod("host").is_none().then_some(())
     })?;
     // Deleting it took nothing of the node's network with it.
-    let links_after = node.net_command("ip").args(["-o", "link"]).output()?.stdout;
-    assert_eq!(
-        String::from_utf8_lossy(&links_before),
-        String::from_utf8_lossy(&links_after)
-    );
+    assert_eq!(links_before, links()?);
     node.kubectl_ok(&["delete", "pod", "plain"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    node.assert_clean()
+}
+
+/// kubelet's node admission (sysctls, AppArmor) and the container checks of runAsNonRoot and
+/// readOnlyRootFilesystem.
+#[test]
+fn sysctls_apparmor_and_users_as_kubelet_admits_them() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "allowedUnsafeSysctls: [\"kernel.msg*\"]\n")?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let pod = |name: &str, pod_sc: &str, c_sc: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  securityContext: {{{pod_sc}}}\n  containers:\n  - {{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600'], securityContext: {{{c_sc}}}}}\n")
+    };
+    node.kubectl_create(&pod("tuned", "sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '80'}, {name: kernel.msgmax, value: '65536'}]", "readOnlyRootFilesystem: true"), &[])?;
+    node.kubectl_create(
+        &pod(
+            "unsafe",
+            "sysctls: [{name: kernel.sem, value: '250 32000 32 128'}]",
+            "",
+        ),
+        &[],
+    )?;
+    node.kubectl_create(
+        &pod("armored", "appArmorProfile: {type: RuntimeDefault}", ""),
+        &[],
+    )?;
+    node.kubectl_create(&pod("rooted", "runAsNonRoot: true", ""), &[])?;
+    node.kubectl_create(
+        &pod("nonroot", "runAsNonRoot: true", "runAsUser: 1000"),
+        &[],
+    )?;
+    let p = wait_for("tuned and nonroot running", T, || {
+        let nonroot = node.api_pod("nonroot")?;
+        TestNode::running(&nonroot, "c").then_some(())?;
+        node.api_pod("tuned").filter(|p| TestNode::running(p, "c"))
+    })
+    .with_context(|| node.agent_log())?;
+    let sysctl = |path: &str| -> Result<String> {
+        let out = node.exec(&p, "c", &["cat", path])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    assert_eq!(
+        sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start")?,
+        "80"
+    );
+    assert_eq!(sysctl("/proc/sys/kernel/msgmax")?, "65536");
+    let node_value = node
+        .net_command("cat")
+        .arg("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .output()?;
+    assert_ne!(
+        String::from_utf8_lossy(&node_value.stdout).trim(),
+        "80",
+        "the node's own value is untouched"
+    );
+    let (ok, out) = exec(&node, "tuned", "c", "touch /x");
+    assert!(!ok && out.contains("Read-only file system"), "{out}");
+    let (ok, _) = exec(&node, "tuned", "c", "touch /tmp/x || touch /dev/shm/x");
+    assert!(ok, "volumes and /dev/shm stay writable");
+
+    for (name, reason, says) in [
+        (
+            "unsafe",
+            "SysctlForbidden",
+            "Pod was rejected: forbidden sysctl: \"kernel.sem\" not allowlisted",
+        ),
+        (
+            "armored",
+            "AppArmor",
+            "Pod was rejected: Cannot enforce AppArmor: ",
+        ),
+    ] {
+        let p = wait_for(&format!("{name} rejected"), T, || {
+            node.api_pod(name)
+                .filter(|p| p["status"]["phase"] == "Failed")
+        })?;
+        assert_eq!(p["status"]["reason"], reason, "{}", p["status"]);
+        assert!(
+            p["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(says),
+            "{}",
+            p["status"]
+        );
+        assert!(
+            p["status"]["containerStatuses"].is_null(),
+            "nothing ran: {}",
+            p["status"]
+        );
+    }
+    let uid = |name: &str| {
+        node.api_pod(name)
+            .map(|p| p["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+    };
+    let rejected = uid("unsafe").unwrap_or_default();
+    assert!(
+        !node.dir.join("run/pods").join(&rejected).exists(),
+        "no sandbox for a rejected pod"
+    );
+    wait_for("rooted refused", T, || {
+        let p = node.api_pod("rooted")?;
+        let w = TestNode::container_status(&p, "c")["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerConfigError"
+            && w["message"].as_str()?.starts_with(
+                "container has runAsNonRoot and image will run as root (pod: \"rooted_default(",
+            ))
+        .then_some(())
+    })?;
+    node.kubectl_ok(&[
+        "delete", "pod", "tuned", "unsafe", "armored", "rooted", "nonroot",
+    ])?;
     wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
     node.assert_clean()
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::resource::Resource;
-use crate::pod::build::{qos, Qos};
+use crate::pod::build::qos;
 use crate::pod::manifest;
 
 /// How unknown fields in a request body are treated (`fieldValidation`).
@@ -508,12 +508,7 @@ fn default_pod(pod: &mut Value) {
     if pod["status"]["qosClass"].is_null() {
         if let Ok(p) = serde_json::from_value::<Pod>(pod.clone()) {
             if let Some(spec) = &p.spec {
-                let class = match qos(spec) {
-                    Qos::Guaranteed => "Guaranteed",
-                    Qos::Burstable => "Burstable",
-                    Qos::BestEffort => "BestEffort",
-                };
-                pod["status"]["qosClass"] = json!(class);
+                pod["status"]["qosClass"] = json!(qos(spec).as_str());
             }
         }
     }

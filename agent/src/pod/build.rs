@@ -74,6 +74,17 @@ pub enum Qos {
     BestEffort,
 }
 
+impl Qos {
+    /// The `status.qosClass` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Qos::Guaranteed => "Guaranteed",
+            Qos::Burstable => "Burstable",
+            Qos::BestEffort => "BestEffort",
+        }
+    }
+}
+
 fn resource(c: &Container, kind: &str, name: &str) -> Option<String> {
     let res = c.resources.as_ref()?;
     let list = if kind == "limits" {
@@ -191,6 +202,12 @@ pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
         host_network: spec.host_network == Some(true),
         host_pid: spec.host_pid == Some(true),
         host_ipc: spec.host_ipc == Some(true),
+        sysctls: spec
+            .security_context
+            .iter()
+            .flat_map(|s| s.sysctls.iter().flatten())
+            .map(|s| (super::admission::normalize(&s.name), s.value.clone()))
+            .collect(),
         cgroup: Some(CgroupSpec {
             path: pod_cgroup_path(node, pod),
             memory_limit,
@@ -691,27 +708,55 @@ fn user(pod: &Pod, c: &Container, image: &Image) -> Result<ProcessSpec, ConfigEr
     let image_user = image_config(image)
         .and_then(|cfg| cfg.user().clone())
         .unwrap_or_default();
+    let run_as_user = sc.run_as_user.or(pod_sc.run_as_user);
+    // kubelet's verifyRunAsNonRoot, before the runtime resolves anything.
+    if sc.run_as_non_root.or(pod_sc.run_as_non_root) == Some(true) {
+        let who = format!(
+            "(pod: \"{}_{}({})\", container: {})",
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod_uid(pod),
+            c.name
+        );
+        let image_name = image_user.split(':').next().unwrap_or_default();
+        match run_as_user {
+            Some(0) => {
+                return Err(ConfigError(format!(
+                    "container's runAsUser breaks non-root policy {who}"
+                )))
+            }
+            Some(_) => {}
+            None if !image_name.is_empty() && image_name.parse::<u32>().is_err() => {
+                return Err(ConfigError(format!("container has runAsNonRoot and image has non-numeric user ({image_name}), cannot verify user is non-root {who}")));
+            }
+            None if image_name.parse::<u32>().unwrap_or(0) == 0 => {
+                return Err(ConfigError(format!(
+                    "container has runAsNonRoot and image will run as root {who}"
+                )))
+            }
+            None => {}
+        }
+    }
+    // containerd's WithUser: numbers as they are, names from the image's /etc/passwd and
+    // /etc/group; a user's primary group when no group is given.
     let (image_uid, image_gid) = match image_user.split_once(':') {
         _ if image_user.is_empty() => (0, None),
-        Some((u, g)) => (parse_id(u, &image_user)?, Some(parse_id(g, &image_user)?)),
-        None => (parse_id(&image_user, &image_user)?, None),
+        Some((u, g)) => (
+            resolve(image, u, "passwd")?.0,
+            Some(resolve(image, g, "group")?.0),
+        ),
+        None => {
+            let (uid, gid) = resolve(image, &image_user, "passwd")?;
+            (uid, gid)
+        }
     };
-    let uid = sc
-        .run_as_user
-        .or(pod_sc.run_as_user)
-        .map(|u| u as u32)
-        .unwrap_or(image_uid);
+    let uid = run_as_user.map(|u| u as u32).unwrap_or(image_uid);
     let gid = sc
         .run_as_group
         .or(pod_sc.run_as_group)
         .map(|g| g as u32)
         .or(image_gid)
         .unwrap_or(0);
-    if sc.run_as_non_root.or(pod_sc.run_as_non_root) == Some(true) && uid == 0 {
-        return Err(ConfigError(
-            "container has runAsNonRoot and image will run as root".into(),
-        ));
-    }
     let mut additional: Vec<u32> = pod_sc
         .supplemental_groups
         .iter()
@@ -734,12 +779,48 @@ fn user(pod: &Pod, c: &Container, image: &Image) -> Result<ProcessSpec, ConfigEr
     })
 }
 
-fn parse_id(text: &str, whole: &str) -> Result<u32, ConfigError> {
-    text.parse().map_err(|_| {
+/// A user or group of the image: a number, or a name looked up in the image's `/etc/passwd`
+/// (`kind` "passwd": uid and primary gid) or `/etc/group` ("group": gid).
+fn resolve(image: &Image, name: &str, kind: &str) -> Result<(u32, Option<u32>), ConfigError> {
+    if let Ok(id) = name.parse::<u32>() {
+        // A numeric user's primary group, as containerd finds it, when passwd lists it.
+        let gid = (kind == "passwd")
+            .then(|| image_file(image, "etc/passwd"))
+            .flatten()
+            .and_then(|text| {
+                text.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() > 3 && f[2] == name)
+                        .then(|| f[3].parse().ok())
+                        .flatten()
+                })
+            });
+        return Ok((id, gid));
+    }
+    let entries = image_file(image, &format!("etc/{kind}")).unwrap_or_default();
+    let found = entries.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[0] == name).then(|| {
+            let id = f[2].parse::<u32>().ok()?;
+            let gid = f.get(3).and_then(|g| g.parse().ok());
+            Some((id, if kind == "passwd" { gid } else { None }))
+        })?
+    });
+    found.ok_or_else(|| {
+        let what = if kind == "passwd" { "user" } else { "group" };
         ConfigError(format!(
-            "image user {whole:?}: only numeric users are supported; set securityContext.runAsUser"
+            "unable to find {what} {name}: no matching entries in {kind} file"
         ))
     })
+}
+
+/// A file of the image (the topmost layer that has it), for `/etc/passwd` and `/etc/group`.
+fn image_file(image: &Image, path: &str) -> Option<String> {
+    image
+        .layers
+        .iter()
+        .rev()
+        .find_map(|layer| std::fs::read_to_string(layer.join(path)).ok())
 }
 
 /// containerd's rules: `ALL` in add or drop first, then the named ones.

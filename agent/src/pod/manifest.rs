@@ -117,6 +117,31 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
             }
         }
     }
+    if let Some(sysctls) = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.sysctls.as_ref())
+    {
+        let mut seen = HashSet::new();
+        for (i, s) in sysctls.iter().enumerate() {
+            let field = format!("spec.securityContext.sysctls[{i}].name");
+            let name = super::admission::normalize(&s.name);
+            let part_ok = |p: &str| {
+                !p.is_empty()
+                    && p.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    })
+                    && p.as_bytes()[0].is_ascii_alphanumeric()
+                    && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric()
+            };
+            if s.name.len() > 253 || !name.split('.').all(part_ok) {
+                return Err(field_err(field, format!("Invalid value: {:?}: must have at most 253 characters and match regex ^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[\\./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$", s.name)));
+            }
+            if !seen.insert(name) {
+                return Err(field_err(field, format!("Duplicate value: {:?}", s.name)));
+            }
+        }
+    }
     if spec.host_users == Some(false) {
         return Err(field_err(
             "spec.hostUsers",
@@ -336,6 +361,23 @@ fn validate_container(
         }
     }
     if let Some(sc) = &c.security_context {
+        if let Some(mount) = sc.proc_mount.as_deref() {
+            match mount {
+                "Default" => {}
+                "Unmasked" => {
+                    return Err(field_err(
+                        format!("{path}.securityContext.procMount"),
+                        "Invalid value: \"Unmasked\": `hostUsers` must be false to use `Unmasked`",
+                    ))
+                }
+                other => return Err(field_err(
+                    format!("{path}.securityContext.procMount"),
+                    format!(
+                        "Unsupported value: {other:?}: supported values: \"Default\", \"Unmasked\""
+                    ),
+                )),
+            }
+        }
         if let Some(caps) = &sc.capabilities {
             let names: Vec<String> = caps
                 .add

@@ -1,6 +1,7 @@
 //! Pods: manifests, what to run for them, their workers, and their status.
 
 pub mod action;
+pub mod admission;
 pub mod backoff;
 pub mod build;
 pub mod files;

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use nodelet_sandbox::protocol;
 
-use super::build::{pod_spec, qos, Qos};
+use super::build::{pod_spec, qos};
 
 /// One container instance as the agent knows it: the shim's record, or a start that failed.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,6 +72,8 @@ pub struct Observed {
     pub probes: super::probe::Results,
     /// Termination messages by instance id.
     pub messages: HashMap<String, String>,
+    /// Why the node refused the pod (kubelet's admission): (reason, message).
+    pub rejected: Option<(String, String)>,
 }
 
 fn terminated(i: &Instance, message: Option<&String>) -> Option<ContainerStateTerminated> {
@@ -321,6 +323,17 @@ pub fn pod_status(
     now: Timestamp,
 ) -> PodStatus {
     let spec = pod_spec(pod);
+    if let Some((reason, message)) = &observed.rejected {
+        // kubelet's rejectPod: Failed, with the reason and message, and nothing else run.
+        return PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some(reason.clone()),
+            message: Some(message.clone()),
+            host_ip: observed.host_ip.clone(),
+            qos_class: Some(super::build::qos(spec).as_str().to_owned()),
+            ..Default::default()
+        };
+    }
     let has_init = spec.init_containers.as_ref().is_some_and(|i| !i.is_empty());
     let default_waiting = if has_init {
         "PodInitializing"
@@ -474,14 +487,7 @@ pub fn pod_status(
             .host_ip
             .clone()
             .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip }]),
-        qos_class: Some(
-            match qos(spec) {
-                Qos::Guaranteed => "Guaranteed",
-                Qos::Burstable => "Burstable",
-                Qos::BestEffort => "BestEffort",
-            }
-            .to_owned(),
-        ),
+        qos_class: Some(qos(spec).as_str().to_owned()),
         ..Default::default()
     }
 }

@@ -211,6 +211,7 @@ fn start(dir: &ShimDir) -> Result<server::Server, Error> {
     fs::create_dir_all(dir.ns_dir()).map_err(dir_err(dir.ns_dir()))?;
 
     ns::create_pod_namespaces(&spec.hostname, spec.host_network, spec.host_ipc)?;
+    ns::set_sysctls(&spec.sysctls)?;
     for name in ns::POD_NAMESPACES {
         ns::pin(&dir.ns_dir(), "self", name, name)?;
     }

@@ -4,7 +4,9 @@
 //! Table list, watch fan-out), exec round trips and port-forward throughput, and pulling a
 //! ~100 MB image from a local registry against skopeo + umoci. Runs in throwaway test nodes like
 //! the tests. `BENCH=images` (or `pods`, `network`, `api`, `probes`) runs one part.
-//! `probes` measures the CPU cost of exec and httpGet probes and readiness propagation.
+//! `probes` measures the CPU cost of exec and httpGet probes and readiness propagation;
+//! `config` the time a ConfigMap update takes to reach 50 pods' volumes, and pod start with a
+//! configMap, a secret and a token volume against a pod without.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -232,6 +234,9 @@ fn main() -> Result<()> {
     }
     if part("probes") {
         probes()?;
+    }
+    if part("config") {
+        config()?;
     }
     Ok(())
 }
@@ -776,5 +781,124 @@ fn streaming(node: &TestNode) -> Result<()> {
     let forwarded = forwarded?;
     println!("port-forward: 200 MB at {forwarded:.0} MB/s through kubectl port-forward (WebSocket-tunnelled SPDY), {direct:.0} MB/s direct to the pod IP ({:.0} %)", 100.0 * forwarded / direct.max(1e-9));
     let _ = node.kubectl(&["delete", "pod", "serve", "--grace-period=1"]);
+    Ok(())
+}
+
+const CONFIG_PODS: usize = 50;
+
+/// A ConfigMap update until the new content is in every one of 50 running pods' volumes (read
+/// from the volume's directory on the node, what the containers' bind mounts show), and API pod
+/// start (created -> running, from the shim's timestamps) with and without a configMap, a secret
+/// and a projected service account token.
+fn config() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_ok(&["create", "configmap", "cfg", "--from-literal=value=0"])?;
+    node.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "--from-literal=password=x",
+    ])?;
+    let pod = |name: &str, volumes: bool| {
+        let (mounts, vols, automount) = if volumes {
+            ("    volumeMounts: [{name: cfg, mountPath: /cfg}, {name: sec, mountPath: /sec}, {name: tok, mountPath: /tok}]\n",
+             "  volumes:\n  - {name: cfg, configMap: {name: cfg}}\n  - {name: sec, secret: {secretName: sec}}\n  - {name: tok, projected: {sources: [{serviceAccountToken: {path: token, expirationSeconds: 3600}}]}}\n",
+             "true")
+        } else {
+            ("", "", "false")
+        };
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  automountServiceAccountToken: {automount}\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n{mounts}{vols}")
+    };
+    let running = |name: &str| {
+        wait_for(&format!("{name} running"), Duration::from_secs(60), || {
+            node.api_pod(name).filter(|p| TestNode::running(p, "c"))
+        })
+    };
+    // Start: alternate plain and configured pods, one at a time.
+    let (mut plain, mut configured) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        for (volumes, out) in [(false, &mut plain), (true, &mut configured)] {
+            let name = format!("start-{}-{i}", if volumes { "v" } else { "p" });
+            let created = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)?
+                .as_secs_f64();
+            node.kubectl_create(&pod(&name, volumes), &[])?;
+            let p = running(&name)?;
+            out.push((started_at(&node, &p) - created) * 1000.0);
+        }
+    }
+    plain.sort_by(f64::total_cmp);
+    configured.sort_by(f64::total_cmp);
+    let (a, b) = (percentile(&plain, 0.5), percentile(&configured, 0.5));
+    println!("API pod start (kubectl create -> running): median {a:.1} ms without volumes, {b:.1} ms with a configMap, a secret and a token volume: +{:.1} ms (target < 3 ms)", b - a);
+    let names: Vec<String> = node
+        .pods()?
+        .into_iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut args = vec!["delete", "pod", "--wait=false"];
+    args.extend(names.iter().map(String::as_str));
+    node.kubectl_ok(&args)?;
+
+    // Propagation to 50 pods.
+    let list: String = (0..CONFIG_PODS)
+        .map(|i| pod(&format!("cfg-{i}"), true))
+        .collect();
+    node.kubectl_create(&list, &[])?;
+    let uids: Vec<String> = wait_for("config pods running", Duration::from_secs(300), || {
+        let pods: Vec<Value> = node
+            .pods()
+            .ok()?
+            .into_iter()
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("cfg-"))
+            })
+            .filter(|p| TestNode::running(p, "c"))
+            .collect();
+        (pods.len() == CONFIG_PODS).then(|| {
+            pods.iter()
+                .map(|p| p["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+    })?;
+    let file = |uid: &str| {
+        node.dir
+            .join("root/pods")
+            .join(uid)
+            .join("volumes/kubernetes.io~configmap/cfg/value")
+    };
+    let mut times = Vec::new();
+    for round in 1..=5 {
+        let value = round.to_string();
+        let t = Instant::now();
+        node.kubectl_ok(&[
+            "patch",
+            "configmap",
+            "cfg",
+            "-p",
+            &format!(r#"{{"data":{{"value":"{value}"}}}}"#),
+        ])?;
+        wait_for("update in every pod", Duration::from_secs(120), || {
+            uids.iter()
+                .all(|u| std::fs::read_to_string(file(u)).is_ok_and(|v| v == value))
+                .then_some(())
+        })?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("ConfigMap update -> new content in all {CONFIG_PODS} pods' volumes: median {:.0} ms, max {:.0} ms (target < 2000 ms; kubelet: up to a minute)",
+        percentile(&times, 0.5), times[times.len() - 1]);
+    let names: Vec<String> = (0..CONFIG_PODS).map(|i| format!("cfg-{i}")).collect();
+    let mut args = vec!["delete", "pod", "--wait=false"];
+    args.extend(names.iter().map(String::as_str));
+    node.kubectl_ok(&args)?;
+    wait_for("config pods gone", Duration::from_secs(300), || {
+        node.processes().is_empty().then_some(())
+    })?;
     Ok(())
 }

@@ -236,6 +236,20 @@ impl Worker {
     /// One pass towards the desired state; returns when to look again at the latest.
     async fn sync(&mut self) -> Duration {
         let mut wake = RESYNC;
+        // The node's admission, before anything of the pod exists (a pod already running, found
+        // at agent start, was admitted before).
+        if !self.sandbox_ready && !self.adopted && self.observed.rejected.is_none() {
+            let allowed = &self.node.config.allowed_unsafe_sysctls;
+            if let Some((reason, message)) = super::admission::check(&self.pod, allowed) {
+                warn!(%reason, %message, "pod rejected");
+                self.event(None, reason, message.clone(), true);
+                self.observed.rejected = Some((reason.to_owned(), message));
+            }
+        }
+        if self.observed.rejected.is_some() {
+            self.publish();
+            return Duration::from_secs(3600);
+        }
         if let Err(message) = self.ensure_sandbox().await {
             warn!(error = %message, "pod sandbox not ready");
             let pod = self.pod.clone();

@@ -1,0 +1,161 @@
+//! The node's own admission of a pod (kubelet's `canAdmitPod` handlers): what kube-apiserver
+//! accepts but this node will not run. A rejected pod never gets a sandbox; it is `Failed` with
+//! kubelet's reason and `Pod was rejected: ...` message.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::build::pod_spec;
+
+/// kubelet's safe sysctls (`pkg/kubelet/sysctl/safe_sysctls.go`, 1.33): namespaced, and unable
+/// to hurt other pods or the node.
+const SAFE_SYSCTLS: [&str; 12] = [
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+];
+
+/// Why the node refuses a pod: (reason, message), as kubelet reports them.
+pub fn check(pod: &Pod, allowed_unsafe: &[String]) -> Option<(&'static str, String)> {
+    sysctls(pod, allowed_unsafe)
+        .map(|m| ("SysctlForbidden", m))
+        .or_else(|| apparmor(pod).map(|m| ("AppArmor", m)))
+        .map(|(reason, m)| (reason, format!("Pod was rejected: {m}")))
+}
+
+/// A sysctl's name with dots (`net/ipv4/x` is `net.ipv4.x`).
+pub fn normalize(name: &str) -> String {
+    name.replace('/', ".")
+}
+
+/// kubelet's sysctl allow-list admission: safe or allowed by the node, namespaced, and not in a
+/// namespace the pod shares with the node.
+fn sysctls(pod: &Pod, allowed_unsafe: &[String]) -> Option<String> {
+    let spec = pod_spec(pod);
+    let list = spec.security_context.as_ref()?.sysctls.as_ref()?;
+    for s in list {
+        let name = normalize(&s.name);
+        let allowed = SAFE_SYSCTLS.contains(&name.as_str())
+            || allowed_unsafe
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => *pattern == name,
+                });
+        if !allowed {
+            return Some(format!("forbidden sysctl: {name:?} not allowlisted"));
+        }
+        let ipc = name.starts_with("kernel.shm")
+            || name.starts_with("kernel.msg")
+            || name == "kernel.sem"
+            || name.starts_with("fs.mqueue.");
+        let net = name.starts_with("net.");
+        if !ipc && !net {
+            return Some(format!(
+                "forbidden sysctl: {name:?} not a namespaced sysctl"
+            ));
+        }
+        if net && spec.host_network == Some(true) {
+            return Some(format!(
+                "forbidden sysctl: {name:?} not allowed with host net enabled"
+            ));
+        }
+        if ipc && spec.host_ipc == Some(true) {
+            return Some(format!(
+                "forbidden sysctl: {name:?} not allowed with host ipc enabled"
+            ));
+        }
+    }
+    None
+}
+
+/// AppArmor: nodelet applies no AppArmor profile, so a pod that asks for one (field or the
+/// beta annotation) other than `Unconfined` is refused, with kubelet's message on hosts without
+/// AppArmor.
+fn apparmor(pod: &Pod) -> Option<String> {
+    let spec = pod_spec(pod);
+    let confined = |t: &str| t != "Unconfined";
+    let fields = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.app_armor_profile.as_ref())
+        .into_iter()
+        .chain(
+            super::status::containers(pod)
+                .filter_map(|(c, _)| c.security_context.as_ref()?.app_armor_profile.as_ref()),
+        )
+        .any(|p| confined(&p.type_));
+    let annotations = pod.metadata.annotations.iter().flatten().any(|(k, v)| {
+        k.starts_with("container.apparmor.security.beta.kubernetes.io/") && v != "unconfined"
+    });
+    if !fields && !annotations {
+        return None;
+    }
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y");
+    Some(if enabled {
+        "Cannot enforce AppArmor: nodelet does not apply AppArmor profiles".to_owned()
+    } else {
+        "Cannot enforce AppArmor: AppArmor is not enabled on the host".to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        super::super::manifest::parse(yaml.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn sysctls_as_kubelet_admits_them() {
+        let with = |sysctls: &str, extra: &str| {
+            pod(&format!("metadata: {{name: p}}\nspec: {{{extra}securityContext: {{sysctls: [{sysctls}]}}, containers: [{{name: c, image: i}}]}}"))
+        };
+        assert_eq!(
+            check(
+                &with("{name: net.ipv4.tcp_syncookies, value: '1'}", ""),
+                &[]
+            ),
+            None
+        );
+        let (reason, message) = check(&with("{name: kernel.msgmax, value: '1'}", ""), &[]).unwrap();
+        assert_eq!(reason, "SysctlForbidden");
+        assert_eq!(
+            message,
+            "Pod was rejected: forbidden sysctl: \"kernel.msgmax\" not allowlisted"
+        );
+        assert_eq!(
+            check(
+                &with("{name: kernel.msgmax, value: '1'}", ""),
+                &["kernel.msg*".into()]
+            ),
+            None
+        );
+        let host = check(
+            &with(
+                "{name: net/ipv4/tcp_syncookies, value: '1'}",
+                "hostNetwork: true, ",
+            ),
+            &[],
+        );
+        assert!(host
+            .unwrap()
+            .1
+            .contains("not allowed with host net enabled"));
+        let global = check(
+            &with("{name: vm.swappiness, value: '1'}", ""),
+            &["vm.swappiness".into()],
+        );
+        assert!(global.unwrap().1.contains("not a namespaced sysctl"));
+    }
+}
