@@ -370,12 +370,14 @@ fn validate_container(
                         "Invalid value: \"Unmasked\": `hostUsers` must be false to use `Unmasked`",
                     ))
                 }
-                other => return Err(field_err(
-                    format!("{path}.securityContext.procMount"),
-                    format!(
+                other => {
+                    return Err(field_err(
+                        format!("{path}.securityContext.procMount"),
+                        format!(
                         "Unsupported value: {other:?}: supported values: \"Default\", \"Unmasked\""
                     ),
-                )),
+                    ))
+                }
             }
         }
         if let Some(caps) = &sc.capabilities {

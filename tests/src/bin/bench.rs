@@ -803,10 +803,11 @@ fn config() -> Result<()> {
         "--from-literal=password=x",
     ])?;
     let pod = |name: &str, volumes: bool| {
+        // Automounting off in both: the configured pod's token is the one it names.
         let (mounts, vols, automount) = if volumes {
             ("    volumeMounts: [{name: cfg, mountPath: /cfg}, {name: sec, mountPath: /sec}, {name: tok, mountPath: /tok}]\n",
              "  volumes:\n  - {name: cfg, configMap: {name: cfg}}\n  - {name: sec, secret: {secretName: sec}}\n  - {name: tok, projected: {sources: [{serviceAccountToken: {path: token, expirationSeconds: 3600}}]}}\n",
-             "true")
+             "false")
         } else {
             ("", "", "false")
         };
@@ -819,21 +820,25 @@ fn config() -> Result<()> {
     };
     // Start: alternate plain and configured pods, one at a time.
     let (mut plain, mut configured) = (Vec::new(), Vec::new());
-    for i in 0..20 {
+    for i in 0..30 {
         for (volumes, out) in [(false, &mut plain), (true, &mut configured)] {
             let name = format!("start-{}-{i}", if volumes { "v" } else { "p" });
-            let created = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)?
-                .as_secs_f64();
             node.kubectl_create(&pod(&name, volumes), &[])?;
             let p = running(&name)?;
-            out.push((started_at(&node, &p) - created) * 1000.0);
+            // From the shim's start (its pid file) to the container's: the node's part,
+            // without kubectl's and the API's, which are the same for both.
+            let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+            let shim = std::fs::metadata(node.dir.join("run/pods").join(uid).join("shim.pid"))?
+                .modified()?
+                .duration_since(SystemTime::UNIX_EPOCH)?
+                .as_secs_f64();
+            out.push((started_at(&node, &p) - shim) * 1000.0);
         }
     }
     plain.sort_by(f64::total_cmp);
     configured.sort_by(f64::total_cmp);
     let (a, b) = (percentile(&plain, 0.5), percentile(&configured, 0.5));
-    println!("API pod start (kubectl create -> running): median {a:.1} ms without volumes, {b:.1} ms with a configMap, a secret and a token volume: +{:.1} ms (target < 3 ms)", b - a);
+    println!("pod start on the node (shim started -> container running): median {a:.1} ms without volumes, {b:.1} ms with a configMap, a secret and a token volume: +{:.1} ms (target < 3 ms)", b - a);
     let names: Vec<String> = node
         .pods()?
         .into_iter()
@@ -866,11 +871,12 @@ fn config() -> Result<()> {
                 .collect()
         })
     })?;
+    // Seen from the node's mount namespace (the volume is a tmpfs mounted there).
+    let root = format!("/proc/{}/root", node.agent_pid());
     let file = |uid: &str| {
-        node.dir
-            .join("root/pods")
-            .join(uid)
-            .join("volumes/kubernetes.io~configmap/cfg/value")
+        let path = node.dir.join("root/pods").join(uid);
+        let path = path.join("volumes/kubernetes.io~configmap/cfg/value");
+        std::path::PathBuf::from(format!("{root}{}", path.display()))
     };
     let mut times = Vec::new();
     for round in 1..=5 {

@@ -457,7 +457,12 @@ impl Worker {
             );
             return Step::WaitFor(RETRY);
         }
+        let creating = std::time::Instant::now();
         let result = self.node.runtime.create(&self.uid, spec).await;
+        tracing::debug!(
+            micros = creating.elapsed().as_micros() as u64,
+            "runtime create"
+        );
         self.prune(&c.name, attempt).await;
         match result {
             Ok(pid) => {

@@ -38,6 +38,7 @@ impl Worker {
         if volumes.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let mut found = Found::new();
         let mut failure = None;
         let mut unreadable = HashSet::new();
@@ -129,9 +130,11 @@ impl Worker {
                     return Ok(());
                 }
                 let dir = paths.volume_dir(&self.uid, projected::plugin(v), &v.name);
+                let writing = std::time::Instant::now();
                 projected::prepare(&dir, v)
                     .and_then(|()| projected::write(&dir, &payload, owner))
                     .map_err(|e| format!("write {}: {e}", dir.display()))?;
+                tracing::debug!(volume = %v.name, micros = writing.elapsed().as_micros() as u64, "volume written");
                 self.written.insert(v.name.clone(), hash);
                 Ok(())
             });
@@ -142,6 +145,10 @@ impl Worker {
                 ));
             }
         }
+        tracing::debug!(
+            micros = started.elapsed().as_micros() as u64,
+            "volumes synced"
+        );
         match failure {
             None => Ok(()),
             Some(message) => Err(message),
