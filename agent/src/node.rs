@@ -274,6 +274,11 @@ impl Node {
                 Err(e) => errors.push(e),
             }
         }
+        if shim.path().join(network::hostports::MARKER).exists() {
+            if let Err(e) = network::hostports::remove(uid).await {
+                errors.push(crate::error_chain(&e));
+            }
+        }
         errors.extend(self.runtime.teardown(uid, scope).await);
         errors
     }

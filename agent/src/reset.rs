@@ -143,10 +143,12 @@ async fn release_network(config: &Config) {
         }
         remove(&bridge.ipam.data_dir.join(&list.name));
     }
-    match network::masq::delete_table().await {
-        Ok(true) => println!("removed nftables table inet {}", network::masq::TABLE),
-        Ok(false) => {}
-        Err(e) => eprintln!("nftables: {}", crate::error_chain(&e)),
+    for table in [network::masq::TABLE, network::hostports::TABLE] {
+        match network::masq::delete_table(table).await {
+            Ok(true) => println!("removed nftables table inet {table}"),
+            Ok(false) => {}
+            Err(e) => eprintln!("nftables: {}", crate::error_chain(&e)),
+        }
     }
     if list
         .source

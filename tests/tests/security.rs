@@ -318,3 +318,84 @@ fn sysctls_apparmor_and_users_as_kubelet_admits_them() -> Result<()> {
     wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
     node.assert_clean()
 }
+
+/// `hostPort`: the node's port leads to the pod (DNAT, as the portmap plugin maps it), only
+/// while the pod lives; a second pod asking for the same port waits, as kube-scheduler has it.
+#[test]
+fn host_ports_reach_the_pod_and_go_with_it() -> Result<()> {
+    let mut node = TestNode::new()?;
+    for args in [
+        "link add uplink0 type veth peer name uplink1",
+        "addr add 192.0.2.10/24 dev uplink0",
+        "link set uplink0 up",
+        "link set uplink1 up",
+    ] {
+        let out = node.net_command("ip").args(args.split(' ')).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    node.start_agent()?;
+    node.wait_api()?;
+    let web = |name: &str, text: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'echo {text} > /tmp/index.html; exec httpd -f -p 8080 -h /tmp']\n    ports: [{{containerPort: 8080, hostPort: 18080}}]\n")
+    };
+    let get = || -> String {
+        let out = node
+            .net_command("curl")
+            .args(["-s", "--max-time", "3", "http://192.0.2.10:18080/"])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    node.kubectl_create(&web("first", "one"), &[])?;
+    let p = wait_for("first running", T, || {
+        node.api_pod("first").filter(|p| TestNode::running(p, "c"))
+    })
+    .with_context(|| node.agent_log())?;
+    wait_for("served through the host port", T, || {
+        (get() == "one").then_some(())
+    })?;
+    let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let rules = || -> String {
+        let out = node
+            .net_command("nft")
+            .args(["list", "table", "inet", "nodelet_hostports"])
+            .output()
+            .expect("nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(rules().contains(&uid), "{}", rules());
+
+    node.kubectl_create(&web("second", "two"), &[])?;
+    wait_for("second waits for the port", T, || {
+        let events = node
+            .kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=second",
+            ])
+            .ok()?;
+        events
+            .contains("didn't have free ports for the requested pod ports")
+            .then_some(())
+    })?;
+    node.kubectl_ok(&["delete", "pod", "first"])?;
+    wait_for("first gone", T, || {
+        node.api_pod("first").is_none().then_some(())
+    })?;
+    assert!(
+        !rules().contains(&uid),
+        "the pod's rules went with it: {}",
+        rules()
+    );
+    // The port is free: the second pod is scheduled and takes it.
+    wait_for("second serves", T, || (get() == "two").then_some(()))?;
+    node.kubectl_ok(&["delete", "pod", "second"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    assert_eq!(get(), "", "nothing answers on the port any more");
+    node.assert_clean()
+}

@@ -15,6 +15,7 @@ use super::handlers::{self, DeleteOptions, Selectors};
 use super::objects::{self, name_of, namespace_of, FieldValidation};
 use super::resource::Resource;
 use super::store::Store;
+use crate::network::hostports::{conflict, Mapping};
 
 const RESYNC: Duration = Duration::from_secs(5);
 
@@ -89,6 +90,17 @@ impl Scheduler {
         }
         self.reported
             .retain(|uid, _| pods.iter().any(|p| p["metadata"]["uid"] == *uid.as_str()));
+        // The host ports each node's running pods hold (kube-scheduler's NodePorts filter).
+        let mut taken: HashMap<String, Vec<Mapping>> = HashMap::new();
+        for p in pods.iter().filter(|p| has_host_ports(p)) {
+            let running = !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+            if let (Some(n), true) = (p["spec"]["nodeName"].as_str(), running) {
+                taken
+                    .entry(n.to_owned())
+                    .or_default()
+                    .extend(mappings_of(p));
+            }
+        }
         for pod in pods.iter().filter(|p| {
             p["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
                 && p["metadata"]["deletionTimestamp"].is_null()
@@ -96,17 +108,40 @@ impl Scheduler {
                     .as_str()
                     .is_none_or(|s| s == "default-scheduler")
         }) {
-            let fits: Vec<&Arc<Value>> = nodes.iter().filter(|n| fits(pod, n)).collect();
-            let chosen = fits
+            let wanted = if has_host_ports(pod) {
+                mappings_of(pod)
+            } else {
+                Vec::new()
+            };
+            let verdicts: Vec<(&Arc<Value>, Result<(), Misfit>)> = nodes
                 .iter()
+                .map(|n| {
+                    let free = taken
+                        .get(name_of(n))
+                        .is_none_or(|t| conflict(&wanted, t).is_none());
+                    (
+                        n,
+                        fits(pod, n).and(if free { Ok(()) } else { Err(Misfit::Ports) }),
+                    )
+                })
+                .collect();
+            let chosen = verdicts
+                .iter()
+                .filter(|(_, v)| v.is_ok())
+                .map(|(n, _)| n)
                 .min_by_key(|n| load.get(name_of(n)).copied().unwrap_or(0));
             let result = match chosen {
                 Some(node) => {
                     let node = name_of(node).to_owned();
                     *load.entry(node.clone()).or_default() += 1;
+                    taken.entry(node.clone()).or_default().extend(wanted);
                     bind(store, pod, &node)
                 }
-                None => self.unschedulable(store, pod, nodes.len()),
+                None => {
+                    let misfits: Vec<Misfit> =
+                        verdicts.into_iter().filter_map(|(_, v)| v.err()).collect();
+                    self.unschedulable(store, pod, &misfits)
+                }
             };
             if let Err(e) = result {
                 if e.code != 404 && e.code != 409 {
@@ -116,11 +151,31 @@ impl Scheduler {
         }
     }
 
-    fn unschedulable(&mut self, store: &Store, pod: &Value, nodes: usize) -> Result<(), ApiError> {
+    /// kube-scheduler's FailedScheduling message: each reason with the number of nodes it ruled
+    /// out, sorted, then what preemption could do.
+    fn unschedulable(
+        &mut self,
+        store: &Store,
+        pod: &Value,
+        misfits: &[Misfit],
+    ) -> Result<(), ApiError> {
+        let nodes = misfits.len();
         let message = if nodes == 0 {
             "no nodes available to schedule pods".to_owned()
         } else {
-            format!("0/{nodes} nodes are available: {nodes} node(s) didn't match Pod's node affinity/selector. preemption: 0/{nodes} nodes are available: {nodes} Preemption is not helpful for scheduling.")
+            let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+            for m in misfits {
+                *counts.entry(m.reason()).or_default() += 1;
+            }
+            let reasons: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            // Only a port held by another pod could be freed by preempting it.
+            let ports = misfits.iter().filter(|m| **m == Misfit::Ports).count();
+            let preemption = if ports > 0 {
+                format!("{ports} No preemption victims found for incoming pod")
+            } else {
+                format!("{nodes} Preemption is not helpful for scheduling")
+            };
+            format!("0/{nodes} nodes are available: {}. preemption: 0/{nodes} nodes are available: {preemption}.", reasons.join(", "))
         };
         let uid = pod["metadata"]["uid"]
             .as_str()
@@ -144,17 +199,59 @@ impl Scheduler {
     }
 }
 
+/// Why a node cannot take a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Misfit {
+    Unschedulable,
+    Selector,
+    Ports,
+}
+
+impl Misfit {
+    fn reason(self) -> &'static str {
+        match self {
+            Misfit::Unschedulable => "node(s) were unschedulable",
+            Misfit::Selector => "node(s) didn't match Pod's node affinity/selector",
+            Misfit::Ports => "node(s) didn't have free ports for the requested pod ports",
+        }
+    }
+}
+
 /// A node fits when it is schedulable and carries every label of the pod's nodeSelector.
-fn fits(pod: &Value, node: &Value) -> bool {
+fn fits(pod: &Value, node: &Value) -> Result<(), Misfit> {
     if node["spec"]["unschedulable"].as_bool().unwrap_or(false) {
-        return false;
+        return Err(Misfit::Unschedulable);
     }
     let labels = super::selector::labels_of(node);
-    pod["spec"]["nodeSelector"]
+    let matches = pod["spec"]["nodeSelector"]
         .as_object()
         .into_iter()
         .flatten()
-        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+    if matches {
+        Ok(())
+    } else {
+        Err(Misfit::Selector)
+    }
+}
+
+/// Whether any container of the pod asks for a host port (a cheap look before decoding it).
+fn has_host_ports(pod: &Value) -> bool {
+    ["containers", "initContainers"].iter().any(|list| {
+        pod["spec"][list].as_array().into_iter().flatten().any(|c| {
+            c["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["hostPort"].as_i64().is_some_and(|h| h > 0))
+        })
+    })
+}
+
+fn mappings_of(pod: &Value) -> Vec<Mapping> {
+    serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(pod.clone())
+        .map(|p| crate::network::hostports::mappings(&p))
+        .unwrap_or_default()
 }
 
 fn bind(store: &Store, pod: &Value, node: &str) -> Result<(), ApiError> {

@@ -19,7 +19,7 @@ pub enum Error {
     Failed(String),
 }
 
-async fn nft(args: &[&str], script: Option<&str>) -> Result<String, Error> {
+pub(super) async fn nft(args: &[&str], script: Option<&str>) -> Result<String, Error> {
     let mut child = tokio::process::Command::new("nft")
         .args(args)
         .stdin(if script.is_some() {
@@ -60,23 +60,28 @@ pub async fn add(id: &str, ip: IpAddr, subnet: IpNet) -> Result<(), Error> {
     nft(&["-f", "-"], Some(&script)).await.map(drop)
 }
 
-/// Removes the whole table (`nodelet reset`); whether there was one.
-pub async fn delete_table() -> Result<bool, Error> {
-    if nft(&["list", "table", "inet", TABLE], None).await.is_err() {
+/// Removes a whole table (`nodelet reset`); whether there was one.
+pub async fn delete_table(table: &str) -> Result<bool, Error> {
+    if nft(&["list", "table", "inet", table], None).await.is_err() {
         return Ok(false);
     }
-    nft(&["delete", "table", "inet", TABLE], None).await?;
+    nft(&["delete", "table", "inet", table], None).await?;
     Ok(true)
 }
 
 /// Removes the pod's rules; a missing table or rule is fine.
 pub async fn remove(id: &str) -> Result<(), Error> {
-    let listing = match nft(&["-a", "list", "chain", "inet", TABLE, "postrouting"], None).await {
+    remove_rules(TABLE, "postrouting", id).await
+}
+
+/// Removes the rules of `table`/`chain` commented with `marker`; a missing table is fine.
+pub(super) async fn remove_rules(table: &str, chain: &str, marker: &str) -> Result<(), Error> {
+    let listing = match nft(&["-a", "list", "chain", "inet", table, chain], None).await {
         Ok(listing) => listing,
         Err(Error::Failed(_)) => return Ok(()), // no table: nothing of ours
         Err(e) => return Err(e),
     };
-    let marker = format!("comment \"{id}\"");
+    let marker = format!("comment \"{marker}\"");
     for line in listing.lines().filter(|l| l.contains(&marker)) {
         if let Some(handle) = line
             .rsplit("# handle ")
@@ -88,8 +93,8 @@ pub async fn remove(id: &str) -> Result<(), Error> {
                     "delete",
                     "rule",
                     "inet",
-                    TABLE,
-                    "postrouting",
+                    table,
+                    chain,
                     "handle",
                     handle.trim(),
                 ],

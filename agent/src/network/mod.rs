@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
+pub mod hostports;
 pub mod masq;
 mod plugins;
 

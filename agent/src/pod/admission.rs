@@ -23,12 +23,33 @@ const SAFE_SYSCTLS: [&str; 12] = [
     "net.ipv4.tcp_wmem",
 ];
 
-/// Why the node refuses a pod: (reason, message), as kubelet reports them.
-pub fn check(pod: &Pod, allowed_unsafe: &[String]) -> Option<(&'static str, String)> {
+/// Why the node refuses a pod: (reason, message), as kubelet reports them. `others` are the
+/// pods the node runs already (for their host ports).
+pub fn check<'a>(
+    pod: &Pod,
+    allowed_unsafe: &[String],
+    others: impl Iterator<Item = &'a Pod>,
+) -> Option<(&'static str, String)> {
     sysctls(pod, allowed_unsafe)
         .map(|m| ("SysctlForbidden", m))
         .or_else(|| apparmor(pod).map(|m| ("AppArmor", m)))
+        .or_else(|| host_ports(pod, others).map(|m| ("NodePorts", m)))
         .map(|(reason, m)| (reason, format!("Pod was rejected: {m}")))
+}
+
+/// kubelet's NodePorts predicate: no two pods of the node take the same host port.
+fn host_ports<'a>(pod: &Pod, mut others: impl Iterator<Item = &'a Pod>) -> Option<String> {
+    use crate::network::hostports::{conflict, mappings};
+    let mine = mappings(pod);
+    if mine.is_empty() {
+        return None;
+    }
+    others
+        .find_map(|other| conflict(&mine, &mappings(other)))
+        .map(|_| {
+            "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
+                .to_owned()
+        })
 }
 
 /// A sysctl's name with dots (`net/ipv4/x` is `net.ipv4.x`).
@@ -116,32 +137,37 @@ mod tests {
         super::super::manifest::parse(yaml.as_bytes()).unwrap()
     }
 
+    fn check_alone(pod: &Pod, allowed: &[String]) -> Option<(&'static str, String)> {
+        check(pod, allowed, std::iter::empty())
+    }
+
     #[test]
     fn sysctls_as_kubelet_admits_them() {
         let with = |sysctls: &str, extra: &str| {
             pod(&format!("metadata: {{name: p}}\nspec: {{{extra}securityContext: {{sysctls: [{sysctls}]}}, containers: [{{name: c, image: i}}]}}"))
         };
         assert_eq!(
-            check(
+            check_alone(
                 &with("{name: net.ipv4.tcp_syncookies, value: '1'}", ""),
                 &[]
             ),
             None
         );
-        let (reason, message) = check(&with("{name: kernel.msgmax, value: '1'}", ""), &[]).unwrap();
+        let (reason, message) =
+            check_alone(&with("{name: kernel.msgmax, value: '1'}", ""), &[]).unwrap();
         assert_eq!(reason, "SysctlForbidden");
         assert_eq!(
             message,
             "Pod was rejected: forbidden sysctl: \"kernel.msgmax\" not allowlisted"
         );
         assert_eq!(
-            check(
+            check_alone(
                 &with("{name: kernel.msgmax, value: '1'}", ""),
                 &["kernel.msg*".into()]
             ),
             None
         );
-        let host = check(
+        let host = check_alone(
             &with(
                 "{name: net/ipv4/tcp_syncookies, value: '1'}",
                 "hostNetwork: true, ",
@@ -152,7 +178,7 @@ mod tests {
             .unwrap()
             .1
             .contains("not allowed with host net enabled"));
-        let global = check(
+        let global = check_alone(
             &with("{name: vm.swappiness, value: '1'}", ""),
             &["vm.swappiness".into()],
         );

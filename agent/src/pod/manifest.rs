@@ -105,10 +105,13 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
             let field = format!("spec.containers[{i}].ports[{j}].hostPort");
             match p.host_port {
                 None | Some(0) => {}
-                // The node's port mapping (the CNI portmap plugin's job) is not built yet.
-                Some(h) if spec.host_network != Some(true) => {
-                    return Err(field_err(field, format!("Forbidden: {h}: hostPort mappings are not supported by nodelet yet (use hostNetwork: true, where the pod's ports are the node's)")));
+                Some(h) if !(1..=65535).contains(&h) => {
+                    return Err(field_err(
+                        field,
+                        format!("Invalid value: {h}: must be between 1 and 65535, inclusive"),
+                    ));
                 }
+                Some(_) if spec.host_network != Some(true) => {}
                 // kube-apiserver: a host-network pod's ports are the node's.
                 Some(h) if h != p.container_port => {
                     return Err(field_err(field, format!("Invalid value: {h}: must match `containerPort` when `hostNetwork` is true")));

@@ -240,7 +240,25 @@ impl Worker {
         // at agent start, was admitted before).
         if !self.sandbox_ready && !self.adopted && self.observed.rejected.is_none() {
             let allowed = &self.node.config.allowed_unsafe_sysctls;
-            if let Some((reason, message)) = super::admission::check(&self.pod, allowed) {
+            // The node's other pods that still run (not finished, not this one).
+            let others: Vec<Pod> = self
+                .node
+                .pods
+                .lock()
+                .expect("pod map lock")
+                .iter()
+                .filter(|(uid, p)| {
+                    **uid != self.uid
+                        && !matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Succeeded" | "Failed")
+                        )
+                })
+                .map(|(_, p)| p.clone())
+                .collect();
+            if let Some((reason, message)) =
+                super::admission::check(&self.pod, allowed, others.iter())
+            {
                 warn!(%reason, %message, "pod rejected");
                 self.event(None, reason, message.clone(), true);
                 self.observed.rejected = Some((reason.to_owned(), message));
@@ -466,6 +484,10 @@ impl Worker {
                     return Err(message);
                 }
             };
+            if let Err(message) = self.map_host_ports().await {
+                let _ = self.node.teardown_pod(&self.uid, Scope::Sandbox).await;
+                return Err(message);
+            }
             info!(pod_ip = ?self.observed.pod_ip, network_us, "pod sandbox started");
         } else {
             let shim = self.node.runtime.shim(&self.uid);
@@ -490,6 +512,25 @@ impl Worker {
         self.observed.start_time.get_or_insert_with(Timestamp::now);
         self.events = self.node.runtime.subscribe(&self.uid).await.ok();
         Ok(())
+    }
+
+    /// The pod's `hostPort` mappings, once it has its address. A marker in the shim's directory
+    /// says there are rules to remove at teardown (most pods have none, and no nft runs for them).
+    async fn map_host_ports(&mut self) -> Result<(), String> {
+        let mappings = network::hostports::mappings(&self.pod);
+        let (false, Some(ip)) = (mappings.is_empty(), self.observed.pod_ip) else {
+            return Ok(());
+        };
+        let marker = self
+            .node
+            .runtime
+            .shim(&self.uid)
+            .path()
+            .join(network::hostports::MARKER);
+        std::fs::write(&marker, b"").map_err(|e| format!("write {}: {e}", marker.display()))?;
+        network::hostports::add(&self.uid, ip, &mappings)
+            .await
+            .map_err(|e| format!("map host ports: {}", crate::error_chain(&e)))
     }
 
     /// Wires the new sandbox into the pod network and gives the pod's /etc/hosts its address.
