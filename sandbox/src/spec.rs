@@ -54,6 +54,10 @@ pub struct ContainerSpec {
     /// keeps them in the instance's record and returns them with its status.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Run in this running container's PID namespace instead of one of its own (an ephemeral
+    /// container's `targetContainerName`): the id of the target's instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// An overlayfs root: read-only unpacked layers below, this instance's own upper directory above.

@@ -399,3 +399,80 @@ fn host_ports_reach_the_pod_and_go_with_it() -> Result<()> {
     assert_eq!(get(), "", "nothing answers on the port any more");
     node.assert_clean()
 }
+
+/// `kubectl debug --target`: an ephemeral container added through the `ephemeralcontainers`
+/// subresource runs once in the pod, in the target's PID namespace, and may not be changed.
+#[test]
+fn kubectl_debug_runs_an_ephemeral_container_beside_its_target() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_create(&nodelet_tests::sleeper_pod("target"), &[])?;
+    wait_for("target running", T, || {
+        node.api_pod("target").filter(|p| TestNode::running(p, "c"))
+    })?;
+    let out = node.kubectl_ok(&[
+        "debug",
+        "target",
+        "--image=busybox",
+        "--image-pull-policy=IfNotPresent",
+        "--target=c",
+        "--container=dbg",
+        "--",
+        "sh",
+        "-c",
+        "ps -o pid,args; sleep 3600",
+    ])?;
+    let _ = out;
+    let p = wait_for("dbg running", T, || {
+        let p = node.api_pod("target")?;
+        let s = p["status"]["ephemeralContainerStatuses"]
+            .as_array()?
+            .first()?
+            .clone();
+        (s["name"] == "dbg" && s["state"]["running"].is_object()).then_some(p)
+    })
+    .with_context(|| node.agent_log())?;
+    // It sees the target's processes: the target's sleep is pid 1 there.
+    let logs = wait_for("dbg's output", T, || {
+        let logs = node.kubectl_ok(&["logs", "target", "-c", "dbg"]).ok()?;
+        logs.contains("sleep 3600").then_some(logs)
+    })?;
+    assert!(
+        logs.lines()
+            .any(|l| l.trim().starts_with("1 ") && l.contains("sleep 3600")),
+        "{logs}"
+    );
+    let (ok, out) = exec(&node, "target", "dbg", "echo inside");
+    assert!(ok && out.contains("inside"), "{out}");
+    // Existing ephemeral containers stay as they are; new ones may not have what only regular
+    // containers have.
+    let mut pod = p.clone();
+    pod["spec"]["ephemeralContainers"] = serde_json::json!([]);
+    let put = node
+        .api_curl(true)?
+        .args(["-X", "PUT", "-H", "Content-Type: application/json", "-d"])
+        .arg(pod.to_string())
+        .arg(format!(
+            "{}/api/v1/namespaces/default/pods/target/ephemeralcontainers",
+            node.api_url()
+        ))
+        .output()?;
+    let put = String::from_utf8_lossy(&put.stdout).into_owned();
+    assert!(
+        put.contains("existing ephemeral containers \\\"dbg\\\" may not be removed"),
+        "{put}"
+    );
+    let patch = node
+        .api_curl(true)?
+        .args(["-X", "PATCH", "-H", "Content-Type: application/strategic-merge-patch+json", "-d"])
+        .arg(r#"{"spec":{"ephemeralContainers":[{"name":"web","image":"busybox","ports":[{"containerPort":80}]}]}}"#)
+        .arg(format!("{}/api/v1/namespaces/default/pods/target/ephemeralcontainers", node.api_url()))
+        .output()?;
+    let patch = String::from_utf8_lossy(&patch.stdout).into_owned();
+    assert!(patch.contains("spec.ephemeralContainers[1].ports: Forbidden: cannot be set for an Ephemeral Container"), "{patch}");
+
+    node.kubectl_ok(&["delete", "pod", "target"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    node.assert_clean()
+}

@@ -159,6 +159,67 @@ pub fn patch(
     Ok((finish_if_done(store, resource, obj)?, warnings))
 }
 
+/// The `ephemeralcontainers` subresource (what `kubectl debug` patches): only
+/// `spec.ephemeralContainers` changes, and only by additions (kube-apiserver's
+/// `ValidatePodEphemeralContainersUpdate`); `patch` is the patch and its type, or `None` for a PUT
+/// of the whole pod in `body`.
+pub fn ephemeral_containers(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+    patch: Option<PatchType>,
+    body: &[u8],
+) -> Result<Object, ApiError> {
+    store.update(Resource::Pods, namespace, name, |old| {
+        let given = match patch {
+            Some(kind) => patch::apply(kind, old, body)?,
+            None => serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("error decoding request body as JSON: {e}"))
+            })?,
+        };
+        let invalid = |field: String, why: String| ApiError::invalid("Pod", name, &[(field, why)]);
+        let before: Vec<Value> = old["spec"]["ephemeralContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let after: Vec<Value> = given["spec"]["ephemeralContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, existing) in before.iter().enumerate() {
+            let n = existing["name"].as_str().unwrap_or_default();
+            match after.iter().position(|e| e["name"] == n) {
+                None => {
+                    return Err(invalid(
+                        "spec.ephemeralContainers".into(),
+                        format!(
+                            "Forbidden: existing ephemeral containers {n:?} may not be removed"
+                        ),
+                    ))
+                }
+                Some(j) if after[j] != *existing => {
+                    return Err(invalid(
+                        format!("spec.ephemeralContainers[{i}]"),
+                        format!(
+                            "Forbidden: existing ephemeral containers {n:?} may not be changed"
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut new = old.clone();
+        new["spec"]["ephemeralContainers"] = Value::Array(after);
+        // SetDefaults_EphemeralContainer: the container defaults (the rest is set already).
+        objects::default_pod(&mut new);
+        let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(new.clone())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        crate::pod::manifest::validate(&typed)
+            .map_err(|e| ApiError::invalid("Pod", name, &[(e.field, e.reason)]))?;
+        Ok(Some(new))
+    })
+}
+
 /// `PUT /api/v1/namespaces/{name}/finalize`: only `spec.finalizers` changes.
 pub fn finalize_namespace(store: &Store, name: &str, body: Value) -> Result<Object, ApiError> {
     let obj = store.update(Resource::Namespaces, "", name, |old| {

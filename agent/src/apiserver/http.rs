@@ -368,7 +368,9 @@ impl Server {
         match (&call.method, t.name.as_deref(), t.sub.as_deref()) {
             (&Method::GET, None, None) if call.query.flag("watch") => self.watch(t, call),
             (&Method::GET, None, None) => self.list(t, call),
-            (&Method::GET, Some(name), None | Some("status")) => {
+            (&Method::GET, Some(name), None | Some("status") | Some("ephemeralcontainers"))
+                if r == Resource::Pods || t.sub.as_deref() != Some("ephemeralcontainers") =>
+            {
                 let obj = handlers::get(&self.store, r, ns, name)?;
                 Ok(self.object(r, call, &obj, 200, &[]))
             }
@@ -394,6 +396,19 @@ impl Server {
                     call.validation()?,
                 )?;
                 Ok(self.object(r, call, &obj, 201, &warnings))
+            }
+            (&Method::PATCH | &Method::PUT, Some(name), Some("ephemeralcontainers"))
+                if r == Resource::Pods =>
+            {
+                let patch = if call.method == Method::PATCH {
+                    let kind = PatchType::from_content_type(&call.content_type)
+                        .ok_or_else(|| ApiError::unsupported_media_type(&call.content_type))?;
+                    Some(kind)
+                } else {
+                    None
+                };
+                let obj = handlers::ephemeral_containers(&self.store, ns, name, patch, &call.body)?;
+                Ok(self.object(r, call, &obj, 200, &[]))
             }
             (&Method::POST, Some(name), Some("token")) if r == Resource::ServiceAccounts => {
                 let answer = self
@@ -552,7 +567,14 @@ impl Server {
                 )));
             }
         };
-        let known = containers.contains(&container.as_str()) || init.contains(&container.as_str());
+        let ephemeral = pod["spec"]["ephemeralContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == container.as_str());
+        let known = containers.contains(&container.as_str())
+            || init.contains(&container.as_str())
+            || ephemeral;
         if sub != "portforward" && !known {
             return Err(ApiError::bad_request(format!(
                 "container {container} is not valid for pod {name}"

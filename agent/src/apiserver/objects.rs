@@ -422,7 +422,7 @@ fn default(resource: Resource, obj: &mut Value) {
 
 /// `SetDefaults_Pod`, `SetDefaults_PodSpec`, `SetDefaults_Container` and what the default
 /// admission plugins add (service account name, priority, not-ready/unreachable tolerations).
-fn default_pod(pod: &mut Value) {
+pub(super) fn default_pod(pod: &mut Value) {
     let spec = &mut pod["spec"];
     let set = |v: &mut Value, field: &str, default: Value| {
         if v[field].is_null() {
@@ -445,7 +445,7 @@ fn default_pod(pod: &mut Value) {
             {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
         ]),
     );
-    for list in ["containers", "initContainers"] {
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
         let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
             continue;
         };

@@ -80,6 +80,7 @@ impl Resource {
         match self {
             Resource::Pods => &[
                 ("attach", "PodAttachOptions", &["create", "get"]),
+                ("ephemeralcontainers", "Pod", &["get", "patch", "update"]),
                 ("exec", "PodExecOptions", &["create", "get"]),
                 ("log", "Pod", &["get"]),
                 ("portforward", "PodPortForwardOptions", &["create", "get"]),

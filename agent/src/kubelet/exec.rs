@@ -172,6 +172,10 @@ pub async fn find_container(
                 .iter()
                 .chain(s.init_containers.iter().flatten())
                 .any(|c| c.name == container)
+                || s.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == container)
         });
         (uid, known)
     });

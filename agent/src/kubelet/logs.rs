@@ -128,6 +128,10 @@ fn instance(
             .iter()
             .chain(s.init_containers.iter().flatten())
             .any(|c| c.name == container)
+            || s.ephemeral_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == container)
     });
     if !known {
         return Err(LogError::NoContainer {
@@ -142,6 +146,7 @@ fn instance(
             s.container_statuses
                 .iter()
                 .chain(s.init_container_statuses.iter())
+                .chain(s.ephemeral_container_statuses.iter())
                 .flatten()
                 .find(|c| c.name == container)
         })

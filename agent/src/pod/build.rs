@@ -249,6 +249,16 @@ pub struct Facts {
     pub api_service: Option<std::net::SocketAddr>,
 }
 
+/// An ephemeral container as the container it runs as (the same fields; kube-apiserver has
+/// refused those an ephemeral container may not have).
+pub fn ephemeral_container(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {
+    let mut value = serde_json::to_value(e).expect("serialise an ephemeral container");
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("targetContainerName");
+    }
+    serde_json::from_value(value).expect("an ephemeral container is a container")
+}
+
 /// The ConfigMaps and Secrets a container's `env` and `envFrom` name.
 pub fn env_sources(c: &Container) -> (Vec<String>, Vec<String>) {
     let (mut maps, mut secrets) = (Vec::new(), Vec::new());
@@ -349,6 +359,7 @@ pub fn container_spec(
             .container_log(namespace, name, uid, &c.name, inst.attempt),
         log_rotation: node.log_rotation,
         labels: Default::default(),
+        target: None,
     })
 }
 

@@ -68,16 +68,6 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
     if spec.containers.is_empty() {
         return Err(field_err("spec.containers", "Required value"));
     }
-    if spec
-        .ephemeral_containers
-        .as_ref()
-        .is_some_and(|c| !c.is_empty())
-    {
-        return Err(field_err(
-            "spec.ephemeralContainers",
-            "Forbidden: ephemeral containers are not supported by nodelet yet",
-        ));
-    }
     if let Some(policy) = spec.restart_policy.as_deref() {
         if !RESTART_POLICIES.contains(&policy) {
             return Err(field_err(
@@ -179,6 +169,64 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
         }
         validate_container(&path, c, &volumes)?;
         super::lifecycle::validate(&path, c, list == "initContainers", grace)?;
+    }
+    for (i, e) in spec.ephemeral_containers.iter().flatten().enumerate() {
+        let path = format!("spec.ephemeralContainers[{i}]");
+        check_label(&format!("{path}.name"), &e.name)?;
+        if !names.insert(e.name.as_str()) {
+            return Err(field_err(
+                format!("{path}.name"),
+                format!("Duplicate value: {:?}", e.name),
+            ));
+        }
+        // kube-apiserver's validateEphemeralContainers: what only a regular container may have.
+        let forbidden = [
+            ("ports", e.ports.as_ref().is_some_and(|p| !p.is_empty())),
+            ("livenessProbe", e.liveness_probe.is_some()),
+            ("readinessProbe", e.readiness_probe.is_some()),
+            ("startupProbe", e.startup_probe.is_some()),
+            ("lifecycle", e.lifecycle.is_some()),
+            (
+                "resources",
+                e.resources
+                    .as_ref()
+                    .is_some_and(|r| r.limits.is_some() || r.requests.is_some()),
+            ),
+            (
+                "resizePolicy",
+                e.resize_policy.as_ref().is_some_and(|r| !r.is_empty()),
+            ),
+            ("restartPolicy", e.restart_policy.is_some()),
+        ];
+        if let Some((field, _)) = forbidden.iter().find(|(_, set)| *set) {
+            return Err(field_err(
+                format!("{path}.{field}"),
+                "Forbidden: cannot be set for an Ephemeral Container",
+            ));
+        }
+        for (j, m) in e.volume_mounts.iter().flatten().enumerate() {
+            if m.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
+                return Err(field_err(
+                    format!("{path}.volumeMounts[{j}].subPath"),
+                    "Forbidden: cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        if let Some(t) = e.target_container_name.as_deref().filter(|t| !t.is_empty()) {
+            let known = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .any(|c| c.name == t);
+            if !known {
+                return Err(field_err(
+                    format!("{path}.targetContainerName"),
+                    format!("Not found: {t:?}"),
+                ));
+            }
+        }
+        let c = super::build::ephemeral_container(e);
+        validate_container(&path, &c, &volumes)?;
     }
     Ok(())
 }
@@ -406,6 +454,18 @@ fn validate_container(
 /// Fields nodelet does not apply yet are refused, never accepted and ignored: a pod that
 /// asked for a seccomp profile must not run as if it had one.
 fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
+    for (field, set) in [
+        ("stdin", c.stdin),
+        ("stdinOnce", c.stdin_once),
+        ("tty", c.tty),
+    ] {
+        if set == Some(true) {
+            return Err(field_err(
+                format!("{path}.{field}"),
+                "Forbidden: nodelet does not connect a container's own stdin or terminal yet (its stdin is /dev/null; `kubectl exec -i/-t` works, `kubectl attach` shows output only)",
+            ));
+        }
+    }
     for (j, src) in c.env_from.iter().flatten().enumerate() {
         let field = format!("{path}.envFrom[{j}]");
         match (&src.config_map_ref, &src.secret_ref) {

@@ -477,6 +477,14 @@ pub fn pod_status(
         conditions: Some(conditions),
         container_statuses: Some(statuses),
         init_container_statuses: has_init.then_some(init),
+        ephemeral_container_statuses: spec.ephemeral_containers.as_ref().map(|list| {
+            list.iter()
+                .map(|e| {
+                    let c = super::build::ephemeral_container(e);
+                    container_status(&c, Role::App, "ContainerCreating", observed)
+                })
+                .collect()
+        }),
         start_time: observed.start_time.map(Time),
         pod_ip: observed.pod_ip.map(|ip| ip.to_string()),
         pod_ips: observed

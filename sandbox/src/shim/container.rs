@@ -81,7 +81,26 @@ impl Server {
             cgroup::create(cg).map_err(|e| error_chain(&e))?;
         }
         let mut flags = CloneFlags::CLONE_NEWNS;
-        if !self.spec.share_pid && !self.spec.host_pid {
+        // An ephemeral container with a target joins the target's PID namespace: the shim's
+        // children go there for this one clone, then back to the shim's own.
+        let joined = match &spec.target {
+            Some(id) => {
+                let target = self
+                    .containers
+                    .get(id)
+                    .filter(|c| c.status.exit.is_none())
+                    .ok_or_else(|| format!("target container instance {id} is not running"))?;
+                let path = format!("/proc/{}/ns/pid", target.status.pid);
+                let ns = fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+                let own = fs::File::open("/proc/self/ns/pid_for_children")
+                    .map_err(|e| format!("open the shim's pid namespace: {e}"))?;
+                nix::sched::setns(&ns, CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| format!("join the target's PID namespace: {e}"))?;
+                Some(own)
+            }
+            None => None,
+        };
+        if joined.is_none() && !self.spec.share_pid && !self.spec.host_pid {
             flags |= CloneFlags::CLONE_NEWPID;
         }
         // hostIPC: the node's /dev/shm, as containerd binds it.
@@ -105,6 +124,11 @@ impl Server {
                 }
                 Forked::Parent(pid) => pid,
             };
+        if let Some(own) = joined {
+            if let Err(e) = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID) {
+                tracing::error!(error = %e, "return to the shim's PID namespace");
+            }
+        }
         drop((out_w, err_w, release_r, fail_w));
         if let Err(message) = release(&spec, pid, release_w, fail_r) {
             let _ = kill(pid, Signal::SIGKILL);

@@ -350,6 +350,26 @@ impl Worker {
         }
     }
 
+    /// The running instance an ephemeral container's `targetContainerName` names, whose PID
+    /// namespace it joins.
+    fn target_of(&self, name: &str) -> Result<Option<String>, String> {
+        let spec = build::pod_spec(&self.pod);
+        let Some(target) = spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.target_container_name.as_deref())
+            .filter(|t| !t.is_empty())
+        else {
+            return Ok(None);
+        };
+        match self.current(target).filter(|i| i.running()) {
+            Some(i) => Ok(Some(i.record.id.clone())),
+            None => Err(format!("target container {target:?} is not running")),
+        }
+    }
+
     fn newest(&self, name: &str) -> Option<&Instance> {
         super::order::newest(&self.observed, name)
     }
@@ -404,8 +424,16 @@ impl Worker {
             attempt,
             facts: &facts,
         };
+        let target = match self.target_of(&c.name) {
+            Ok(target) => target,
+            Err(message) => {
+                let reason = ("CreateContainerError".into(), message);
+                self.observed.waiting.insert(c.name.clone(), reason);
+                return Step::WaitFor(RETRY);
+            }
+        };
         let mut spec = match build::container_spec(&self.node.ctx, &inst) {
-            Ok(spec) => spec,
+            Ok(spec) => nodelet_sandbox::spec::ContainerSpec { target, ..spec },
             Err(e) => {
                 self.observed
                     .waiting

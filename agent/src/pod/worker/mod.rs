@@ -342,6 +342,16 @@ impl Worker {
                 return Duration::ZERO;
             }
         }
+        // Ephemeral containers: started once each, whenever the sandbox is there, never
+        // restarted (kubelet's), and outside the pod's order.
+        if let Some(ephemeral) = pod_spec(&pod).ephemeral_containers.clone() {
+            for e in &ephemeral {
+                let c = build::ephemeral_container(e);
+                if let Step::WaitFor(next) = self.sync_container(&c, "Never").await {
+                    wake = wake.min(next);
+                }
+            }
+        }
         self.sync_probes();
         self.backoff.gc(Timestamp::now());
         self.publish();
