@@ -45,6 +45,9 @@ pub struct Node {
     pub api: std::sync::OnceLock<kube::Client>,
     /// The ConfigMaps and Secrets the pods use, watched.
     pub objects: crate::pod::objects::Objects,
+    /// The node ports each admitted pod holds, by pod UID: admission checks a new pod against
+    /// them and records it under the same lock, so two pods never both get a port.
+    pub admitted_ports: Mutex<HashMap<String, Vec<crate::network::hostports::Mapping>>>,
     /// Rung when image garbage collection may have work: a pull finished, a pod left.
     pub image_gc: tokio::sync::Notify,
 }
@@ -113,11 +116,17 @@ impl Node {
                         .chain(s.init_containers.iter().flatten())
                 });
                 names.extend(containers.filter_map(|c| c.image.clone()));
+                let ephemeral = pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.ephemeral_containers.iter().flatten());
+                names.extend(ephemeral.filter_map(|c| c.image.clone()));
                 let statuses = pod.status.iter().flat_map(|s| {
                     s.container_statuses
                         .iter()
                         .flatten()
                         .chain(s.init_container_statuses.iter().flatten())
+                        .chain(s.ephemeral_container_statuses.iter().flatten())
                 });
                 used.extend(
                     statuses
@@ -189,6 +198,7 @@ impl Node {
             network: Mutex::new(None),
             api: std::sync::OnceLock::new(),
             objects: Default::default(),
+            admitted_ports: Default::default(),
             image_gc: tokio::sync::Notify::new(),
         })
     }

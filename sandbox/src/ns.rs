@@ -57,11 +57,13 @@ pub fn create_pod_namespaces(
 /// /proc/sys files are the namespace's own for whoever opens them.
 pub fn set_sysctls(sysctls: &[(String, String)]) -> Result<(), Error> {
     for (name, value) in sysctls {
-        // Names were checked by the agent; still, nothing but a plain relative path is written.
-        let path: PathBuf = Path::new("/proc/sys").join(name.replace('.', "/"));
-        let plain = name
-            .split('.')
-            .all(|p| !p.is_empty() && p != ".." && !p.contains('/'));
+        // Dotted names (a `/` stands for a dot inside a part, as in `eth0/100`); checked by the
+        // agent, and still nothing but a plain path under /proc/sys is written.
+        let parts: Vec<String> = name.split('.').map(|p| p.replace('/', ".")).collect();
+        let plain = parts.iter().all(|p| !p.is_empty() && p != "." && p != "..");
+        let path: PathBuf = parts
+            .iter()
+            .fold(PathBuf::from("/proc/sys"), |path, p| path.join(p));
         let written = if plain {
             std::fs::write(&path, value)
         } else {

@@ -198,6 +198,8 @@ spec:
     - {name: info, mountPath: /info}
     - {name: proj, mountPath: /proj}
     - {name: cfg, mountPath: /etc/greeting, subPath: greeting}
+    # A key the ConfigMap lacks: its subPath directory must not break later updates.
+    - {name: cfg, mountPath: /missing, subPath: nokey}
     - {name: opt, mountPath: /opt}
   volumes:
   - {name: cfg, configMap: {name: app}}
@@ -498,7 +500,37 @@ fn pods_call_the_api_with_their_service_account() -> Result<()> {
         "{body} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The kubelet API accepts the token too (TokenReview).
+    // With no RBAC, a service account may only read its own namespace: its token is no way
+    // to start a privileged pod, read Secrets, or exec through the kubelet API.
+    let create = node
+        .api_curl(false)?
+        .args(["-X", "POST", "-H", "Content-Type: application/json", "-H"])
+        .arg(format!("Authorization: Bearer {pod_token}"))
+        .args(["-d", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#])
+        .arg(format!("{}/api/v1/namespaces/default/pods", node.api_url()))
+        .output()?;
+    let create = String::from_utf8_lossy(&create.stdout).into_owned();
+    assert!(create.contains(r#"pods is forbidden: User \"system:serviceaccount:default:robot\" cannot create resource \"pods\" in API group \"\" in the namespace \"default\""#), "{create}");
+    assert_eq!(
+        as_token(&pod_token, "/api/v1/namespaces/default/secrets")?,
+        "403"
+    );
+    assert_eq!(
+        as_token(&pod_token, "/api/v1/namespaces/kube-system/pods")?,
+        "403"
+    );
+    let kubelet = node
+        .api_curl(false)?
+        .args(["-k", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {pod_token}"))
+        .arg("https://127.0.0.1:10250/pods")
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&kubelet.stdout),
+        "401",
+        "the kubelet API serves no service account"
+    );
+    // TokenReview knows the token (what a kubelet of a real cluster would ask).
     let review = node
         .api_curl(true)?
         .args(["-X", "POST", "-H", "Content-Type: application/json", "-d"])

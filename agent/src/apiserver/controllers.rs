@@ -235,22 +235,24 @@ fn fits(pod: &Value, node: &Value) -> Result<(), Misfit> {
     }
 }
 
-/// Whether any container of the pod asks for a host port (a cheap look before decoding it).
+/// Whether the pod holds node ports (a cheap look before decoding it): host ports, or any port
+/// of a hostNetwork pod.
 fn has_host_ports(pod: &Value) -> bool {
+    let host_network = pod["spec"]["hostNetwork"] == true;
     ["containers", "initContainers"].iter().any(|list| {
         pod["spec"][list].as_array().into_iter().flatten().any(|c| {
             c["ports"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|p| p["hostPort"].as_i64().is_some_and(|h| h > 0))
+                .any(|p| host_network || p["hostPort"].as_i64().is_some_and(|h| h > 0))
         })
     })
 }
 
 fn mappings_of(pod: &Value) -> Vec<Mapping> {
     serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(pod.clone())
-        .map(|p| crate::network::hostports::mappings(&p))
+        .map(|p| crate::network::hostports::held(&p))
         .unwrap_or_default()
 }
 

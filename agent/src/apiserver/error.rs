@@ -96,6 +96,12 @@ impl ApiError {
     }
 
     /// A JSON patch that cannot be applied (kube-apiserver answers 422 with no causes).
+    /// A refusal of a verb on a resource, not of one named object.
+    pub fn forbidden_plain(plural: &str, why: &str) -> Self {
+        Self::new(403, "Forbidden", format!("{plural} is forbidden: {why}"))
+            .with_details(plural, "")
+    }
+
     pub fn invalid_patch(message: String) -> Self {
         Self::new(422, "Invalid", message)
     }

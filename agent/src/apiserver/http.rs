@@ -91,6 +91,88 @@ pub struct Server {
     kubelet: Option<crate::kubelet::Kubelet>,
 }
 
+/// Who a request is from.
+enum Caller {
+    Admin,
+    Account(super::serviceaccounts::User),
+}
+
+/// What a service account may do, the built-in API having no RBAC: discovery (answered before
+/// this), and reading (get, list, watch, and `pods/log`) what is in its own namespace, Secrets
+/// excepted. Nothing else: no writes, no exec or attach, nothing cluster-wide. That keeps a
+/// pod's automounted token from being a way to run a privileged pod on the node.
+fn authorize(
+    user: &super::serviceaccounts::User,
+    method: &Method,
+    query: &Query,
+    t: &Target,
+) -> Result<(), ApiError> {
+    let verb = match (method, t.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if query.flag("watch") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        _ => "deletecollection",
+    };
+    let resource = match &t.sub {
+        Some(sub) => format!("{}/{sub}", t.resource.plural()),
+        None => t.resource.plural().to_owned(),
+    };
+    let own = user
+        .name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split(':').next());
+    let reads = matches!(verb, "get" | "list" | "watch");
+    let readable_sub = matches!(t.sub.as_deref(), None | Some("status") | Some("log"));
+    let allowed = reads
+        && readable_sub
+        && t.resource != Resource::Secrets
+        && t.resource.namespaced()
+        && t.namespace.is_some()
+        && t.namespace.as_deref() == own;
+    if allowed {
+        return Ok(());
+    }
+    let group = t
+        .resource
+        .api_version()
+        .rsplit_once('/')
+        .map_or("", |(g, _)| g);
+    Err(forbidden(
+        user,
+        verb,
+        &resource,
+        group,
+        t.namespace.as_deref(),
+    ))
+}
+
+/// kube-apiserver's RBAC refusal (`pods is forbidden: User "..." cannot list resource "pods"
+/// in API group "" in the namespace "default"`).
+fn forbidden(
+    user: &super::serviceaccounts::User,
+    verb: &str,
+    resource: &str,
+    group: &str,
+    namespace: Option<&str>,
+) -> ApiError {
+    let scope = match namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".to_owned(),
+    };
+    let base = resource.split('/').next().unwrap_or(resource);
+    ApiError::forbidden_plain(
+        base,
+        &format!(
+            "User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}",
+            user.name
+        ),
+    )
+}
+
 /// What a URL names under `/api/v1` or `/apis/<group>/<version>`.
 #[derive(Debug, PartialEq)]
 struct Target {
@@ -232,23 +314,20 @@ impl Server {
         response
     }
 
-    /// A client certificate of the API's CA, the admin token, or a service account token.
-    /// Every authenticated client may do everything: the built-in API has no authorization.
-    fn authenticated(&self, req: &Request<Incoming>, has_cert: bool) -> bool {
+    /// Who calls: a client certificate of the API's CA or the admin token (everything is
+    /// allowed), or a service account token (see `authorize`).
+    fn caller(&self, req: &Request<Incoming>, has_cert: bool) -> Option<Caller> {
         let bearer = req
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        has_cert
-            || bearer.is_some_and(|t| {
-                t == self.token
-                    || self
-                        .tokens
-                        .authenticate(&self.store, t, &[ISSUER])
-                        .is_some()
-            })
+        if has_cert || bearer == Some(self.token.as_str()) {
+            return Some(Caller::Admin);
+        }
+        let user = self.tokens.authenticate(&self.store, bearer?, &[ISSUER])?;
+        Some(Caller::Account(user))
     }
 
     async fn route(
@@ -265,9 +344,9 @@ impl Server {
                 &[],
             ));
         }
-        if !self.authenticated(&req, has_cert) {
+        let Some(caller) = self.caller(&req, has_cert) else {
             return Err(ApiError::unauthorized());
-        }
+        };
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -291,6 +370,15 @@ impl Server {
         }
         if method == Method::POST && segs == ["apis", "authentication.k8s.io", "v1", "tokenreviews"]
         {
+            if let Caller::Account(user) = &caller {
+                return Err(forbidden(
+                    user,
+                    "create",
+                    "tokenreviews",
+                    "authentication.k8s.io",
+                    None,
+                ));
+            }
             return self.token_review(req).await;
         }
         let (group_version, rest) = match segs.as_slice() {
@@ -307,6 +395,9 @@ impl Server {
             _ => return Err(ApiError::no_route()),
         };
         let target = parse_target(group_version, rest).ok_or_else(ApiError::no_route)?;
+        if let Caller::Account(user) = &caller {
+            authorize(user, &method, &query, &target)?;
+        }
         if let (Resource::Pods, Some(sub @ ("log" | "exec" | "attach" | "portforward"))) =
             (target.resource, target.sub.as_deref())
         {

@@ -445,11 +445,25 @@ pub(super) fn default_pod(pod: &mut Value) {
             {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
         ]),
     );
+    let host_network = spec["hostNetwork"] == true;
     for list in ["containers", "initContainers", "ephemeralContainers"] {
         let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
             continue;
         };
         for c in containers {
+            // SetDefaults_PodSpec: a hostNetwork pod's ports are the node's.
+            if host_network {
+                for p in c
+                    .get_mut("ports")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if p["hostPort"].is_null() {
+                        p["hostPort"] = p["containerPort"].clone();
+                    }
+                }
+            }
             let policy = if tag_is_latest(c["image"].as_str().unwrap_or_default()) {
                 "Always"
             } else {

@@ -150,6 +150,13 @@ impl Tokens {
         let sa = store
             .get(Resource::ServiceAccounts, namespace, name)
             .ok_or_else(|| ApiError::not_found("serviceaccounts", name))?;
+        if !sa["metadata"]["deletionTimestamp"].is_null() {
+            return Err(ApiError::forbidden(
+                "serviceaccounts",
+                name,
+                "the service account is being deleted",
+            ));
+        }
         let spec = &body["spec"];
         let invalid = |field: &str, why: String| {
             ApiError::invalid("TokenRequest", name, &[(field.to_owned(), why)])
@@ -198,6 +205,12 @@ impl Tokens {
             let pod = store
                 .get(Resource::Pods, namespace, pod_name)
                 .ok_or_else(|| ApiError::not_found("pods", pod_name))?;
+            let runs_as = pod["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or("default");
+            if runs_as != name {
+                return Err(ApiError::bad_request(format!("cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name.")));
+            }
             let uid = &pod["metadata"]["uid"];
             if bound["uid"]
                 .as_str()
@@ -266,6 +279,17 @@ pub fn admit_pod(store: &Store, pod: &mut Value) -> Result<(), ApiError> {
     let Some(sa) = store.get(Resource::ServiceAccounts, &namespace, &account) else {
         return Err(forbidden(&format!("error looking up service account {namespace}/{account}: serviceaccount \"{account}\" not found")));
     };
+    // The account's image pull secrets, for a pod that names none.
+    let pull = spec["imagePullSecrets"]
+        .as_array()
+        .is_none_or(|a| a.is_empty());
+    if pull
+        && sa["imagePullSecrets"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    {
+        spec["imagePullSecrets"] = sa["imagePullSecrets"].clone();
+    }
     let automount = spec["automountServiceAccountToken"]
         .as_bool()
         .or(sa["automountServiceAccountToken"].as_bool())

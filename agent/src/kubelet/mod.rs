@@ -136,8 +136,16 @@ impl Kubelet {
             ..Default::default()
         };
         let api: kube::Api<TokenReview> = kube::Api::all(client);
+        // kubelet would ask the API server (SubjectAccessReview) what the user may do; nodelet
+        // has no authorization to ask, so it serves only users of `system:masters` (the
+        // admin), never service accounts, whose tokens pods carry.
         let ok = match api.create(&kube::api::PostParams::default(), &review).await {
-            Ok(r) => r.status.and_then(|s| s.authenticated).unwrap_or(false),
+            Ok(r) => r.status.is_some_and(|s| {
+                s.authenticated == Some(true)
+                    && s.user
+                        .and_then(|u| u.groups)
+                        .is_some_and(|g| g.iter().any(|g| g == "system:masters"))
+            }),
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), "TokenReview");
                 return false;

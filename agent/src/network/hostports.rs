@@ -27,9 +27,23 @@ pub struct Mapping {
 
 /// The pod's mappings (none for a hostNetwork pod: its ports are the node's already).
 pub fn mappings(pod: &Pod) -> Vec<Mapping> {
-    let Some(spec) = pod.spec.as_ref().filter(|s| s.host_network != Some(true)) else {
+    if pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.host_network == Some(true))
+    {
+        return Vec::new();
+    }
+    held(pod)
+}
+
+/// The node ports the pod holds, for conflicts: its host ports, and for a hostNetwork pod every
+/// container port (kube-apiserver defaults `hostPort` to `containerPort` there).
+pub fn held(pod: &Pod) -> Vec<Mapping> {
+    let Some(spec) = pod.spec.as_ref() else {
         return Vec::new();
     };
+    let host_network = spec.host_network == Some(true);
     let containers = spec
         .init_containers
         .iter()
@@ -37,7 +51,7 @@ pub fn mappings(pod: &Pod) -> Vec<Mapping> {
         .chain(&spec.containers);
     let ports = containers.flat_map(|c| c.ports.iter().flatten());
     ports
-        .filter(|p| p.host_port.is_some_and(|h| h > 0))
+        .filter(|p| host_network || p.host_port.is_some_and(|h| h > 0))
         .map(|p| Mapping {
             protocol: p
                 .protocol
@@ -49,7 +63,7 @@ pub fn mappings(pod: &Pod) -> Vec<Mapping> {
                 .as_deref()
                 .and_then(|ip| ip.parse().ok())
                 .filter(|ip: &IpAddr| !ip.is_unspecified()),
-            host_port: p.host_port.unwrap_or_default() as u16,
+            host_port: p.host_port.filter(|h| *h > 0).unwrap_or(p.container_port) as u16,
             container_port: p.container_port as u16,
         })
         .collect()
@@ -137,5 +151,12 @@ mod tests {
         assert_eq!(conflict(&one, &other), None);
         assert_eq!(conflict(&any, &udp), None);
         assert!(mappings(&pod("{containerPort: 80}")).is_empty());
+        // A hostNetwork pod maps nothing but holds its ports.
+        let host: Pod = crate::pod::manifest::parse(
+            b"metadata: {name: h}\nspec: {hostNetwork: true, containers: [{name: c, image: i, ports: [{containerPort: 8080}]}]}",
+        )
+        .unwrap();
+        assert!(mappings(&host).is_empty());
+        assert_eq!(conflict(&held(&host), &any), Some(8080));
     }
 }

@@ -5,6 +5,7 @@
 use k8s_openapi::api::core::v1::Pod;
 
 use super::build::pod_spec;
+use crate::network::hostports::{conflict, held, Mapping};
 
 /// kubelet's safe sysctls (`pkg/kubelet/sysctl/safe_sysctls.go`, 1.33): namespaced, and unable
 /// to hurt other pods or the node.
@@ -28,7 +29,7 @@ const SAFE_SYSCTLS: [&str; 12] = [
 pub fn check<'a>(
     pod: &Pod,
     allowed_unsafe: &[String],
-    others: impl Iterator<Item = &'a Pod>,
+    others: impl Iterator<Item = &'a [Mapping]>,
 ) -> Option<(&'static str, String)> {
     sysctls(pod, allowed_unsafe)
         .map(|m| ("SysctlForbidden", m))
@@ -37,24 +38,32 @@ pub fn check<'a>(
         .map(|(reason, m)| (reason, format!("Pod was rejected: {m}")))
 }
 
-/// kubelet's NodePorts predicate: no two pods of the node take the same host port.
-fn host_ports<'a>(pod: &Pod, mut others: impl Iterator<Item = &'a Pod>) -> Option<String> {
-    use crate::network::hostports::{conflict, mappings};
-    let mine = mappings(pod);
+/// kubelet's NodePorts predicate: no two admitted pods of the node hold the same host port.
+fn host_ports<'a>(pod: &Pod, mut others: impl Iterator<Item = &'a [Mapping]>) -> Option<String> {
+    let mine = held(pod);
     if mine.is_empty() {
         return None;
     }
-    others
-        .find_map(|other| conflict(&mine, &mappings(other)))
-        .map(|_| {
-            "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
-                .to_owned()
-        })
+    others.find_map(|other| conflict(&mine, other)).map(|_| {
+        "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
+            .to_owned()
+    })
 }
 
-/// A sysctl's name with dots (`net/ipv4/x` is `net.ipv4.x`).
+/// kubelet's `NormalizeName`: a name whose first separator is `/` has its dots and slashes
+/// swapped (`net/ipv4/conf/eth0.100/forwarding` is `net.ipv4.conf.eth0/100.forwarding`).
 pub fn normalize(name: &str) -> String {
-    name.replace('/', ".")
+    match name.find(['.', '/']) {
+        Some(i) if name.as_bytes()[i] == b'/' => name
+            .chars()
+            .map(|c| match c {
+                '.' => '/',
+                '/' => '.',
+                c => c,
+            })
+            .collect(),
+        _ => name.to_owned(),
+    }
 }
 
 /// kubelet's sysctl allow-list admission: safe or allowed by the node, namespaced, and not in a
@@ -178,6 +187,10 @@ mod tests {
             .unwrap()
             .1
             .contains("not allowed with host net enabled"));
+        assert_eq!(
+            normalize("net/ipv4/conf/eth0.100/forwarding"),
+            "net.ipv4.conf.eth0/100.forwarding"
+        );
         let global = check_alone(
             &with("{name: vm.swappiness, value: '1'}", ""),
             &["vm.swappiness".into()],

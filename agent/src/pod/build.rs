@@ -825,13 +825,40 @@ fn resolve(image: &Image, name: &str, kind: &str) -> Result<(u32, Option<u32>), 
     })
 }
 
-/// A file of the image (the topmost layer that has it), for `/etc/passwd` and `/etc/group`.
+/// A file of the image, for `/etc/passwd` and `/etc/group`: from the topmost layer that has the
+/// name, resolved inside that layer (`RESOLVE_IN_ROOT`: an image's symlink cannot lead to the
+/// node's files), only if it is a regular file of at most 1 MiB. Anything else there (a
+/// whiteout, a device, a FIFO) ends the search: the image has no such file.
 fn image_file(image: &Image, path: &str) -> Option<String> {
-    image
-        .layers
-        .iter()
-        .rev()
-        .find_map(|layer| std::fs::read_to_string(layer.join(path)).ok())
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    const MAX: u64 = 1 << 20;
+    for layer in image.layers.iter().rev() {
+        let Ok(root) = nix::fcntl::open(
+            layer.as_path(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            continue;
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = match openat2(&root, path, how) {
+            Ok(fd) => fd,
+            Err(nix::Error::ENOENT) => continue,
+            Err(_) => return None,
+        };
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.len() > MAX {
+            return None;
+        }
+        let mut text = String::new();
+        file.take(MAX).read_to_string(&mut text).ok()?;
+        return Some(text);
+    }
+    None
 }
 
 /// containerd's rules: `ALL` in add or drop first, then the named ones.

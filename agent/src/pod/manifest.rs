@@ -127,7 +127,7 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
                     && p.as_bytes()[0].is_ascii_alphanumeric()
                     && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric()
             };
-            if s.name.len() > 253 || !name.split('.').all(part_ok) {
+            if s.name.len() > 253 || !s.name.split(['.', '/']).all(part_ok) {
                 return Err(field_err(field, format!("Invalid value: {:?}: must have at most 253 characters and match regex ^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[\\./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$", s.name)));
             }
             if !seen.insert(name) {

@@ -293,7 +293,12 @@ pub fn pod_keys(pod: &k8s_openapi::api::core::v1::Pod) -> HashSet<Key> {
     };
     let spec = super::build::pod_spec(pod);
     let mut keys = HashSet::new();
-    for c in super::status::containers(pod).map(|(c, _)| c) {
+    let ephemeral = spec.ephemeral_containers.iter().flatten();
+    let ephemeral: Vec<_> = ephemeral.map(super::build::ephemeral_container).collect();
+    for c in super::status::containers(pod)
+        .map(|(c, _)| c)
+        .chain(&ephemeral)
+    {
         let (maps, secrets) = super::build::env_sources(c);
         keys.extend(maps.iter().map(|n| key(Kind::ConfigMap, n)));
         keys.extend(secrets.iter().map(|n| key(Kind::Secret, n)));

@@ -554,7 +554,13 @@ pub fn write(dir: &Path, payload: &Payload, owner: Option<Ownership>) -> io::Res
                 std::fs::remove_dir_all(entry.path())?;
             }
         } else if !tops.contains(n) {
-            std::fs::remove_file(entry.path())?;
+            // Only the names an earlier payload made (symlinks through ..data): a directory a
+            // subPath mount created for a key that did not exist is left alone, as kubelet's
+            // writer removes only the old payload's paths.
+            let ours = std::fs::read_link(entry.path()).is_ok_and(|t| t.starts_with(DATA));
+            if ours {
+                std::fs::remove_file(entry.path())?;
+            }
         }
     }
     Ok(true)

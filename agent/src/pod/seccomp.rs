@@ -96,10 +96,14 @@ pub fn program(choice: &Choice, capabilities: &[String]) -> Result<Option<String
     }
 }
 
-/// An OCI / Docker seccomp profile (the fields nodelet applies; an unknown action is refused).
+/// An OCI / Docker seccomp profile. Unknown fields are refused, not dropped: a profile nodelet
+/// cannot apply as written (Docker's conditional `includes`/`excludes`, `flags`, a listener)
+/// must not run as a looser one.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Profile {
+    #[serde(default)]
+    pub comment: Option<String>,
     pub default_action: String,
     #[serde(default)]
     pub default_errno_ret: Option<u32>,
@@ -113,7 +117,7 @@ pub struct Profile {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArchMap {
     pub architecture: String,
     #[serde(default)]
@@ -121,8 +125,15 @@ pub struct ArchMap {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Syscall {
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Docker's conditions (capabilities, architectures, kernel): accepted only when empty.
+    #[serde(default)]
+    pub includes: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub excludes: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub names: Vec<String>,
     /// The old single-name form.
@@ -136,7 +147,7 @@ pub struct Syscall {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Arg {
     pub index: u32,
     pub value: u64,
@@ -203,6 +214,15 @@ pub fn compile(profile: &Profile) -> Result<String, String> {
     // added once.
     let mut unconditional = std::collections::HashSet::new();
     for rule in &profile.syscalls {
+        let conditional = [&rule.includes, &rule.excludes]
+            .iter()
+            .any(|c| c.as_ref().is_some_and(|m| !m.is_empty()));
+        if conditional {
+            return Err(format!(
+                "the rule for {:?} has Docker's includes/excludes conditions, which nodelet does not evaluate",
+                rule.names
+            ));
+        }
         let act = action(&rule.action, rule.errno_ret)?;
         if act == default {
             continue;
@@ -313,8 +333,7 @@ pub fn runtime_default(capabilities: &[String]) -> Profile {
             names: vec!["clone3".into()],
             action: "SCMP_ACT_ERRNO".into(),
             errno_ret: Some(libc::ENOSYS as u32),
-            args: vec![],
-            name: None,
+            ..Default::default()
         });
     }
     let architectures = if cfg!(target_arch = "x86_64") {
@@ -326,10 +345,9 @@ pub fn runtime_default(capabilities: &[String]) -> Profile {
     };
     Profile {
         default_action: "SCMP_ACT_ERRNO".into(),
-        default_errno_ret: None,
         architectures: architectures.into_iter().map(str::to_owned).collect(),
-        arch_map: vec![],
         syscalls,
+        ..Default::default()
     }
 }
 

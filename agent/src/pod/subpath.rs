@@ -103,6 +103,25 @@ pub fn expand(
     expr: &str,
     env: &std::collections::BTreeMap<String, String>,
 ) -> Result<String, String> {
+    // kubelet: a variable that is not set, or empty, is an error (not left as `$(VAR)`).
+    let mut missing: Vec<&str> = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("$(") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find(')') else { break };
+        let name = &after[..end];
+        let escaped = start
+            .checked_sub(1)
+            .is_some_and(|i| rest.as_bytes()[i] == b'$');
+        if !escaped && env.get(name).is_none_or(|v| v.is_empty()) && !missing.contains(&name) {
+            missing.push(name);
+        }
+        rest = &after[end + 1..];
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(format!("missing value for {}", missing.join(", ")));
+    }
     let path = super::build::expand(expr, env);
     if path.starts_with('/') {
         return Err(format!(
@@ -117,36 +136,24 @@ pub fn expand(
     Ok(path)
 }
 
-/// Unmounts every subPath binding of a pod (its teardown).
-pub fn unmount_all(pod_root: &Path) -> Vec<String> {
-    let mut errors = Vec::new();
-    let base = pod_root.join("volume-subpaths");
-    for volume in read_dirs(&base) {
-        for container in read_dirs(&volume) {
-            for target in read_entries(&container) {
-                if super::volumes::is_mount_point(&target) {
-                    if let Err(e) = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
-                        errors.push(format!("unmount {}: {e}", target.display()));
-                    }
-                }
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_path_expressions_need_every_variable() {
+        let env = [
+            ("POD".to_owned(), "web".to_owned()),
+            ("EMPTY".to_owned(), String::new()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(expand("logs/$(POD)", &env).unwrap(), "logs/web");
+        assert_eq!(
+            expand("$(NOPE)/$(EMPTY)", &env).unwrap_err(),
+            "missing value for EMPTY, NOPE"
+        );
+        assert_eq!(expand("$$(NOPE)", &env).unwrap(), "$(NOPE)");
+        assert!(expand("../$(POD)", &env).is_err());
     }
-    errors
-}
-
-fn read_entries(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect()
-}
-
-fn read_dirs(dir: &Path) -> Vec<PathBuf> {
-    read_entries(dir)
-        .into_iter()
-        .filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_dir()))
-        .collect()
 }

@@ -64,6 +64,18 @@ impl NonBlocking for fs::File {
     }
 }
 
+/// Takes the shim's children back to its own PID namespace when dropped, on every path out of
+/// a create that joined a target's (a failed clone included).
+struct PidNamespaceBack(fs::File);
+
+impl Drop for PidNamespaceBack {
+    fn drop(&mut self) {
+        if let Err(e) = nix::sched::setns(&self.0, CloneFlags::CLONE_NEWPID) {
+            tracing::error!(error = %e, "return to the shim's PID namespace");
+        }
+    }
+}
+
 impl Server {
     /// Starts one container; returns its pid (in the shim's PID namespace) or the error text.
     pub(super) fn create(&mut self, spec: ContainerSpec) -> Result<Pid, String> {
@@ -96,7 +108,7 @@ impl Server {
                     .map_err(|e| format!("open the shim's pid namespace: {e}"))?;
                 nix::sched::setns(&ns, CloneFlags::CLONE_NEWPID)
                     .map_err(|e| format!("join the target's PID namespace: {e}"))?;
-                Some(own)
+                Some(PidNamespaceBack(own))
             }
             None => None,
         };
@@ -124,11 +136,7 @@ impl Server {
                 }
                 Forked::Parent(pid) => pid,
             };
-        if let Some(own) = joined {
-            if let Err(e) = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID) {
-                tracing::error!(error = %e, "return to the shim's PID namespace");
-            }
-        }
+        drop(joined);
         drop((out_w, err_w, release_r, fail_w));
         if let Err(message) = release(&spec, pid, release_w, fail_r) {
             let _ = kill(pid, Signal::SIGKILL);

@@ -130,6 +130,7 @@ pub fn spawn(
         written: HashMap::new(),
         mount_failure: None,
         tokens: HashMap::new(),
+        admitted: false,
     };
     // Known from now on, before the first sync: a pod that is being adopted or created is never
     // missing from what the node reports.
@@ -149,6 +150,9 @@ pub fn spawn(
 impl Drop for Worker {
     fn drop(&mut self) {
         self.use_objects(&Default::default());
+        if let Ok(mut admitted) = self.node.admitted_ports.lock() {
+            admitted.remove(&self.uid);
+        }
     }
 }
 
@@ -183,6 +187,8 @@ struct Worker {
     mount_failure: Option<String>,
     /// The service account tokens its projected volumes show, by volume and source index.
     tokens: HashMap<(String, usize), volumes::HeldToken>,
+    /// Whether the node's admission accepted the pod (and recorded its ports).
+    admitted: bool,
 }
 
 /// Waits for the next line from the shim's event stream; forever when there is none.
@@ -237,31 +243,31 @@ impl Worker {
     async fn sync(&mut self) -> Duration {
         let mut wake = RESYNC;
         // The node's admission, before anything of the pod exists (a pod already running, found
-        // at agent start, was admitted before).
-        if !self.sandbox_ready && !self.adopted && self.observed.rejected.is_none() {
-            let allowed = &self.node.config.allowed_unsafe_sysctls;
-            // The node's other pods that still run (not finished, not this one).
-            let others: Vec<Pod> = self
-                .node
-                .pods
-                .lock()
-                .expect("pod map lock")
-                .iter()
-                .filter(|(uid, p)| {
-                    **uid != self.uid
-                        && !matches!(
-                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                            Some("Succeeded" | "Failed")
-                        )
-                })
-                .map(|(_, p)| p.clone())
-                .collect();
-            if let Some((reason, message)) =
-                super::admission::check(&self.pod, allowed, others.iter())
-            {
-                warn!(%reason, %message, "pod rejected");
-                self.event(None, reason, message.clone(), true);
-                self.observed.rejected = Some((reason.to_owned(), message));
+        // at agent start, was admitted before: it is only recorded).
+        if self.observed.rejected.is_none() && !self.admitted {
+            let node = self.node.clone();
+            let mut admitted = node.admitted_ports.lock().expect("admitted ports lock");
+            let verdict = if self.sandbox_ready || self.adopted {
+                None
+            } else {
+                let others = admitted
+                    .iter()
+                    .filter(|(uid, _)| **uid != self.uid)
+                    .map(|(_, m)| m.as_slice());
+                let allowed = &self.node.config.allowed_unsafe_sysctls;
+                super::admission::check(&self.pod, allowed, others)
+            };
+            match verdict {
+                Some((reason, message)) => {
+                    drop(admitted);
+                    warn!(%reason, %message, "pod rejected");
+                    self.event(None, reason, message.clone(), true);
+                    self.observed.rejected = Some((reason.to_owned(), message));
+                }
+                None => {
+                    admitted.insert(self.uid.clone(), network::hostports::held(&self.pod));
+                    self.admitted = true;
+                }
             }
         }
         if self.observed.rejected.is_some() {
@@ -293,24 +299,44 @@ impl Worker {
             Refresh::Retry => return RETRY,
             Refresh::Lost => return Duration::ZERO,
         }
-        if let Err(message) = self.sync_volumes().await {
-            warn!(error = %message, "pod volumes not ready");
-            if self.mount_failure.as_ref() != Some(&message) {
-                self.event(None, "FailedMount", message.clone(), true);
-                self.mount_failure = Some(message.clone());
-            }
-            // Only containers that have not run in this sandbox wait for the volumes: a finished
-            // init container stays finished, a running one runs on.
-            for (c, _) in status::containers(&self.pod.clone()) {
-                if self.current(&c.name).is_none() {
-                    let waiting = ("ContainerCreating".to_owned(), message.clone());
-                    self.observed.waiting.insert(c.name.clone(), waiting);
+        match self.sync_volumes().await {
+            Ok(()) => self.mount_failure = None,
+            Err(message) => {
+                warn!(error = %message, "pod volumes not ready");
+                if self.mount_failure.as_ref() != Some(&message) {
+                    self.event(None, "FailedMount", message.clone(), true);
+                    self.mount_failure = Some(message.clone());
+                }
+                wake = wake.min(RETRY);
+                // Volumes that were all set up once keep what they show, and the pod goes on (a
+                // crashed container is restarted) while an update cannot be read; a pod whose
+                // volumes were never all there waits, as kubelet waits for its mounts.
+                let all_once = pod_spec(&self.pod.clone())
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .filter(|v| super::projected::is_api_volume(v))
+                    .all(|v| {
+                        // Written by this worker, or by the agent before a restart.
+                        let paths = &self.node.ctx.paths;
+                        let dir = paths.volume_dir(&self.uid, super::projected::plugin(v), &v.name);
+                        self.written.contains_key(&v.name)
+                            || dir.join(super::projected::DATA).exists()
+                    });
+                if !all_once {
+                    // Only containers that have not run in this sandbox wait for the volumes: a
+                    // finished init container stays finished, a running one runs on.
+                    for (c, _) in status::containers(&self.pod.clone()) {
+                        if self.current(&c.name).is_none() {
+                            let waiting = ("ContainerCreating".to_owned(), message.clone());
+                            self.observed.waiting.insert(c.name.clone(), waiting);
+                        }
+                    }
+                    self.publish();
+                    return RETRY;
                 }
             }
-            self.publish();
-            return RETRY;
         }
-        self.mount_failure = None;
         if let Some(refresh) = self.next_token_refresh() {
             wake = wake.min(refresh);
         }

@@ -46,7 +46,7 @@ impl Worker {
             for (kind, name) in projected::sources(v) {
                 let key = Key {
                     kind,
-                    namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                    namespace: super::namespace_name(&pod).0.to_owned(),
                     name: name.to_owned(),
                 };
                 if found.contains_key(&(kind, key.name.clone())) {
