@@ -543,6 +543,38 @@ fn pods_call_the_api_with_their_service_account() -> Result<()> {
         "{review}"
     );
 
+    // A token file a non-root pod can read even at 0400: it belongs to the pod's user
+    // (kubelet's FsUser).
+    node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: reader}\nspec:\n  serviceAccountName: robot\n  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 1\n  securityContext: {runAsUser: 1000}\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600'], volumeMounts: [{name: t, mountPath: /t}]}\n  volumes: [{name: t, projected: {defaultMode: 0400, sources: [{serviceAccountToken: {path: token, audience: vault}}]}}]\n",
+        &[],
+    )?;
+    wait_for("reader running", T, || {
+        node.api_pod("reader").filter(|p| TestNode::running(p, "c"))
+    })?;
+    let out = node.kubectl(&[
+        "exec",
+        "reader",
+        "--",
+        "sh",
+        "-c",
+        "id -u; wc -c < /t/token",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.starts_with("1000\n"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its audience is not the API's: the API refuses it.
+    let reader = node.api_pod("reader").context("reader")?;
+    let aud_token = read(&node, &reader, "/t/token");
+    assert_eq!(
+        as_token(&aud_token, "/api/v1/namespaces/default/pods")?,
+        "401"
+    );
+    node.kubectl_ok(&["delete", "pod", "reader"])?;
+
     // A token bound to a pod ends with the pod; one of a deleted service account with it.
     node.kubectl_ok(&["delete", "pod", "caller", "quiet"])?;
     wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;

@@ -102,6 +102,7 @@ impl Worker {
         });
         let node = self.node.clone();
         let paths = &node.ctx.paths;
+        let fs_user = fs_user(&pod);
         for v in volumes
             .into_iter()
             .filter(|v| !unreadable.contains(&v.name))
@@ -133,6 +134,16 @@ impl Worker {
                 let writing = std::time::Instant::now();
                 projected::prepare(&dir, v)
                     .and_then(|()| projected::write(&dir, &payload, owner))
+                    .and_then(|_| {
+                        // kubelet's FsUser: the token belongs to the user every container runs
+                        // as, so that a 0600/0400 mode still lets the pod read it.
+                        let Some(uid) = fs_user else { return Ok(()) };
+                        for t in projected::token_sources(v) {
+                            let file = dir.join(projected::DATA).join(&t.path);
+                            std::os::unix::fs::lchown(file, Some(uid), None)?;
+                        }
+                        Ok(())
+                    })
                     .map_err(|e| format!("write {}: {e}", dir.display()))?;
                 tracing::debug!(volume = %v.name, micros = writing.elapsed().as_micros() as u64, "volume written");
                 self.written.insert(v.name.clone(), hash);
@@ -230,6 +241,21 @@ impl Worker {
         let left = soonest.duration_since(Timestamp::now());
         Some(std::time::Duration::try_from(left).unwrap_or_default())
     }
+}
+
+/// kubelet's `FsUserFrom`: the user every container (init ones too) runs as, when they all set
+/// the same `runAsUser` (container over pod).
+fn fs_user(pod: &k8s_openapi::api::core::v1::Pod) -> Option<u32> {
+    let spec = pod_spec(pod);
+    let pod_user = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let mut users = crate::pod::status::containers(pod).map(|(c, _)| {
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or(pod_user)
+    });
+    let first = users.next()??;
+    users.all(|u| u == Some(first)).then_some(first as u32)
 }
 
 /// A service account token the pod's volume shows, and when to ask for a new one.
