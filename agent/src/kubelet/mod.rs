@@ -87,7 +87,18 @@ pub struct Kubelet {
     /// The API server that checks bearer tokens (TokenReview), once the node has a client.
     reviewer: Arc<std::sync::OnceLock<kube::Client>>,
     /// Token (hashed) -> (authenticated, when checked): kubelet caches reviews too.
-    reviewed: Arc<std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>>,
+    reviewed:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, (Review, std::time::Instant)>>>,
+}
+
+/// What TokenReview said of a bearer token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Review {
+    /// A `system:masters` user.
+    Admin,
+    /// Someone else (a service account): authenticated, and not authorized.
+    User(String),
+    Refused,
 }
 
 /// How long a TokenReview answer is trusted (kubelet's defaults: 2 min, 30 s for a refusal).
@@ -110,25 +121,30 @@ impl Kubelet {
         let _ = self.reviewer.set(client);
     }
 
-    /// Whether the API server says the token is valid (kubelet's webhook authentication).
-    async fn token_valid(&self, token: &str) -> bool {
+    /// What the API server says of the token (kubelet's webhook authentication).
+    async fn review(&self, token: &str) -> Review {
         use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
         let key = crate::short_hash(token.as_bytes());
-        if let Some((ok, at)) = self
+        if let Some((review, at)) = self
             .reviewed
             .lock()
             .expect("review cache")
             .get(&key)
-            .copied()
+            .cloned()
         {
-            if at.elapsed() < if ok { REVIEW_TTL.0 } else { REVIEW_TTL.1 } {
-                return ok;
+            let ttl = if review == Review::Refused {
+                REVIEW_TTL.1
+            } else {
+                REVIEW_TTL.0
+            };
+            if at.elapsed() < ttl {
+                return review;
             }
         }
         let Some(client) = self.reviewer.get().cloned() else {
-            return false;
+            return Review::Refused;
         };
-        let review = TokenReview {
+        let request = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
                 ..Default::default()
@@ -136,26 +152,32 @@ impl Kubelet {
             ..Default::default()
         };
         let api: kube::Api<TokenReview> = kube::Api::all(client);
-        // kubelet would ask the API server (SubjectAccessReview) what the user may do; nodelet
-        // has no authorization to ask, so it serves only users of `system:masters` (the
-        // admin), never service accounts, whose tokens pods carry.
-        let ok = match api.create(&kube::api::PostParams::default(), &review).await {
-            Ok(r) => r.status.is_some_and(|s| {
-                s.authenticated == Some(true)
-                    && s.user
-                        .and_then(|u| u.groups)
-                        .is_some_and(|g| g.iter().any(|g| g == "system:masters"))
-            }),
+        let review = match api
+            .create(&kube::api::PostParams::default(), &request)
+            .await
+        {
+            Ok(r) => match r.status {
+                Some(s) if s.authenticated == Some(true) => {
+                    let user = s.user.unwrap_or_default();
+                    let admin = user.groups.iter().flatten().any(|g| g == "system:masters");
+                    if admin {
+                        Review::Admin
+                    } else {
+                        Review::User(user.username.unwrap_or_default())
+                    }
+                }
+                _ => Review::Refused,
+            },
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), "TokenReview");
-                return false;
+                return Review::Refused;
             }
         };
         self.reviewed
             .lock()
             .expect("review cache")
-            .insert(key, (ok, std::time::Instant::now()));
-        ok
+            .insert(key, (review.clone(), std::time::Instant::now()));
+        review
     }
 
     /// `containerLogs` / `pods/log`.
@@ -387,9 +409,22 @@ pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, kubelet: Kubele
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .map(|t| t.trim().to_owned());
-                match token {
-                    Some(t) if kubelet.token_valid(&t).await => {}
-                    _ => return status_error(401, "Unauthorized", "Unauthorized"),
+                let review = match token {
+                    Some(t) => kubelet.review(&t).await,
+                    None => Review::Refused,
+                };
+                match review {
+                    Review::Admin => {}
+                    // kubelet would ask the API server (SubjectAccessReview) what the user may
+                    // do; nodelet has no authorization to ask, so only `system:masters` is
+                    // served, never a service account, whose token any pod may carry.
+                    Review::User(user) => {
+                        let message = format!(
+                            "Forbidden (user={user}, verb=get, resource=nodes, subresource=proxy)"
+                        );
+                        return status_error(403, "Forbidden", &message);
+                    }
+                    Review::Refused => return status_error(401, "Unauthorized", "Unauthorized"),
                 }
             }
             kubelet.handle(req).await
