@@ -71,6 +71,9 @@ pub struct Config {
     /// kubelet's `allowedUnsafeSysctls`: sysctls (or `prefix*` patterns) pods may set besides
     /// the safe ones.
     pub allowed_unsafe_sysctls: Vec<String>,
+    /// kubelet's `maxPods`: pods the node runs at once (its `pods` capacity); one more is
+    /// rejected at admission (`OutOfpods`).
+    pub max_pods: usize,
     /// Registries (`host` or `host:port`) spoken to over plain HTTP; those on 127.0.0.0/8 always are.
     pub insecure_registries: Vec<String>,
     /// A docker `config.json` with registry credentials, searched before `<rootDir>/config.json`,
@@ -164,6 +167,7 @@ impl Default for Config {
             pod_pids_limit: 4096,
             seccomp_default: false,
             allowed_unsafe_sysctls: Vec::new(),
+            max_pods: 110,
             insecure_registries: Vec::new(),
             registry_credentials_file: None,
             registry_mirrors: BTreeMap::new(),

@@ -45,8 +45,9 @@ pub struct Node {
     pub api: std::sync::OnceLock<kube::Client>,
     /// The ConfigMaps and Secrets the pods use, watched.
     pub objects: crate::pod::objects::Objects,
-    /// The node ports each admitted pod holds, by pod UID: admission checks a new pod against
-    /// them and records it under the same lock, so two pods never both get a port.
+    /// The node ports each admitted, unfinished pod holds, by pod UID (and so how many there
+    /// are, for `maxPods`): admission checks a new pod against them and records it under the
+    /// same lock, so two pods never both get a port or the last place.
     pub admitted_ports: Mutex<HashMap<String, Vec<crate::network::hostports::Mapping>>>,
     /// Rung when image garbage collection may have work: a pull finished, a pod left.
     pub image_gc: tokio::sync::Notify,
@@ -156,6 +157,9 @@ impl Node {
                     config.container_log_max_size
                 )
             })?;
+        if config.max_pods == 0 {
+            anyhow::bail!("config: maxPods: must be at least 1, got 0");
+        }
         if config.container_log_max_files < 2 {
             anyhow::bail!(
                 "config: containerLogMaxFiles: must be at least 2, got {}",

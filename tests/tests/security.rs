@@ -476,3 +476,66 @@ fn kubectl_debug_runs_an_ephemeral_container_beside_its_target() -> Result<()> {
     wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
     node.assert_clean()
 }
+
+/// `maxPods`: the scheduler leaves a pod Pending once the node is full ("Too many pods"), and
+/// the node itself rejects one that reaches it anyway (a static pod) with kubelet's OutOfpods.
+#[test]
+fn max_pods_holds_as_kubelet_admits() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "maxPods: 2\n")?;
+    node.start_agent()?;
+    node.wait_api()?;
+    for name in ["one", "two"] {
+        node.kubectl_create(&nodelet_tests::sleeper_pod(name), &[])?;
+    }
+    wait_for("two pods running", T, || {
+        ["one", "two"]
+            .iter()
+            .all(|n| node.api_pod(n).is_some_and(|p| TestNode::running(&p, "c")))
+            .then_some(())
+    })
+    .with_context(|| node.agent_log())?;
+    let capacity = node.kubectl_ok(&[
+        "get",
+        "node",
+        "node1",
+        "-o",
+        "jsonpath={.status.capacity.pods}",
+    ])?;
+    assert_eq!(capacity, "2");
+    node.kubectl_create(&nodelet_tests::sleeper_pod("three"), &[])?;
+    wait_for("three waits", T, || {
+        let events = node
+            .kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=three",
+            ])
+            .ok()?;
+        events
+            .contains("0/1 nodes are available: 1 Too many pods")
+            .then_some(())
+    })?;
+    node.write_manifest("extra.yaml", &nodelet_tests::sleeper_pod("extra"));
+    let extra = wait_for("the static pod rejected", T, || {
+        node.pod("extra")
+            .filter(|p| p["status"]["phase"] == "Failed")
+    })?;
+    assert_eq!(extra["status"]["reason"], "OutOfpods");
+    assert_eq!(
+        extra["status"]["message"],
+        "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: 2, capacity: 2"
+    );
+    // A place frees: the waiting pod is scheduled and runs.
+    node.kubectl_ok(&["delete", "pod", "one"])?;
+    wait_for("three running", T, || {
+        node.api_pod("three").filter(|p| TestNode::running(p, "c"))
+    })?;
+    node.remove_manifest("extra.yaml");
+    node.kubectl_ok(&["delete", "pod", "two", "three"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    wait_for("static pod gone", T, || {
+        node.pod("extra").is_none().then_some(())
+    })?;
+    node.assert_clean()
+}

@@ -82,9 +82,11 @@ impl Scheduler {
     fn pass(&mut self, store: &Store) {
         let nodes = all(store, Resource::Nodes, None);
         let pods = all(store, Resource::Pods, None);
+        // Bound pods that still run, per node (what counts against a node's `pods`).
         let mut load: HashMap<String, usize> = HashMap::new();
         for p in &pods {
-            if let Some(n) = p["spec"]["nodeName"].as_str() {
+            let finished = matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+            if let (Some(n), false) = (p["spec"]["nodeName"].as_str(), finished) {
                 *load.entry(n.to_owned()).or_default() += 1;
             }
         }
@@ -119,10 +121,16 @@ impl Scheduler {
                     let free = taken
                         .get(name_of(n))
                         .is_none_or(|t| conflict(&wanted, t).is_none());
-                    (
-                        n,
-                        fits(pod, n).and(if free { Ok(()) } else { Err(Misfit::Ports) }),
-                    )
+                    let room = pods_allowed(n)
+                        .is_none_or(|max| load.get(name_of(n)).copied().unwrap_or(0) < max);
+                    let verdict = fits(pod, n)
+                        .and(if room {
+                            Ok(())
+                        } else {
+                            Err(Misfit::TooManyPods)
+                        })
+                        .and(if free { Ok(()) } else { Err(Misfit::Ports) });
+                    (n, verdict)
                 })
                 .collect();
             let chosen = verdicts
@@ -169,7 +177,10 @@ impl Scheduler {
             }
             let reasons: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
             // Only a port held by another pod could be freed by preempting it.
-            let ports = misfits.iter().filter(|m| **m == Misfit::Ports).count();
+            let ports = misfits
+                .iter()
+                .filter(|m| matches!(m, Misfit::Ports | Misfit::TooManyPods))
+                .count();
             let preemption = if ports > 0 {
                 format!("{ports} No preemption victims found for incoming pod")
             } else {
@@ -204,6 +215,7 @@ impl Scheduler {
 enum Misfit {
     Unschedulable,
     Selector,
+    TooManyPods,
     Ports,
 }
 
@@ -213,6 +225,7 @@ impl Misfit {
             Misfit::Unschedulable => "node(s) were unschedulable",
             Misfit::Selector => "node(s) didn't match Pod's node affinity/selector",
             Misfit::Ports => "node(s) didn't have free ports for the requested pod ports",
+            Misfit::TooManyPods => "Too many pods",
         }
     }
 }
@@ -233,6 +246,14 @@ fn fits(pod: &Value, node: &Value) -> Result<(), Misfit> {
     } else {
         Err(Misfit::Selector)
     }
+}
+
+/// How many pods the node takes (`status.allocatable.pods`, else its capacity), if it says.
+fn pods_allowed(node: &Value) -> Option<usize> {
+    let status = &node["status"];
+    [&status["allocatable"]["pods"], &status["capacity"]["pods"]]
+        .iter()
+        .find_map(|q| q.as_str()?.parse().ok())
 }
 
 /// Whether the pod holds node ports (a cheap look before decoding it): host ports, or any port

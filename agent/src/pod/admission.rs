@@ -38,6 +38,14 @@ pub fn check<'a>(
         .map(|(reason, m)| (reason, format!("Pod was rejected: {m}")))
 }
 
+/// kubelet's resource fit for pods: `used` admitted pods already, `capacity` the node's
+/// `maxPods`.
+pub fn pods(used: usize, capacity: usize) -> Option<(&'static str, String)> {
+    (used >= capacity).then(|| {
+        ("OutOfpods", format!("Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {capacity}"))
+    })
+}
+
 /// kubelet's NodePorts predicate: no two admitted pods of the node hold the same host port.
 fn host_ports<'a>(pod: &Pod, mut others: impl Iterator<Item = &'a [Mapping]>) -> Option<String> {
     let mine = held(pod);

@@ -125,7 +125,7 @@ pub fn status(config: &Config, name: &str, since: jiff::Timestamp) -> NodeStatus
             "ephemeral-storage".to_owned(),
             Quantity(storage_bytes(&config.root_dir).to_string()),
         ),
-        ("pods".to_owned(), Quantity("110".into())),
+        ("pods".to_owned(), Quantity(config.max_pods.to_string())),
     ]);
     let condition = |ty: &str, status: &str, reason: &str, message: &str| NodeCondition {
         type_: ty.to_owned(),

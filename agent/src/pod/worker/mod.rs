@@ -255,7 +255,10 @@ impl Worker {
                     .filter(|(uid, _)| **uid != self.uid)
                     .map(|(_, m)| m.as_slice());
                 let allowed = &self.node.config.allowed_unsafe_sysctls;
-                super::admission::check(&self.pod, allowed, others)
+                let max = self.node.config.max_pods;
+                let used = admitted.len() - usize::from(admitted.contains_key(&self.uid));
+                super::admission::pods(used, max)
+                    .or_else(|| super::admission::check(&self.pod, allowed, others))
             };
             match verdict {
                 Some((reason, message)) => {
@@ -654,6 +657,13 @@ impl Worker {
             self.status.as_ref(),
             Timestamp::now(),
         );
+        // A finished pod holds no place on the node any more (kubelet admits against active
+        // pods only): its ports and its count go.
+        if self.admitted && matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            if let Ok(mut admitted) = self.node.admitted_ports.lock() {
+                admitted.remove(&self.uid);
+            }
+        }
         let mut pod = (*self.pod).clone();
         pod.status = Some(status.clone());
         self.status = Some(status);
