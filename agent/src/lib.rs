@@ -7,6 +7,7 @@ pub mod config;
 pub mod https;
 pub mod images;
 pub mod kubelet;
+pub mod limits;
 pub mod network;
 pub mod node;
 pub mod paths;

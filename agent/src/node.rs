@@ -301,6 +301,9 @@ impl Node {
 /// Runs the agent until SIGTERM or SIGINT; pods keep running after it returns, as with kubelet.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let paths = NodePaths::new(&config);
+    for warning in crate::limits::check(config.max_pods, crate::limits::read_sysctl) {
+        warn!("{warning}");
+    }
     for dir in [
         &paths.root,
         &paths.run,
