@@ -587,3 +587,60 @@ fn pods_call_the_api_with_their_service_account() -> Result<()> {
     assert_eq!(as_token(&token, "/api/v1/namespaces")?, "401");
     node.assert_clean()
 }
+
+/// A killed agent takes its pods' API volumes back as they are: nothing restarts, the tmpfs
+/// volumes keep their content, and an update made while the agent was down arrives once it is
+/// back; deleting the pod afterwards leaves nothing mounted.
+#[test]
+fn api_volumes_survive_an_agent_kill() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_ok(&[
+        "create",
+        "configmap",
+        "app",
+        "--from-literal=greeting=hello",
+    ])?;
+    node.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+    ])?;
+    node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: steady}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n    volumeMounts: [{name: cfg, mountPath: /cfg}, {name: sec, mountPath: /sec}]\n  volumes:\n  - {name: cfg, configMap: {name: app}}\n  - {name: sec, secret: {secretName: db}}\n",
+        &[],
+    )?;
+    let p = wait_for("steady running", T, || {
+        pod(&node, "steady").filter(|p| TestNode::running(p, "c"))
+    })
+    .with_context(|| node.agent_log())?;
+    let id = TestNode::container_status(&p, "c")["containerID"].clone();
+    node.stop_agent(nix::sys::signal::Signal::SIGKILL)?;
+    // The pod goes on without the agent, its volumes as they were.
+    assert_eq!(read(&node, &p, "/cfg/greeting"), "hello");
+    assert_eq!(read(&node, &p, "/sec/password"), "s3cret");
+    node.start_agent()?;
+    node.wait_api()?;
+    node.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "app",
+        "-p",
+        r#"{"data":{"greeting":"again"}}"#,
+    ])?;
+    wait_for("the update after the restart", T, || {
+        (read(&node, &p, "/cfg/greeting") == "again").then_some(())
+    })
+    .with_context(|| node.agent_log())?;
+    let p = pod(&node, "steady").context("steady")?;
+    let c = TestNode::container_status(&p, "c");
+    assert_eq!(c["containerID"], id, "the container was not restarted");
+    assert_eq!(c["restartCount"], 0);
+    assert_eq!(read(&node, &p, "/sec/password"), "s3cret");
+    node.kubectl_ok(&["delete", "pod", "steady"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    node.assert_clean()
+}
