@@ -148,6 +148,13 @@ impl Runtime {
         self.done(uid, "signal", &request).await
     }
 
+    /// Closes the shim's end of an instance's stdin (its process reads EOF once attach sessions
+    /// close theirs).
+    pub async fn close_stdin(&self, uid: &str, id: &str) -> Result<(), Error> {
+        let request = Request::CloseStdin { id: id.to_owned() };
+        self.done(uid, "close stdin", &request).await
+    }
+
     /// Forgets an exited instance.
     pub async fn remove(&self, uid: &str, id: &str) -> Result<(), Error> {
         let request = Request::Remove { id: id.to_owned() };

@@ -43,6 +43,8 @@ pub struct Pipes {
     pub error: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// The read end of the container's stdin FIFO (`stdin: true`); /dev/null otherwise.
+    pub stdin: Option<OwnedFd>,
 }
 
 /// Runs in the cloned child; never returns.
@@ -52,8 +54,9 @@ pub fn run(spec: &ContainerSpec, shm: Option<&Path>, pipes: Pipes) -> ! {
         error,
         stdout,
         stderr,
+        stdin,
     } = pipes;
-    let err = setup_and_exec(spec, shm, release, stdout, stderr).unwrap_err();
+    let err = setup_and_exec(spec, shm, release, stdout, stderr, stdin).unwrap_err();
     let mut text = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(s) = source {
@@ -71,6 +74,7 @@ fn setup_and_exec(
     release: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    stdin: Option<OwnedFd>,
 ) -> Result<std::convert::Infallible, Error> {
     let mut byte = [0u8; 1];
     if std::fs::File::from(release)
@@ -82,11 +86,14 @@ fn setup_and_exec(
     }
     // A session of its own: no controlling terminal, and the shim's signals stay the shim's.
     let _ = nix::unistd::setsid();
-    let null = std::fs::File::open("/dev/null").map_err(Error::Streams)?;
-    sys::dup_onto(null.as_fd(), 0).map_err(Error::Streams)?;
+    let input = match stdin {
+        Some(fd) => fd,
+        None => OwnedFd::from(std::fs::File::open("/dev/null").map_err(Error::Streams)?),
+    };
+    sys::dup_onto(input.as_fd(), 0).map_err(Error::Streams)?;
     sys::dup_onto(stdout.as_fd(), 1).map_err(Error::Streams)?;
     sys::dup_onto(stderr.as_fd(), 2).map_err(Error::Streams)?;
-    drop((null, stdout, stderr));
+    drop((input, stdout, stderr));
 
     rootfs::prepare(&spec.rootfs, &spec.mounts, shm)?;
     rootfs::protect_paths(&spec.process)?;

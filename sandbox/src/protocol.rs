@@ -25,6 +25,9 @@ pub enum Request {
     Remove { id: String },
     /// Kill everything left, release the pod's namespaces and exit.
     Shutdown,
+    /// Close the shim's end of a container's stdin FIFO: the process reads EOF once every
+    /// attach session has closed its own (`stdinOnce`).
+    CloseStdin { id: String },
     /// Keep the connection open and receive an `Event` line per container exit.
     Subscribe,
     /// Run a command in a running container without a client (probes, hooks): the shim forks

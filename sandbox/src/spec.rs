@@ -58,6 +58,11 @@ pub struct ContainerSpec {
     /// container's `targetContainerName`): the id of the target's instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// `stdin: true`: the process reads a FIFO (`<shim dir>/stdin-<id>`) that attach sessions
+    /// write to, instead of /dev/null; it sees EOF once the shim closes its own end
+    /// (`CloseStdin`, after the first session with `stdinOnce`).
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 /// An overlayfs root: read-only unpacked layers below, this instance's own upper directory above.

@@ -539,3 +539,60 @@ fn max_pods_holds_as_kubelet_admits() -> Result<()> {
     })?;
     node.assert_clean()
 }
+
+/// `stdin: true`: the process reads what an attach session sends (`kubectl run -i`), and EOF
+/// when that session ends (`stdinOnce`, which `kubectl run -i` sets); a terminal is refused.
+#[test]
+fn kubectl_run_i_feeds_the_containers_stdin() -> Result<()> {
+    let mut node = TestNode::new()?;
+    node.start_agent()?;
+    node.wait_api()?;
+    let out = node.kubectl_with(
+        "kubectl",
+        &[
+            "run",
+            "reader",
+            "--image=busybox",
+            "--image-pull-policy=IfNotPresent",
+            "--restart=Never",
+            "-i",
+            "--",
+            "sh",
+            "-c",
+            "while read l; do echo \"got $l\"; done; echo done",
+        ],
+        Some("hello\nworld\n"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success()
+            && text.contains("got hello")
+            && text.contains("got world")
+            && text.contains("done"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = wait_for("reader completed", T, || {
+        node.api_pod("reader")
+            .filter(|p| p["status"]["phase"] == "Succeeded")
+    })?;
+    let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let tty = node.kubectl(&[
+        "run",
+        "term",
+        "--image=busybox",
+        "-it",
+        "--restart=Never",
+        "--",
+        "sh",
+    ]);
+    let err = String::from_utf8_lossy(&tty.stderr).into_owned();
+    assert!(
+        !tty.status.success() && err.contains("spec.containers[0].tty"),
+        "{err}"
+    );
+    node.kubectl_ok(&["delete", "pod", "reader"])?;
+    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    assert!(!node.dir.join("run/pods").join(uid).exists());
+    node.assert_clean()
+}

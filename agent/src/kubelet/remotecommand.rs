@@ -65,8 +65,82 @@ struct Size {
 /// The running side of a session: what is fed to stdin and where output goes.
 enum Session {
     Exec(Box<Exec>),
-    /// `attach`: the container's output from now on (its log), no input.
-    Attach(mpsc::Receiver<Bytes>),
+    /// `attach`: the container's output from now on (its log), and its stdin if it has one.
+    Attach(mpsc::Receiver<Bytes>, Option<AttachInput>),
+}
+
+/// Where an attach session's input goes: the container's stdin FIFO (`stdin: true`).
+struct AttachInput {
+    node: Arc<Node>,
+    uid: String,
+    id: String,
+    fifo: std::path::PathBuf,
+    /// `stdinOnce`: the process reads EOF when this session's input ends.
+    once: bool,
+}
+
+/// The stdin of the attached container's running instance, if its spec asks for one (a
+/// container without stdin discards the input, as containerd does).
+fn attach_input(node: &Arc<Node>, req: &ExecRequest) -> Option<AttachInput> {
+    let (uid, pod) = node.find_pod(&req.namespace, &req.pod)?;
+    let spec = pod.spec.as_ref()?;
+    let ephemeral: Vec<_> = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(crate::pod::build::ephemeral_container)
+        .collect();
+    let c = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .chain(&ephemeral)
+        .find(|c| c.name == req.container)?;
+    if c.stdin != Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let id = status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .chain(status.ephemeral_container_statuses.iter())
+        .flatten()
+        .find(|s| s.name == req.container)?
+        .container_id
+        .as_deref()?
+        .strip_prefix("nodelet://")?
+        .to_owned();
+    let fifo = node.runtime.shim(&uid).path().join(format!("stdin-{id}"));
+    Some(AttachInput {
+        node: node.clone(),
+        uid,
+        id,
+        fifo,
+        once: c.stdin_once == Some(true),
+    })
+}
+
+/// Copies an attach session's input into the container's stdin until the client closes it;
+/// with `stdinOnce`, the process then reads EOF.
+async fn feed_stdin(mut input: mpsc::Receiver<Bytes>, to: AttachInput) {
+    match tokio::net::unix::pipe::OpenOptions::new().open_sender(&to.fifo) {
+        Ok(mut pipe) => {
+            while let Some(b) = input.recv().await {
+                if pipe.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, fifo = %to.fifo.display(), "open the container's stdin")
+        }
+    }
+    if to.once {
+        if let Err(e) = to.node.runtime.close_stdin(&to.uid, &to.id).await {
+            tracing::warn!(error = %crate::error_chain(&e), "close the container's stdin");
+        }
+    }
 }
 
 /// Copies a reader into a channel of chunks until EOF (a terminal's EIO counts as EOF).
@@ -103,7 +177,7 @@ async fn start(node: &Arc<Node>, req: &ExecRequest, attach: bool) -> Result<Sess
             options,
         )
         .await
-        .map(Session::Attach)
+        .map(|log| Session::Attach(log, req.stdin.then(|| attach_input(node, req)).flatten()))
         .map_err(|e| internal_error(&e.to_string()));
     }
     exec::start(node.clone(), req)
@@ -213,7 +287,10 @@ where
     F: std::future::Future<Output = bool>,
 {
     let mut exec = match session {
-        Session::Attach(mut log) => {
+        Session::Attach(mut log, input) => {
+            if let (Some(stdin), Some(to)) = (stdin, input) {
+                tokio::spawn(feed_stdin(stdin, to));
+            }
             tokio::pin!(client_gone);
             loop {
                 tokio::select! {

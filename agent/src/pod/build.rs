@@ -360,6 +360,7 @@ pub fn container_spec(
         log_rotation: node.log_rotation,
         labels: Default::default(),
         target: None,
+        stdin: c.stdin == Some(true),
     })
 }
 

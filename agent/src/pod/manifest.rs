@@ -454,17 +454,11 @@ fn validate_container(
 /// Fields nodelet does not apply yet are refused, never accepted and ignored: a pod that
 /// asked for a seccomp profile must not run as if it had one.
 fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
-    for (field, set) in [
-        ("stdin", c.stdin),
-        ("stdinOnce", c.stdin_once),
-        ("tty", c.tty),
-    ] {
-        if set == Some(true) {
-            return Err(field_err(
-                format!("{path}.{field}"),
-                "Forbidden: nodelet does not connect a container's own stdin or terminal yet (its stdin is /dev/null; `kubectl exec -i/-t` works, `kubectl attach` shows output only)",
-            ));
-        }
+    if c.tty == Some(true) {
+        return Err(field_err(
+            format!("{path}.tty"),
+            "Forbidden: nodelet does not give a container a terminal of its own yet (`stdin` works without one, and `kubectl exec -t` works)",
+        ));
     }
     for (j, src) in c.env_from.iter().flatten().enumerate() {
         let field = format!("{path}.envFrom[{j}]");

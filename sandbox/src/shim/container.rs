@@ -26,6 +26,14 @@ use crate::{cgroup, init};
 pub struct Container {
     pub status: ContainerStatus,
     pub cgroup: Option<PathBuf>,
+    /// The shim's own end of the stdin FIFO, held open so the process blocks on read (instead of
+    /// seeing EOF) between attach sessions; dropped by `CloseStdin` and at exit.
+    pub stdin: Option<fs::File>,
+}
+
+/// The FIFO a container with `stdin: true` reads, in the shim's directory.
+pub fn stdin_path(dir: &super::ShimDir, id: &str) -> PathBuf {
+    dir.path().join(format!("stdin-{id}"))
 }
 
 /// One of a container's output pipes, read by the shim and written to the CRI log file.
@@ -89,6 +97,23 @@ impl Server {
         let (err_r, err_w) = pipe()?;
         let (release_r, release_w) = pipe()?;
         let (fail_r, fail_w) = pipe()?;
+        // stdin: a FIFO the shim holds open for writing, and the process reads.
+        let (stdin_keep, stdin_read) = if spec.stdin {
+            let path = stdin_path(&self.dir, &spec.id);
+            let _ = fs::remove_file(&path);
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| format!("make {}: {e}", path.display()))?;
+            let keep = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("open {}: {e}", path.display()))?;
+            let read =
+                fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+            (Some(keep), Some(OwnedFd::from(read)))
+        } else {
+            (None, None)
+        };
         if let Some(cg) = &spec.cgroup {
             cgroup::create(cg).map_err(|e| error_chain(&e))?;
         }
@@ -131,13 +156,14 @@ impl Server {
                         error: fail_w,
                         stdout: out_w,
                         stderr: err_w,
+                        stdin: stdin_read,
                     };
                     init::run(&spec, Some(&shm), pipes)
                 }
                 Forked::Parent(pid) => pid,
             };
         drop(joined);
-        drop((out_w, err_w, release_r, fail_w));
+        drop((out_w, err_w, release_r, fail_w, stdin_read));
         if let Err(message) = release(&spec, pid, release_w, fail_r) {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
@@ -172,6 +198,7 @@ impl Server {
             Container {
                 status,
                 cgroup: spec.cgroup.map(|c| c.path),
+                stdin: stdin_keep,
             },
         );
         Ok(pid)
@@ -192,6 +219,9 @@ impl Server {
             oom_killed,
         });
         let status = container.status.clone();
+        if container.stdin.take().is_some() {
+            let _ = fs::remove_file(stdin_path(&self.dir, id));
+        }
         if let Some(cg) = container.cgroup.take() {
             if let Err(e) = cgroup::remove(&cg) {
                 tracing::warn!(error = %error_chain(&e), "remove container cgroup");

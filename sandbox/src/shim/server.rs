@@ -175,6 +175,15 @@ impl Server {
             Request::Signal { id, signal } => self.signal(&id, signal),
             Request::State => self.state(),
             Request::Remove { id } => self.remove(&id),
+            Request::CloseStdin { id } => match self.containers.get_mut(&id) {
+                Some(c) => {
+                    c.stdin = None;
+                    Response::Done
+                }
+                None => Response::Error {
+                    message: format!("no container {id}"),
+                },
+            },
             Request::Subscribe => {
                 let _ = stream.set_nonblocking(true);
                 self.subscribers.push(stream);
