@@ -171,6 +171,25 @@ impl TestNode {
         self.dir.join("config.yaml")
     }
 
+    /// A node with its agent running and its built-in API answering.
+    pub fn with_api() -> Result<TestNode> {
+        let mut node = TestNode::new()?;
+        node.start_agent()?;
+        node.wait_api()?;
+        Ok(node)
+    }
+
+    /// Waits (a minute at most) until no pod process is left, then checks that nothing of any
+    /// pod is (`assert_clean`).
+    pub fn settled(&self) -> Result<()> {
+        crate::wait_for(
+            "every pod's processes gone",
+            Duration::from_secs(60),
+            || self.processes().is_empty().then_some(()),
+        )?;
+        self.assert_clean()
+    }
+
     /// The running agent's pid, as the host sees it.
     pub fn agent_pid(&self) -> i32 {
         self.agent.as_ref().expect("agent running").pid

@@ -15,9 +15,7 @@ fn pod(node: &TestNode, name: &str) -> Option<Value> {
 
 #[test]
 fn config_maps_and_secrets_fill_the_environment() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let env_file = node.dir.join("app.env");
     std::fs::write(&env_file, "# settings\nMODE=fast\nLEVEL=3\n")?;
     let refused = node.kubectl(&[
@@ -146,8 +144,7 @@ spec:
     );
 
     node.kubectl_ok(&["delete", "pod", "configured", "waiting"])?;
-    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
-    node.assert_clean()
+    node.settled()
 }
 
 fn read(node: &TestNode, p: &Value, path: &str) -> String {
@@ -157,9 +154,7 @@ fn read(node: &TestNode, p: &Value, path: &str) -> String {
 
 #[test]
 fn api_volumes_show_objects_and_the_pod_and_follow_updates() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let file = node.dir.join("app.ini");
     std::fs::write(&file, "[app]\nmode = fast\n")?;
     let from_file = format!("--from-file={}", file.display());
@@ -310,16 +305,13 @@ spec:
     })?;
 
     node.kubectl_ok(&["delete", "pod", "volumes", "later"])?;
-    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
-    node.assert_clean()
+    node.settled()
 }
 
 /// A symlink planted in a shared volume cannot lead a subPath mount out of it.
 #[test]
 fn sub_paths_stay_inside_their_volume() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     node.kubectl_create(
         r#"
 apiVersion: v1
@@ -375,8 +367,7 @@ spec:
         "{pid}"
     );
     node.kubectl_ok(&["delete", "pod", "escape"])?;
-    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
-    node.assert_clean()
+    node.settled()
 }
 
 /// Service accounts: `default` in every namespace, `kubectl create token`, the kube-api-access
@@ -384,9 +375,7 @@ spec:
 /// service address (checked against the mounted CA), and tokens refused once they may not be.
 #[test]
 fn pods_call_the_api_with_their_service_account() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     wait_for("default service account", T, || {
         node.kubectl_ok(&["get", "sa", "default"]).ok()
     })?;
@@ -593,9 +582,7 @@ fn pods_call_the_api_with_their_service_account() -> Result<()> {
 /// back; deleting the pod afterwards leaves nothing mounted.
 #[test]
 fn api_volumes_survive_an_agent_kill() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let mut node = TestNode::with_api()?;
     node.kubectl_ok(&[
         "create",
         "configmap",
@@ -641,6 +628,5 @@ fn api_volumes_survive_an_agent_kill() -> Result<()> {
     assert_eq!(c["restartCount"], 0);
     assert_eq!(read(&node, &p, "/sec/password"), "s3cret");
     node.kubectl_ok(&["delete", "pod", "steady"])?;
-    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
-    node.assert_clean()
+    node.settled()
 }

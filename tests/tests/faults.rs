@@ -100,9 +100,7 @@ fn one_pod(node: &TestNode, prefix: &str) -> Result<(String, Running, Value, Str
 
 /// A test node with its agent and built-in API up.
 fn api_node() -> Result<TestNode> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     Ok(node)
 }
 

@@ -206,9 +206,7 @@ fn run_get_describe_delete() -> Result<()> {
 
 #[test]
 fn labels_selectors_annotations_and_deletes() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let two = pod_yaml(
         "kubia-manual",
         "creation_method: manual, env: prod",
@@ -335,9 +333,7 @@ fn labels_selectors_annotations_and_deletes() -> Result<()> {
 
 #[test]
 fn namespaces() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let ns = squeeze(&ok(&node, &["get", "ns"])?);
     for want in [
         "default Active",
@@ -482,9 +478,7 @@ fn node_selector_waits_for_a_label() -> Result<()> {
 
 #[test]
 fn watch_sees_the_phases() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let home = node.dir.join("home");
     let mut watcher = node
         .net_command("kubectl")
@@ -526,9 +520,7 @@ fn watch_sees_the_phases() -> Result<()> {
 
 #[test]
 fn core_commands_with_kubectl_127_130_132_133() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     for version in ["1.27", "1.30", "1.32", "1.33"] {
         let bin = format!("kubectl.{version}");
         let k = |args: &[&str]| -> Result<String> {
@@ -587,9 +579,7 @@ fn core_commands_with_kubectl_127_130_132_133() -> Result<()> {
 
 #[test]
 fn agent_restart_loses_nothing() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let mut node = TestNode::with_api()?;
     create(&node, &pod_yaml("a", "keep: me", &["c"], ""), &[])?;
     wait_phase(&node, "a", "Running")?;
     let rv = |node: &TestNode| -> Result<u64> {
@@ -654,9 +644,7 @@ fn curl(node: &TestNode, auth: bool, args: &[&str]) -> Result<(u16, Value)> {
 
 #[test]
 fn bad_requests_get_status_errors() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let pods = "https://127.0.0.1:6443/api/v1/namespaces/default/pods";
     let (code, _) = curl(&node, false, &[pods])?;
     ensure!(code == 401, "no credentials: {code}");
@@ -782,9 +770,7 @@ fn bad_requests_get_status_errors() -> Result<()> {
 
 #[test]
 fn create_a_list_and_patch_every_way() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: l1}, spec: {nodeName: ghost, containers: [{name: c, image: busybox}]}}\n- {apiVersion: v1, kind: Pod, metadata: {name: l2}, spec: {nodeName: ghost, containers: [{name: c, image: busybox}]}}\n";
     // kubectl validates a List against the full OpenAPI v2 schema, which this API does not serve.
     let out = create(&node, list, &["--validate=false"])?;
@@ -879,9 +865,7 @@ fn create_a_list_and_patch_every_way() -> Result<()> {
 
 #[test]
 fn stored_pods_carry_no_fields_they_were_not_given() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     create(&node, "apiVersion: v1\nkind: Pod\nmetadata: {name: lean}\nspec: {nodeName: ghost, containers: [{name: c, image: busybox}]}\n", &[])?;
     let raw = ok(
         &node,
@@ -895,9 +879,7 @@ fn stored_pods_carry_no_fields_they_were_not_given() -> Result<()> {
 /// events with the bookmark kube-rs and client-go wait for.
 #[test]
 fn dry_run_and_watch_list_bookmark() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let pods = "https://127.0.0.1:6443/api/v1/namespaces/default/pods";
     let body = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"dry"},"spec":{"nodeName":"ghost","containers":[{"name":"c","image":"busybox"}]}}"#;
     let (code, created) = curl(
@@ -951,9 +933,7 @@ fn dry_run_and_watch_list_bookmark() -> Result<()> {
 /// manifest removes the mirror.
 #[test]
 fn static_pods_have_mirror_pods() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     node.write_manifest(
         "web.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'echo static hello; sleep 3600']}\n",

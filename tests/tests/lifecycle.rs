@@ -13,9 +13,7 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(60);
 
 fn api_node() -> Result<TestNode> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     Ok(node)
 }
 
@@ -103,13 +101,6 @@ fn create(node: &TestNode, yaml: &str) -> Result<String> {
 
 /// Waits for every process of the node's pods to be gone, then checks that nothing is left
 /// (a deleted pod leaves the API before its teardown ends).
-fn settled(node: &TestNode) -> Result<()> {
-    wait_for("every pod's processes gone", T, || {
-        node.processes().is_empty().then_some(())
-    })?;
-    node.assert_clean()
-}
-
 fn describe(node: &TestNode, name: &str) -> String {
     node.kubectl_ok(&["describe", "pod", name])
         .unwrap_or_else(|e| format!("{e:#}"))
@@ -177,7 +168,7 @@ spec:
         (init_id, 0.into())
     );
     node.kubectl_ok(&["delete", "pod", "web"])?;
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -225,7 +216,7 @@ fn a_failing_init_container_follows_the_pods_restart_policy() -> Result<()> {
         .collect();
     assert!(paths.contains("spec.initContainers{check}"), "{paths:?}");
     node.kubectl_ok(&["delete", "pod", "never", "always"])?;
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -279,7 +270,7 @@ spec:
     let (ready, _, _) = row(&node, "job");
     assert_eq!(ready, "0/2");
     node.kubectl_ok(&["delete", "pod", "job"])?;
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -378,7 +369,7 @@ spec:
         assert!(events.contains(want), "{want:?} in:\n{events}");
     }
     node.kubectl_ok(&["delete", "pod", "probed"])?;
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -442,7 +433,7 @@ spec:
         (false.into(), 0.into())
     );
     node.kubectl_ok(&["delete", "pod", "slow"])?;
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -562,7 +553,7 @@ spec:
         deleted.elapsed() < Duration::from_secs(15),
         "the grace period was not used up"
     );
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -604,7 +595,7 @@ spec:
         );
     }
     node.kubectl_ok(&["delete", "pod", "badhook"])?;
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -641,7 +632,7 @@ spec:
     let described = describe(&node, "bye");
     assert!(described.contains("bye from the file"), "{described}");
     node.kubectl_ok(&["delete", "pod", "bye"])?;
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -706,7 +697,7 @@ spec:
     let p = pod(&node, "steady").context("pod")?;
     assert_eq!(ids(&p), before, "probes after the restart changed nothing");
     node.kubectl_ok(&["delete", "pod", "steady"])?;
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -746,7 +737,7 @@ fn lifecycle_mistakes_are_refused_with_the_field_named() -> Result<()> {
     })?;
     assert!(node.pod("bad").is_none());
     node.remove_manifest("bad.yaml");
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -803,7 +794,7 @@ spec:
         assert!(events.contains(want), "{want:?} in:\n{events}");
     }
     node.kubectl_ok(&["delete", "pod", "grpc"])?;
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -859,7 +850,7 @@ spec:
     node.wait_gone("ordered", T)?;
     let log = std::fs::read_to_string(out.join("log")).unwrap_or_default();
     assert_eq!(log, "prestop\nterm\n");
-    settled(&node)
+    node.settled()
 }
 
 #[test]
@@ -912,5 +903,5 @@ spec:
     assert_eq!(std::fs::read_to_string(out.join("runs"))?, "run\nrun\n");
     assert_eq!(condition(&p, "Initialized"), "True");
     node.kubectl_ok(&["delete", "pod", "again"])?;
-    settled(&node)
+    node.settled()
 }

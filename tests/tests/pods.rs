@@ -615,9 +615,7 @@ fn bad_rotation_settings_stop_the_agent_with_the_key_named() -> Result<()> {
 /// go, each said, and nothing is left.
 #[test]
 fn reset_stops_every_pod_and_removes_the_node_state() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let mut node = TestNode::with_api()?;
     node.write_manifest(
         "polite.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: polite}\nspec:\n  terminationGracePeriodSeconds: 10\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, 'trap \"echo got TERM > /host/term; exit 0\" TERM; while true; do sleep 0.1; done'], volumeMounts: [{name: host, mountPath: /host}]}\n  volumes: [{name: host, hostPath: {path: HOST}}]\n"

@@ -18,9 +18,7 @@ fn exec(node: &TestNode, pod: &str, container: &str, script: &str) -> (bool, Str
 
 #[test]
 fn seccomp_profiles_confine_containers_and_their_execs() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let profiles = node.dir.join("root/seccomp/profiles");
     std::fs::create_dir_all(&profiles)?;
     std::fs::write(
@@ -126,8 +124,7 @@ spec:
     );
 
     node.kubectl_ok(&["delete", "pod", "confined", "missing"])?;
-    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
-    node.assert_clean()
+    node.settled()
 }
 
 #[test]
@@ -202,8 +199,7 @@ spec:
     // Deleting it took nothing of the node's network with it.
     assert_eq!(links_before, links()?);
     node.kubectl_ok(&["delete", "pod", "plain"])?;
-    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
-    node.assert_clean()
+    node.settled()
 }
 
 /// kubelet's node admission (sysctls, AppArmor) and the container checks of runAsNonRoot and
@@ -315,8 +311,7 @@ fn sysctls_apparmor_and_users_as_kubelet_admits_them() -> Result<()> {
     node.kubectl_ok(&[
         "delete", "pod", "tuned", "unsafe", "armored", "rooted", "nonroot",
     ])?;
-    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
-    node.assert_clean()
+    node.settled()
 }
 
 /// `hostPort`: the node's port leads to the pod (DNAT, as the portmap plugin maps it), only
@@ -404,9 +399,7 @@ fn host_ports_reach_the_pod_and_go_with_it() -> Result<()> {
 /// subresource runs once in the pod, in the target's PID namespace, and may not be changed.
 #[test]
 fn kubectl_debug_runs_an_ephemeral_container_beside_its_target() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     node.kubectl_create(&nodelet_tests::sleeper_pod("target"), &[])?;
     wait_for("target running", T, || {
         node.api_pod("target").filter(|p| TestNode::running(p, "c"))
@@ -473,8 +466,7 @@ fn kubectl_debug_runs_an_ephemeral_container_beside_its_target() -> Result<()> {
     assert!(patch.contains("spec.ephemeralContainers[1].ports: Forbidden: cannot be set for an Ephemeral Container"), "{patch}");
 
     node.kubectl_ok(&["delete", "pod", "target"])?;
-    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
-    node.assert_clean()
+    node.settled()
 }
 
 /// `maxPods`: the scheduler leaves a pod Pending once the node is full ("Too many pods"), and
@@ -544,9 +536,7 @@ fn max_pods_holds_as_kubelet_admits() -> Result<()> {
 /// when that session ends (`stdinOnce`, which `kubectl run -i` sets); a terminal is refused.
 #[test]
 fn kubectl_run_i_feeds_the_containers_stdin() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     let out = node.kubectl_with(
         "kubectl",
         &[

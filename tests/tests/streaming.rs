@@ -57,9 +57,7 @@ const PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: talk}\nspec:\n  
 
 #[test]
 fn logs_exec_and_port_forward() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     create(&node, PODS)?;
     running(&node, "talk")?;
     running(&node, "web")?;
@@ -382,9 +380,7 @@ fn forward(
 
 #[test]
 fn exec_and_port_forward_with_kubectl_127_and_133() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     create(&node, PODS)?;
     running(&node, "web")?;
     for (binary, port) in [("kubectl.1.27", "18090"), ("kubectl.1.33", "18091")] {
@@ -433,9 +429,7 @@ fn exec_and_port_forward_with_kubectl_127_and_133() -> Result<()> {
 /// preamble, channels 2i and 2i+1) and WebSocket exec, both through the built-in API.
 #[test]
 fn kube_rs_port_forward_and_exec() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     create(&node, PODS)?;
     running(&node, "web")?;
     let result = with_kube_pods(&node, |pods| async move {
@@ -562,9 +556,7 @@ where
 /// TokenReview accepts, nothing else; logs with kubelet's parameters.
 #[test]
 fn kubelet_api_takes_client_certificates_and_bearer_tokens() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     create(&node, PODS)?;
     let pod = running(&node, "talk")?;
     wait_for("some log lines", T, || {
@@ -795,9 +787,7 @@ fn follow_rotation_previous_attach_and_exec_cleanup() -> Result<()> {
 /// official Python client's `write_stdin("...")` sends it: read as binary frames are.
 #[test]
 fn exec_stdin_in_websocket_text_frames_is_read() -> Result<()> {
-    let mut node = TestNode::new()?;
-    node.start_agent()?;
-    node.wait_api()?;
+    let node = TestNode::with_api()?;
     create(
         &node,
         "apiVersion: v1\nkind: Pod\nmetadata: {name: texty}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}\n",

@@ -368,18 +368,7 @@ fn validate_container(
         }
         for (field, value) in [("subPath", sub_path), ("subPathExpr", sub_path_expr)] {
             if let Some(p) = value {
-                if p.starts_with('/') {
-                    return Err(field_err(
-                        format!("{mpath}.{field}"),
-                        format!("Invalid value: {p:?}: must be a relative path"),
-                    ));
-                }
-                if p.split('/').any(|c| c == "..") {
-                    return Err(field_err(
-                        format!("{mpath}.{field}"),
-                        format!("Invalid value: {p:?}: must not contain '..'"),
-                    ));
-                }
+                check_descending(&format!("{mpath}.{field}"), p)?;
             }
         }
     }
@@ -523,20 +512,8 @@ fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
             }
         }
         if let Some(f) = from.and_then(|f| f.field_ref.as_ref()) {
-            let p = f.field_path.as_str();
-            let keyed = ["metadata.labels['", "metadata.annotations['"]
-                .iter()
-                .any(|pre| p.starts_with(pre) && p.ends_with("']"));
-            if !ENV_FIELDS.contains(&p) && !keyed {
-                let supported: Vec<String> = ENV_FIELDS.iter().map(|f| format!("{f:?}")).collect();
-                return Err(field_err(
-                    format!("{path}.env[{j}].valueFrom.fieldRef.fieldPath"),
-                    format!(
-                        "Unsupported value: {p:?}: supported values: {}",
-                        supported.join(", ")
-                    ),
-                ));
-            }
+            let field = format!("{path}.env[{j}].valueFrom.fieldRef.fieldPath");
+            check_field_ref(&field, &f.field_path, &ENV_FIELDS)?;
         }
         if let Some(r) = from.and_then(|f| f.resource_field_ref.as_ref()) {
             check_resource_ref(&format!("{path}.env[{j}].valueFrom.resourceFieldRef"), r)?;
@@ -548,6 +525,42 @@ fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
         .and_then(|s| s.seccomp_profile.as_ref())
     {
         check_seccomp(&format!("{path}.securityContext.seccompProfile"), profile)?;
+    }
+    Ok(())
+}
+
+/// A downward API `fieldPath`: one of `allowed`, or `metadata.labels['k']` /
+/// `metadata.annotations['k']` (kube-apiserver's `validateDownwardAPIFieldPath...`).
+pub fn check_field_ref(field: &str, path: &str, allowed: &[&str]) -> Result<(), FieldError> {
+    let keyed = ["metadata.labels['", "metadata.annotations['"]
+        .iter()
+        .any(|pre| path.starts_with(pre) && path.ends_with("']"));
+    if allowed.contains(&path) || keyed {
+        return Ok(());
+    }
+    let supported: Vec<String> = allowed.iter().map(|f| format!("{f:?}")).collect();
+    Err(field_err(
+        field,
+        format!(
+            "Unsupported value: {path:?}: supported values: {}",
+            supported.join(", ")
+        ),
+    ))
+}
+
+/// kube-apiserver's `validateLocalDescendingPath`: relative, without a `..` component.
+pub fn check_descending(field: &str, path: &str) -> Result<(), FieldError> {
+    if path.starts_with('/') {
+        return Err(field_err(
+            field,
+            format!("Invalid value: {path:?}: must be a relative path"),
+        ));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(field_err(
+            field,
+            format!("Invalid value: {path:?}: must not contain '..'"),
+        ));
     }
     Ok(())
 }
@@ -874,6 +887,9 @@ mod tests {
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {configMapKeyRef: {name: c, key: ''}}}]}]}", "spec.containers[0].env[0].valueFrom.configMapKeyRef.key"),
             ("metadata: {name: web}\nspec: {securityContext: {seccompProfile: {type: Bogus}}, containers: [{name: a, image: b}]}", "spec.securityContext.seccompProfile.type"),
             ("metadata: {name: web}\nspec: {hostUsers: false, containers: [{name: a, image: b}]}", "spec.hostUsers"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, securityContext: {procMount: Unmasked}}]}", "spec.containers[0].securityContext.procMount"),
+            ("metadata: {name: web}\nspec: {securityContext: {sysctls: [{name: 'Net.bad', value: '1'}]}, containers: [{name: a, image: b}]}", "spec.securityContext.sysctls[0].name"),
+            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, tty: true}]}", "spec.containers[0].tty"),
         ];
         for (yaml, field) in cases {
             assert_eq!(check(yaml).unwrap_err().field, field, "{yaml}");

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! A reader inside the container sees the old payload or the new one, never a mix. Every such
-//! volume is a tmpfs mount (see `in_memory`), so secrets never reach the node's disk.
+//! volume is a tmpfs mount (see `prepare`), so secrets never reach the node's disk.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -41,14 +41,6 @@ pub fn is_api_volume(v: &Volume) -> bool {
         || v.secret.is_some()
         || v.downward_api.is_some()
         || v.projected.is_some()
-}
-
-/// Every API volume lives in memory: kubelet's secret and projected volumes so that secrets
-/// never reach the disk, and (unlike kubelet, which keeps them on disk) configMap and downwardAPI
-/// ones too, since their content is small and re-derived from the API at every start, and a
-/// write to tmpfs costs a fraction of a journaled one (`make bench`, BENCH=config).
-pub fn in_memory(v: &Volume) -> bool {
-    is_api_volume(v)
 }
 
 /// The plugin directory name kubelet uses for the volume's type.
@@ -87,11 +79,6 @@ pub fn sources(v: &Volume) -> impl Iterator<Item = (Kind, &str)> {
     direct.into_iter().chain(projected).flatten()
 }
 
-/// Whether the volume projects a service account token (which expires and is renewed).
-pub fn has_token(v: &Volume) -> bool {
-    token_sources(v).next().is_some()
-}
-
 pub fn token_sources(v: &Volume) -> impl Iterator<Item = &ServiceAccountTokenProjection> {
     let sources = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
     sources.filter_map(|s| s.service_account_token.as_ref())
@@ -112,26 +99,28 @@ pub fn payload(v: &Volume, inputs: &Inputs<'_>) -> Result<Payload, String> {
     let mut out = Payload::new();
     if let Some(c) = &v.config_map {
         let mode = c.default_mode.unwrap_or(DEFAULT_MODE);
-        let object = object(inputs.found, Kind::ConfigMap, &c.name, c.optional)?;
-        from_object(
+        let (items, optional) = (c.items.as_deref(), c.optional);
+        from_source(
             &mut out,
-            object,
+            inputs.found,
             Kind::ConfigMap,
-            c.items.as_deref(),
+            &c.name,
+            items,
             mode,
-            c.optional,
+            optional,
         )?;
-    } else if let Some(s) = &v.secret {
-        let mode = s.default_mode.unwrap_or(DEFAULT_MODE);
-        let name = s.secret_name.as_deref().unwrap_or_default();
-        let object = object(inputs.found, Kind::Secret, name, s.optional)?;
-        from_object(
+    } else if let Some(c) = &v.secret {
+        let mode = c.default_mode.unwrap_or(DEFAULT_MODE);
+        let name = c.secret_name.as_deref().unwrap_or_default();
+        let (items, optional) = (c.items.as_deref(), c.optional);
+        from_source(
             &mut out,
-            object,
+            inputs.found,
             Kind::Secret,
-            s.items.as_deref(),
+            name,
+            items,
             mode,
-            s.optional,
+            optional,
         )?;
     } else if let Some(d) = &v.downward_api {
         let mode = d.default_mode.unwrap_or(DEFAULT_MODE);
@@ -140,25 +129,27 @@ pub fn payload(v: &Volume, inputs: &Inputs<'_>) -> Result<Payload, String> {
         let mode = p.default_mode.unwrap_or(DEFAULT_MODE);
         for (i, s) in p.sources.iter().flatten().enumerate() {
             if let Some(c) = &s.config_map {
-                let object = object(inputs.found, Kind::ConfigMap, &c.name, c.optional)?;
-                from_object(
+                let (items, optional) = (c.items.as_deref(), c.optional);
+                from_source(
                     &mut out,
-                    object,
+                    inputs.found,
                     Kind::ConfigMap,
-                    c.items.as_deref(),
+                    &c.name,
+                    items,
                     mode,
-                    c.optional,
+                    optional,
                 )?;
             }
             if let Some(c) = &s.secret {
-                let object = object(inputs.found, Kind::Secret, &c.name, c.optional)?;
-                from_object(
+                let (items, optional) = (c.items.as_deref(), c.optional);
+                from_source(
                     &mut out,
-                    object,
+                    inputs.found,
                     Kind::Secret,
-                    c.items.as_deref(),
+                    &c.name,
+                    items,
                     mode,
-                    c.optional,
+                    optional,
                 )?;
             }
             if let Some(d) = &s.downward_api {
@@ -176,28 +167,23 @@ pub fn payload(v: &Volume, inputs: &Inputs<'_>) -> Result<Payload, String> {
     Ok(out)
 }
 
-fn object<'a>(
-    found: &'a Found,
+/// One ConfigMap or Secret into the payload: every key, or the `items` asked for. A missing
+/// object or key is an error unless `optional`.
+fn from_source(
+    out: &mut Payload,
+    found: &Found,
     kind: Kind,
     name: &str,
-    optional: Option<bool>,
-) -> Result<Option<&'a Object>, String> {
-    match found.get(&(kind, name.to_owned())) {
-        Some(Some(object)) => Ok(Some(object)),
-        _ if optional == Some(true) => Ok(None),
-        _ => Err(format!("{kind} {name:?} not found")),
-    }
-}
-
-fn from_object(
-    out: &mut Payload,
-    object: Option<&Object>,
-    kind: Kind,
     items: Option<&[KeyToPath]>,
     default_mode: i32,
     optional: Option<bool>,
 ) -> Result<(), String> {
-    let Some(object) = object else { return Ok(()) };
+    let optional = optional == Some(true);
+    let object = match found.get(&(kind, name.to_owned())) {
+        Some(Some(object)) => object,
+        _ if optional => return Ok(()),
+        _ => return Err(format!("{kind} {name:?} not found")),
+    };
     let files: BTreeMap<&str, &[u8]> = object.files().collect();
     match items {
         None | Some([]) => {
@@ -208,7 +194,7 @@ fn from_object(
         Some(items) => {
             for item in items {
                 let Some(data) = files.get(item.key.as_str()) else {
-                    if optional == Some(true) {
+                    if optional {
                         continue;
                     }
                     return Err(format!(
@@ -252,15 +238,7 @@ fn downward<'a>(
 
 /// kube-apiserver's checks of a configMap, secret, downwardAPI or projected volume.
 pub fn validate(path: &str, v: &Volume) -> Result<(), FieldError> {
-    let mode = |field: String, mode: Option<i32>| match mode {
-        Some(m) if !(0..=0o777).contains(&m) => Err(field_err(
-            field,
-            format!(
-                "Invalid value: {m}: must be a number between 0 and 0777 (octal), both inclusive"
-            ),
-        )),
-        _ => Ok(()),
-    };
+    let mode = |field: String, mode: Option<i32>| check_mode(&field, mode);
     let items = |field: String, items: Option<&Vec<KeyToPath>>| {
         for (i, item) in items.into_iter().flatten().enumerate() {
             let field = format!("{field}.items[{i}]");
@@ -372,20 +350,11 @@ fn validate_downward<'a>(
     for (i, item) in items.enumerate() {
         let field = format!("{field}.items[{i}]");
         check_path(&format!("{field}.path"), &item.path)?;
-        if let Some(m) = item.mode.filter(|m| !(0..=0o777).contains(m)) {
-            return Err(field_err(format!("{field}.mode"), format!("Invalid value: {m}: must be a number between 0 and 0777 (octal), both inclusive")));
-        }
+        check_mode(&format!("{field}.mode"), item.mode)?;
         match (&item.field_ref, &item.resource_field_ref) {
             (Some(f), None) => {
-                let p = f.field_path.as_str();
-                let keyed = ["metadata.labels['", "metadata.annotations['"]
-                    .iter()
-                    .any(|pre| p.starts_with(pre) && p.ends_with("']"));
-                if !VOLUME_FIELDS.contains(&p) && !keyed {
-                    let supported: Vec<String> =
-                        VOLUME_FIELDS.iter().map(|f| format!("{f:?}")).collect();
-                    return Err(field_err(format!("{field}.fieldRef.fieldPath"), format!("Unsupported value: {p:?}: supported values: {}", supported.join(", "))));
-                }
+                let field = format!("{field}.fieldRef.fieldPath");
+                super::manifest::check_field_ref(&field, &f.field_path, &VOLUME_FIELDS)?;
             }
             (None, Some(r)) => {
                 if r.container_name.as_deref().is_none_or(str::is_empty) {
@@ -399,24 +368,26 @@ fn validate_downward<'a>(
     Ok(())
 }
 
+/// A file mode: 0 to 0777.
+fn check_mode(field: &str, mode: Option<i32>) -> Result<(), FieldError> {
+    match mode {
+        Some(m) if !(0..=0o777).contains(&m) => Err(field_err(
+            field,
+            format!(
+                "Invalid value: {m}: must be a number between 0 and 0777 (octal), both inclusive"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// kube-apiserver's `validateLocalDescendingPath`: relative, no `..` component, not starting
 /// with `..` (the writer's own names).
 pub fn check_path(field: &str, path: &str) -> Result<(), FieldError> {
     if path.is_empty() {
         return Err(field_err(field, "Required value"));
     }
-    if path.starts_with('/') {
-        return Err(field_err(
-            field,
-            format!("Invalid value: {path:?}: must be a relative path"),
-        ));
-    }
-    if path.split('/').any(|c| c == "..") {
-        return Err(field_err(
-            field,
-            format!("Invalid value: {path:?}: must not contain '..'"),
-        ));
-    }
+    super::manifest::check_descending(field, path)?;
     if path.starts_with("..") {
         return Err(field_err(
             field,
@@ -473,10 +444,14 @@ impl Ownership {
     }
 }
 
-/// Creates the volume's directory: a tmpfs for secrets, mode 0777 as kubelet's wrapped emptyDir.
-pub fn prepare(dir: &Path, v: &Volume) -> io::Result<()> {
+/// Creates the volume's directory, mode 0777 as kubelet's wrapped emptyDir, as a tmpfs: kubelet
+/// backs secret and projected volumes with memory so that secrets never reach the disk; nodelet
+/// backs configMap and downwardAPI ones too (kubelet keeps them on disk), since their content is
+/// small and comes from the API again at every start, and a write to tmpfs costs a fraction of
+/// a journaled one (`make bench`, BENCH=config).
+pub fn prepare(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    if in_memory(v) && !super::volumes::is_mount_point(dir) {
+    if !super::volumes::is_mount_point(dir) {
         nix::mount::mount(
             Some("tmpfs"),
             dir,

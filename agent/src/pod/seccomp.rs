@@ -495,6 +495,32 @@ mod tests {
     }
 
     #[test]
+    fn the_profile_is_chosen_as_kubelet_chooses_it() {
+        let pod = |yaml: &str| crate::pod::manifest::parse(yaml.as_bytes()).unwrap();
+        let dir = Path::new("/root/seccomp");
+        let plain = pod("metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}");
+        let c = &pod_spec(&plain).containers[0];
+        assert_eq!(choose(&plain, c, false, false, dir), Choice::Unconfined);
+        assert_eq!(
+            choose(&plain, c, false, true, dir),
+            Choice::RuntimeDefault,
+            "seccompDefault"
+        );
+        assert_eq!(
+            choose(&plain, c, true, true, dir),
+            Choice::Unconfined,
+            "privileged"
+        );
+        let both = pod("metadata: {name: p}\nspec: {securityContext: {seccompProfile: {type: RuntimeDefault}}, containers: [{name: c, image: i, securityContext: {seccompProfile: {type: Localhost, localhostProfile: a.json}}}]}");
+        let c = &pod_spec(&both).containers[0];
+        assert_eq!(
+            choose(&both, c, false, false, dir),
+            Choice::Localhost(dir.join("a.json")),
+            "container over pod"
+        );
+    }
+
+    #[test]
     fn localhost_profiles_in_docker_form() {
         let profile: Profile = serde_json::from_str(
             r#"{"defaultAction": "SCMP_ACT_ALLOW", "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}],

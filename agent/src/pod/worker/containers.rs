@@ -370,6 +370,25 @@ impl Worker {
         }
     }
 
+    /// What the downward API and the environment read of the node for this pod; the node's
+    /// allocatable amounts only when a `resourceFieldRef` may need them (not on every start).
+    pub(super) fn facts(&self, with_allocatable: bool) -> build::Facts {
+        let (allocatable_millicpu, allocatable_memory, allocatable_storage) = if with_allocatable {
+            build::node_allocatable(&self.node.ctx.paths.root)
+        } else {
+            (0, 0, 0)
+        };
+        build::Facts {
+            pod_ip: self.observed.pod_ip.map(|ip| ip.to_string()),
+            host_ip: self.observed.host_ip.clone(),
+            allocatable_millicpu,
+            allocatable_memory,
+            allocatable_storage,
+            api_service: self.node.ctx.api_service.get().copied(),
+            ..Default::default()
+        }
+    }
+
     fn newest(&self, name: &str) -> Option<&Instance> {
         super::order::newest(&self.observed, name)
     }
@@ -385,17 +404,11 @@ impl Worker {
             .unwrap_or_else(|_| format!("{}@{}", image.reference, image.digest));
         self.observed.image_ids.insert(c.name.clone(), image_id);
         let id = crate::random_hex(32);
-        // Read only when a resourceFieldRef may need them (not on every start).
         let asks = c.env.iter().flatten().any(|v| {
             v.value_from
                 .as_ref()
                 .is_some_and(|f| f.resource_field_ref.is_some())
         });
-        let (allocatable_millicpu, allocatable_memory, allocatable_storage) = if asks {
-            build::node_allocatable(&self.node.ctx.paths.root)
-        } else {
-            (0, 0, 0)
-        };
         let (config_maps, secrets) = match self.env_objects(c).await {
             Ok(found) => found,
             Err(message) => {
@@ -407,14 +420,9 @@ impl Worker {
             }
         };
         let facts = build::Facts {
-            pod_ip: self.observed.pod_ip.map(|ip| ip.to_string()),
-            host_ip: self.observed.host_ip.clone(),
-            allocatable_millicpu,
-            allocatable_memory,
-            allocatable_storage,
             config_maps,
             secrets,
-            api_service: self.node.ctx.api_service.get().copied(),
+            ..self.facts(asks)
         };
         let inst = BuildInstance {
             pod: &self.pod,

@@ -504,17 +504,13 @@ impl Worker {
                 let _ = self.node.teardown_pod(&self.uid, Scope::Sandbox).await;
                 return Err(crate::error_chain(&e));
             }
-            let host_network = pod_spec(&self.pod).host_network == Some(true);
-            let attached = if host_network {
-                // The node's network: its address is the pod's, and there is nothing to wire.
-                self.observed.pod_ip = self
-                    .observed
-                    .host_ip
-                    .as_deref()
-                    .and_then(|ip| ip.parse().ok());
-                Ok(std::time::Duration::ZERO)
-            } else {
-                self.attach_network().await
+            // A hostNetwork pod has the node's network: nothing to wire.
+            let attached = match self.host_network_ip() {
+                Some(ip) => {
+                    self.observed.pod_ip = ip;
+                    Ok(std::time::Duration::ZERO)
+                }
+                None => self.attach_network().await,
             };
             let network_us = match attached {
                 Ok(took) => took.as_micros() as u64,
@@ -531,14 +527,9 @@ impl Worker {
         } else {
             let shim = self.node.runtime.shim(&self.uid);
             let attachment = network::read_attachment(shim.path());
-            self.observed.pod_ip = attachment.as_ref().and_then(|a| a.pod_ip());
-            if pod_spec(&self.pod).host_network == Some(true) {
-                self.observed.pod_ip = self
-                    .observed
-                    .host_ip
-                    .as_deref()
-                    .and_then(|ip| ip.parse().ok());
-            }
+            self.observed.pod_ip = self
+                .host_network_ip()
+                .unwrap_or_else(|| attachment.as_ref().and_then(|a| a.pod_ip()));
             if let (Some(a), Ok(net)) = (&attachment, self.node.network()) {
                 if let Err(e) = net.check(&self.uid, &shim.ns_dir().join("net"), a).await {
                     warn!(error = %crate::error_chain(&e), "re-adopted pod's network check failed");
@@ -551,6 +542,16 @@ impl Worker {
         self.observed.start_time.get_or_insert_with(Timestamp::now);
         self.events = self.node.runtime.subscribe(&self.uid).await.ok();
         Ok(())
+    }
+
+    /// A hostNetwork pod's address, the node's (`None`: the pod has a network of its own).
+    fn host_network_ip(&self) -> Option<Option<std::net::IpAddr>> {
+        (pod_spec(&self.pod).host_network == Some(true)).then(|| {
+            self.observed
+                .host_ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+        })
     }
 
     /// The pod's `hostPort` mappings, once it has its address. A marker in the shim's directory

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ServiceAccount, Volume};
 
 use super::Worker;
-use crate::pod::build::{self, pod_spec};
+use crate::pod::build::pod_spec;
 use crate::pod::objects::{self, Key};
 use crate::pod::projected::{self, Found, Inputs, Ownership};
 
@@ -82,19 +82,7 @@ impl Worker {
                 .chain(projected)
                 .any(|i| i.resource_field_ref.is_some())
         });
-        let (allocatable_millicpu, allocatable_memory, allocatable_storage) = if wants_resources {
-            build::node_allocatable(&self.node.ctx.paths.root)
-        } else {
-            (0, 0, 0)
-        };
-        let facts = build::Facts {
-            pod_ip: self.observed.pod_ip.map(|ip| ip.to_string()),
-            host_ip: self.observed.host_ip.clone(),
-            allocatable_millicpu,
-            allocatable_memory,
-            allocatable_storage,
-            ..Default::default()
-        };
+        let facts = self.facts(wants_resources);
         let security = pod_spec(&pod).security_context.as_ref();
         let owner = security.and_then(|s| s.fs_group).map(|gid| Ownership {
             gid: gid as u32,
@@ -132,7 +120,7 @@ impl Worker {
                 }
                 let dir = paths.volume_dir(&self.uid, projected::plugin(v), &v.name);
                 let writing = std::time::Instant::now();
-                projected::prepare(&dir, v)
+                projected::prepare(&dir)
                     .and_then(|()| projected::write(&dir, &payload, owner))
                     .and_then(|_| {
                         // kubelet's FsUser: the token belongs to the user every container runs
