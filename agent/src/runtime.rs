@@ -155,6 +155,53 @@ impl Runtime {
         self.done(uid, "close stdin", &request).await
     }
 
+    /// The controlling side of a `tty: true` instance's terminal, which the shim sends with its
+    /// answer (SCM_RIGHTS).
+    pub async fn terminal(&self, uid: &str, id: &str) -> Result<std::os::fd::OwnedFd, Error> {
+        let socket = self.shim(uid).socket();
+        let request = Request::Terminal { id: id.to_owned() };
+        let owner = uid.to_owned();
+        let exchange = move || -> std::io::Result<(Response, Option<std::os::fd::OwnedFd>)> {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket)?;
+            stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+            nodelet_sandbox::protocol::write_message(&mut stream, &request)?;
+            let mut reply = Vec::new();
+            let mut terminal = None;
+            let mut buf = [0u8; 4096];
+            while !reply.ends_with(b"\n") {
+                let (n, fd) = nodelet_sandbox::sys::recv_with_fd(
+                    std::os::fd::AsFd::as_fd(&stream),
+                    &mut buf,
+                )?;
+                if n == 0 {
+                    break;
+                }
+                terminal = terminal.or(fd);
+                reply.extend_from_slice(&buf[..n]);
+            }
+            let response = serde_json::from_slice(&reply).map_err(std::io::Error::from)?;
+            Ok((response, terminal))
+        };
+        let (response, terminal) = tokio::task::spawn_blocking(exchange)
+            .await
+            .map_err(|e| Error::Shim {
+                uid: owner.clone(),
+                message: e.to_string(),
+            })?
+            .map_err(|source| Error::Call {
+                uid: owner.clone(),
+                source,
+            })?;
+        match (response, terminal) {
+            (Response::Done, Some(fd)) => Ok(fd),
+            (Response::Error { message }, _) => Err(Error::Shim {
+                uid: owner,
+                message,
+            }),
+            (other, _) => Err(unexpected(uid, "terminal", &other)),
+        }
+    }
+
     /// Forgets an exited instance.
     pub async fn remove(&self, uid: &str, id: &str) -> Result<(), Error> {
         let request = Request::Remove { id: id.to_owned() };

@@ -95,7 +95,7 @@ fn run(spec: &ExecSpec, errors: &mut File) -> Result<i32, Error> {
     // A terminal of the container's own devpts (its /dev/ptmx), as runc makes for `exec -t`; the
     // controlling side goes back to the caller over standard input, a unix socket.
     let terminal = if spec.tty {
-        Some(open_terminal()?)
+        Some(sys::open_terminal().map_err(Error::Terminal)?)
     } else {
         None
     };
@@ -106,13 +106,13 @@ fn run(spec: &ExecSpec, errors: &mut File) -> Result<i32, Error> {
         Forked::Child => {
             drop(err_r);
             let _ = errors;
-            let err = child(spec, terminal.as_ref().map(|(_, slave)| slave)).unwrap_err();
+            let err = child(spec, terminal.as_ref().map(|(_, slave, _)| slave)).unwrap_err();
             let _ = File::from(err_w).write_all(crate::shim::error_chain(&err).as_bytes());
             sys::exit_now(127)
         }
         Forked::Parent(child) => {
             drop(err_w);
-            if let Some((master, slave)) = terminal {
+            if let Some((master, slave, _)) = terminal {
                 drop(slave);
                 let stdin = std::io::stdin();
                 sys::send_fd(
@@ -168,24 +168,6 @@ pub(crate) fn cgroup_procs(pid: i32) -> Result<Vec<PathBuf>, Error> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|_| Error::NotRunning(pid))?;
     Ok(crate::spawn::procs_paths(&text))
-}
-
-/// The controlling and the process side of a new terminal in the current mount namespace's devpts.
-fn open_terminal() -> Result<(OwnedFd, OwnedFd), Error> {
-    use nix::fcntl::OFlag;
-    let err = |e: nix::Error| Error::Terminal(e.into());
-    let master =
-        nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(err)?;
-    nix::pty::grantpt(&master).map_err(err)?;
-    nix::pty::unlockpt(&master).map_err(err)?;
-    let name = nix::pty::ptsname_r(&master).map_err(err)?;
-    let slave = nix::fcntl::open(
-        name.as_str(),
-        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(err)?;
-    Ok((master.into(), slave))
 }
 
 fn child(spec: &ExecSpec, terminal: Option<&OwnedFd>) -> Result<std::convert::Infallible, Error> {

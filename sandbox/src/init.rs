@@ -21,6 +21,8 @@ pub enum Error {
     NotReleased,
     #[error("set up standard streams")]
     Streams(#[source] std::io::Error),
+    #[error("set up the container's terminal")]
+    Terminal(#[source] std::io::Error),
     #[error("prepare root filesystem")]
     Rootfs(#[from] rootfs::Error),
     #[error("apply user and capabilities")]
@@ -41,10 +43,20 @@ pub struct Pipes {
     pub release: OwnedFd,
     /// Close-on-exec; receives the error text if setup fails.
     pub error: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-    /// The read end of the container's stdin FIFO (`stdin: true`); /dev/null otherwise.
-    pub stdin: Option<OwnedFd>,
+    pub stdio: Stdio,
+}
+
+/// Where the container's standard streams go.
+pub enum Stdio {
+    /// Pipes the shim reads, and stdin the FIFO (`stdin: true`) or /dev/null.
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    /// A terminal made in the container's own devpts once its root is in place, as runc makes
+    /// one for `terminal: true`; its controlling side goes back to the shim over this socket.
+    Terminal(OwnedFd),
 }
 
 /// Runs in the cloned child; never returns.
@@ -52,11 +64,9 @@ pub fn run(spec: &ContainerSpec, shm: Option<&Path>, pipes: Pipes) -> ! {
     let Pipes {
         release,
         error,
-        stdout,
-        stderr,
-        stdin,
+        stdio,
     } = pipes;
-    let err = setup_and_exec(spec, shm, release, stdout, stderr, stdin).unwrap_err();
+    let err = setup_and_exec(spec, shm, release, stdio).unwrap_err();
     let mut text = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(s) = source {
@@ -72,9 +82,7 @@ fn setup_and_exec(
     spec: &ContainerSpec,
     shm: Option<&Path>,
     release: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    stdin: Option<OwnedFd>,
+    stdio: Stdio,
 ) -> Result<std::convert::Infallible, Error> {
     let mut byte = [0u8; 1];
     if std::fs::File::from(release)
@@ -86,19 +94,59 @@ fn setup_and_exec(
     }
     // A session of its own: no controlling terminal, and the shim's signals stay the shim's.
     let _ = nix::unistd::setsid();
-    let input = match stdin {
-        Some(fd) => fd,
-        None => OwnedFd::from(std::fs::File::open("/dev/null").map_err(Error::Streams)?),
+    let null = || -> Result<OwnedFd, Error> {
+        Ok(std::fs::File::open("/dev/null")
+            .map_err(Error::Streams)?
+            .into())
     };
-    sys::dup_onto(input.as_fd(), 0).map_err(Error::Streams)?;
-    sys::dup_onto(stdout.as_fd(), 1).map_err(Error::Streams)?;
-    sys::dup_onto(stderr.as_fd(), 2).map_err(Error::Streams)?;
-    drop((input, stdout, stderr));
+    let console = match stdio {
+        Stdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let input = match stdin {
+                Some(fd) => fd,
+                None => null()?,
+            };
+            sys::dup_onto(input.as_fd(), 0).map_err(Error::Streams)?;
+            sys::dup_onto(stdout.as_fd(), 1).map_err(Error::Streams)?;
+            sys::dup_onto(stderr.as_fd(), 2).map_err(Error::Streams)?;
+            None
+        }
+        Stdio::Terminal(socket) => {
+            // Nothing of the shim's (its log on stderr) stays in the container meanwhile.
+            let null = null()?;
+            for target in 0..3 {
+                sys::dup_onto(null.as_fd(), target).map_err(Error::Streams)?;
+            }
+            Some(socket)
+        }
+    };
 
     rootfs::prepare(&spec.rootfs, &spec.mounts, shm)?;
+    if let Some(socket) = console {
+        terminal(&socket, spec.process.uid)?;
+    }
     rootfs::protect_paths(&spec.process)?;
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     exec_process(&spec.process)
+}
+
+/// Makes the container's terminal: a pty of its devpts, owned by the process's user (runc's
+/// `fixStdioPermissions`), bound over /dev/console, its standard streams and controlling
+/// terminal; the controlling side is sent to the shim.
+fn terminal(socket: &OwnedFd, uid: u32) -> Result<(), Error> {
+    let (master, slave, name) = sys::open_terminal().map_err(Error::Terminal)?;
+    nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), None)
+        .map_err(|e| Error::Terminal(e.into()))?;
+    rootfs::mount_console(Path::new(&name))?;
+    for target in 0..3 {
+        sys::dup_onto(slave.as_fd(), target).map_err(Error::Terminal)?;
+    }
+    sys::set_controlling_terminal().map_err(Error::Terminal)?;
+    sys::send_fd(socket.as_fd(), master.as_fd()).map_err(Error::Terminal)?;
+    Ok(())
 }
 
 /// The last steps of every process started in a container, its first one and `kubectl exec`'s

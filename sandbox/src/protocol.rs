@@ -28,6 +28,10 @@ pub enum Request {
     /// Close the shim's end of a container's stdin FIFO: the process reads EOF once every
     /// attach session has closed its own (`stdinOnce`).
     CloseStdin { id: String },
+    /// The controlling side of a `tty: true` instance's terminal, sent with the `Done` answer
+    /// (SCM_RIGHTS): attach sessions write their input to it and set its window size. Closing
+    /// stdin (`CloseStdin`) hangs the terminal up, as containerd closes its console.
+    Terminal { id: String },
     /// Keep the connection open and receive an `Event` line per container exit.
     Subscribe,
     /// Run a command in a running container without a client (probes, hooks): the shim forks

@@ -223,6 +223,14 @@ fn pivot_into(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Binds the container's terminal over /dev/console, as runc does for a container with one.
+pub fn mount_console(terminal: &Path) -> Result<()> {
+    let console = Path::new("/dev/console");
+    ensure_mount_point(console, false)?;
+    bind(terminal, console, false)?;
+    Ok(())
+}
+
 /// Hides and protects kernel files after pivot_root: masked files get /dev/null bound over them,
 /// masked directories an empty read-only tmpfs; read-only paths are bound onto themselves and
 /// remounted read-only. Paths the kernel does not have are skipped.

@@ -63,6 +63,12 @@ pub struct ContainerSpec {
     /// (`CloseStdin`, after the first session with `stdinOnce`).
     #[serde(default)]
     pub stdin: bool,
+    /// `tty: true`: the process's standard streams are a terminal of the container's own devpts,
+    /// its controlling terminal; the shim holds the other side, logs what comes out of it (as
+    /// stdout) and hands it to attach sessions (`Terminal`), which write input to it and resize
+    /// it. Takes the place of the stdin FIFO.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// An overlayfs root: read-only unpacked layers below, this instance's own upper directory above.

@@ -150,6 +150,22 @@ pub fn set_controlling_terminal() -> io::Result<()> {
     Ok(())
 }
 
+/// The controlling and the process side of a new terminal in the current mount namespace's
+/// devpts (its /dev/ptmx), and the process side's path.
+pub fn open_terminal() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd, String)> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok((master.into(), slave, name))
+}
+
 /// Sets a terminal's window size (TIOCSWINSZ, tty_ioctl(4)); its foreground process group gets
 /// SIGWINCH.
 pub fn set_window_size(fd: BorrowedFd<'_>, columns: u16, rows: u16) -> io::Result<()> {
@@ -168,25 +184,44 @@ pub fn set_window_size(fd: BorrowedFd<'_>, columns: u16, rows: u16) -> io::Resul
 
 /// Sends one descriptor over a unix socket (SCM_RIGHTS, unix(7)) with a one-byte message.
 pub fn send_fd(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    send_with_fd(socket, b"t", fd)
+}
+
+/// Sends `data` with one descriptor attached to its first byte (SCM_RIGHTS, unix(7)).
+pub fn send_with_fd(socket: BorrowedFd<'_>, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
     let fds = [fd.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<UnixAddr>(
+    let sent = sendmsg::<UnixAddr>(
         socket.as_raw_fd(),
-        &[io::IoSlice::new(b"t")],
+        &[io::IoSlice::new(data)],
         &cmsg,
         MsgFlags::empty(),
         None,
     )?;
+    // The rest of a long message goes without the descriptor, already sent.
+    let mut rest = &data[sent..];
+    while !rest.is_empty() {
+        let n = nix::unistd::write(socket, rest)?;
+        rest = &rest[n..];
+    }
     Ok(())
 }
 
 /// Receives one descriptor sent by `send_fd`; `None` if the peer closed without sending.
 pub fn recv_fd(socket: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    recv_with_fd(socket, &mut [0u8; 1]).map(|(_, fd)| fd)
+}
+
+/// Reads what arrives next into `buf`, with the descriptor attached to it if one was
+/// (`send_with_fd`): the byte count and the descriptor.
+pub fn recv_with_fd(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<std::os::fd::OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
     use std::os::fd::FromRawFd;
-    let mut byte = [0u8; 1];
-    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut iov = [io::IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let msg = recvmsg::<UnixAddr>(
         socket.as_raw_fd(),
@@ -194,16 +229,18 @@ pub fn recv_fd(socket: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
+    let mut received = None;
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: SCM_RIGHTS installed this descriptor in our table just now; nothing else
-                // owns it, so the OwnedFd is its only owner.
-                return Ok(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+            for fd in fds {
+                // SAFETY: SCM_RIGHTS installed this descriptor in our table just now; nothing
+                // else owns it, so the OwnedFd is its only owner.
+                let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(fd);
             }
         }
     }
-    Ok(None)
+    Ok((msg.bytes, received))
 }
 
 // -------------------------------------------------------------------------------------------------

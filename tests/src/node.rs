@@ -297,6 +297,47 @@ impl TestNode {
         child.wait_with_output().expect("wait for kubectl")
     }
 
+    /// Runs kubectl on a terminal of `rows` x `columns` (script(1) gives it one), as a user at a
+    /// shell would (`-it`); `input` is typed into that terminal.
+    pub fn kubectl_in_terminal(
+        &self,
+        args: &[&str],
+        rows: u16,
+        columns: u16,
+        input: &str,
+    ) -> Output {
+        let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+        let home = self.dir.join("home");
+        let _ = fs::create_dir_all(&home);
+        let mut line = format!(
+            "stty rows {rows} cols {columns}; exec {} --kubeconfig {} --cache-dir {}",
+            quote(&kubectl_path("kubectl").display().to_string()),
+            quote(&self.kubeconfig().display().to_string()),
+            quote(&home.join("cache-kubectl").display().to_string()),
+        );
+        for a in args {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        let mut child = self
+            .net_command("timeout")
+            .env("HOME", &home)
+            .args(["120", "script", "-qec", &line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run script");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .expect("type into the terminal");
+        // Open until kubectl ends: script(1) takes the end of its input as the end of the session.
+        let out = child.wait_with_output().expect("wait for script");
+        drop(stdin);
+        out
+    }
+
     /// `curl` in the node's network namespace, trusting the built-in API's CA and, with `auth`,
     /// presenting the admin client certificate from the kubeconfig.
     /// The built-in API's URL, from the node's kubeconfig.

@@ -464,6 +464,31 @@ fn kubectl_debug_runs_an_ephemeral_container_beside_its_target() -> Result<()> {
         .output()?;
     let patch = String::from_utf8_lossy(&patch.stdout).into_owned();
     assert!(patch.contains("spec.ephemeralContainers[1].ports: Forbidden: cannot be set for an Ephemeral Container"), "{patch}");
+    // `kubectl debug -it`: a shell on a terminal of its own, beside the target's processes.
+    let out = node.kubectl_in_terminal(
+        &[
+            "debug",
+            "-it",
+            "target",
+            "--image=busybox",
+            "--image-pull-policy=IfNotPresent",
+            "--target=c",
+            "--container=shell",
+            "--",
+            "sh",
+            "-c",
+            "read x; echo \"shell got $x on $(tty), target is $(cat /proc/1/cmdline | tr '\\0' ' ')\"",
+        ],
+        24,
+        80,
+        "hi\n",
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains("shell got hi on /dev/pts/0, target is sleep 3600"),
+        "{shown} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     node.kubectl_ok(&["delete", "pod", "target"])?;
     node.settled()
@@ -533,7 +558,7 @@ fn max_pods_holds_as_kubelet_admits() -> Result<()> {
 }
 
 /// `stdin: true`: the process reads what an attach session sends (`kubectl run -i`), and EOF
-/// when that session ends (`stdinOnce`, which `kubectl run -i` sets); a terminal is refused.
+/// when that session ends (`stdinOnce`, which `kubectl run -i` sets); with `-it`, a terminal.
 #[test]
 fn kubectl_run_i_feeds_the_containers_stdin() -> Result<()> {
     let node = TestNode::with_api()?;
@@ -567,21 +592,39 @@ fn kubectl_run_i_feeds_the_containers_stdin() -> Result<()> {
             .filter(|p| p["status"]["phase"] == "Succeeded")
     })?;
     let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
-    let tty = node.kubectl(&[
-        "run",
-        "term",
-        "--image=busybox",
-        "-it",
-        "--restart=Never",
-        "--",
-        "sh",
-    ]);
-    let err = String::from_utf8_lossy(&tty.stderr).into_owned();
-    assert!(
-        !tty.status.success() && err.contains("spec.containers[0].tty"),
-        "{err}"
+    // With a terminal (`kubectl run -it`): the process's streams are a terminal of the
+    // container's devpts, sized as kubectl's own, its input typed at kubectl's terminal.
+    let script = "read x; i=0; while [ \"$(stty size)\" = '0 0' ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; echo \"got $x on $(tty) of $(stty size) as $TERM\"";
+    let out = node.kubectl_in_terminal(
+        &[
+            "run",
+            "term",
+            "--image=busybox",
+            "--image-pull-policy=IfNotPresent",
+            "--restart=Never",
+            "-it",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        45,
+        123,
+        "hello\n",
     );
-    node.kubectl_ok(&["delete", "pod", "reader"])?;
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains("got hello on /dev/pts/0 of 45 123 as xterm"),
+        "{shown} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("term completed", T, || {
+        node.api_pod("term")
+            .filter(|p| p["status"]["phase"] == "Succeeded")
+    })?;
+    let logs = node.kubectl_ok(&["logs", "term"])?;
+    assert!(logs.contains("got hello on /dev/pts/0"), "{logs}");
+    node.kubectl_ok(&["delete", "pod", "reader", "term"])?;
     wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
     assert!(!node.dir.join("run/pods").join(uid).exists());
     node.assert_clean()

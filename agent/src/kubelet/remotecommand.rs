@@ -4,6 +4,7 @@
 //! channel that carries the exit code as kubelet reports it.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,23 +66,79 @@ struct Size {
 /// The running side of a session: what is fed to stdin and where output goes.
 enum Session {
     Exec(Box<Exec>),
-    /// `attach`: the container's output from now on (its log), and its stdin if it has one.
-    Attach(mpsc::Receiver<Bytes>, Option<AttachInput>),
+    /// `attach`: the container's output from now on (its log), and its input if it has one.
+    Attach(mpsc::Receiver<Bytes>, Attached),
 }
 
-/// Where an attach session's input goes: the container's stdin FIFO (`stdin: true`).
+/// The attached container's input side.
+#[derive(Default)]
+struct Attached {
+    /// Where the session's stdin goes, when the client sends one and the container reads one.
+    input: Option<AttachInput>,
+    /// The controlling side of its terminal (`tty: true`), for window sizes.
+    terminal: Option<OwnedFd>,
+}
+
 struct AttachInput {
     node: Arc<Node>,
     uid: String,
     id: String,
-    fifo: std::path::PathBuf,
-    /// `stdinOnce`: the process reads EOF when this session's input ends.
+    to: Stdin,
+    /// `stdinOnce`: the process reads EOF (or its terminal hangs up) when this session's input
+    /// ends.
     once: bool,
 }
 
-/// The stdin of the attached container's running instance, if its spec asks for one (a
-/// container without stdin discards the input, as containerd does).
-fn attach_input(node: &Arc<Node>, req: &ExecRequest) -> Option<AttachInput> {
+enum Stdin {
+    /// The container's stdin FIFO (`stdin: true`).
+    Fifo(std::path::PathBuf),
+    /// Its terminal (`stdin: true, tty: true`).
+    Terminal(OwnedFd),
+}
+
+/// The input side of the attached container's running instance: its stdin if its spec asks
+/// for one and the client sends one (a container without stdin discards the input, as
+/// containerd does), and its terminal.
+async fn attached(node: &Arc<Node>, req: &ExecRequest) -> Attached {
+    let Some((uid, id, c)) = attach_target(node, req) else {
+        return Attached::default();
+    };
+    let terminal = if c.tty == Some(true) {
+        match node.runtime.terminal(&uid, &id).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "the container's terminal");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let to = match &terminal {
+        _ if !req.stdin || c.stdin != Some(true) => None,
+        Some(t) => t.try_clone().ok().map(Stdin::Terminal),
+        None if c.tty == Some(true) => None,
+        None => Some(Stdin::Fifo(
+            node.runtime.shim(&uid).path().join(format!("stdin-{id}")),
+        )),
+    };
+    Attached {
+        input: to.map(|to| AttachInput {
+            node: node.clone(),
+            uid,
+            id,
+            to,
+            once: c.stdin_once == Some(true),
+        }),
+        terminal,
+    }
+}
+
+/// The attached container's pod uid, running instance id and spec.
+fn attach_target(
+    node: &Arc<Node>,
+    req: &ExecRequest,
+) -> Option<(String, String, k8s_openapi::api::core::v1::Container)> {
     let (uid, pod) = node.find_pod(&req.namespace, &req.pod)?;
     let spec = pod.spec.as_ref()?;
     let ephemeral: Vec<_> = spec
@@ -96,9 +153,6 @@ fn attach_input(node: &Arc<Node>, req: &ExecRequest) -> Option<AttachInput> {
         .chain(spec.init_containers.iter().flatten())
         .chain(&ephemeral)
         .find(|c| c.name == req.container)?;
-    if c.stdin != Some(true) {
-        return None;
-    }
     let status = pod.status.as_ref()?;
     let id = status
         .container_statuses
@@ -111,35 +165,77 @@ fn attach_input(node: &Arc<Node>, req: &ExecRequest) -> Option<AttachInput> {
         .as_deref()?
         .strip_prefix("nodelet://")?
         .to_owned();
-    let fifo = node.runtime.shim(&uid).path().join(format!("stdin-{id}"));
-    Some(AttachInput {
-        node: node.clone(),
-        uid,
-        id,
-        fifo,
-        once: c.stdin_once == Some(true),
-    })
+    Some((uid, id, c.clone()))
 }
 
 /// Copies an attach session's input into the container's stdin until the client closes it;
 /// with `stdinOnce`, the process then reads EOF.
-async fn feed_stdin(mut input: mpsc::Receiver<Bytes>, to: AttachInput) {
-    match tokio::net::unix::pipe::OpenOptions::new().open_sender(&to.fifo) {
-        Ok(mut pipe) => {
-            while let Some(b) = input.recv().await {
-                if pipe.write_all(&b).await.is_err() {
-                    break;
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, fifo = %to.fifo.display(), "open the container's stdin")
-        }
+async fn feed_stdin(input: mpsc::Receiver<Bytes>, to: AttachInput) {
+    let fed = match &to.to {
+        Stdin::Fifo(fifo) => feed_fifo(input, fifo).await,
+        Stdin::Terminal(t) => feed_terminal(input, t).await,
+    };
+    if let Err(e) = fed {
+        tracing::warn!(error = %e, container = %to.id, "write the container's stdin");
     }
     if to.once {
         if let Err(e) = to.node.runtime.close_stdin(&to.uid, &to.id).await {
             tracing::warn!(error = %crate::error_chain(&e), "close the container's stdin");
         }
+    }
+}
+
+async fn feed_fifo(
+    mut input: mpsc::Receiver<Bytes>,
+    fifo: &std::path::Path,
+) -> std::io::Result<()> {
+    let mut pipe = tokio::net::unix::pipe::OpenOptions::new().open_sender(fifo)?;
+    while let Some(b) = input.recv().await {
+        pipe.write_all(&b).await?;
+    }
+    Ok(())
+}
+
+/// Writes to the terminal's controlling side, which the shim reads without blocking (the
+/// flag belongs to the open file, shared with the shim's descriptor): each write waits until
+/// the terminal takes input.
+async fn feed_terminal(
+    mut input: mpsc::Receiver<Bytes>,
+    terminal: &OwnedFd,
+) -> std::io::Result<()> {
+    // SAFETY: an OwnedFd is open and refers to the same open file until the AsyncFd drops it.
+    let fd = unsafe { tokio::io::unix::AsyncFd::register(terminal.try_clone()?) }
+        .map_err(std::io::Error::from)?;
+    while let Some(b) = input.recv().await {
+        let mut rest = &b[..];
+        while !rest.is_empty() {
+            let mut ready = fd.writable().await?;
+            match ready.try_io(|fd| nix::unistd::write(fd.get_ref(), rest).map_err(Into::into)) {
+                Ok(n) => rest = &rest[n?..],
+                Err(_would_block) => continue,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies each window size the client sends (`{"Width":..,"Height":..}` objects, however the
+/// stream cuts them) to the terminal.
+async fn follow_sizes(mut sizes: mpsc::Receiver<Bytes>, terminal: OwnedFd) {
+    let mut pending = Vec::new();
+    while let Some(b) = sizes.recv().await {
+        pending.extend_from_slice(&b);
+        let mut de = serde_json::Deserializer::from_slice(&pending).into_iter::<Size>();
+        let mut used = 0;
+        while let Some(Ok(size)) = de.next() {
+            used = de.byte_offset();
+            let _ = nodelet_sandbox::sys::set_window_size(
+                std::os::fd::AsFd::as_fd(&terminal),
+                size.width,
+                size.height,
+            );
+        }
+        pending.drain(..used);
     }
 }
 
@@ -169,7 +265,7 @@ async fn start(node: &Arc<Node>, req: &ExecRequest, attach: bool) -> Result<Sess
             tail_lines: Some(0),
             ..Default::default()
         };
-        return super::logs::stream(
+        let log = super::logs::stream(
             node.clone(),
             &req.namespace,
             &req.pod,
@@ -177,8 +273,8 @@ async fn start(node: &Arc<Node>, req: &ExecRequest, attach: bool) -> Result<Sess
             options,
         )
         .await
-        .map(|log| Session::Attach(log, req.stdin.then(|| attach_input(node, req)).flatten()))
-        .map_err(|e| internal_error(&e.to_string()));
+        .map_err(|e| internal_error(&e.to_string()))?;
+        return Ok(Session::Attach(log, attached(node, req).await));
     }
     exec::start(node.clone(), req)
         .await
@@ -287,9 +383,12 @@ where
     F: std::future::Future<Output = bool>,
 {
     let mut exec = match session {
-        Session::Attach(mut log, input) => {
-            if let (Some(stdin), Some(to)) = (stdin, input) {
+        Session::Attach(mut log, attached) => {
+            if let (Some(stdin), Some(to)) = (stdin, attached.input) {
                 tokio::spawn(feed_stdin(stdin, to));
+            }
+            if let (Some(sizes), Some(terminal)) = (resize, attached.terminal) {
+                tokio::spawn(follow_sizes(sizes, terminal));
             }
             tokio::pin!(client_gone);
             loop {
@@ -316,24 +415,8 @@ where
         });
     }
     let terminal = exec.terminal.as_ref().and_then(|t| t.try_clone().ok());
-    if let (Some(mut sizes), Some(terminal)) = (resize, terminal) {
-        tokio::spawn(async move {
-            let mut pending = Vec::new();
-            while let Some(b) = sizes.recv().await {
-                pending.extend_from_slice(&b);
-                let mut de = serde_json::Deserializer::from_slice(&pending).into_iter::<Size>();
-                let mut used = 0;
-                while let Some(Ok(size)) = de.next() {
-                    used = de.byte_offset();
-                    let _ = nodelet_sandbox::sys::set_window_size(
-                        std::os::fd::AsFd::as_fd(&terminal),
-                        size.width,
-                        size.height,
-                    );
-                }
-                pending.drain(..used);
-            }
-        });
+    if let (Some(sizes), Some(terminal)) = (resize, terminal) {
+        tokio::spawn(follow_sizes(sizes, terminal));
     }
     let mut out = exec.stdout.take().map(pump_out);
     let mut err = exec.stderr.take().map(pump_out);

@@ -307,7 +307,11 @@ pub fn container_spec(
     let dir = node.paths.container_dir(uid, inst.id);
     let security = c.security_context.clone().unwrap_or_default();
     let privileged = security.privileged == Some(true);
-    let env = environment(pod, c, image, inst.facts)?;
+    let mut env = environment(pod, c, image, inst.facts)?;
+    // containerd's `WithTTY`: a terminal says what it is.
+    if c.tty == Some(true) && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
     let process_env = env.clone();
     let caps = capabilities(c, privileged);
     let profile =
@@ -361,6 +365,7 @@ pub fn container_spec(
         labels: Default::default(),
         target: None,
         stdin: c.stdin == Some(true),
+        tty: c.tty == Some(true),
     })
 }
 

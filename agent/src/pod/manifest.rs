@@ -443,12 +443,6 @@ fn validate_container(
 /// Fields nodelet does not apply yet are refused, never accepted and ignored: a pod that
 /// asked for a seccomp profile must not run as if it had one.
 fn refuse_unapplied(path: &str, c: &Container) -> Result<(), FieldError> {
-    if c.tty == Some(true) {
-        return Err(field_err(
-            format!("{path}.tty"),
-            "Forbidden: nodelet does not give a container a terminal of its own yet (`stdin` works without one, and `kubectl exec -t` works)",
-        ));
-    }
     for (j, src) in c.env_from.iter().flatten().enumerate() {
         let field = format!("{path}.envFrom[{j}]");
         match (&src.config_map_ref, &src.secret_ref) {
@@ -889,7 +883,6 @@ mod tests {
             ("metadata: {name: web}\nspec: {hostUsers: false, containers: [{name: a, image: b}]}", "spec.hostUsers"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, securityContext: {procMount: Unmasked}}]}", "spec.containers[0].securityContext.procMount"),
             ("metadata: {name: web}\nspec: {securityContext: {sysctls: [{name: 'Net.bad', value: '1'}]}, containers: [{name: a, image: b}]}", "spec.securityContext.sysctls[0].name"),
-            ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, tty: true}]}", "spec.containers[0].tty"),
         ];
         for (yaml, field) in cases {
             assert_eq!(check(yaml).unwrap_err().field, field, "{yaml}");

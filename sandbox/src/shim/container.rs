@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -29,6 +30,9 @@ pub struct Container {
     /// The shim's own end of the stdin FIFO, held open so the process blocks on read (instead of
     /// seeing EOF) between attach sessions; dropped by `CloseStdin` and at exit.
     pub stdin: Option<fs::File>,
+    /// The controlling side of a `tty: true` instance's terminal, for attach sessions (the log
+    /// pipe reads another descriptor of it).
+    pub terminal: Option<OwnedFd>,
 }
 
 /// The FIFO a container with `stdin: true` reads, in the shim's directory.
@@ -36,18 +40,27 @@ pub fn stdin_path(dir: &super::ShimDir, id: &str) -> PathBuf {
     dir.path().join(format!("stdin-{id}"))
 }
 
-/// One of a container's output pipes, read by the shim and written to the CRI log file.
+/// One of a container's output pipes (or its terminal), read by the shim and written to the CRI
+/// log file.
 pub struct LogPipe {
     pub file: fs::File,
+    /// The instance it belongs to.
+    pub id: String,
     splitter: LineSplitter,
     log: Rc<RefCell<LogFile>>,
+    /// A terminal: what arrived is logged at once, an unfinished line as a `P` record, so an
+    /// attach session following the log sees a prompt before its line ends.
+    terminal: bool,
 }
 
 impl LogPipe {
     pub fn write(&mut self, data: &[u8]) {
-        let _ = self
-            .splitter
-            .feed(data, Timestamp::now(), &mut *self.log.borrow_mut());
+        let now = Timestamp::now();
+        let log = &mut *self.log.borrow_mut();
+        let _ = self.splitter.feed(data, now, log);
+        if self.terminal {
+            let _ = self.splitter.finish(now, log);
+        }
     }
     pub fn finish(&mut self) {
         let _ = self
@@ -93,12 +106,10 @@ impl Server {
         let log = LogFile::open(&spec.log_path, spec.log_rotation)
             .map_err(|e| format!("open log {}: {e}", spec.log_path.display()))?;
         let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("create pipe: {e}"));
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
         let (release_r, release_w) = pipe()?;
         let (fail_r, fail_w) = pipe()?;
         // stdin: a FIFO the shim holds open for writing, and the process reads.
-        let (stdin_keep, stdin_read) = if spec.stdin {
+        let (stdin_keep, stdin_read) = if spec.stdin && !spec.tty {
             let path = stdin_path(&self.dir, &spec.id);
             let _ = fs::remove_file(&path);
             nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
@@ -113,6 +124,23 @@ impl Server {
             (Some(keep), Some(OwnedFd::from(read)))
         } else {
             (None, None)
+        };
+        // Output: two pipes, or a socket the process sends its terminal's controlling side on.
+        let (mut outputs, stdio) = if spec.tty {
+            let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
+            (
+                Outputs::Terminal(ours),
+                init::Stdio::Terminal(theirs.into()),
+            )
+        } else {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let stdio = init::Stdio::Pipes {
+                stdin: stdin_read,
+                stdout: out_w,
+                stderr: err_w,
+            };
+            (Outputs::Pipes(out_r, err_r), stdio)
         };
         if let Some(cg) = &spec.cgroup {
             cgroup::create(cg).map_err(|e| error_chain(&e))?;
@@ -149,22 +177,21 @@ impl Server {
         let pid =
             match sys::clone_process(flags).map_err(|e| format!("clone container process: {e}"))? {
                 Forked::Child => {
-                    drop((out_r, err_r, release_w, fail_r));
+                    drop((outputs, release_w, fail_r));
                     sys::reset_signals();
                     let pipes = init::Pipes {
                         release: release_r,
                         error: fail_w,
-                        stdout: out_w,
-                        stderr: err_w,
-                        stdin: stdin_read,
+                        stdio,
                     };
                     init::run(&spec, Some(&shm), pipes)
                 }
                 Forked::Parent(pid) => pid,
             };
         drop(joined);
-        drop((out_w, err_w, release_r, fail_w, stdin_read));
-        if let Err(message) = release(&spec, pid, release_w, fail_r) {
+        drop((stdio, release_r, fail_w));
+        let released = release(&spec, pid, release_w, fail_r).and_then(|()| outputs.receive());
+        if let Err(message) = released {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
             if let Some(cg) = &spec.cgroup {
@@ -173,13 +200,26 @@ impl Server {
             return Err(message);
         }
         let log = Rc::new(RefCell::new(log));
-        for (file, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+        let (readers, terminal) = match outputs {
+            Outputs::Pipes(out, err) => (vec![(out, Stream::Stdout), (err, Stream::Stderr)], None),
+            Outputs::Received(master) => match master.try_clone() {
+                Ok(ours) => (vec![(master, Stream::Stdout)], Some(ours)),
+                Err(e) => (vec![(master, Stream::Stdout)], {
+                    tracing::warn!(error = %e, "keep the container's terminal");
+                    None
+                }),
+            },
+            Outputs::Terminal(_) => unreachable!("received above"),
+        };
+        for (file, stream) in readers {
             let file = fs::File::from(file);
             let _ = file.set_nonblocking();
             self.pipes.push(LogPipe {
                 file,
+                id: spec.id.clone(),
                 splitter: LineSplitter::new(stream),
                 log: log.clone(),
+                terminal: spec.tty,
             });
         }
         let status = ContainerStatus {
@@ -199,6 +239,7 @@ impl Server {
                 status,
                 cgroup: spec.cgroup.map(|c| c.path),
                 stdin: stdin_keep,
+                terminal,
             },
         );
         Ok(pid)
@@ -219,6 +260,7 @@ impl Server {
             oom_killed,
         });
         let status = container.status.clone();
+        container.terminal = None;
         if container.stdin.take().is_some() {
             let _ = fs::remove_file(stdin_path(&self.dir, id));
         }
@@ -242,6 +284,30 @@ impl Server {
         if let Err(e) = result {
             tracing::error!(path = %path.display(), error = %e, "write container record");
         }
+    }
+}
+
+/// The shim's side of a new instance's output.
+enum Outputs {
+    /// stdout's and stderr's read ends.
+    Pipes(OwnedFd, OwnedFd),
+    /// The socket the process sends its terminal on, until it has.
+    Terminal(UnixStream),
+    /// The terminal's controlling side.
+    Received(OwnedFd),
+}
+
+impl Outputs {
+    /// Takes the terminal the process sent (before its exec, which has happened).
+    fn receive(&mut self) -> Result<(), String> {
+        if let Outputs::Terminal(socket) = self {
+            let _ = socket.set_nonblocking(true);
+            let master = sys::recv_fd(socket.as_fd())
+                .map_err(|e| format!("receive the container's terminal: {e}"))?
+                .ok_or("the container did not send its terminal")?;
+            *self = Outputs::Received(master);
+        }
+        Ok(())
     }
 }
 

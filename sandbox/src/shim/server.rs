@@ -175,11 +175,22 @@ impl Server {
             Request::Signal { id, signal } => self.signal(&id, signal),
             Request::State => self.state(),
             Request::Remove { id } => self.remove(&id),
-            Request::CloseStdin { id } => match self.containers.get_mut(&id) {
-                Some(c) => {
-                    c.stdin = None;
-                    Response::Done
+            Request::CloseStdin { id } => self.close_stdin(&id),
+            Request::Terminal { id } => match self.containers.get(&id) {
+                Some(Container {
+                    terminal: Some(terminal),
+                    ..
+                }) => {
+                    let mut line = serde_json::to_vec(&Response::Done).expect("serialises");
+                    line.push(b'\n');
+                    if let Err(e) = sys::send_with_fd(stream.as_fd(), &line, terminal.as_fd()) {
+                        tracing::warn!(error = %e, container = %id, "send the terminal");
+                    }
+                    return false;
                 }
+                Some(_) => Response::Error {
+                    message: format!("container {id} has no terminal"),
+                },
                 None => Response::Error {
                     message: format!("no container {id}"),
                 },
@@ -234,6 +245,28 @@ impl Server {
                 message: format!("invalid signal {signal}"),
             },
         }
+    }
+
+    /// Closes an instance's stdin: its FIFO, or its terminal, which is hung up (the process
+    /// gets SIGHUP) as containerd closes a console whose stdin ended.
+    fn close_stdin(&mut self, id: &str) -> Response {
+        let Some(c) = self.containers.get_mut(id) else {
+            return Response::Error {
+                message: format!("no container {id}"),
+            };
+        };
+        c.stdin = None;
+        if c.terminal.take().is_some() {
+            while let Some(i) = self.pipes.iter().position(|p| p.id == id) {
+                let mut pipe = self.pipes.swap_remove(i);
+                let mut buf = [0u8; 64 * 1024];
+                while let Ok(n @ 1..) = pipe.file.read(&mut buf) {
+                    pipe.write(&buf[..n]);
+                }
+                pipe.finish();
+            }
+        }
+        Response::Done
     }
 
     fn state(&self) -> Response {
