@@ -84,6 +84,16 @@ fn run(spec: &ExecSpec, errors: &mut File) -> Result<i32, Error> {
         let file = File::open(&path).map_err(|_| Error::NotRunning(pid))?;
         files.push((path, file, flag));
     }
+    // A `hostUsers: false` container's user namespace, joined last.
+    if let Some(file) =
+        crate::ns::foreign_user_namespace(pid).map_err(|_| Error::NotRunning(pid))?
+    {
+        files.push((
+            PathBuf::from(format!("/proc/{pid}/ns/user")),
+            file,
+            CloneFlags::CLONE_NEWUSER,
+        ));
+    }
     join_cgroups(pid)?;
     for (path, file, flag) in &files {
         nix::sched::setns(file, *flag).map_err(|source| Error::Join {

@@ -21,6 +21,8 @@ pub enum Error {
     NotReleased,
     #[error("set up standard streams")]
     Streams(#[source] std::io::Error),
+    #[error("join the pod's user namespace")]
+    UserNamespace(#[source] nix::Error),
     #[error("set up the container's terminal")]
     Terminal(#[source] std::io::Error),
     #[error("prepare root filesystem")]
@@ -60,13 +62,18 @@ pub enum Stdio {
 }
 
 /// Runs in the cloned child; never returns.
-pub fn run(spec: &ContainerSpec, shm: Option<&Path>, pipes: Pipes) -> ! {
+pub fn run(
+    spec: &ContainerSpec,
+    shm: Option<&Path>,
+    pipes: Pipes,
+    userns: Option<rootfs::UserNamespace<'_>>,
+) -> ! {
     let Pipes {
         release,
         error,
         stdio,
     } = pipes;
-    let err = setup_and_exec(spec, shm, release, stdio).unwrap_err();
+    let err = setup_and_exec(spec, shm, release, stdio, userns).unwrap_err();
     let mut text = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(s) = source {
@@ -83,6 +90,7 @@ fn setup_and_exec(
     shm: Option<&Path>,
     release: OwnedFd,
     stdio: Stdio,
+    userns: Option<rootfs::UserNamespace<'_>>,
 ) -> Result<std::convert::Infallible, Error> {
     let mut byte = [0u8; 1];
     if std::fs::File::from(release)
@@ -124,18 +132,28 @@ fn setup_and_exec(
         }
     };
 
-    rootfs::prepare(&spec.rootfs, &spec.mounts, shm)?;
+    rootfs::prepare(&spec.rootfs, &spec.mounts, shm, userns)?;
     if let Some(socket) = console {
-        terminal(&socket, spec.process.uid)?;
+        let uid = match userns {
+            Some(u) => u.map.to_host(spec.process.uid).unwrap_or(u.map.host_id),
+            None => spec.process.uid,
+        };
+        terminal(&socket, uid)?;
     }
     rootfs::protect_paths(&spec.process)?;
+    // Last: in its user namespace the process has privileges over that namespace's objects
+    // only, and none over the mounts made above.
+    if let Some(u) = userns {
+        nix::sched::setns(u.fd, nix::sched::CloneFlags::CLONE_NEWUSER)
+            .map_err(Error::UserNamespace)?;
+    }
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     exec_process(&spec.process)
 }
 
 /// Makes the container's terminal: a pty of its devpts, owned by the process's user (runc's
 /// `fixStdioPermissions`), bound over /dev/console, its standard streams and controlling
-/// terminal; the controlling side is sent to the shim.
+/// terminal; the controlling side is sent to the shim. `uid` is the node's id of the user.
 fn terminal(socket: &OwnedFd, uid: u32) -> Result<(), Error> {
     let (master, slave, name) = sys::open_terminal().map_err(Error::Terminal)?;
     nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), None)

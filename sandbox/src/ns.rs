@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 use nix::sched::{unshare, CloneFlags};
 
 use crate::mount;
+use crate::spec::IdMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("create pod namespaces")]
     Unshare(#[source] nix::Error),
+    #[error("create the pod's user namespace: {0}")]
+    UserNamespace(String),
     #[error("set hostname {0:?}")]
     Hostname(String, #[source] nix::Error),
     #[error("bring up loopback")]
@@ -47,10 +50,98 @@ pub fn create_pod_namespaces(
     }
     unshare(flags).map_err(Error::Unshare)?;
     if !host_network {
-        nix::unistd::sethostname(hostname).map_err(|e| Error::Hostname(hostname.to_owned(), e))?;
-        crate::sys::loopback_up().map_err(Error::Loopback)?;
+        name_and_loopback(hostname)?;
     }
     Ok(())
+}
+
+/// Names the pod's host and brings its `lo` up, in the caller's UTS and network namespaces.
+pub fn name_and_loopback(hostname: &str) -> Result<(), Error> {
+    nix::unistd::sethostname(hostname).map_err(|e| Error::Hostname(hostname.to_owned(), e))?;
+    crate::sys::loopback_up().map_err(Error::Loopback)
+}
+
+/// For `hostUsers: false`: a new user namespace mapping `map`, and fresh network, UTS and IPC
+/// namespaces that belong to it (so the pod's root has its capabilities there: binding port 80,
+/// raw sockets, sethostname), which the calling process joins. The caller itself stays in the
+/// node's user namespace, with the node's privileges, to build containers; a short-lived child
+/// makes the namespaces (only a process inside a user namespace makes namespaces it owns), and
+/// the user namespace is pinned at `<dir>/user`.
+pub fn create_owned_pod_namespaces(dir: &Path, map: &IdMap) -> Result<(), Error> {
+    use std::io::{Read, Write};
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Unshare);
+    let (to_child_r, to_child_w) = pipe()?;
+    let (to_parent_r, to_parent_w) = pipe()?;
+    let flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    match crate::sys::fork().map_err(|e| Error::UserNamespace(e.to_string()))? {
+        crate::sys::Forked::Child => {
+            drop((to_child_w, to_parent_r));
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            let mut from = std::fs::File::from(to_child_r);
+            let mut to = std::fs::File::from(to_parent_w);
+            let mut byte = [0u8; 1];
+            let ok = unshare(CloneFlags::CLONE_NEWUSER).is_ok()
+                && to.write_all(b"u").is_ok()
+                && from.read(&mut byte).is_ok_and(|n| n == 1)
+                && unshare(flags).is_ok()
+                && to.write_all(b"n").is_ok();
+            // Held until the parent has joined and pinned (it closes its end).
+            let _ = ok && from.read(&mut byte).is_ok();
+            crate::sys::exit_now(if ok { 0 } else { 1 })
+        }
+        crate::sys::Forked::Parent(child) => {
+            drop((to_child_r, to_parent_w));
+            let mut from = std::fs::File::from(to_parent_r);
+            let mut to = std::fs::File::from(to_child_w);
+            let result = (|| {
+                let step = |from: &mut std::fs::File, what: &str| {
+                    let mut byte = [0u8; 1];
+                    match from.read(&mut byte) {
+                        Ok(1) => Ok(()),
+                        _ => Err(Error::UserNamespace(format!("{what} failed"))),
+                    }
+                };
+                step(&mut from, "unshare(CLONE_NEWUSER)")?;
+                let line = format!("0 {} {}\n", map.host_id, map.size);
+                for file in ["uid_map", "gid_map"] {
+                    let path = format!("/proc/{child}/{file}");
+                    std::fs::write(&path, &line).map_err(|e| {
+                        Error::UserNamespace(format!("write {path} ({line:?}): {e}"))
+                    })?;
+                }
+                to.write_all(b"m")
+                    .map_err(|e| Error::UserNamespace(e.to_string()))?;
+                step(
+                    &mut from,
+                    "unshare of the pod's namespaces in its user namespace",
+                )?;
+                for (name, flag) in [
+                    ("net", CloneFlags::CLONE_NEWNET),
+                    ("uts", CloneFlags::CLONE_NEWUTS),
+                    ("ipc", CloneFlags::CLONE_NEWIPC),
+                ] {
+                    let path = format!("/proc/{child}/ns/{name}");
+                    let ns = std::fs::File::open(&path)
+                        .map_err(|e| Error::UserNamespace(format!("open {path}: {e}")))?;
+                    nix::sched::setns(&ns, flag).map_err(Error::Unshare)?;
+                }
+                pin(dir, &child.to_string(), "user", "user")?;
+                Ok(())
+            })();
+            drop(to);
+            let _ = nix::sys::wait::waitpid(child, None);
+            result
+        }
+    }
+}
+
+/// The user namespace of `pid` when it is not the caller's (a `hostUsers: false` container's),
+/// to be joined last: after it, the node's privileges are gone.
+pub fn foreign_user_namespace(pid: i32) -> io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+    let (a, b) = (theirs.metadata()?, std::fs::metadata("/proc/self/ns/user")?);
+    Ok((a.ino() != b.ino() || a.dev() != b.dev()).then_some(theirs))
 }
 
 /// Sets sysctls in the calling process's (the pod's) network and IPC namespaces: their
@@ -99,7 +190,7 @@ pub fn pin(dir: &Path, pid: &str, name: &str, file: &str) -> Result<PathBuf, Err
 /// at the first (teardown is best effort).
 pub fn unpin_all(dir: &Path) -> Vec<mount::Error> {
     let mut errors = Vec::new();
-    for name in POD_NAMESPACES.iter().chain(&["pid"]) {
+    for name in POD_NAMESPACES.iter().chain(&["pid", "user"]) {
         let path = dir.join(name);
         if let Err(e) = mount::unmount(&path) {
             errors.push(e);

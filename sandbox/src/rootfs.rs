@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,8 @@ use nix::mount::MsFlags;
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
 use crate::mount::{self, bind, ensure_mount_point, mount_fs, remount_read_only};
-use crate::spec::{BindMount, ProcessSpec, RootfsSpec};
+use crate::spec::{BindMount, IdMap, ProcessSpec, RootfsSpec};
+use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,6 +38,12 @@ pub enum Error {
         root: PathBuf,
         #[source]
         source: nix::Error,
+    },
+    #[error("idmap {path} into the pod's user namespace")]
+    Idmap {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("stat bind source {path}")]
     BindSource {
@@ -64,17 +72,37 @@ const DEV_SYMLINKS: [(&str, &str); 5] = [
     ("pts/ptmx", "ptmx"),
 ];
 
+/// A `hostUsers: false` container's user namespace: its layers and bind mounts are idmapped
+/// into it, and what the container owns belongs to its ids on the node.
+#[derive(Clone, Copy)]
+pub struct UserNamespace<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub map: IdMap,
+}
+
+impl UserNamespace<'_> {
+    /// The node's id of the namespace's `id`.
+    fn host(&self, id: u32) -> u32 {
+        self.map.to_host(id).unwrap_or(self.map.host_id)
+    }
+}
+
 /// Builds the root and switches into it. Runs in the container's fresh mount (and PID) namespace.
-pub fn prepare(rootfs: &RootfsSpec, mounts: &[BindMount], shm: Option<&Path>) -> Result<()> {
+pub fn prepare(
+    rootfs: &RootfsSpec,
+    mounts: &[BindMount],
+    shm: Option<&Path>,
+    userns: Option<UserNamespace<'_>>,
+) -> Result<()> {
     // Nothing done below may leak back to the host: private, recursively (mount_namespaces(7)).
     mount::set_propagation(Path::new("/"), MsFlags::MS_PRIVATE)?;
     let root = rootfs.mount_point.as_path();
-    mount_overlay(rootfs)?;
+    mount_overlay(rootfs, userns)?;
     mount_proc(root)?;
-    mount_dev(root, shm)?;
+    mount_dev(root, shm, userns)?;
     mount_sys(root)?;
     for m in mounts {
-        bind_into(root, m)?;
+        bind_into(root, m, userns)?;
     }
     pivot_into(root)?;
     if rootfs.read_only {
@@ -83,13 +111,43 @@ pub fn prepare(rootfs: &RootfsSpec, mounts: &[BindMount], shm: Option<&Path>) ->
     Ok(())
 }
 
-fn mount_overlay(rootfs: &RootfsSpec) -> Result<()> {
+fn mount_overlay(rootfs: &RootfsSpec, userns: Option<UserNamespace<'_>>) -> Result<()> {
     if rootfs.layers.is_empty() {
         return Err(Error::NoLayers);
     }
+    let mut layers = rootfs.layers.clone();
+    if let Some(userns) = userns {
+        // Each layer through an idmapped mount of its own (overlayfs takes idmapped layers, 5.19+),
+        // attached beside the root in this mount namespace only; the upper directory belongs to
+        // the namespace's root, whose files are made there as its ids on the node.
+        let base = rootfs.mount_point.with_file_name("idmapped");
+        for (i, layer) in rootfs.layers.iter().enumerate() {
+            let target = base.join(i.to_string());
+            ensure_mount_point(&target, true)?;
+            let idmap = |source| Error::Idmap {
+                path: layer.clone(),
+                source,
+            };
+            let tree = sys::idmapped_tree(layer, userns.fd, true).map_err(idmap)?;
+            sys::attach_tree(tree.as_fd(), &target).map_err(idmap)?;
+            layers[i] = target;
+        }
+        for dir in [&rootfs.upper_dir, &rootfs.work_dir] {
+            ensure_mount_point(dir, true)?;
+        }
+        let owner = Some(userns.map.host_id);
+        nix::unistd::chown(
+            &rootfs.upper_dir,
+            owner.map(nix::unistd::Uid::from_raw),
+            owner.map(nix::unistd::Gid::from_raw),
+        )
+        .map_err(|e| Error::Create {
+            path: rootfs.upper_dir.clone(),
+            source: e.into(),
+        })?;
+    }
     // overlayfs(5): the leftmost lowerdir is the top layer.
-    let lower: Vec<String> = rootfs
-        .layers
+    let lower: Vec<String> = layers
         .iter()
         .rev()
         .map(|p| p.display().to_string())
@@ -122,14 +180,19 @@ fn mount_proc(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn mount_dev(root: &Path, shm: Option<&Path>) -> Result<()> {
+fn mount_dev(root: &Path, shm: Option<&Path>, userns: Option<UserNamespace<'_>>) -> Result<()> {
     let dev = root.join("dev");
     ensure_mount_point(&dev, true)?;
+    // In a user namespace, /dev and the terminals' group belong to its ids.
+    let (root_id, tty_gid) = match userns {
+        Some(u) => (u.host(0), u.host(5)),
+        None => (0, 5),
+    };
     mount_fs(
         "tmpfs",
         &dev,
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
+        Some(&format!("mode=755,size=65536k,uid={root_id},gid={root_id}")),
     )?;
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
@@ -165,7 +228,9 @@ fn mount_dev(root: &Path, shm: Option<&Path>) -> Result<()> {
         "devpts",
         &pts,
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some(&format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}"
+        )),
     )?;
     let shm_target = dev.join("shm");
     ensure_mount_point(&shm_target, true)?;
@@ -197,14 +262,26 @@ fn mount_sys(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn bind_into(root: &Path, m: &BindMount) -> Result<()> {
+fn bind_into(root: &Path, m: &BindMount, userns: Option<UserNamespace<'_>>) -> Result<()> {
     let source_meta = fs::metadata(&m.source).map_err(|source| Error::BindSource {
         path: m.source.clone(),
         source,
     })?;
     let target = mount::resolve_in_root(root, &m.destination)?;
     ensure_mount_point(&target, source_meta.is_dir())?;
-    bind(&m.source, &target, m.read_only)?;
+    match userns {
+        // Volumes and managed files are idmapped as containerd maps them for such a pod: an
+        // owner on disk is that id in the container, and back.
+        Some(userns) => {
+            let idmap = |source| Error::Idmap {
+                path: m.source.clone(),
+                source,
+            };
+            let tree = sys::idmapped_tree(&m.source, userns.fd, m.read_only).map_err(idmap)?;
+            sys::attach_tree(tree.as_fd(), &target).map_err(idmap)?;
+        }
+        None => bind(&m.source, &target, m.read_only)?,
+    }
     Ok(())
 }
 

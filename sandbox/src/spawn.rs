@@ -42,7 +42,7 @@ impl Joined {
     /// `pid`.
     pub fn open(pid: i32) -> Result<Joined, Error> {
         let not_running = |_| Error::NotRunning(pid);
-        let namespaces = NAMESPACES
+        let mut namespaces: Vec<(File, libc::c_int)> = NAMESPACES
             .iter()
             .map(|(name, flag)| {
                 File::open(format!("/proc/{pid}/ns/{name}"))
@@ -50,6 +50,11 @@ impl Joined {
                     .map_err(not_running)
             })
             .collect::<Result<_, _>>()?;
+        // A `hostUsers: false` container's user namespace goes last, after the mount namespace
+        // (which the node's privileges join).
+        if let Some(user) = crate::ns::foreign_user_namespace(pid).map_err(not_running)? {
+            namespaces.push((user, CloneFlags::CLONE_NEWUSER.bits()));
+        }
         let cgroups = crate::exec::cgroup_procs(pid)?
             .into_iter()
             .map(|path| {

@@ -30,6 +30,25 @@ pub struct SandboxSpec {
     pub sysctls: Vec<(String, String)>,
     /// Pod-level cgroup, if resource control is on.
     pub cgroup: Option<crate::cgroup::CgroupSpec>,
+    /// `hostUsers: false`: a user namespace of the pod's own, which owns its network, UTS and
+    /// IPC namespaces; containers run in it, their layers and volumes idmapped into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_namespace: Option<IdMap>,
+}
+
+/// One user namespace's ids: ids `0..size` inside (uids and gids alike) are `host_id..` on the
+/// node, as kubelet allocates them (65,536 per pod).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdMap {
+    pub host_id: u32,
+    pub size: u32,
+}
+
+impl IdMap {
+    /// The node's id for `id` inside; `None` when the namespace does not map it.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        (id < self.size).then(|| self.host_id + id)
+    }
 }
 
 /// One container instance (one restart attempt of one container of the pod).

@@ -182,6 +182,73 @@ pub fn set_window_size(fd: BorrowedFd<'_>, columns: u16, rows: u16) -> io::Resul
     Ok(())
 }
 
+/// A detached copy of the mount tree at `source` (open_tree(2) `OPEN_TREE_CLONE`, its submounts
+/// included) whose owners are seen through `userns`'s id mapping (an idmapped mount,
+/// mount_setattr(2) `MOUNT_ATTR_IDMAP`): an owner id on disk is that id inside the user
+/// namespace. Read-only if asked. Attach it with `attach_tree`.
+pub fn idmapped_tree(
+    source: &std::path::Path,
+    userns: BorrowedFd<'_>,
+    read_only: bool,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(source.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let flags =
+        libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: open_tree reads the NUL-terminated path, which lives until the call returns.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    let tree = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
+    let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
+    attr.attr_set = libc::MOUNT_ATTR_IDMAP;
+    if read_only {
+        attr.attr_set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    attr.userns_fd = userns.as_raw_fd() as u64;
+    // SAFETY: mount_setattr reads `attr` (a live local of the size given) and the empty path.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
+}
+
+/// Attaches a detached mount tree (`idmapped_tree`) at `target` (move_mount(2)).
+pub fn attach_tree(tree: BorrowedFd<'_>, target: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: move_mount reads the two NUL-terminated paths, which live until it returns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends one descriptor over a unix socket (SCM_RIGHTS, unix(7)) with a one-byte message.
 pub fn send_fd(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
     send_with_fd(socket, b"t", fd)

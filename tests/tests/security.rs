@@ -629,3 +629,151 @@ fn kubectl_run_i_feeds_the_containers_stdin() -> Result<()> {
     assert!(!node.dir.join("run/pods").join(uid).exists());
     node.assert_clean()
 }
+
+/// `hostUsers: false`: the pod's processes are root in a user namespace of their own, mapped to
+/// 65,536 ids of the node allocated to the pod; its network belongs to that namespace (root may
+/// bind port 80 there), its image layers and volumes are idmapped into it (what the container
+/// writes to a volume is owned on disk by the id it has inside), and exec joins it too.
+#[test]
+fn host_users_false_runs_the_pod_in_a_user_namespace_of_its_own() -> Result<()> {
+    let mut node = TestNode::with_api()?;
+    let pod = |name: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: userns}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostUsers: false
+  volumes:
+  - {{name: data, emptyDir: {{}}}}
+  - name: info
+    downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    volumeMounts: [{{name: data, mountPath: /data}}, {{name: info, mountPath: /info}}]
+    command: [sh, -c, 'touch /made-in-rootfs && echo made > /data/f && httpd -p 80 -h /data && echo serving; sleep 3600']
+    # Probes start through the shim's own exec path: they join the namespace too.
+    readinessProbe:
+      exec: {{command: [sh, -c, '! grep -q "^ *0 *0 " /proc/self/uid_map']}}
+      periodSeconds: 1
+"#
+        )
+    };
+    node.kubectl_create(&pod("ns1"), &[])?;
+    node.kubectl_create(&pod("ns2"), &[])?;
+    for name in ["ns1", "ns2"] {
+        wait_for("pod ready", T, || {
+            node.api_pod(name)
+                .filter(|p| p["status"]["containerStatuses"][0]["ready"] == true)
+        })
+        .with_context(|| node.agent_log())?;
+    }
+    let map = |node: &TestNode, name: &str| -> Result<(u64, u64)> {
+        let (ok, out) = exec(node, name, "c", "cat /proc/self/uid_map");
+        anyhow::ensure!(ok, "{out}");
+        let f: Vec<u64> = out
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        anyhow::ensure!(f.len() == 3 && f[0] == 0 && f[2] == 65536, "{out}");
+        Ok((f[1], f[2]))
+    };
+    let (one, two) = (map(&node, "ns1")?, map(&node, "ns2")?);
+    assert!(
+        one.0 >= 65536 && two.0 >= 65536 && one.0 != two.0,
+        "{one:?} {two:?}"
+    );
+    let (ok, out) = exec(
+        &node,
+        "ns1",
+        "c",
+        "id -u; ls -ln /made-in-rootfs /data/f /bin/busybox; cat /info/labels; echo; wget -qO- http://127.0.0.1/f",
+    );
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"0"), "{out}");
+    // Root inside owns what it made, the image's files (idmapped layers) and the volume's.
+    for l in &lines[1..4] {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert!(f.len() > 3 && f[2] == "0" && f[3] == "0", "{l}: {out}");
+    }
+    assert!(out.contains("app=\"userns\""), "{out}");
+    assert!(
+        out.contains("\nmade"),
+        "port 80 bound by the pod's root: {out}"
+    );
+    // On the node: the process runs as the pod's ids; the volume's file is owned by 0 on disk
+    // (the id it has inside), the container's own files by the pod's root.
+    let uid = node.api_pod("ns1").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let pid = node
+        .processes()
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with("httpd"))
+                && std::fs::read_to_string(format!("/proc/{p}/status"))
+                    .is_ok_and(|s| s.contains(&format!("\t{}\t", one.0)))
+        })
+        .with_context(|| "no httpd running as the pod's root on the node")?;
+    use std::os::unix::fs::MetadataExt;
+    let volume_file = node.dir.join(format!(
+        "root/pods/{uid}/volumes/kubernetes.io~empty-dir/data/f"
+    ));
+    let meta =
+        std::fs::metadata(&volume_file).with_context(|| volume_file.display().to_string())?;
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    let record = std::fs::read_to_string(node.dir.join(format!("root/pods/{uid}/userns")))?;
+    assert!(
+        record.contains(&format!("\"hostId\":{}", one.0)),
+        "{record}"
+    );
+    // A restarted agent takes the pods back as they are, in the same namespaces.
+    node.stop_agent(nix::sys::signal::Signal::SIGKILL)?;
+    node.start_agent()?;
+    wait_for("pods adopted", T, || {
+        let p = node.api_pod("ns1")?;
+        (p["status"]["containerStatuses"][0]["ready"] == true).then_some(p)
+    })?;
+    assert_eq!(map(&node, "ns1")?, one);
+    assert!(
+        node.processes().contains(&pid),
+        "the process was not restarted"
+    );
+
+    // What cannot work in one is refused as kube-apiserver and kubelet refuse it.
+    let refused = node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: both}\nspec: {hostUsers: false, hostNetwork: true, containers: [{name: c, image: busybox}]}\n",
+        &[],
+    );
+    let err = format!("{refused:?}");
+    assert!(
+        err.contains("spec.hostNetwork: Forbidden: when `hostUsers` is false"),
+        "{err}"
+    );
+    node.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: far}\nspec: {hostUsers: false, terminationGracePeriodSeconds: 1, securityContext: {runAsUser: 70000}, containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}]}\n",
+        &[],
+    )?;
+    let waiting = wait_for("far refused", T, || {
+        let p = node.api_pod("far")?;
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerConfigError").then_some(w)
+    })?;
+    assert!(
+        waiting["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("runAsUser 70000 is outside the pod's user namespace")),
+        "{waiting}"
+    );
+    node.kubectl_ok(&["delete", "pod", "ns1", "ns2", "far"])?;
+    node.settled()?;
+    assert!(!node.dir.join(format!("root/pods/{uid}")).exists());
+    Ok(())
+}

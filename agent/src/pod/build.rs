@@ -182,7 +182,11 @@ fn effective(spec: &PodSpec, value: impl Fn(&Container) -> Option<u64>) -> Optio
 }
 
 /// kubelet's `ResourceConfigForPod`: limits only when every container has one.
-pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
+pub fn sandbox_spec(
+    node: &NodeContext,
+    pod: &Pod,
+    user_namespace: Option<nodelet_sandbox::spec::IdMap>,
+) -> SandboxSpec {
     let spec = pod_spec(pod);
     let limit = |c: &Container| container_cgroup(c, PathBuf::new());
     let memory_limit = effective(spec, |c| limit(c).memory_limit);
@@ -217,6 +221,7 @@ pub fn sandbox_spec(node: &NodeContext, pod: &Pod) -> SandboxSpec {
             pids_limit: node.pod_pids_limit,
             devices: None,
         }),
+        user_namespace,
     }
 }
 
@@ -307,6 +312,8 @@ pub fn container_spec(
     let dir = node.paths.container_dir(uid, inst.id);
     let security = c.security_context.clone().unwrap_or_default();
     let privileged = security.privileged == Some(true);
+    // procMount: Unmasked (validated to come with hostUsers: false): /proc as the kernel has it.
+    let unmasked = security.proc_mount.as_deref() == Some("Unmasked");
     let mut env = environment(pod, c, image, inst.facts)?;
     // containerd's `WithTTY`: a terminal says what it is.
     if c.tty == Some(true) && !env.iter().any(|e| e.starts_with("TERM=")) {
@@ -339,12 +346,12 @@ pub fn container_spec(
             ),
             capabilities: caps,
             no_new_privileges: !privileged && security.allow_privilege_escalation != Some(true),
-            masked_paths: if privileged {
+            masked_paths: if privileged || unmasked {
                 vec![]
             } else {
                 DEFAULT_MASKED_PATHS.iter().map(PathBuf::from).collect()
             },
-            readonly_paths: if privileged {
+            readonly_paths: if privileged || unmasked {
                 vec![]
             } else {
                 DEFAULT_READONLY_PATHS.iter().map(PathBuf::from).collect()
@@ -781,6 +788,24 @@ fn user(pod: &Pod, c: &Container, image: &Image) -> Result<ProcessSpec, ConfigEr
         .map(|g| *g as u32)
         .collect();
     additional.extend(pod_sc.fs_group.map(|g| g as u32));
+    // A user namespace maps ids 0-65535: the process's must be among them.
+    if pod_spec(pod).host_users == Some(false) {
+        let size = super::userns::IDS_PER_POD;
+        let outside = [("runAsUser", uid), ("runAsGroup", gid)]
+            .into_iter()
+            .chain(
+                additional
+                    .iter()
+                    .map(|g| ("supplementalGroups/fsGroup", *g)),
+            )
+            .find(|(_, id)| *id >= size);
+        if let Some((what, id)) = outside {
+            return Err(ConfigError(format!(
+                "{what} {id} is outside the pod's user namespace, which maps ids 0-{} (hostUsers: false)",
+                size - 1
+            )));
+        }
+    }
     Ok(ProcessSpec {
         args: vec![],
         env: vec![],

@@ -135,11 +135,20 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
             }
         }
     }
+    // kube-apiserver's validateHostUsers.
     if spec.host_users == Some(false) {
-        return Err(field_err(
-            "spec.hostUsers",
-            "Forbidden: user namespaces are not supported by nodelet yet",
-        ));
+        for (field, set) in [
+            ("hostNetwork", spec.host_network),
+            ("hostPID", spec.host_pid),
+            ("hostIPC", spec.host_ipc),
+        ] {
+            if set == Some(true) {
+                return Err(field_err(
+                    format!("spec.{field}"),
+                    "Forbidden: when `hostUsers` is false",
+                ));
+            }
+        }
     }
     if let Some(profile) = spec
         .security_context
@@ -149,6 +158,7 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
         check_seccomp("spec.securityContext.seccompProfile", profile)?;
     }
     let volumes = validate_volumes(spec)?;
+    let own_users = spec.host_users == Some(false);
     let grace = spec.termination_grace_period_seconds.unwrap_or(30);
     let mut names = HashSet::new();
     let init = spec.init_containers.iter().flatten();
@@ -167,7 +177,7 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
                 format!("Duplicate value: {:?}", c.name),
             ));
         }
-        validate_container(&path, c, &volumes)?;
+        validate_container(&path, c, &volumes, own_users)?;
         super::lifecycle::validate(&path, c, list == "initContainers", grace)?;
     }
     for (i, e) in spec.ephemeral_containers.iter().flatten().enumerate() {
@@ -226,7 +236,7 @@ fn validate_spec(spec: &PodSpec) -> Result<(), FieldError> {
             }
         }
         let c = super::build::ephemeral_container(e);
-        validate_container(&path, &c, &volumes)?;
+        validate_container(&path, &c, &volumes, own_users)?;
     }
     Ok(())
 }
@@ -300,10 +310,12 @@ fn validate_volumes(spec: &PodSpec) -> Result<HashSet<&str>, FieldError> {
     Ok(names)
 }
 
+/// `own_users`: the pod has a user namespace of its own (`hostUsers: false`).
 fn validate_container(
     path: &str,
     c: &Container,
     volumes: &HashSet<&str>,
+    own_users: bool,
 ) -> Result<(), FieldError> {
     if c.image.as_deref().is_none_or(str::is_empty) {
         return Err(field_err(format!("{path}.image"), "Required value"));
@@ -404,6 +416,7 @@ fn validate_container(
         if let Some(mount) = sc.proc_mount.as_deref() {
             match mount {
                 "Default" => {}
+                "Unmasked" if own_users => {}
                 "Unmasked" => {
                     return Err(field_err(
                         format!("{path}.securityContext.procMount"),
@@ -880,7 +893,8 @@ mod tests {
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {secretKeyRef: {name: s, key: k}, fieldRef: {fieldPath: metadata.name}}}]}]}", "spec.containers[0].env[0].valueFrom"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, env: [{name: X, valueFrom: {configMapKeyRef: {name: c, key: ''}}}]}]}", "spec.containers[0].env[0].valueFrom.configMapKeyRef.key"),
             ("metadata: {name: web}\nspec: {securityContext: {seccompProfile: {type: Bogus}}, containers: [{name: a, image: b}]}", "spec.securityContext.seccompProfile.type"),
-            ("metadata: {name: web}\nspec: {hostUsers: false, containers: [{name: a, image: b}]}", "spec.hostUsers"),
+            ("metadata: {name: web}\nspec: {hostUsers: false, hostNetwork: true, containers: [{name: a, image: b}]}", "spec.hostNetwork"),
+            ("metadata: {name: web}\nspec: {hostUsers: false, hostPID: true, containers: [{name: a, image: b}]}", "spec.hostPID"),
             ("metadata: {name: web}\nspec: {containers: [{name: a, image: b, securityContext: {procMount: Unmasked}}]}", "spec.containers[0].securityContext.procMount"),
             ("metadata: {name: web}\nspec: {securityContext: {sysctls: [{name: 'Net.bad', value: '1'}]}, containers: [{name: a, image: b}]}", "spec.securityContext.sysctls[0].name"),
         ];

@@ -15,5 +15,6 @@ pub mod seccomp;
 pub mod status;
 pub mod subpath;
 pub mod table;
+pub mod userns;
 pub mod volumes;
 pub mod worker;

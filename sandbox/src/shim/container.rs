@@ -184,7 +184,14 @@ impl Server {
                         error: fail_w,
                         stdio,
                     };
-                    init::run(&spec, Some(&shm), pipes)
+                    let userns = match (&self.userns, self.spec.user_namespace) {
+                        (Some(fd), Some(map)) => Some(crate::rootfs::UserNamespace {
+                            fd: fd.as_fd(),
+                            map,
+                        }),
+                        _ => None,
+                    };
+                    init::run(&spec, Some(&shm), pipes, userns)
                 }
                 Forked::Parent(pid) => pid,
             };

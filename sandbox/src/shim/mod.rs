@@ -210,7 +210,13 @@ fn start(dir: &ShimDir) -> Result<server::Server, Error> {
     fs::create_dir_all(dir.records()).map_err(dir_err(dir.records()))?;
     fs::create_dir_all(dir.ns_dir()).map_err(dir_err(dir.ns_dir()))?;
 
-    ns::create_pod_namespaces(&spec.hostname, spec.host_network, spec.host_ipc)?;
+    match &spec.user_namespace {
+        Some(map) => {
+            ns::create_owned_pod_namespaces(&dir.ns_dir(), map)?;
+            ns::name_and_loopback(&spec.hostname)?;
+        }
+        None => ns::create_pod_namespaces(&spec.hostname, spec.host_network, spec.host_ipc)?,
+    }
     ns::set_sysctls(&spec.sysctls)?;
     for name in ns::POD_NAMESPACES {
         ns::pin(&dir.ns_dir(), "self", name, name)?;
@@ -238,7 +244,14 @@ fn start(dir: &ShimDir) -> Result<server::Server, Error> {
         source,
     })?;
     tracing::info!(pod_uid = %spec.pod_uid, hostname = %spec.hostname, "shim serving");
-    server::Server::new(dir.clone(), spec, listener, pod_init)
+    let userns = match spec.user_namespace {
+        Some(_) => {
+            let path = dir.ns_dir().join("user");
+            Some(fs::File::open(&path).map_err(dir_err(path))?)
+        }
+        None => None,
+    };
+    server::Server::new(dir.clone(), spec, listener, pod_init, userns)
 }
 
 /// For `shareProcessNamespace`: every later child of the shim lands in one new PID namespace,

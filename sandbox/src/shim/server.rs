@@ -33,6 +33,8 @@ pub struct Server {
     /// Each running container's namespaces and cgroups, by its first process's pid, opened at
     /// its first exec.
     joined: HashMap<i32, crate::spawn::Joined>,
+    /// The pod's user namespace (`hostUsers: false`), which containers join last.
+    pub(super) userns: Option<fs::File>,
 }
 
 /// A command run for a probe or hook, until it ends and its caller has the answer.
@@ -57,6 +59,7 @@ impl Server {
         spec: SandboxSpec,
         listener: UnixListener,
         pod_init: Option<Pid>,
+        userns: Option<fs::File>,
     ) -> Result<Self, Error> {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -78,6 +81,7 @@ impl Server {
             subscribers: Vec::new(),
             execs: Vec::new(),
             joined: HashMap::new(),
+            userns,
         })
     }
 

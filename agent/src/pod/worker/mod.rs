@@ -499,7 +499,8 @@ impl Worker {
         if !alive {
             self.prepare_pod_dirs()
                 .map_err(|e| format!("prepare pod directories: {e}"))?;
-            let spec = build::sandbox_spec(&self.node.ctx, &self.pod);
+            let userns = self.user_namespace()?;
+            let spec = build::sandbox_spec(&self.node.ctx, &self.pod, userns);
             if let Err(e) = self.node.runtime.start_sandbox(&spec).await {
                 let _ = self.node.teardown_pod(&self.uid, Scope::Sandbox).await;
                 return Err(crate::error_chain(&e));
@@ -542,6 +543,28 @@ impl Worker {
         self.observed.start_time.get_or_insert_with(Timestamp::now);
         self.events = self.node.runtime.subscribe(&self.uid).await.ok();
         Ok(())
+    }
+
+    /// A `hostUsers: false` pod's user namespace, allocated once and kept in its directory.
+    fn user_namespace(&self) -> Result<Option<nodelet_sandbox::spec::IdMap>, String> {
+        if pod_spec(&self.pod).host_users != Some(false) {
+            return Ok(None);
+        }
+        use crate::pod::userns;
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        userns::kernel_supports(&release)?;
+        let range = userns::node_range("/etc/subuid".as_ref(), "/etc/subgid".as_ref())
+            .map_err(|e| crate::error_chain(&e))?;
+        userns::allocate(&self.node.ctx.paths.pods_root(), &self.uid, range)
+            .map(Some)
+            .map_err(|e| {
+                format!(
+                    "allocate the pod's user namespace: {}",
+                    crate::error_chain(&e)
+                )
+            })
     }
 
     /// A hostNetwork pod's address, the node's (`None`: the pod has a network of its own).
