@@ -438,6 +438,24 @@ fn pods_call_the_api_with_their_service_account() -> Result<()> {
     let ca = read(&node, &p, &format!("{dir}/ca.crt"));
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
     let pod_token = read(&node, &p, &format!("{dir}/token"));
+    // Extended to a year, as kube-apiserver extends the token kubelet asks for (3607 s), which
+    // is when it warns.
+    let claims: serde_json::Value = {
+        use base64::Engine;
+        let payload = pod_token.split('.').nth(1).unwrap_or_default();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?
+    };
+    let iat = claims["iat"].as_i64().unwrap_or_default();
+    assert_eq!(
+        claims["exp"].as_i64(),
+        Some(iat + 365 * 24 * 3600),
+        "{claims}"
+    );
+    assert_eq!(
+        claims["kubernetes.io"]["warnafter"].as_i64(),
+        Some(iat + 3607),
+        "{claims}"
+    );
     let ls = node.exec(&q, "c", &["ls", dir])?;
     assert!(
         !ls.status.success(),
@@ -508,6 +526,10 @@ fn pods_call_the_api_with_their_service_account() -> Result<()> {
         as_token(&pod_token, "/api/v1/namespaces/kube-system/pods")?,
         "403"
     );
+    // Issuer discovery is open to service accounts.
+    for doc in ["/.well-known/openid-configuration", "/openid/v1/jwks"] {
+        assert_eq!(as_token(&pod_token, doc)?, "200", "{doc}");
+    }
     let kubelet = node
         .api_curl(false)?
         .args(["-k", "-o", "/dev/null", "-w", "%{http_code}", "-H"])

@@ -347,6 +347,20 @@ impl Server {
         let Some(caller) = self.caller(&req, has_cert) else {
             return Err(ApiError::unauthorized());
         };
+        // Service account issuer discovery: for every authenticated caller, service accounts
+        // included (kube-apiserver's `system:service-account-issuer-discovery`).
+        if req.method() == Method::GET {
+            let doc = match path.as_str() {
+                "/.well-known/openid-configuration" => {
+                    Some(("application/json", self.tokens.openid_configuration()))
+                }
+                "/openid/v1/jwks" => Some(("application/jwk-set+json", self.tokens.jwks())),
+                _ => None,
+            };
+            if let Some((kind, doc)) = doc {
+                return Ok(respond(200, kind, doc.to_string().into_bytes(), &[]));
+            }
+        }
         let header = |name: &str| {
             req.headers()
                 .get(name)

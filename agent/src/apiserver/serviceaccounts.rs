@@ -5,7 +5,8 @@
 //!
 //! Tokens are JWTs signed ES256 with `<rootDir>/pki/sa.key`, with kube-apiserver's claims
 //! (`iss`, `sub`, `aud`, `exp`, `iat`, `nbf`, `jti` and `kubernetes.io` naming the namespace,
-//! service account and bound pod). A token is accepted while it has not expired, its
+//! service account and bound pod; a pod's API access token is extended to a year, as
+//! kube-apiserver extends it by default). A token is accepted while it has not expired, its
 //! audience is the API's, and the service account (and the pod it is bound to) still exists with
 //! the UID it names.
 
@@ -30,6 +31,8 @@ pub const ROOT_CA: &str = "kube-root-ca.crt";
 const DEFAULT_EXPIRATION: i64 = 3600;
 /// What the admission plugin asks for the pod's token (kubelet renews it at 80%).
 const ACCESS_EXPIRATION: i64 = 3607;
+/// What that token is extended to (`ExpirationExtensionSeconds`, a year).
+const EXTENDED_EXPIRATION: i64 = 365 * 24 * 3600;
 
 /// Who a request is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,16 +44,57 @@ pub struct User {
 
 pub struct Tokens {
     key: PKey<Private>,
+    /// kube-apiserver's key id: the public key's DER, SHA-256, base64url (`keyIDFromPublicKey`).
+    key_id: String,
 }
 
 impl Tokens {
     pub fn new(key: PKey<Private>) -> Tokens {
-        Tokens { key }
+        let key_id = key
+            .public_key_to_der()
+            .and_then(|der| hash(MessageDigest::sha256(), &der))
+            .map(|digest| B64.encode(digest))
+            .unwrap_or_default();
+        Tokens { key, key_id }
+    }
+
+    /// The OpenID Connect discovery document (`/.well-known/openid-configuration`), as
+    /// kube-apiserver serves it for service account issuer discovery.
+    pub fn openid_configuration(&self) -> Value {
+        json!({
+            "issuer": ISSUER,
+            "jwks_uri": format!("{ISSUER}/openid/v1/jwks"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        })
+    }
+
+    /// The key set tokens are verified with (`/openid/v1/jwks`, RFC 7517).
+    pub fn jwks(&self) -> Value {
+        let mut key =
+            json!({"use": "sig", "kty": "EC", "kid": self.key_id, "crv": "P-256", "alg": "ES256"});
+        if let Ok(ec) = self.key.ec_key() {
+            let mut ctx = openssl::bn::BigNumContext::new().ok();
+            let (mut x, mut y) = (BigNum::new().ok(), BigNum::new().ok());
+            if let (Some(ctx), Some(xv), Some(yv)) = (ctx.as_mut(), x.as_mut(), y.as_mut()) {
+                if ec
+                    .public_key()
+                    .affine_coordinates(ec.group(), xv, yv, ctx)
+                    .is_ok()
+                {
+                    let pad = |n: &BigNum| n.to_vec_padded(32).map(|v| B64.encode(v)).ok();
+                    key["x"] = json!(pad(xv));
+                    key["y"] = json!(pad(yv));
+                }
+            }
+        }
+        json!({"keys": [key]})
     }
 
     fn sign(&self, claims: &Value) -> Result<String, ApiError> {
         let failed = |e: openssl::error::ErrorStack| ApiError::internal(format!("sign token: {e}"));
-        let header = B64.encode(br#"{"alg":"ES256","kid":"nodelet"}"#);
+        let header = B64.encode(json!({"alg": "ES256", "kid": self.key_id}).to_string());
         let payload = B64.encode(claims.to_string());
         let input = format!("{header}.{payload}");
         let digest = hash(MessageDigest::sha256(), input.as_bytes()).map_err(failed)?;
@@ -225,7 +269,18 @@ impl Tokens {
                 }
             }
         }
-        let exp = now + expiration;
+        // kube-apiserver's --service-account-extend-token-expiration (on by default): the
+        // token kubelet asks for a pod's API access (3607 s, the API's audience) is valid for a
+        // year, so clients that never reread it keep working; its `warnafter` is the time asked
+        // for, and the status still says that time, which kubelet renews at.
+        let mut exp = now + expiration;
+        if expiration == ACCESS_EXPIRATION
+            && k.get("pod").is_some()
+            && audiences.iter().all(|a| a == ISSUER)
+        {
+            k["warnafter"] = json!(exp);
+            exp = now + EXTENDED_EXPIRATION;
+        }
         let claims = json!({
             "aud": audiences,
             "exp": exp,
@@ -237,7 +292,7 @@ impl Tokens {
             "sub": format!("system:serviceaccount:{namespace}:{name}"),
         });
         let token = self.sign(&claims)?;
-        let expires = jiff::Timestamp::from_second(exp).unwrap_or_default();
+        let expires = jiff::Timestamp::from_second(now + expiration).unwrap_or_default();
         let mut spec = spec.clone();
         spec["audiences"] = json!(audiences);
         spec["expirationSeconds"] = json!(expiration);
@@ -430,5 +485,41 @@ mod tests {
         parts[1] = B64.encode(json!({"iss": ISSUER, "exp": 9999, "sub": "root"}).to_string());
         assert!(t.verify(&parts.join("."), 1500).is_none(), "altered claims");
         assert!(tokens().verify(&token, 1500).is_none(), "another key");
+    }
+
+    /// What an OIDC relying party does: the token's `kid` names a key of the JWKS, and that
+    /// key (rebuilt from its coordinates alone) verifies the signature.
+    #[test]
+    fn the_published_key_set_verifies_the_tokens() {
+        let t = tokens();
+        let token = t.sign(&json!({"iss": ISSUER, "sub": "x"})).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        let head: Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
+        let jwks = t.jwks();
+        let key = &jwks["keys"][0];
+        assert_eq!(key["kid"], head["kid"]);
+        assert_eq!(t.openid_configuration()["issuer"], ISSUER);
+        let coord =
+            |c: &str| BigNum::from_slice(&B64.decode(key[c].as_str().unwrap()).unwrap()).unwrap();
+        let group =
+            openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let public = openssl::ec::EcKey::from_public_key_affine_coordinates(
+            &group,
+            &coord("x"),
+            &coord("y"),
+        )
+        .unwrap();
+        let raw = B64.decode(parts[2]).unwrap();
+        let sig = EcdsaSig::from_private_components(
+            BigNum::from_slice(&raw[..32]).unwrap(),
+            BigNum::from_slice(&raw[32..]).unwrap(),
+        )
+        .unwrap();
+        let digest = hash(
+            MessageDigest::sha256(),
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        )
+        .unwrap();
+        assert!(sig.verify(&digest, &public).unwrap());
     }
 }
