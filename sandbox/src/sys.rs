@@ -72,13 +72,13 @@ pub fn loopback_up() -> io::Result<()> {
         *dst = *src as libc::c_char;
     }
     // SAFETY: SIOCGIFFLAGS reads into `req`, a valid ifreq whose name is NUL-terminated.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: after SIOCGIFFLAGS the union holds ifru_flags.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: SIOCSIFFLAGS reads `req`, which is valid and initialised above.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -456,11 +456,12 @@ pub fn set_memlock_limit(limit: libc::rlimit) -> io::Result<()> {
 }
 
 /// Gives free heap memory back to the kernel (malloc_trim(3)): glibc keeps what a burst of
-/// allocations freed (thousands of watch events) in its per-thread arenas otherwise, and the
-/// process's RSS stays at its peak.
+/// allocations freed (thousands of watch events in the agent, a container spec parsed by a
+/// shim) in its arenas otherwise, and the process's RSS stays at its peak.
 pub fn release_free_memory() {
     // SAFETY: malloc_trim takes the allocator's own locks and touches only free chunks; it is
     // safe to call from any thread at any time.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::malloc_trim(0);
     }

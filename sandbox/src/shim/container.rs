@@ -62,6 +62,15 @@ impl LogPipe {
             let _ = self.splitter.finish(now, log);
         }
     }
+    /// Logs what is left to read (without blocking), then the unfinished line.
+    pub fn drain_and_finish(mut self, buf: &mut [u8]) {
+        let _ = self.file.set_nonblocking();
+        while let Ok(n @ 1..) = self.file.read(buf) {
+            self.write(&buf[..n]);
+        }
+        self.finish();
+    }
+
     pub fn finish(&mut self) {
         let _ = self
             .splitter

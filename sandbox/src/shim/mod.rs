@@ -166,6 +166,7 @@ fn run_daemon(dir: ShimDir, ready: OwnedFd) -> ! {
         Ok(mut server) => {
             let _ = ready.write_all(b"ok\n");
             drop(ready);
+            sys::release_free_memory();
             server.serve();
             sys::exit_now(0)
         }

@@ -30,6 +30,10 @@ pub struct Server {
     pub(super) pipes: Vec<LogPipe>,
     subscribers: Vec<UnixStream>,
     execs: Vec<Exec>,
+    /// What pipes are read into, one for all: on the heap and zeroed by the allocator, so only
+    /// the pages reads have filled are resident (a 64 KiB stack buffer costs all 16 pages of
+    /// every shim, most of a pod's private memory).
+    buf: Vec<u8>,
     /// Each running container's namespaces and cgroups, by its first process's pid, opened at
     /// its first exec.
     joined: HashMap<i32, crate::spawn::Joined>,
@@ -81,6 +85,7 @@ impl Server {
             subscribers: Vec::new(),
             execs: Vec::new(),
             joined: HashMap::new(),
+            buf: vec![0; 128 * 1024],
             userns,
         })
     }
@@ -132,7 +137,7 @@ impl Server {
             let pipes = self.pipes.len();
             for i in 0..self.execs.len() {
                 if ready.get(2 + pipes + i) == Some(&true) {
-                    self.execs[i].read();
+                    self.execs[i].read(&mut self.buf);
                 }
             }
             for i in (0..pipes).rev() {
@@ -150,6 +155,7 @@ impl Server {
                     if self.handle(stream) {
                         return;
                     }
+                    sys::release_free_memory();
                 }
             }
         }
@@ -262,12 +268,7 @@ impl Server {
         c.stdin = None;
         if c.terminal.take().is_some() {
             while let Some(i) = self.pipes.iter().position(|p| p.id == id) {
-                let mut pipe = self.pipes.swap_remove(i);
-                let mut buf = [0u8; 64 * 1024];
-                while let Ok(n @ 1..) = pipe.file.read(&mut buf) {
-                    pipe.write(&buf[..n]);
-                }
-                pipe.finish();
+                self.pipes.swap_remove(i).drain_and_finish(&mut self.buf);
             }
         }
         Response::Done
@@ -350,7 +351,7 @@ impl Server {
             if self.execs[i].deadline.is_some_and(|d| d <= now) {
                 let mut e = self.execs.swap_remove(i);
                 let _ = kill(e.pid, Signal::SIGKILL);
-                e.read();
+                e.read(&mut self.buf);
                 e.answer(-1, true);
             } else {
                 i += 1;
@@ -361,7 +362,7 @@ impl Server {
     fn exited(&mut self, pid: Pid, code: i32, signal: Option<i32>) {
         if let Some(i) = self.execs.iter().position(|e| e.pid == pid) {
             let mut e = self.execs.swap_remove(i);
-            e.read();
+            e.read(&mut self.buf);
             e.answer(code, false);
             return;
         }
@@ -387,9 +388,9 @@ impl Server {
     }
 
     fn drain_pipe(&mut self, index: usize) {
-        let mut buf = [0u8; 64 * 1024];
+        let buf = &mut self.buf[..];
         let pipe = &mut self.pipes[index];
-        let eof = match pipe.file.read(&mut buf) {
+        let eof = match pipe.file.read(buf) {
             Ok(0) => true,
             Ok(n) => {
                 pipe.write(&buf[..n]);
@@ -429,13 +430,8 @@ impl Server {
             self.reap();
             std::thread::sleep(Duration::from_millis(2));
         }
-        while let Some(mut pipe) = self.pipes.pop() {
-            let mut buf = [0u8; 64 * 1024];
-            let _ = pipe.file.set_nonblocking();
-            while let Ok(n @ 1..) = pipe.file.read(&mut buf) {
-                pipe.write(&buf[..n]);
-            }
-            pipe.finish();
+        while let Some(pipe) = self.pipes.pop() {
+            pipe.drain_and_finish(&mut self.buf);
         }
         if let Some(cg) = &self.spec.cgroup {
             if let Err(e) = cgroup::remove(&cg.path) {
@@ -451,10 +447,9 @@ impl Server {
 
 impl Exec {
     /// Reads what the command wrote so far, keeping the first 10 KiB.
-    fn read(&mut self) {
-        let mut buf = [0u8; 16 * 1024];
+    fn read(&mut self, buf: &mut [u8]) {
         loop {
-            match self.output.read(&mut buf) {
+            match self.output.read(buf) {
                 Ok(0) => {
                     self.closed = true;
                     return;

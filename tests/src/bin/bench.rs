@@ -50,9 +50,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
-/// VmRSS of every shim of the node (the pod init of a shared-PID pod is the shim's child, not
-/// counted).
-fn shim_rss_kib(node: &TestNode) -> Vec<u64> {
+/// RSS and PSS (KiB, from smaps_rollup) of every shim of the node (the pod init of a shared-PID
+/// pod is the shim's child, not counted).
+fn shim_memory_kib(node: &TestNode) -> Vec<(u64, u64)> {
     node.processes()
         .into_iter()
         .filter_map(|p| {
@@ -70,12 +70,51 @@ fn shim_rss_kib(node: &TestNode) -> Vec<u64> {
             if !is_shim || parent != node.reaper {
                 return None;
             }
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
+            let field = |name: &str| -> Option<u64> {
+                rollup
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            };
+            if std::env::var_os("BENCH_SMAPS").is_some() && SMAPS_SHOWN.set(()).is_ok() {
+                print_smaps(p);
+            }
+            Some((field("Rss:")?, field("Pss:")?))
         })
         .collect()
+}
+
+static SMAPS_SHOWN: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Where one shim's resident memory is, by mapping (`BENCH_SMAPS=1`).
+fn print_smaps(pid: i32) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return;
+    };
+    let mut name = String::new();
+    let mut rows: Vec<(String, u64, u64)> = Vec::new();
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            name = format!(
+                "{} {}",
+                parts.get(1).unwrap_or(&""),
+                parts.get(5).unwrap_or(&"[anon]")
+            );
+            rows.push((name.clone(), 0, 0));
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            rows.last_mut().unwrap().1 = v.trim().trim_end_matches(" kB").parse().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Pss:") {
+            rows.last_mut().unwrap().2 = v.trim().trim_end_matches(" kB").parse().unwrap_or(0);
+        }
+    }
+    let _ = name;
+    println!("shim {pid} smaps (perms path: RSS KiB, PSS KiB):");
+    for (n, rss, pss) in rows.iter().filter(|r| r.1 > 0) {
+        println!("  {n}: {rss} {pss}");
+    }
 }
 
 const WIRED_PODS: usize = 20;
@@ -552,13 +591,16 @@ fn pods() -> Result<()> {
         percentile(&starts, 0.5), percentile(&starts, 0.99), starts[0], starts[starts.len() - 1]);
 
     std::thread::sleep(Duration::from_secs(2));
-    let rss = shim_rss_kib(&node);
-    let avg = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64;
+    let memory = shim_memory_kib(&node);
+    let mean = |f: fn(&(u64, u64)) -> u64| {
+        memory.iter().map(f).sum::<u64>() as f64 / memory.len().max(1) as f64
+    };
     println!(
-        "shim RSS with {} idle pods: mean {:.0} KiB, max {} KiB (target < 2048 KiB)",
-        rss.len(),
-        avg,
-        rss.iter().max().unwrap_or(&0)
+        "shim memory with {} idle pods: RSS mean {:.0} KiB, max {} KiB (target < 1024 KiB); PSS mean {:.0} KiB (target < 200 KiB)",
+        memory.len(),
+        mean(|m| m.0),
+        memory.iter().map(|m| m.0).max().unwrap_or(0),
+        mean(|m| m.1),
     );
 
     let mut deletes = Vec::new();
