@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins docker-registry skopeo \
         libssl-dev libseccomp-dev pkg-config ca-certificates curl gcc apache2-utils umoci openssl
 
-.PHONY: all deps build release images run test faults bench fuzz install uninstall fmt lint clean
+.PHONY: all deps build release images run test faults bench scale fuzz install uninstall fmt lint clean
 
 all: build
 
@@ -68,6 +68,11 @@ faults: build
 bench: deps
 	$(CARGO) build --release -p nodelet -p nodelet-sandbox -p nodelet-tests --bins
 	NODELET_BIN=$(CURDIR)/target/release/nodelet target/release/bench
+
+# The density scenario with 1,000 pods (SCALE_PODS to change it), timed; minutes.
+scale: deps
+	$(CARGO) build --release -p nodelet -p nodelet-sandbox -p nodelet-tests --bins
+	NODELET_BIN=$(CURDIR)/target/release/nodelet BENCH=scale target/release/bench
 
 # Every fuzz target for FUZZ_SECONDS each (cargo-fuzz on stable, no sanitizer); see CONTRIBUTING.md.
 FUZZ_SECONDS ?= 60

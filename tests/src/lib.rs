@@ -18,6 +18,7 @@ use anyhow::{bail, Result};
 mod cni;
 mod node;
 mod registry;
+pub mod scale;
 mod token;
 
 pub use cni::{run_cni, NetnsHolder};
@@ -115,4 +116,44 @@ pub fn wait_for<T>(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The node's pod shims (the pod init of a shared-PID pod is a shim's child, not counted).
+pub fn shim_pids(node: &TestNode) -> Vec<i32> {
+    node.processes()
+        .into_iter()
+        .filter(|p| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{p}/cmdline")) else {
+                return false;
+            };
+            let parent = std::fs::read_to_string(format!("/proc/{p}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("PPid:"))
+                        .and_then(|v| v.trim().parse::<i32>().ok())
+                });
+            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            argv.first().is_some_and(|a| a.ends_with(b"nodelet-shim"))
+                && argv.get(1) != Some(&&b"reaper"[..])
+                && parent == Some(node.reaper)
+        })
+        .collect()
+}
+
+/// RSS and PSS (KiB, from smaps_rollup) of every shim of the node.
+pub fn shim_memory_kib(node: &TestNode) -> Vec<(u64, u64)> {
+    shim_pids(node)
+        .into_iter()
+        .filter_map(|p| {
+            let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
+            let field = |name: &str| -> Option<u64> {
+                rollup
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            };
+            Some((field("Rss:")?, field("Pss:")?))
+        })
+        .collect()
 }

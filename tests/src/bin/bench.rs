@@ -50,43 +50,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
-/// RSS and PSS (KiB, from smaps_rollup) of every shim of the node (the pod init of a shared-PID
-/// pod is the shim's child, not counted).
-fn shim_memory_kib(node: &TestNode) -> Vec<(u64, u64)> {
-    node.processes()
-        .into_iter()
-        .filter_map(|p| {
-            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
-            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
-            let parent: i32 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("PPid:"))?
-                .trim()
-                .parse()
-                .ok()?;
-            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_shim = argv.first().is_some_and(|a| a.ends_with(b"nodelet-shim"))
-                && argv.get(1) != Some(&&b"reaper"[..]);
-            if !is_shim || parent != node.reaper {
-                return None;
-            }
-            let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
-            let field = |name: &str| -> Option<u64> {
-                rollup
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            };
-            if std::env::var_os("BENCH_SMAPS").is_some() && SMAPS_SHOWN.set(()).is_ok() {
-                print_smaps(p);
-            }
-            Some((field("Rss:")?, field("Pss:")?))
-        })
-        .collect()
-}
-
-static SMAPS_SHOWN: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-
 /// Where one shim's resident memory is, by mapping (`BENCH_SMAPS=1`).
 fn print_smaps(pid: i32) {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
@@ -277,6 +240,50 @@ fn main() -> Result<()> {
     if part("config") {
         config()?;
     }
+    // Minutes, not seconds: only when asked (`make scale`).
+    if only == "scale" {
+        scale()?;
+    }
+    Ok(())
+}
+
+/// 1,000 one-container pods (`SCALE_PODS`) through the built-in API: the density scenario, timed.
+fn scale() -> Result<()> {
+    let pods = std::env::var("SCALE_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let r = nodelet_tests::scale::run(pods)?;
+    println!(
+        "scale: {} one-container pods through the built-in API",
+        r.pods
+    );
+    println!(
+        "  burst create to all Running: {:.1} s (target < 15 s)",
+        r.create_to_running.as_secs_f64()
+    );
+    println!(
+        "  agent with every pod running: RSS {:.1} MiB (target < 100 MiB), idle CPU {:.2} % of a core (target < 2 %), {} descriptors",
+        r.agent_rss_kib as f64 / 1024.0,
+        r.agent_idle_cpu_percent,
+        r.agent_fds
+    );
+    println!(
+        "  kubectl get pods (Table, 500 a page) server time: median {:.1} ms (target < 50 ms)",
+        r.get_pods_median.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  agent SIGKILL and restart to every pod re-adopted and ready: {:.2} s (target < 5 s)",
+        r.restart_to_readopted.as_secs_f64()
+    );
+    println!(
+        "  delete all (containers end on TERM): {:.1} s (target < 20 s)",
+        r.delete_all.as_secs_f64()
+    );
+    println!(
+        "  shim per pod: RSS {:.0} KiB (target < 1024 KiB), PSS {:.0} KiB (target < 200 KiB)",
+        r.shim_rss_kib, r.shim_pss_kib
+    );
     Ok(())
 }
 
@@ -591,7 +598,12 @@ fn pods() -> Result<()> {
         percentile(&starts, 0.5), percentile(&starts, 0.99), starts[0], starts[starts.len() - 1]);
 
     std::thread::sleep(Duration::from_secs(2));
-    let memory = shim_memory_kib(&node);
+    let memory = nodelet_tests::shim_memory_kib(&node);
+    if std::env::var_os("BENCH_SMAPS").is_some() {
+        if let Some(pid) = nodelet_tests::shim_pids(&node).first() {
+            print_smaps(*pid);
+        }
+    }
     let mean = |f: fn(&(u64, u64)) -> u64| {
         memory.iter().map(f).sum::<u64>() as f64 / memory.len().max(1) as f64
     };
