@@ -66,6 +66,12 @@ fn api_pods(node: &TestNode) -> Result<BTreeMap<String, Value>> {
         .collect())
 }
 
+/// The end of a long log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// One pod as the API has it.
 fn get_pod(node: &TestNode, name: &str) -> Option<Value> {
     let out = node.kubectl(&["get", "pod", name, "-o", "json"]);
@@ -127,7 +133,7 @@ pub fn run(pods: usize) -> Result<Report> {
     let t = Instant::now();
     node.kubectl_create(&all, &[])?;
     let before = wait_for("every pod ready", limit, || all_ready(&node, pods))
-        .with_context(|| node.agent_log())?;
+        .with_context(|| tail(&node.agent_log()))?;
     report.create_to_running = t.elapsed();
 
     // The node answers as it does with one pod.
@@ -220,7 +226,7 @@ pub fn run(pods: usize) -> Result<Report> {
     let t = Instant::now();
     node.start_agent()?;
     let after = wait_for("every pod ready again", limit, || all_ready(&node, pods))
-        .with_context(|| node.agent_log())?;
+        .with_context(|| tail(&node.agent_log()))?;
     report.restart_to_readopted = t.elapsed();
     if after != before {
         let changed: Vec<_> = before
@@ -237,11 +243,12 @@ pub fn run(pods: usize) -> Result<Report> {
     ensure!(restarts == 0, "{restarts} pods restarted a container");
 
     let t = Instant::now();
-    node.kubectl_ok(&["delete", "pods", "--all", "--wait=false"])?;
+    node.kubectl_ok(&["delete", "pods", "--all", "--wait=false"])
+        .with_context(|| tail(&node.agent_log()))?;
     wait_for("every pod gone", limit, || {
         (api_pods(&node).ok()?.is_empty() && node.processes().is_empty()).then_some(())
     })
-    .with_context(|| node.agent_log())?;
+    .with_context(|| tail(&node.agent_log()))?;
     report.delete_all = t.elapsed();
     node.assert_clean()?;
     Ok(report)

@@ -41,8 +41,18 @@ pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .with_context(|| format!("kubeconfig {}", kubeconfig.display()))?;
-    Ok(kube::Client::try_from(config)?)
+    // At most this many requests in flight, as kubelet's client has kubeAPIQPS/kubeAPIBurst:
+    // after a restart, a thousand pods' workers ask for tokens and write statuses at once, and
+    // each request in flight is a connection of its own (HTTP/1.1), which the API server caps.
+    let limit = tower::limit::ConcurrencyLimitLayer::new(API_CONCURRENCY);
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&limit)
+        .build())
 }
+
+/// Requests the agent has in flight to the API server at once (watches count until their
+/// response starts).
+const API_CONCURRENCY: usize = 64;
 
 fn api_error_code(e: &kube::Error) -> Option<u16> {
     match e {
