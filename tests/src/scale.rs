@@ -129,6 +129,7 @@ pub fn run(pods: usize) -> Result<Report> {
         ..Default::default()
     };
 
+    eprintln!("scale: creating {pods} pods");
     let all: String = (0..pods).map(|i| pod_yaml(i) + "---\n").collect();
     let t = Instant::now();
     node.kubectl_create(&all, &[])?;
@@ -221,6 +222,7 @@ pub fn run(pods: usize) -> Result<Report> {
     );
     node.kubectl_ok(&["delete", "pod", &pending, &extra])?;
 
+    eprintln!("scale: restarting the agent");
     // The agent dies; its pods do not.
     node.stop_agent(nix::sys::signal::Signal::SIGKILL)?;
     let t = Instant::now();
@@ -242,6 +244,7 @@ pub fn run(pods: usize) -> Result<Report> {
         .count();
     ensure!(restarts == 0, "{restarts} pods restarted a container");
 
+    eprintln!("scale: deleting every pod");
     let t = Instant::now();
     node.kubectl_ok(&["delete", "pods", "--all", "--wait=false"])
         .with_context(|| tail(&node.agent_log()))?;

@@ -325,9 +325,16 @@ impl Network {
         let (addresses_tx, addresses_rx) = tokio::sync::oneshot::channel();
         let (veth_tx, veth_rx) = tokio::sync::oneshot::channel::<String>();
         let (peer_tx, peer_rx) = tokio::sync::oneshot::channel::<Option<u32>>();
+        let ipv6 = bridge
+            .ipam
+            .ranges
+            .iter()
+            .flatten()
+            .any(|r| r.subnet.addr().is_ipv6());
         let pod_side = PodSide {
             routes: bridge.ipam.routes.clone(),
             mtu: bridge.mtu,
+            ipv6,
         };
         // Three things at once: the pod side creates the veth, then configures the addresses
         // once allocated; the node side allocates them; and readies the bridge, then attaches
@@ -372,6 +379,10 @@ impl Network {
             // The host end by name as soon as it exists, while the pod side looks up eth0.
             let name = veth_rx.await.map_err(|_| Error::NoVethName)?;
             sysctl::set(&format!("net/ipv6/conf/{name}/accept_ra"), "0")?;
+            // A bridge port needs no address of its own; in an IPv4-only network, no IPv6.
+            if !ipv6 {
+                sysctl::set(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1")?;
+            }
             if let Err(e) = host.attach_named(&name, index).await {
                 *self.bridge_ready.lock().expect("bridge lock") = None;
                 return Err(e.into());
@@ -548,6 +559,8 @@ async fn ensure_gateway(
 struct PodSide {
     routes: Vec<nodelet_cni_config::Route>,
     mtu: Option<u32>,
+    /// The pod network has IPv6 ranges; without, the veth has no IPv6 at all (see `wire`).
+    ipv6: bool,
 }
 
 impl PodSide {
@@ -579,6 +592,15 @@ impl PodSide {
         }
         if created.is_none() {
             return (None, Err(Error::NoVethName));
+        }
+        // An IPv4-only network: no IPv6 on eth0 (as Docker does for such networks), set before
+        // the host end is up and so before the link has carrier. Otherwise every new pod's
+        // link-local address, DAD and MLD reports are flooded by the bridge to every other
+        // pod's port: with a thousand pods, that is most of the node's CPU while they start.
+        if !self.ipv6 {
+            if let Err(e) = sysctl::set(&format!("net/ipv6/conf/{IFNAME}/disable_ipv6"), "1") {
+                return (created, Err(e.into()));
+            }
         }
         let _ = veth.send(created.clone().unwrap_or_default());
         let link = match pod.find_link(IFNAME).await {
