@@ -52,6 +52,11 @@ pub struct Config {
     /// How often the static pod directory is rescanned besides inotify.
     #[serde(deserialize_with = "duration")]
     pub file_check_frequency: Duration,
+    /// kubelet's `syncFrequency`: how often a pod is looked at with nothing having changed
+    /// (container exits, spec, object and probe changes wake it at once), with up to half
+    /// again of jitter, as kubelet's workers have.
+    #[serde(deserialize_with = "duration")]
+    pub sync_frequency: Duration,
     /// The resolver file copied into pods with dnsPolicy Default (and ClusterFirst without cluster DNS).
     pub resolv_conf: PathBuf,
     #[serde(rename = "clusterDNS")]
@@ -159,6 +164,7 @@ impl Default for Config {
             node_ip: None,
             static_peers: Vec::new(),
             file_check_frequency: Duration::from_secs(20),
+            sync_frequency: Duration::from_secs(60),
             resolv_conf: "/etc/resolv.conf".into(),
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),

@@ -19,9 +19,13 @@ use super::resource::Resource;
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Changes kept for watches that resume from an older resourceVersion: at most this many, and
-/// at most this many bytes of objects (a window of huge objects is shorter, not bigger).
-const HISTORY: usize = 10_000;
-const HISTORY_BYTES: usize = 64 * 1024 * 1024;
+/// at most this many bytes of objects as JSON (a window of huge objects is shorter, not
+/// bigger). A change costs about five times its JSON in memory (the parsed object, and the one
+/// before it): 2,000 changes are a few seconds of a thousand pods starting at once, enough
+/// for a client to resume after a reconnect; one that falls further behind gets 410 Gone and
+/// lists again, as kube-apiserver's watch cache answers it (100 changes a resource by default).
+const HISTORY: usize = 2_000;
+const HISTORY_BYTES: usize = 16 * 1024 * 1024;
 
 pub type Object = Arc<Value>;
 

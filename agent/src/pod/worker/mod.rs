@@ -39,7 +39,6 @@ mod probes;
 mod stop;
 mod volumes;
 
-const RESYNC: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
@@ -239,9 +238,17 @@ impl Worker {
         self.pod = Arc::new(pod);
     }
 
+    /// When to look again with nothing changed: `syncFrequency` and up to half of it again,
+    /// so a thousand pods started together do not resync together.
+    fn resync(&self) -> Duration {
+        let base = self.node.config.sync_frequency;
+        let jitter = u16::from_str_radix(&crate::random_hex(2), 16).unwrap_or(0);
+        base + base.mul_f64(f64::from(jitter) / f64::from(u16::MAX) / 2.0)
+    }
+
     /// One pass towards the desired state; returns when to look again at the latest.
     async fn sync(&mut self) -> Duration {
-        let mut wake = RESYNC;
+        let mut wake = self.resync();
         // The node's admission, before anything of the pod exists (a pod already running, found
         // at agent start, was admitted before: it is only recorded).
         if self.observed.rejected.is_none() && !self.admitted {
