@@ -20,11 +20,23 @@ use sha2::Digest as _;
 
 /// Random hex (ids, temporary names) from the kernel's generator.
 pub fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
     let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
+    let mut filled = 0;
+    // getrandom(2): no descriptor to open, so it works when the process is out of them.
+    while filled < buf.len() {
+        // SAFETY: getrandom writes at most `len - filled` bytes into the buffer's tail.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else {
+            let e = std::io::Error::last_os_error();
+            assert!(
+                e.kind() == std::io::ErrorKind::Interrupted,
+                "getrandom: {e}"
+            );
+        }
+    }
     hex::encode(buf)
 }
 

@@ -99,8 +99,12 @@ fn one_pod(node: &TestNode, prefix: &str) -> Result<(String, Running, Value, Str
 }
 
 /// A test node with its agent and built-in API up.
+/// A node with the built-in API whose pods resync every 10 s (kubelet's default is a minute):
+/// the faults below are met by the periodic syncs of every worker, not only by events.
 fn api_node() -> Result<TestNode> {
-    let node = TestNode::with_api()?;
+    let mut node = TestNode::with_config("node1", "syncFrequency: 10s\n")?;
+    node.start_agent()?;
+    node.wait_api()?;
     Ok(node)
 }
 
@@ -239,8 +243,8 @@ fn a_shim_that_does_not_answer_is_not_torn_down() -> Result<()> {
     let (pod, before, _, uid) = one_pod(&node, "frozen")?;
     let shim_pid = shim_of(&node, &uid)?;
     kill(Pid::from_raw(shim_pid), Signal::SIGSTOP)?;
-    // Past the 30 s call timeout and a resync.
-    std::thread::sleep(Duration::from_secs(45));
+    // Past a resync (10 to 15 s) and the 30 s call timeout.
+    std::thread::sleep(Duration::from_secs(50));
     kill(Pid::from_raw(shim_pid), Signal::SIGCONT)?;
     let after = wait_running(&node, std::slice::from_ref(&pod))?;
     ensure!(after[&pod] == before, "before {before:?}, after {after:?}");
@@ -904,8 +908,8 @@ fn descriptor_exhaustion_tears_nothing_down() -> Result<()> {
     node.kubectl_ok(&["delete", "pod", "doomed-0", "--wait=false"])?;
     std::thread::sleep(Duration::from_secs(1));
     limit("16:")?;
-    // Past two resyncs of every worker (10 s each).
-    std::thread::sleep(Duration::from_secs(25));
+    // Past two resyncs of every worker (10 to 15 s each).
+    std::thread::sleep(Duration::from_secs(30));
     limit(&format!("{soft}:"))?;
     wait_for("the deleted pod gone once descriptors are back", T, || {
         (!by_name(&node).contains_key("doomed-0")).then_some(())

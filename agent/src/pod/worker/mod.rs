@@ -241,8 +241,13 @@ impl Worker {
     /// When to look again with nothing changed: `syncFrequency` and up to half of it again,
     /// so a thousand pods started together do not resync together.
     fn resync(&self) -> Duration {
+        use std::hash::{BuildHasher, Hasher};
         let base = self.node.config.sync_frequency;
-        let jitter = u16::from_str_radix(&crate::random_hex(2), 16).unwrap_or(0);
+        // std's per-process random hash keys, a new one each time: no descriptor to open (the
+        // node may be out of them) for what needs no strong randomness.
+        let jitter = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish() as u16;
         base + base.mul_f64(f64::from(jitter) / f64::from(u16::MAX) / 2.0)
     }
 
