@@ -218,7 +218,9 @@ impl Worker {
                     message,
                     Some(("Failed", "Error: ErrImagePull".into())),
                 );
-                Err(Step::WaitFor(self.backoff.current(&key).unwrap_or(RETRY)))
+                // Looked at again soon, inside the back-off: the status then says
+                // ImagePullBackOff until it ends, as kubelet's requeue after an error shows it.
+                Err(Step::WaitFor(RETRY))
             }
         }
     }
