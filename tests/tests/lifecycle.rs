@@ -905,3 +905,51 @@ spec:
     node.kubectl_ok(&["delete", "pod", "again"])?;
     node.settled()
 }
+
+/// `activeDeadlineSeconds`: once the pod has been active that long, kubelet fails it
+/// (`DeadlineExceeded`, with its message and a Warning event), stops its containers with their
+/// grace period and starts none again, whatever the restart policy.
+#[test]
+fn a_pod_past_its_active_deadline_is_failed_and_stopped() -> Result<()> {
+    let node = api_node()?;
+    create(
+        &node,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: bounded}
+spec:
+  activeDeadlineSeconds: 3
+  terminationGracePeriodSeconds: 2
+  restartPolicy: Always
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, 'trap "exit 7" TERM; sleep 3600 & wait']
+"#,
+    )?;
+    wait_pod(&node, "bounded", "running", |p| TestNode::running(p, "app"))?;
+    let p = wait_pod(&node, "bounded", "failed past its deadline", |p| {
+        p["status"]["phase"] == "Failed"
+            && status_of(p, "containerStatuses", "app")["state"]["terminated"].is_object()
+    })?;
+    assert_eq!(p["status"]["reason"], "DeadlineExceeded", "{}", p["status"]);
+    assert_eq!(
+        p["status"]["message"],
+        "Pod was active on the node longer than the specified deadline"
+    );
+    let app = status_of(&p, "containerStatuses", "app");
+    assert_eq!(
+        app["state"]["terminated"]["exitCode"], 7,
+        "stopped with TERM: {app}"
+    );
+    assert_eq!(app["restartCount"], 0);
+    assert!(describe(&node, "bounded").contains("DeadlineExceeded"));
+    // And it stays so.
+    std::thread::sleep(Duration::from_secs(3));
+    let p = pod(&node, "bounded").context("pod")?;
+    assert_eq!(status_of(&p, "containerStatuses", "app")["restartCount"], 0);
+    assert_eq!(p["status"]["phase"], "Failed");
+    node.kubectl_ok(&["delete", "pod", "bounded"])?;
+    node.settled()
+}

@@ -74,6 +74,9 @@ pub struct Observed {
     pub messages: HashMap<String, String>,
     /// Why the node refused the pod (kubelet's admission): (reason, message).
     pub rejected: Option<(String, String)>,
+    /// Why the node ended the pod while it ran (`activeDeadlineSeconds`): (reason, message).
+    /// Its containers are stopped, none is started again, and it is `Failed`.
+    pub failed: Option<(String, String)>,
 }
 
 fn terminated(i: &Instance, message: Option<&String>) -> Option<ContainerStateTerminated> {
@@ -356,7 +359,10 @@ pub fn pod_status(
             .iter()
             .any(|i| i.record.name == c.name && !i.previous_sandbox)
     });
-    let phase = phase(pod, &init, &statuses, active);
+    let phase = match &observed.failed {
+        Some(_) => "Failed",
+        None => phase(pod, &init, &statuses, active),
+    };
     // GeneratePodInitializedCondition: every init container done (sidecars started), or an
     // app container running or terminated.
     let app_started = statuses.iter().any(|s| {
@@ -496,6 +502,8 @@ pub fn pod_status(
             .clone()
             .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip }]),
         qos_class: Some(qos(spec).as_str().to_owned()),
+        reason: observed.failed.as_ref().map(|f| f.0.clone()),
+        message: observed.failed.as_ref().map(|f| f.1.clone()),
         ..Default::default()
     }
 }

@@ -238,6 +238,68 @@ impl Worker {
         self.pod = Arc::new(pod);
     }
 
+    /// kubelet's activeDeadlineHandler: once the pod has been active on the node for
+    /// `activeDeadlineSeconds` (from its start time), it is `Failed` with `DeadlineExceeded`.
+    /// True once that is so; `left` is how long it still has otherwise.
+    fn deadline_exceeded(&mut self) -> bool {
+        if self.observed.failed.is_some() {
+            return true;
+        }
+        let Some(left) = self.deadline_left() else {
+            return false;
+        };
+        if !left.is_zero() {
+            return false;
+        }
+        let message = "Pod was active on the node longer than the specified deadline";
+        warn!("{message}");
+        self.event(None, "DeadlineExceeded", message.to_owned(), true);
+        self.observed.failed = Some(("DeadlineExceeded".into(), message.into()));
+        self.probe_tasks = probe::Tasks::default();
+        true
+    }
+
+    /// What is left of `activeDeadlineSeconds`, if the pod has one and has started.
+    fn deadline_left(&self) -> Option<Duration> {
+        let seconds = pod_spec(&self.pod).active_deadline_seconds?;
+        let start = self.observed.start_time?;
+        let end = start + jiff::SignedDuration::from_secs(seconds.max(0));
+        let left = end.duration_since(Timestamp::now());
+        Some(Duration::try_from(left).unwrap_or_default())
+    }
+
+    /// A pod past its deadline: every running container is stopped (as kubelet kills the pod,
+    /// with its grace period) and none is started again; returns when to look again.
+    async fn stop_for_deadline(&mut self) -> Duration {
+        if self.sandbox_ready {
+            if let Refresh::Lost = self.refresh_instances().await {
+                return Duration::ZERO;
+            }
+        }
+        let pod = self.pod.clone();
+        let ephemeral: Vec<_> = pod_spec(&pod)
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .map(build::ephemeral_container)
+            .collect();
+        let mut running = false;
+        for c in status::containers(&pod).map(|(c, _)| c).chain(&ephemeral) {
+            if let Some(i) = self.current(&c.name).filter(|i| i.running()).cloned() {
+                running = true;
+                let message = format!("Stopping container {}", c.name);
+                self.kill(c, &i.record, grace_period(&pod), message);
+            }
+        }
+        self.publish();
+        // Exits wake the worker; once all are down, nothing is left to do.
+        if running {
+            RETRY
+        } else {
+            Duration::from_secs(3600)
+        }
+    }
+
     /// When to look again with nothing changed: `syncFrequency` and up to half of it again,
     /// so a thousand pods started together do not resync together.
     fn resync(&self) -> Duration {
@@ -288,6 +350,9 @@ impl Worker {
         if self.observed.rejected.is_some() {
             self.publish();
             return Duration::from_secs(3600);
+        }
+        if self.deadline_exceeded() {
+            return self.stop_for_deadline().await;
         }
         if let Err(message) = self.ensure_sandbox().await {
             warn!(error = %message, "pod sandbox not ready");
@@ -386,16 +451,28 @@ impl Worker {
         // Ephemeral containers: started once each, whenever the sandbox is there, never
         // restarted (kubelet's), and outside the pod's order.
         if let Some(ephemeral) = pod_spec(&pod).ephemeral_containers.clone() {
+            let mut started = false;
             for e in &ephemeral {
                 let c = build::ephemeral_container(e);
-                if let Step::WaitFor(next) = self.sync_container(&c, "Never").await {
-                    wake = wake.min(next);
+                match self.sync_container(&c, "Never").await {
+                    Step::WaitFor(next) => wake = wake.min(next),
+                    Step::Started => started = true,
+                    Step::Nothing => {}
+                }
+            }
+            // What was started is in the status this pass publishes, not the next resync's.
+            if started {
+                if let Refresh::Lost = self.refresh_instances().await {
+                    return Duration::ZERO;
                 }
             }
         }
         self.sync_probes();
         self.backoff.gc(Timestamp::now());
         self.publish();
+        if let Some(left) = self.deadline_left() {
+            wake = wake.min(left);
+        }
         wake
     }
 
