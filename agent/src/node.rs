@@ -262,6 +262,16 @@ impl Node {
         let net = network::load(&self.config)
             .and_then(|list| Network::new(list, &self.config))
             .map_err(|e| crate::error_chain(&e))?;
+        if let Some(room) = net.address_capacity() {
+            if room < self.config.max_pods as u128 {
+                warn!(
+                    addresses = room,
+                    max_pods = self.config.max_pods,
+                    network = net.name(),
+                    "the pod network's address ranges hold fewer pods than maxPods: pods beyond them fail to get an address (give podCIDR room, e.g. a /22 for 1,000 pods)"
+                );
+            }
+        }
         let net = Arc::new(net);
         *slot = Some(net.clone());
         Ok(net)

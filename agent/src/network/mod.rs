@@ -209,6 +209,33 @@ impl Network {
         &self.list.name
     }
 
+    /// How many pods the native bridge's address ranges hold: each pod takes one address of
+    /// every range set, so the smallest set decides (its gateway and, for a whole subnet, the
+    /// network and broadcast addresses excluded, as host-local excludes them).
+    pub fn address_capacity(&self) -> Option<u128> {
+        let bridge = self.list.native_bridge()?;
+        let count = |a: IpAddr, b: IpAddr| -> u128 {
+            let n = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)),
+                IpAddr::V6(v6) => u128::from(v6),
+            };
+            n(b).saturating_sub(n(a)) + 1
+        };
+        bridge
+            .ipam
+            .ranges
+            .iter()
+            .map(|set| {
+                set.iter()
+                    .map(|r| {
+                        let inside = r.gateway >= r.start && r.gateway <= r.end;
+                        count(r.start, r.end).saturating_sub(u128::from(inside))
+                    })
+                    .sum::<u128>()
+            })
+            .min()
+    }
+
     fn native(&self) -> Result<&Bridge, Error> {
         self.list.native_bridge().ok_or_else(|| Error::NotNative {
             network: self.list.name.clone(),
@@ -687,4 +714,21 @@ pub fn save_attachment(shim_dir: &Path, a: &Attachment) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec(a)?)?;
     std::fs::rename(&tmp, &path)
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    use super::*;
+
+    #[test]
+    fn a_subnet_holds_its_addresses_but_the_gateway() {
+        let net = |cidr: &str| {
+            let cidr: IpNet = cidr.parse().unwrap();
+            let text = cni::default_conflist("nodelet", cidr, Path::new("/tmp/unused"));
+            let list = cni::parse(Path::new("x.conflist"), text.as_bytes()).unwrap();
+            Network::new(list, &Config::default()).unwrap()
+        };
+        assert_eq!(net("10.244.0.0/24").address_capacity(), Some(253));
+        assert_eq!(net("10.244.0.0/22").address_capacity(), Some(1021));
+    }
 }
