@@ -93,46 +93,56 @@ pub fn create_owned_pod_namespaces(dir: &Path, map: &IdMap) -> Result<(), Error>
             drop((to_child_r, to_parent_w));
             let mut from = std::fs::File::from(to_parent_r);
             let mut to = std::fs::File::from(to_child_w);
-            let result = (|| {
-                let step = |from: &mut std::fs::File, what: &str| {
-                    let mut byte = [0u8; 1];
-                    match from.read(&mut byte) {
-                        Ok(1) => Ok(()),
-                        _ => Err(Error::UserNamespace(format!("{what} failed"))),
-                    }
-                };
-                step(&mut from, "unshare(CLONE_NEWUSER)")?;
-                let line = format!("0 {} {}\n", map.host_id, map.size);
-                for file in ["uid_map", "gid_map"] {
-                    let path = format!("/proc/{child}/{file}");
-                    std::fs::write(&path, &line).map_err(|e| {
-                        Error::UserNamespace(format!("write {path} ({line:?}): {e}"))
-                    })?;
-                }
-                to.write_all(b"m")
-                    .map_err(|e| Error::UserNamespace(e.to_string()))?;
-                step(
-                    &mut from,
-                    "unshare of the pod's namespaces in its user namespace",
-                )?;
-                for (name, flag) in [
-                    ("net", CloneFlags::CLONE_NEWNET),
-                    ("uts", CloneFlags::CLONE_NEWUTS),
-                    ("ipc", CloneFlags::CLONE_NEWIPC),
-                ] {
-                    let path = format!("/proc/{child}/ns/{name}");
-                    let ns = std::fs::File::open(&path)
-                        .map_err(|e| Error::UserNamespace(format!("open {path}: {e}")))?;
-                    nix::sched::setns(&ns, flag).map_err(Error::Unshare)?;
-                }
-                pin(dir, &child.to_string(), "user", "user")?;
-                Ok(())
-            })();
+            let result = map_and_join(dir, map, child, &mut from, &mut to);
             drop(to);
             let _ = nix::sys::wait::waitpid(child, None);
             result
         }
     }
+}
+
+/// The parent's half of `create_owned_pod_namespaces`: writes the child's id maps once it has
+/// its user namespace, joins the namespaces it then makes, and pins the user namespace.
+fn map_and_join(
+    dir: &Path,
+    map: &IdMap,
+    child: nix::unistd::Pid,
+    from: &mut std::fs::File,
+    to: &mut std::fs::File,
+) -> Result<(), Error> {
+    use std::io::{Read, Write};
+    let step = |from: &mut std::fs::File, what: &str| {
+        let mut byte = [0u8; 1];
+        match from.read(&mut byte) {
+            Ok(1) => Ok(()),
+            _ => Err(Error::UserNamespace(format!("{what} failed"))),
+        }
+    };
+    step(from, "unshare(CLONE_NEWUSER)")?;
+    let line = format!("0 {} {}\n", map.host_id, map.size);
+    for file in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{child}/{file}");
+        std::fs::write(&path, &line)
+            .map_err(|e| Error::UserNamespace(format!("write {path} ({line:?}): {e}")))?;
+    }
+    to.write_all(b"m")
+        .map_err(|e| Error::UserNamespace(e.to_string()))?;
+    step(
+        from,
+        "unshare of the pod's namespaces in its user namespace",
+    )?;
+    for (name, flag) in [
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+    ] {
+        let path = format!("/proc/{child}/ns/{name}");
+        let ns = std::fs::File::open(&path)
+            .map_err(|e| Error::UserNamespace(format!("open {path}: {e}")))?;
+        nix::sched::setns(&ns, flag).map_err(Error::Unshare)?;
+    }
+    pin(dir, &child.to_string(), "user", "user")?;
+    Ok(())
 }
 
 /// The user namespace of `pid` when it is not the caller's (a `hostUsers: false` container's),

@@ -147,13 +147,14 @@ pub fn shim_memory_kib(node: &TestNode) -> Vec<(u64, u64)> {
         .into_iter()
         .filter_map(|p| {
             let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
-            let field = |name: &str| -> Option<u64> {
-                rollup
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            };
-            Some((field("Rss:")?, field("Pss:")?))
+            Some((kib(&rollup, "Rss:")?, kib(&rollup, "Pss:")?))
         })
         .collect()
+}
+
+/// A `Name:   123 kB` field of a /proc file (status, smaps_rollup), in KiB.
+pub fn kib(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
 }

@@ -107,11 +107,7 @@ fn cpu_ticks(pid: i32) -> Result<u64> {
 fn status_kib(pid: i32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        })
+        .and_then(|s| crate::kib(&s, field))
         .unwrap_or(0)
 }
 

@@ -248,19 +248,22 @@ fn logs_exec_and_port_forward() -> Result<()> {
     );
 
     // exec -it through a terminal (script(1) gives kubectl one)
-    let script = node
-        .net_command("script")
-        .env("HOME", node.dir.join("home"))
-        .args(["-qec"])
-        .arg(format!(
-            "{} --kubeconfig {} --cache-dir {} exec -it talk -c main -- sh -c 'tty; stty size; echo $TERM'",
-            kubectl_path("kubectl").display(),
-            node.kubeconfig().display(),
-            node.dir.join("home/cache-kubectl").display()
-        ))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()?;
+    let script = node.kubectl_in_terminal(
+        &[
+            "exec",
+            "-it",
+            "talk",
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size; echo $TERM",
+        ],
+        24,
+        80,
+        "",
+    );
     let shown = String::from_utf8_lossy(&script.stdout);
     ensure!(
         shown.contains("/dev/pts/") && shown.contains("xterm"),

@@ -72,24 +72,7 @@ impl Tokens {
 
     /// The key set tokens are verified with (`/openid/v1/jwks`, RFC 7517).
     pub fn jwks(&self) -> Value {
-        let mut key =
-            json!({"use": "sig", "kty": "EC", "kid": self.key_id, "crv": "P-256", "alg": "ES256"});
-        if let Ok(ec) = self.key.ec_key() {
-            let mut ctx = openssl::bn::BigNumContext::new().ok();
-            let (mut x, mut y) = (BigNum::new().ok(), BigNum::new().ok());
-            if let (Some(ctx), Some(xv), Some(yv)) = (ctx.as_mut(), x.as_mut(), y.as_mut()) {
-                if ec
-                    .public_key()
-                    .affine_coordinates(ec.group(), xv, yv, ctx)
-                    .is_ok()
-                {
-                    let pad = |n: &BigNum| n.to_vec_padded(32).map(|v| B64.encode(v)).ok();
-                    key["x"] = json!(pad(xv));
-                    key["y"] = json!(pad(yv));
-                }
-            }
-        }
-        json!({"keys": [key]})
+        json!({"keys": [public_jwk(&self.key, &self.key_id)]})
     }
 
     fn sign(&self, claims: &Value) -> Result<String, ApiError> {
@@ -304,6 +287,23 @@ impl Tokens {
             "status": {"token": token, "expirationTimestamp": expires.to_string()},
         }))
     }
+}
+
+/// The P-256 public key as a JWK: its affine coordinates, base64url, padded to 32 bytes.
+fn public_jwk(key: &PKey<Private>, key_id: &str) -> Value {
+    let coordinates = || -> Result<(String, String), openssl::error::ErrorStack> {
+        let ec = key.ec_key()?;
+        let (mut x, mut y) = (BigNum::new()?, BigNum::new()?);
+        let mut ctx = openssl::bn::BigNumContext::new()?;
+        ec.public_key()
+            .affine_coordinates(ec.group(), &mut x, &mut y, &mut ctx)?;
+        Ok((
+            B64.encode(x.to_vec_padded(32)?),
+            B64.encode(y.to_vec_padded(32)?),
+        ))
+    };
+    let (x, y) = coordinates().unwrap_or_default();
+    json!({"use": "sig", "kty": "EC", "kid": key_id, "crv": "P-256", "alg": "ES256", "x": x, "y": y})
 }
 
 /// The ServiceAccount admission plugin, on a pod being created: mirror pods may not refer to

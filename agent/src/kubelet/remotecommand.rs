@@ -141,12 +141,7 @@ fn attach_target(
 ) -> Option<(String, String, k8s_openapi::api::core::v1::Container)> {
     let (uid, pod) = node.find_pod(&req.namespace, &req.pod)?;
     let spec = pod.spec.as_ref()?;
-    let ephemeral: Vec<_> = spec
-        .ephemeral_containers
-        .iter()
-        .flatten()
-        .map(crate::pod::build::ephemeral_container)
-        .collect();
+    let ephemeral = crate::pod::build::ephemeral_containers(&pod);
     let c = spec
         .containers
         .iter()

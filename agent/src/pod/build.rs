@@ -254,6 +254,16 @@ pub struct Facts {
     pub api_service: Option<std::net::SocketAddr>,
 }
 
+/// The pod's ephemeral containers, each as the container it runs as.
+pub fn ephemeral_containers(pod: &Pod) -> Vec<Container> {
+    pod_spec(pod)
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(ephemeral_container)
+        .collect()
+}
+
 /// An ephemeral container as the container it runs as (the same fields; kube-apiserver has
 /// refused those an ephemeral container may not have).
 pub fn ephemeral_container(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {

@@ -293,8 +293,7 @@ pub fn pod_keys(pod: &k8s_openapi::api::core::v1::Pod) -> HashSet<Key> {
     };
     let spec = super::build::pod_spec(pod);
     let mut keys = HashSet::new();
-    let ephemeral = spec.ephemeral_containers.iter().flatten();
-    let ephemeral: Vec<_> = ephemeral.map(super::build::ephemeral_container).collect();
+    let ephemeral = super::build::ephemeral_containers(pod);
     for c in super::status::containers(pod)
         .map(|(c, _)| c)
         .chain(&ephemeral)

@@ -92,16 +92,10 @@ pub struct Range {
 /// default, as kubelet reads it.
 pub fn node_range(subuid: &Path, subgid: &Path) -> Result<Range, Error> {
     let entry = |path: &Path| -> Result<Option<(u32, u64)>, Error> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Io {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
+        let Some(data) = read_if_there(path)? else {
+            return Ok(None);
         };
+        let text = String::from_utf8_lossy(&data);
         let bad = |message: String| Error::Range {
             path: path.to_owned(),
             message,
@@ -203,16 +197,21 @@ pub fn allocate(pods_root: &Path, uid: &str, range: Range) -> Result<IdMap, Erro
     Ok(map)
 }
 
+/// A file's bytes, `None` when it does not exist.
+fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    match std::fs::read(path) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 fn read(path: &Path) -> Result<Option<IdMap>, Error> {
-    let data = match std::fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Error::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
+    let Some(data) = read_if_there(path)? else {
+        return Ok(None);
     };
     let record: Record = serde_json::from_slice(&data).map_err(|source| Error::Record {
         path: path.to_owned(),

@@ -135,7 +135,7 @@ impl Server {
             (None, None)
         };
         // Output: two pipes, or a socket the process sends its terminal's controlling side on.
-        let (mut outputs, stdio) = if spec.tty {
+        let (outputs, stdio) = if spec.tty {
             let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
             (
                 Outputs::Terminal(ours),
@@ -206,27 +206,19 @@ impl Server {
             };
         drop(joined);
         drop((stdio, release_r, fail_w));
-        let released = release(&spec, pid, release_w, fail_r).and_then(|()| outputs.receive());
-        if let Err(message) = released {
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
-            if let Some(cg) = &spec.cgroup {
-                let _ = cgroup::remove(&cg.path);
+        let received = release(&spec, pid, release_w, fail_r).and_then(|()| outputs.readers());
+        let (readers, terminal) = match received {
+            Ok(r) => r,
+            Err(message) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                if let Some(cg) = &spec.cgroup {
+                    let _ = cgroup::remove(&cg.path);
+                }
+                return Err(message);
             }
-            return Err(message);
-        }
-        let log = Rc::new(RefCell::new(log));
-        let (readers, terminal) = match outputs {
-            Outputs::Pipes(out, err) => (vec![(out, Stream::Stdout), (err, Stream::Stderr)], None),
-            Outputs::Received(master) => match master.try_clone() {
-                Ok(ours) => (vec![(master, Stream::Stdout)], Some(ours)),
-                Err(e) => (vec![(master, Stream::Stdout)], {
-                    tracing::warn!(error = %e, "keep the container's terminal");
-                    None
-                }),
-            },
-            Outputs::Terminal(_) => unreachable!("received above"),
         };
+        let log = Rc::new(RefCell::new(log));
         for (file, stream) in readers {
             let file = fs::File::from(file);
             let _ = file.set_nonblocking();
@@ -307,23 +299,32 @@ impl Server {
 enum Outputs {
     /// stdout's and stderr's read ends.
     Pipes(OwnedFd, OwnedFd),
-    /// The socket the process sends its terminal on, until it has.
+    /// The socket the process sends its terminal's controlling side on.
     Terminal(UnixStream),
-    /// The terminal's controlling side.
-    Received(OwnedFd),
 }
 
+/// What the shim reads, by stream, and a terminal's controlling side kept for attach sessions.
+type Readers = (Vec<(OwnedFd, Stream)>, Option<OwnedFd>);
+
 impl Outputs {
-    /// Takes the terminal the process sent (before its exec, which has happened).
-    fn receive(&mut self) -> Result<(), String> {
-        if let Outputs::Terminal(socket) = self {
-            let _ = socket.set_nonblocking(true);
-            let master = sys::recv_fd(socket.as_fd())
-                .map_err(|e| format!("receive the container's terminal: {e}"))?
-                .ok_or("the container did not send its terminal")?;
-            *self = Outputs::Received(master);
+    /// What to read once the process has exec'd (a terminal was sent before that).
+    fn readers(self) -> Result<Readers, String> {
+        match self {
+            Outputs::Pipes(out, err) => {
+                Ok((vec![(out, Stream::Stdout), (err, Stream::Stderr)], None))
+            }
+            Outputs::Terminal(socket) => {
+                let _ = socket.set_nonblocking(true);
+                let master = sys::recv_fd(socket.as_fd())
+                    .map_err(|e| format!("receive the container's terminal: {e}"))?
+                    .ok_or("the container did not send its terminal")?;
+                let ours = master
+                    .try_clone()
+                    .inspect_err(|e| tracing::warn!(error = %e, "keep the container's terminal"))
+                    .ok();
+                Ok((vec![(master, Stream::Stdout)], ours))
+            }
         }
-        Ok(())
     }
 }
 

@@ -277,12 +277,7 @@ impl Worker {
             }
         }
         let pod = self.pod.clone();
-        let ephemeral: Vec<_> = pod_spec(&pod)
-            .ephemeral_containers
-            .iter()
-            .flatten()
-            .map(build::ephemeral_container)
-            .collect();
+        let ephemeral = build::ephemeral_containers(&pod);
         let mut running = false;
         for c in status::containers(&pod).map(|(c, _)| c).chain(&ephemeral) {
             if let Some(i) = self.current(&c.name).filter(|i| i.running()).cloned() {
@@ -450,21 +445,18 @@ impl Worker {
         }
         // Ephemeral containers: started once each, whenever the sandbox is there, never
         // restarted (kubelet's), and outside the pod's order.
-        if let Some(ephemeral) = pod_spec(&pod).ephemeral_containers.clone() {
-            let mut started = false;
-            for e in &ephemeral {
-                let c = build::ephemeral_container(e);
-                match self.sync_container(&c, "Never").await {
-                    Step::WaitFor(next) => wake = wake.min(next),
-                    Step::Started => started = true,
-                    Step::Nothing => {}
-                }
+        let mut started = false;
+        for c in build::ephemeral_containers(&pod) {
+            match self.sync_container(&c, "Never").await {
+                Step::WaitFor(next) => wake = wake.min(next),
+                Step::Started => started = true,
+                Step::Nothing => {}
             }
-            // What was started is in the status this pass publishes, not the next resync's.
-            if started {
-                if let Refresh::Lost = self.refresh_instances().await {
-                    return Duration::ZERO;
-                }
+        }
+        // What was started is in the status this pass publishes, not the next resync's.
+        if started {
+            if let Refresh::Lost = self.refresh_instances().await {
+                return Duration::ZERO;
             }
         }
         self.sync_probes();
