@@ -335,7 +335,8 @@ const PROBE_WINDOW: Duration = Duration::from_secs(30);
 /// readiness probe, all at periodSeconds 1, measured as the agent's and the shims' CPU time over
 /// a window; and the delay from a readiness change in the app to `Ready` in the API.
 fn probes() -> Result<()> {
-    let mut node = TestNode::new()?;
+    // 200 pods at once: above kubelet's default maxPods (110), within a /24.
+    let mut node = TestNode::with_config("node1", "maxPods: 250\n")?;
     node.start_agent()?;
     node.wait_api()?;
     let spec = |name: &str, probe: &str| {
