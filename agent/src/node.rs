@@ -31,7 +31,7 @@ pub struct Node {
     pub images: ImageStore,
     pub puller: crate::images::pull::Puller,
     /// The pods as last reported by their workers, with status (what `nodelet pods` shows).
-    pub pods: Mutex<BTreeMap<String, Pod>>,
+    pub pods: Mutex<BTreeMap<String, Arc<Pod>>>,
     pub host_resolv: String,
     /// Rung whenever a pod's reported status changes or a pod leaves the node.
     pub changed: tokio::sync::Notify,
@@ -208,7 +208,7 @@ impl Node {
     }
 
     /// The node's pod of that namespace and name, as last reported (with its UID as key).
-    pub fn find_pod(&self, namespace: &str, name: &str) -> Option<(String, Pod)> {
+    pub fn find_pod(&self, namespace: &str, name: &str) -> Option<(String, Arc<Pod>)> {
         self.pods
             .lock()
             .expect("pod map lock")
@@ -765,7 +765,7 @@ async fn serve_control(listener: UnixListener, node: Arc<Node>) {
                         .lock()
                         .expect("pod map lock")
                         .values()
-                        .cloned()
+                        .map(|p| Pod::clone(p))
                         .collect();
                     serde_json::to_vec(&PodList { items })
                 }

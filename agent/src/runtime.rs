@@ -309,7 +309,8 @@ impl Runtime {
                 uid: uid.to_owned(),
                 source,
             })?;
-        Ok(BufReader::new(stream).lines())
+        // Event lines are short; a default 8 KiB buffer per pod adds up to megabytes.
+        Ok(BufReader::with_capacity(512, stream).lines())
     }
 
     /// Releases a pod's sandbox (shim, namespaces, mounts, cgroups, containers' directories) or

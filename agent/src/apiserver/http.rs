@@ -572,7 +572,7 @@ impl Server {
                     &options,
                 )?;
                 let rv = self.store.resource_version().to_string();
-                Ok(json_response(200, &list_body(r, &items, &rv, None)))
+                Ok(respond(200, "application/json", list_body(r, &items, &rv, None), &[]))
             }
             (_, Some(_), Some(sub @ ("log" | "exec" | "attach" | "portforward")))
                 if r == Resource::Pods =>
@@ -795,7 +795,7 @@ impl Server {
                 &[],
             ));
         }
-        Ok(json_response(200, &list_body(r, &items, &rv, next)))
+        Ok(respond(200, "application/json", list_body(r, &items, &rv, next), &[]))
     }
 
     fn watch(&self, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
@@ -895,13 +895,34 @@ fn delete_options(call: &Call) -> Result<DeleteOptions, ApiError> {
     Ok(options)
 }
 
-fn list_body(r: Resource, items: &[Object], rv: &str, next: Option<String>) -> Value {
-    let mut meta = json!({"resourceVersion": rv});
-    if let Some(c) = next {
-        meta["continue"] = json!(c);
+/// A list's JSON, written straight from the stored objects (building it as one `Value` first
+/// would copy every object: 20 MB for a thousand pods).
+fn list_body(r: Resource, items: &[Object], rv: &str, next: Option<String>) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct List<'a> {
+        kind: String,
+        api_version: &'a str,
+        metadata: Meta<'a>,
+        items: Vec<&'a Value>,
     }
-    let items: Vec<&Value> = items.iter().map(|o| &**o).collect();
-    json!({"kind": format!("{}List", r.kind()), "apiVersion": r.api_version(), "metadata": meta, "items": items})
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta<'a> {
+        resource_version: &'a str,
+        #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+    }
+    let list = List {
+        kind: format!("{}List", r.kind()),
+        api_version: r.api_version(),
+        metadata: Meta {
+            resource_version: rv,
+            next,
+        },
+        items: items.iter().map(|o| &**o).collect(),
+    };
+    serde_json::to_vec(&list).expect("serialise")
 }
 
 /// `pods`, `pods/NAME[/SUB]`, `namespaces/NS/pods[/NAME[/SUB]]`, `namespaces/NAME[/status|finalize]`.

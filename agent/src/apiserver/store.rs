@@ -20,12 +20,17 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Changes kept for watches that resume from an older resourceVersion: at most this many, and
 /// at most this many bytes of objects as JSON (a window of huge objects is shorter, not
-/// bigger). A change costs about five times its JSON in memory (the parsed object, and the one
-/// before it): 2,000 changes are a few seconds of a thousand pods starting at once, enough
-/// for a client to resume after a reconnect; one that falls further behind gets 410 Gone and
-/// lists again, as kube-apiserver's watch cache answers it (100 changes a resource by default).
+/// bigger). They are kept as JSON only (a parsed object weighs about eight times its JSON) and
+/// parsed again when a watch replays them: 2,000 changes are a few seconds of a thousand pods
+/// starting at once, enough for a client to resume after a reconnect; one that falls further
+/// behind gets 410 Gone and lists again, as kube-apiserver's watch cache answers it (100
+/// changes a resource by default).
 const HISTORY: usize = 2_000;
 const HISTORY_BYTES: usize = 16 * 1024 * 1024;
+/// Changes the live feed holds for watchers that have not read them yet. A watcher further
+/// behind catches up from the history (`Store::watch` again from its last version): the feed
+/// holds parsed objects, so it is kept short.
+const FEED: usize = 256;
 
 pub type Object = Arc<Value>;
 
@@ -49,6 +54,41 @@ pub struct Change {
     pub json: bytes::Bytes,
     /// The object before this change (for watches whose selector it stopped or started matching).
     pub previous: Option<Object>,
+}
+
+/// A change as the history keeps it: its JSON, and the JSON of the object before it (the same
+/// bytes as the earlier change's, not a copy).
+#[derive(Clone, Debug)]
+struct Recorded {
+    rv: u64,
+    resource: Resource,
+    kind: ChangeType,
+    json: bytes::Bytes,
+    previous: Option<bytes::Bytes>,
+}
+
+impl Recorded {
+    fn parse(&self) -> Arc<Change> {
+        let parse = |json: &[u8]| -> Object {
+            Arc::new(serde_json::from_slice(json).expect("the store's own JSON parses"))
+        };
+        Arc::new(Change {
+            rv: self.rv,
+            resource: self.resource,
+            kind: self.kind,
+            object: parse(&self.json),
+            json: self.json.clone(),
+            previous: self.previous.as_deref().map(parse),
+        })
+    }
+}
+
+/// An object and its JSON as stored (the history keeps the JSON of the object a change
+/// replaced).
+#[derive(Clone, Debug)]
+struct Stored {
+    object: Object,
+    json: bytes::Bytes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -153,18 +193,17 @@ fn decode_value<'a>(key: &str, value: &'a [u8]) -> Result<&'a [u8], String> {
 const REOPEN_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl State {
-    fn current(&self, key: &Key) -> Result<Object, ApiError> {
+    fn current(&self, key: &Key) -> Result<&Stored, ApiError> {
         self.objects
             .get(key)
-            .cloned()
             .ok_or_else(|| ApiError::not_found(key.resource.plural(), &key.name))
     }
 }
 
 struct State {
     rv: u64,
-    objects: BTreeMap<Key, Object>,
-    history: VecDeque<Arc<Change>>,
+    objects: BTreeMap<Key, Stored>,
+    history: VecDeque<Recorded>,
     /// Watches from this version on can be served from `history`.
     floor: u64,
     /// What the objects of `history` weigh as JSON.
@@ -182,6 +221,7 @@ struct State {
 struct Pending {
     key: Key,
     change: Arc<Change>,
+    previous_json: Option<bytes::Bytes>,
 }
 
 pub struct Store {
@@ -196,7 +236,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = open_db(path)?;
         let (rv, objects) = load(&db, path)?;
-        let (changes, _) = broadcast::channel(4096);
+        let (changes, _) = broadcast::channel(FEED);
         Ok(Store {
             path: path.to_owned(),
             state: Mutex::new(State {
@@ -234,12 +274,17 @@ impl Store {
         self.state()
             .objects
             .get(&Key::new(resource, namespace, name))
-            .cloned()
+            .map(|s| s.object.clone())
     }
 
     /// Every object of a type (in one namespace if given), in key order, and the version they
     /// are current at.
     pub fn list(&self, resource: Resource, namespace: Option<&str>) -> (Vec<Object>, u64) {
+        let (items, rv) = self.list_stored(resource, namespace);
+        (items.into_iter().map(|s| s.object).collect(), rv)
+    }
+
+    fn list_stored(&self, resource: Resource, namespace: Option<&str>) -> (Vec<Stored>, u64) {
         let state = self.state();
         let start = Key::new(resource, namespace.unwrap_or(""), "");
         let items = state
@@ -273,13 +318,13 @@ impl Store {
     ) -> Result<Object, ApiError> {
         let mut state = self.state();
         let key = Key::new(resource, namespace, name);
-        let current = state.current(&key)?;
-        let Some(mut obj) = change(&current)? else {
-            return Ok(current);
+        let current = state.current(&key)?.clone();
+        let Some(mut obj) = change(&current.object)? else {
+            return Ok(current.object);
         };
-        obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        if obj == *current {
-            return Ok(current);
+        obj["metadata"]["resourceVersion"] = current.object["metadata"]["resourceVersion"].clone();
+        if obj == *current.object {
+            return Ok(current.object);
         }
         self.commit(
             &mut state,
@@ -301,9 +346,9 @@ impl Store {
     ) -> Result<Object, ApiError> {
         let mut state = self.state();
         let key = Key::new(resource, namespace, name);
-        let current = state.current(&key)?;
-        check(&current)?;
-        let obj = (*current).clone();
+        let current = state.current(&key)?.clone();
+        check(&current.object)?;
+        let obj = (*current.object).clone();
         self.commit(
             &mut state,
             resource,
@@ -323,7 +368,7 @@ impl Store {
         key: Key,
         kind: ChangeType,
         mut obj: Value,
-        previous: Option<Object>,
+        previous: Option<Stored>,
     ) -> Result<Object, ApiError> {
         let rv = state.rv + 1;
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
@@ -331,6 +376,7 @@ impl Store {
             .expect("serialise JSON value")
             .into();
         let obj = Arc::new(obj);
+        let (previous, previous_json) = previous.map(|p| (p.object, p.json)).unzip();
         let change = Arc::new(Change {
             rv,
             resource,
@@ -345,10 +391,14 @@ impl Store {
             // Closed now, reopened by a later write: see `State::db`.
             state.db = None;
             state.reopen_after = std::time::Instant::now() + REOPEN_BACKOFF;
-            state.pending = Some(Pending { key, change });
+            state.pending = Some(Pending {
+                key,
+                change,
+                previous_json,
+            });
             return Err(storage_error(&db_key, &e));
         }
-        self.apply(state, key, change);
+        self.apply(state, key, change, previous_json);
         Ok(obj)
     }
 
@@ -375,7 +425,7 @@ impl Store {
                 Some(p) if stored == p.change.rv => {
                     // The failed write did land. The caller's change was made against the state
                     // before it (its version, its preconditions): it must be asked again.
-                    self.apply(state, p.key, p.change);
+                    self.apply(state, p.key, p.change, p.previous_json);
                     state.db = Some(db);
                     return Err(unavailable());
                 }
@@ -395,15 +445,31 @@ impl Store {
         Ok(state.db.as_ref().expect("database open"))
     }
 
-    fn apply(&self, state: &mut State, key: Key, change: Arc<Change>) {
+    fn apply(
+        &self,
+        state: &mut State,
+        key: Key,
+        change: Arc<Change>,
+        previous_json: Option<bytes::Bytes>,
+    ) {
         state.rv = change.rv;
         if change.kind == ChangeType::Deleted {
             state.objects.remove(&key);
         } else {
-            state.objects.insert(key, change.object.clone());
+            let stored = Stored {
+                object: change.object.clone(),
+                json: change.json.clone(),
+            };
+            state.objects.insert(key, stored);
         }
         state.history_bytes += change.json.len();
-        state.history.push_back(change.clone());
+        state.history.push_back(Recorded {
+            rv: change.rv,
+            resource: change.resource,
+            kind: change.kind,
+            json: change.json.clone(),
+            previous: previous_json,
+        });
         while state.history.len() > HISTORY
             || (state.history_bytes > HISTORY_BYTES && state.history.len() > 1)
         {
@@ -419,20 +485,25 @@ impl Store {
     /// The changes to `resource` after version `from`, and a receiver for those still to come,
     /// with no gap between the two. 410 Gone when `from` is older than the history window.
     pub fn watch(&self, resource: Resource, from: u64) -> Result<Watch, ApiError> {
-        let state = self.state();
-        if from < state.floor {
-            return Err(ApiError::gone(format!(
-                "too old resource version: {from} ({})",
-                state.floor
-            )));
-        }
-        let replay = state
-            .history
-            .iter()
-            .filter(|c| c.rv > from && c.resource == resource)
-            .cloned()
-            .collect();
-        Ok((replay, self.changes.subscribe()))
+        let (recorded, live) = {
+            let state = self.state();
+            if from < state.floor {
+                return Err(ApiError::gone(format!(
+                    "too old resource version: {from} ({})",
+                    state.floor
+                )));
+            }
+            let recorded: Vec<Recorded> = state
+                .history
+                .iter()
+                .filter(|c| c.rv > from && c.resource == resource)
+                .cloned()
+                .collect();
+            (recorded, self.changes.subscribe())
+        };
+        // Parsed outside the lock: writes go on meanwhile.
+        let replay = recorded.iter().map(Recorded::parse).collect();
+        Ok((replay, live))
     }
 
     /// All changes from now on, of every type (the built-in controllers' feed).
@@ -542,7 +613,7 @@ fn stored_rv(db: &Database) -> Result<u64, redb::Error> {
 }
 
 /// Every object of the file, each checked; all the damaged ones are named at once.
-fn load(db: &Database, path: &Path) -> Result<(u64, BTreeMap<Key, Object>), StoreError> {
+fn load(db: &Database, path: &Path) -> Result<(u64, BTreeMap<Key, Stored>), StoreError> {
     let read_err = |e: redb::Error| StoreError::Read(e);
     let txn = db.begin_write().map_err(|e| read_err(e.into()))?;
     {
@@ -567,10 +638,10 @@ fn load(db: &Database, path: &Path) -> Result<(u64, BTreeMap<Key, Object>), Stor
                     "resourceVersion {version} is past the store's {rv}"
                 ));
             }
-            Ok(obj)
+            Ok((obj, bytes::Bytes::copy_from_slice(json)))
         });
-        let obj = match parsed {
-            Ok(obj) => obj,
+        let (obj, json) = match parsed {
+            Ok(parsed) => parsed,
             Err(reason) => {
                 bad.push(format!("{key}: {reason}"));
                 continue;
@@ -588,7 +659,8 @@ fn load(db: &Database, path: &Path) -> Result<(u64, BTreeMap<Key, Object>), Stor
             bad.push(format!("{key}: holds {}", key_of.db_key()));
             continue;
         }
-        objects.insert(key_of, Arc::new(obj));
+        let object = Arc::new(obj);
+        objects.insert(key_of, Stored { object, json });
     }
     if !bad.is_empty() {
         return Err(StoreError::Corrupt {

@@ -91,12 +91,24 @@ pub fn start(store: Arc<Store>, req: WatchRequest) -> Result<mpsc::Receiver<Byte
                 change = live.recv() => match change {
                     Ok(c) if c.resource == req.resource => if !w.change(&c).await { return },
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let status = ApiError::gone("the watch fell too far behind; list again").status();
-                        let line = json!({"type": "ERROR", "object": status});
-                        let _ = tx.send(line_bytes(&line)).await;
-                        return;
-                    }
+                    // Behind the live feed: caught up from the history, or 410 once behind
+                    // that too.
+                    Err(broadcast::error::RecvError::Lagged(_)) => match store.watch(req.resource, w.rv) {
+                        Ok((replay, resumed)) => {
+                            live = resumed;
+                            for change in &replay {
+                                if !w.change(change).await {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            let status = ApiError::gone("the watch fell too far behind; list again").status();
+                            let line = json!({"type": "ERROR", "object": status});
+                            let _ = tx.send(line_bytes(&line)).await;
+                            return;
+                        }
+                    },
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
@@ -223,5 +235,53 @@ impl Writer<'_> {
             .send(line_bytes(&json!({"type": "BOOKMARK", "object": object})))
             .await
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A watcher that reads nothing while far more changes than the live feed holds are made
+    /// catches up from the history when it reads again: every change, in order, no 410.
+    #[tokio::test]
+    async fn a_watcher_behind_the_live_feed_catches_up_from_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("api.db")).unwrap());
+        let req = WatchRequest {
+            resource: Resource::ConfigMaps,
+            namespace: None,
+            selectors: Selectors::parse(Resource::ConfigMaps, Some("app=x"), None).unwrap(),
+            from: Some(store.resource_version()),
+            initial_events_end: false,
+            bookmarks: false,
+            timeout: Duration::from_secs(60),
+            render: Render::Object,
+        };
+        let mut rx = start(store.clone(), req).unwrap();
+        let n = 1000;
+        for i in 0..n {
+            let labels = if i % 2 == 0 { json!({"app": "x"}) } else { json!({}) };
+            let cm = json!({"metadata": {"name": format!("c{i}"), "namespace": "default", "labels": labels}});
+            store.create(Resource::ConfigMaps, cm).unwrap();
+        }
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            body.extend_from_slice(&chunk);
+            if body.iter().filter(|b| **b == b'\n').count() == n / 2 {
+                break;
+            }
+        }
+        let names: Vec<String> = String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let e: Value = serde_json::from_str(l).unwrap();
+                assert_eq!(e["type"], "ADDED", "{l}");
+                e["object"]["metadata"]["name"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let want: Vec<String> = (0..n).step_by(2).map(|i| format!("c{i}")).collect();
+        assert_eq!(names, want);
     }
 }

@@ -98,13 +98,12 @@ pub async fn stream(
         let running = || {
             node.find_pod(&ns, &name).is_some_and(|(_, p)| {
                 p.status
-                    .and_then(|s| s.container_statuses)
-                    .into_iter()
-                    .flatten()
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
                     .any(|c| {
                         c.name == ctr
                             && c.restart_count as u32 == attempt
-                            && c.state.is_some_and(|s| s.running.is_some())
+                            && c.state.as_ref().is_some_and(|s| s.running.is_some())
                     })
             })
         };

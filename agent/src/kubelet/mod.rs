@@ -354,7 +354,7 @@ impl Kubelet {
                     .lock()
                     .expect("pod map lock")
                     .values()
-                    .cloned()
+                    .map(|p| k8s_openapi::api::core::v1::Pod::clone(p))
                     .collect();
                 let list =
                     json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});

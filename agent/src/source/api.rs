@@ -282,7 +282,9 @@ impl ApiSource {
     /// Sends each pod's status when it changes, and finishes deletions once the pod is gone from
     /// the node.
     async fn report_status(self: Arc<Self>) {
-        let mut sent: HashMap<String, PodStatus> = HashMap::new();
+        // What was last sent for each pod: the worker's report it came from, shared with the
+        // node's pod map while the status stays the same.
+        let mut sent: HashMap<String, Arc<Pod>> = HashMap::new();
         loop {
             let (mirrors, wanted): (Vec<Arc<Pod>>, Vec<Arc<Pod>>) = self
                 .pods
@@ -301,8 +303,8 @@ impl ApiSource {
             self.sync_mirrors(&mirrors, &running, &mut sent).await;
             for pod in wanted {
                 let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-                match running.get(uid).and_then(|p| p.status.as_ref()) {
-                    Some(status) => self.report(&pod, status, &mut sent).await,
+                match running.get(uid).filter(|p| p.status.is_some()) {
+                    Some(reported) => self.report(&pod, reported, &mut sent).await,
                     // Not on the node (any more): its worker has stopped everything.
                     None if pod.metadata.deletion_timestamp.is_some() => {
                         self.delete_now(&pod, "pod deletion finished").await
@@ -322,10 +324,14 @@ impl ApiSource {
     async fn sync_mirrors(
         &self,
         mirrors: &[Arc<Pod>],
-        running: &BTreeMap<String, Pod>,
-        sent: &mut HashMap<String, PodStatus>,
+        running: &BTreeMap<String, Arc<Pod>>,
+        sent: &mut HashMap<String, Arc<Pod>>,
     ) {
-        let statics: Vec<&Pod> = running.values().filter(|p| mirror::is_static(p)).collect();
+        let statics: Vec<&Pod> = running
+            .values()
+            .filter(|p| mirror::is_static(p))
+            .map(Arc::as_ref)
+            .collect();
         let mirrors: Vec<&Pod> = mirrors.iter().map(Arc::as_ref).collect();
         let node_uid = self.node_uid.lock().expect("node uid lock").clone();
         for action in mirror::plan(&statics, &mirrors) {
@@ -345,21 +351,28 @@ impl ApiSource {
                 }
                 Action::Delete(pod) => self.delete_now(pod, "mirror pod deleted").await,
                 Action::Status { mirror, of } => {
-                    if let Some(status) = &of.status {
-                        self.report(mirror, status, sent).await;
+                    let uid = of.metadata.uid.as_deref().unwrap_or_default();
+                    if let Some(reported) = running.get(uid).filter(|p| p.status.is_some()) {
+                        self.report(mirror, reported, sent).await;
                     }
                 }
             }
         }
     }
 
-    /// Sends `status` as the status of `pod` (an API object: a pod or a mirror pod) unless it
-    /// was the last one sent, with the pod's uid as precondition.
-    async fn report(&self, pod: &Pod, status: &PodStatus, sent: &mut HashMap<String, PodStatus>) {
+    /// Sends the status a worker reported as the status of `pod` (an API object: a pod or a
+    /// mirror pod) unless it was the last one sent, with the pod's uid as precondition.
+    async fn report(&self, pod: &Pod, reported: &Arc<Pod>, sent: &mut HashMap<String, Arc<Pod>>) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if sent.get(&uid) == Some(status) {
+        if sent
+            .get(&uid)
+            .is_some_and(|s| Arc::ptr_eq(s, reported) || s.status == reported.status)
+        {
             return;
         }
+        let Some(status) = &reported.status else {
+            return;
+        };
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
@@ -370,7 +383,7 @@ impl ApiSource {
             .await
         {
             Ok(_) => {
-                sent.insert(uid, status.clone());
+                sent.insert(uid, reported.clone());
             }
             Err(e) => debug!(pod = %name, error = %crate::error_chain(&e), "patch pod status"),
         }

@@ -206,22 +206,24 @@ async fn next_event(events: &mut Option<ShimEvents>) -> bool {
 
 impl Worker {
     async fn run(mut self, mut rx: watch::Receiver<Desired>) {
+        // The steps are boxed while they run: the state of a sync is many kilobytes, which an
+        // idle worker (nearly all of them, nearly always) would otherwise hold for good.
         loop {
             let desired = rx.borrow_and_update().clone();
             let wake = match desired {
                 Desired::Run(pod) => {
                     self.update(pod);
-                    self.sync().await
+                    Box::pin(self.sync()).await
                 }
                 Desired::Delete { grace } => {
-                    self.terminate(grace, &mut rx).await;
+                    Box::pin(self.terminate(grace, &mut rx)).await;
                     return;
                 }
             };
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
                 _ = next_event(&mut self.events) => {}
-                Some(report) = self.reports.recv() => self.probed(report).await,
+                Some(report) = self.reports.recv() => Box::pin(self.probed(report)).await,
                 _ = self.objects_changed.notified() => {}
                 _ = tokio::time::sleep(wake) => {}
             }
@@ -772,6 +774,7 @@ impl Worker {
         let mut pod = (*self.pod).clone();
         pod.status = Some(status.clone());
         self.status = Some(status);
+        let pod = Arc::new(pod);
         let changed = self
             .node
             .pods
@@ -798,6 +801,7 @@ impl Worker {
             .expect("pod map lock")
             .get_mut(&self.uid)
         {
+            let pod = Arc::make_mut(pod);
             pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
             pod.metadata.deletion_grace_period_seconds = Some(grace.as_secs() as i64);
         }
