@@ -331,6 +331,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("chmod 0700 {}", dir.display()))?;
     }
     let _lock = lock_run_dir(&paths)?;
+    crate::pod::volumes::mount_api_volumes(&paths.api_volumes())
+        .with_context(|| format!("mount a tmpfs on {}", paths.api_volumes().display()))?;
     raise_descriptor_limit();
     let node = Arc::new(Node::new(config)?);
     info!(node = %node.ctx.node_name, root = %paths.root.display(), run = %paths.run.display(), "nodelet starting");
@@ -703,7 +705,7 @@ async fn adopt(workers: &mut Workers) {
     let node = workers.node.clone();
     let paths = &node.ctx.paths;
     let mut uids: Vec<String> = Vec::new();
-    for dir in [paths.shims(), paths.pods_root()] {
+    for dir in [paths.shims(), paths.pods_root(), paths.api_volumes()] {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if let Some(uid) = entry.file_name().to_str() {
                 if !uids.iter().any(|u| u == uid) {

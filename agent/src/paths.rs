@@ -7,6 +7,8 @@
 //! <rootDir>/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>/
 //! <rootDir>/pods/<uid>/containers/<id>/{upper,work,rootfs}
 //! <runDir>/pods/<uid>/                    the shim's directory (socket, pinned namespaces, records)
+//! <runDir>/volumes/<uid>/<plugin>/<name>/ API volumes (configMap, secret, projected, downwardAPI),
+//!                                         on one tmpfs for the node
 //! <runDir>/nodelet.sock                   the agent's local control socket
 //! <podLogsDir>/<ns>_<name>_<uid>/<container>/<restartCount>.log
 //! ```
@@ -49,9 +51,25 @@ impl NodePaths {
             .join("volumes/kubernetes.io~empty-dir")
             .join(volume)
     }
-    /// A volume the agent fills (`plugin` is kubelet's directory name for its type).
+    /// The tmpfs that holds every pod's API volumes: one mount for the node, not one per
+    /// volume, because every mount the node has is copied into each new container's mount
+    /// namespace (with a thousand pods, per-pod mounts made starting a container cost
+    /// milliseconds).
+    pub fn api_volumes(&self) -> PathBuf {
+        self.run.join("volumes")
+    }
+    pub fn api_volumes_of(&self, uid: &str) -> PathBuf {
+        self.api_volumes().join(uid)
+    }
+    /// A volume the agent fills (`plugin` is kubelet's directory name for its type). Earlier
+    /// builds mounted a tmpfs for each in the pod's directory: a pod adopted from one keeps
+    /// using that.
     pub fn volume_dir(&self, uid: &str, plugin: &str, volume: &str) -> PathBuf {
-        self.pod_root(uid).join("volumes").join(plugin).join(volume)
+        let legacy = self.pod_root(uid).join("volumes").join(plugin).join(volume);
+        if crate::pod::volumes::is_mount_point(&legacy) {
+            return legacy;
+        }
+        self.api_volumes_of(uid).join(plugin).join(volume)
     }
     /// Where a container's `subPath` mount is bound (kubelet's layout).
     pub fn subpath(&self, uid: &str, volume: &str, container: &str, index: usize) -> PathBuf {

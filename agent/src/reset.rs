@@ -50,6 +50,11 @@ pub async fn reset(config: Config) -> anyhow::Result<()> {
     ] {
         remove(&path);
     }
+    let api_volumes = paths.api_volumes();
+    match nodelet_sandbox::mount::unmount(&api_volumes) {
+        Ok(()) => remove(&api_volumes),
+        Err(e) => eprintln!("{}", crate::error_chain(&e)),
+    }
     println!(
         "kept the images in {} and the manifests in {}",
         paths.images().display(),

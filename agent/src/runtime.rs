@@ -335,14 +335,15 @@ impl Runtime {
         }
         let pod_root = self.paths.pod_root(uid);
         let containers = pod_root.join("containers");
-        let (pod_dir, log_dir) = match scope {
-            Scope::Sandbox => (containers.as_path(), None),
-            Scope::Pod { logs } => (pod_root.as_path(), logs),
+        let api_volumes = self.paths.api_volumes_of(uid);
+        let (pod_dir, log_dir, api_volumes) = match scope {
+            Scope::Sandbox => (containers.as_path(), None, None),
+            Scope::Pod { logs } => (pod_root.as_path(), logs, Some(api_volumes.as_path())),
         };
         if matches!(scope, Scope::Pod { .. }) {
             errors.extend(unmount_memory_volumes(&pod_root));
         }
-        for path in [Some(dir.path()), Some(pod_dir), log_dir]
+        for path in [Some(dir.path()), Some(pod_dir), log_dir, api_volumes]
             .into_iter()
             .flatten()
         {

@@ -66,8 +66,8 @@ pub fn name_and_loopback(hostname: &str) -> Result<(), Error> {
 /// raw sockets, sethostname), which the calling process joins. The caller itself stays in the
 /// node's user namespace, with the node's privileges, to build containers; a short-lived child
 /// makes the namespaces (only a process inside a user namespace makes namespaces it owns), and
-/// the user namespace is pinned at `<dir>/user`.
-pub fn create_owned_pod_namespaces(dir: &Path, map: &IdMap) -> Result<(), Error> {
+/// the user namespace is returned open, for the caller to hold.
+pub fn create_owned_pod_namespaces(map: &IdMap) -> Result<std::fs::File, Error> {
     use std::io::{Read, Write};
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Unshare);
     let (to_child_r, to_child_w) = pipe()?;
@@ -93,7 +93,7 @@ pub fn create_owned_pod_namespaces(dir: &Path, map: &IdMap) -> Result<(), Error>
             drop((to_child_r, to_parent_w));
             let mut from = std::fs::File::from(to_parent_r);
             let mut to = std::fs::File::from(to_child_w);
-            let result = map_and_join(dir, map, child, &mut from, &mut to);
+            let result = map_and_join(map, child, &mut from, &mut to);
             drop(to);
             let _ = nix::sys::wait::waitpid(child, None);
             result
@@ -102,14 +102,14 @@ pub fn create_owned_pod_namespaces(dir: &Path, map: &IdMap) -> Result<(), Error>
 }
 
 /// The parent's half of `create_owned_pod_namespaces`: writes the child's id maps once it has
-/// its user namespace, joins the namespaces it then makes, and pins the user namespace.
+/// its user namespace, joins the namespaces it then makes, and returns the user namespace
+/// (which the shim holds open for the pod's life).
 fn map_and_join(
-    dir: &Path,
     map: &IdMap,
     child: nix::unistd::Pid,
     from: &mut std::fs::File,
     to: &mut std::fs::File,
-) -> Result<(), Error> {
+) -> Result<std::fs::File, Error> {
     use std::io::{Read, Write};
     let step = |from: &mut std::fs::File, what: &str| {
         let mut byte = [0u8; 1];
@@ -141,8 +141,8 @@ fn map_and_join(
             .map_err(|e| Error::UserNamespace(format!("open {path}: {e}")))?;
         nix::sched::setns(&ns, flag).map_err(Error::Unshare)?;
     }
-    pin(dir, &child.to_string(), "user", "user")?;
-    Ok(())
+    let path = format!("/proc/{child}/ns/user");
+    std::fs::File::open(&path).map_err(|e| Error::UserNamespace(format!("open {path}: {e}")))
 }
 
 /// The user namespace of `pid` when it is not the caller's (a `hostUsers: false` container's),

@@ -444,23 +444,14 @@ impl Ownership {
     }
 }
 
-/// Creates the volume's directory, mode 0777 as kubelet's wrapped emptyDir, as a tmpfs: kubelet
-/// backs secret and projected volumes with memory so that secrets never reach the disk; nodelet
-/// backs configMap and downwardAPI ones too (kubelet keeps them on disk), since their content is
-/// small and comes from the API again at every start, and a write to tmpfs costs a fraction of
-/// a journaled one (`make bench`, BENCH=config).
+/// Creates the volume's directory, mode 0777 as kubelet's wrapped emptyDir, on the node's tmpfs
+/// for API volumes (`NodePaths::api_volumes`, mounted at start by `volumes::mount_api_volumes`):
+/// kubelet backs secret and projected volumes with memory so that secrets never reach the disk;
+/// nodelet backs configMap and downwardAPI ones too (kubelet keeps them on disk), since their
+/// content is small and comes from the API again at every start, and a write to tmpfs costs a
+/// fraction of a journaled one (`make bench`, BENCH=config).
 pub fn prepare(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    if !super::volumes::is_mount_point(dir) {
-        nix::mount::mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-            Some("mode=0777"),
-        )
-        .map_err(io::Error::from)?;
-    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
 }
 

@@ -36,6 +36,23 @@ pub fn prepare_empty_dir(dir: &Path, volume: &Volume) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
 }
 
+/// Mounts the node's tmpfs for API volumes at `dir` (mode 0700: only root looks in; pods see
+/// their own volumes through bind mounts) unless it is there already, from an agent before.
+pub fn mount_api_volumes(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if !is_mount_point(dir) {
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("mode=0700"),
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}
+
 /// Whether `path` is the root of a mount (statx's `STATX_ATTR_MOUNT_ROOT`: right for bind
 /// mounts from the same file system too, where comparing devices says nothing).
 pub fn is_mount_point(path: &Path) -> bool {

@@ -57,7 +57,11 @@ impl ShimDir {
     pub fn log(&self) -> PathBuf {
         self.0.join("shim.log")
     }
-    /// Pinned namespaces: `ns/net`, `ns/uts`, `ns/ipc`, and `ns/pid` when the pod shares one.
+    /// The pod's pinned network namespace, `ns/net`, which CNI and the agent use by path. The
+    /// others live as long as the shim, which is in them or holds them open: every mount the
+    /// node has is copied into each new container's mount namespace, so a pod keeps as few in
+    /// the node's table as it can (shims of older releases also pinned `uts`, `ipc`, `pid`,
+    /// `user`; those are released all the same).
     pub fn ns_dir(&self) -> PathBuf {
         self.0.join("ns")
     }
@@ -211,17 +215,19 @@ fn start(dir: &ShimDir) -> Result<server::Server, Error> {
     fs::create_dir_all(dir.records()).map_err(dir_err(dir.records()))?;
     fs::create_dir_all(dir.ns_dir()).map_err(dir_err(dir.ns_dir()))?;
 
-    match &spec.user_namespace {
+    let userns = match &spec.user_namespace {
         Some(map) => {
-            ns::create_owned_pod_namespaces(&dir.ns_dir(), map)?;
+            let userns = ns::create_owned_pod_namespaces(map)?;
             ns::name_and_loopback(&spec.hostname)?;
+            Some(userns)
         }
-        None => ns::create_pod_namespaces(&spec.hostname, spec.host_network, spec.host_ipc)?,
-    }
+        None => {
+            ns::create_pod_namespaces(&spec.hostname, spec.host_network, spec.host_ipc)?;
+            None
+        }
+    };
     ns::set_sysctls(&spec.sysctls)?;
-    for name in ns::POD_NAMESPACES {
-        ns::pin(&dir.ns_dir(), "self", name, name)?;
-    }
+    ns::pin(&dir.ns_dir(), "self", "net", "net")?;
     mount::ensure_mount_point(&dir.shm(), true)?;
     mount::mount_fs(
         "tmpfs",
@@ -233,7 +239,7 @@ fn start(dir: &ShimDir) -> Result<server::Server, Error> {
         cgroup::create(cg)?;
     }
     let pod_init = if spec.share_pid {
-        Some(start_pod_init(dir, &spec)?)
+        Some(start_pod_init(&spec)?)
     } else {
         None
     };
@@ -245,19 +251,12 @@ fn start(dir: &ShimDir) -> Result<server::Server, Error> {
         source,
     })?;
     tracing::info!(pod_uid = %spec.pod_uid, hostname = %spec.hostname, "shim serving");
-    let userns = match spec.user_namespace {
-        Some(_) => {
-            let path = dir.ns_dir().join("user");
-            Some(fs::File::open(&path).map_err(dir_err(path))?)
-        }
-        None => None,
-    };
     server::Server::new(dir.clone(), spec, listener, pod_init, userns)
 }
 
 /// For `shareProcessNamespace`: every later child of the shim lands in one new PID namespace,
 /// whose init is a small reaper (what the pause container is on other runtimes).
-fn start_pod_init(dir: &ShimDir, spec: &SandboxSpec) -> Result<Pid, Error> {
+fn start_pod_init(spec: &SandboxSpec) -> Result<Pid, Error> {
     unshare(CloneFlags::CLONE_NEWPID).map_err(Error::PidNamespace)?;
     match sys::fork().map_err(Error::Fork)? {
         Forked::Child => {
@@ -265,7 +264,6 @@ fn start_pod_init(dir: &ShimDir, spec: &SandboxSpec) -> Result<Pid, Error> {
             reap_forever()
         }
         Forked::Parent(pid) => {
-            ns::pin(&dir.ns_dir(), &pid.to_string(), "pid", "pid")?;
             if let Some(cg) = &spec.cgroup {
                 cgroup::add_process(&cg.path, pid)?;
             }

@@ -926,11 +926,11 @@ fn config() -> Result<()> {
                 .collect()
         })
     })?;
-    // Seen from the node's mount namespace (the volume is a tmpfs mounted there).
+    // Seen from the node's mount namespace (the node's tmpfs for API volumes is mounted there).
     let root = format!("/proc/{}/root", node.agent_pid());
     let file = |uid: &str| {
-        let path = node.dir.join("root/pods").join(uid);
-        let path = path.join("volumes/kubernetes.io~configmap/cfg/value");
+        let path = node.dir.join("run/volumes").join(uid);
+        let path = path.join("kubernetes.io~configmap/cfg/value");
         std::path::PathBuf::from(format!("{root}{}", path.display()))
     };
     let mut times = Vec::new();
