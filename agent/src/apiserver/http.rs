@@ -572,7 +572,12 @@ impl Server {
                     &options,
                 )?;
                 let rv = self.store.resource_version().to_string();
-                Ok(respond(200, "application/json", list_body(r, &items, &rv, None), &[]))
+                Ok(respond(
+                    200,
+                    "application/json",
+                    list_body(r, &items, &rv, None),
+                    &[],
+                ))
             }
             (_, Some(_), Some(sub @ ("log" | "exec" | "attach" | "portforward")))
                 if r == Resource::Pods =>
@@ -795,7 +800,12 @@ impl Server {
                 &[],
             ));
         }
-        Ok(respond(200, "application/json", list_body(r, &items, &rv, next), &[]))
+        Ok(respond(
+            200,
+            "application/json",
+            list_body(r, &items, &rv, next),
+            &[],
+        ))
     }
 
     fn watch(&self, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {

@@ -83,12 +83,35 @@ impl Recorded {
     }
 }
 
-/// An object and its JSON as stored (the history keeps the JSON of the object a change
-/// replaced).
+/// An object as stored: its JSON (which the history keeps of the object a change replaced),
+/// and the parsed object unless its type is read rarely (`parsed_in_memory`).
 #[derive(Clone, Debug)]
 struct Stored {
-    object: Object,
+    object: Option<Object>,
     json: bytes::Bytes,
+}
+
+impl Stored {
+    fn new(resource: Resource, object: &Object, json: bytes::Bytes) -> Stored {
+        Stored {
+            object: parsed_in_memory(resource).then(|| object.clone()),
+            json,
+        }
+    }
+
+    fn object(&self) -> Object {
+        self.object.clone().unwrap_or_else(|| {
+            Arc::new(serde_json::from_slice(&self.json).expect("the store's own JSON parses"))
+        })
+    }
+}
+
+/// Whether objects of a type are kept parsed as well as in JSON. A parsed object weighs about
+/// eight times its JSON; Events are most of the objects on a busy node (four or more for each
+/// pod started) and are read only by `kubectl describe` and `get events`, which parse them then
+/// (a few milliseconds for thousands).
+fn parsed_in_memory(resource: Resource) -> bool {
+    resource != Resource::Events
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -274,14 +297,14 @@ impl Store {
         self.state()
             .objects
             .get(&Key::new(resource, namespace, name))
-            .map(|s| s.object.clone())
+            .map(Stored::object)
     }
 
     /// Every object of a type (in one namespace if given), in key order, and the version they
     /// are current at.
     pub fn list(&self, resource: Resource, namespace: Option<&str>) -> (Vec<Object>, u64) {
         let (items, rv) = self.list_stored(resource, namespace);
-        (items.into_iter().map(|s| s.object).collect(), rv)
+        (items.iter().map(Stored::object).collect(), rv)
     }
 
     fn list_stored(&self, resource: Resource, namespace: Option<&str>) -> (Vec<Stored>, u64) {
@@ -318,13 +341,14 @@ impl Store {
     ) -> Result<Object, ApiError> {
         let mut state = self.state();
         let key = Key::new(resource, namespace, name);
-        let current = state.current(&key)?.clone();
-        let Some(mut obj) = change(&current.object)? else {
-            return Ok(current.object);
+        let stored = state.current(&key)?.clone();
+        let current = stored.object();
+        let Some(mut obj) = change(&current)? else {
+            return Ok(current);
         };
-        obj["metadata"]["resourceVersion"] = current.object["metadata"]["resourceVersion"].clone();
-        if obj == *current.object {
-            return Ok(current.object);
+        obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if obj == *current {
+            return Ok(current);
         }
         self.commit(
             &mut state,
@@ -332,7 +356,7 @@ impl Store {
             key,
             ChangeType::Modified,
             obj,
-            Some(current),
+            Some((current, stored.json)),
         )
     }
 
@@ -346,16 +370,17 @@ impl Store {
     ) -> Result<Object, ApiError> {
         let mut state = self.state();
         let key = Key::new(resource, namespace, name);
-        let current = state.current(&key)?.clone();
-        check(&current.object)?;
-        let obj = (*current.object).clone();
+        let stored = state.current(&key)?.clone();
+        let current = stored.object();
+        check(&current)?;
+        let obj = (*current).clone();
         self.commit(
             &mut state,
             resource,
             key,
             ChangeType::Deleted,
             obj,
-            Some(current),
+            Some((current, stored.json)),
         )
     }
 
@@ -368,7 +393,7 @@ impl Store {
         key: Key,
         kind: ChangeType,
         mut obj: Value,
-        previous: Option<Stored>,
+        previous: Option<(Object, bytes::Bytes)>,
     ) -> Result<Object, ApiError> {
         let rv = state.rv + 1;
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
@@ -376,7 +401,7 @@ impl Store {
             .expect("serialise JSON value")
             .into();
         let obj = Arc::new(obj);
-        let (previous, previous_json) = previous.map(|p| (p.object, p.json)).unzip();
+        let (previous, previous_json) = previous.unzip();
         let change = Arc::new(Change {
             rv,
             resource,
@@ -456,10 +481,7 @@ impl Store {
         if change.kind == ChangeType::Deleted {
             state.objects.remove(&key);
         } else {
-            let stored = Stored {
-                object: change.object.clone(),
-                json: change.json.clone(),
-            };
+            let stored = Stored::new(change.resource, &change.object, change.json.clone());
             state.objects.insert(key, stored);
         }
         state.history_bytes += change.json.len();
@@ -659,8 +681,7 @@ fn load(db: &Database, path: &Path) -> Result<(u64, BTreeMap<Key, Stored>), Stor
             bad.push(format!("{key}: holds {}", key_of.db_key()));
             continue;
         }
-        let object = Arc::new(obj);
-        objects.insert(key_of, Stored { object, json });
+        objects.insert(key_of, Stored::new(resource, &Arc::new(obj), json));
     }
     if !bad.is_empty() {
         return Err(StoreError::Corrupt {
@@ -775,6 +796,32 @@ mod tests {
         let err = Store::open(&path).err().expect("refused").to_string();
         assert!(err.contains("exists but is empty"), "{err}");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn events_are_kept_as_json_and_read_back_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("api.db")).unwrap();
+        let event = json!({"metadata": {"name": "e", "namespace": "default"}, "reason": "Started"});
+        store.create(Resource::Events, event).unwrap();
+        let key = Key::new(Resource::Events, "default", "e");
+        assert!(store.state().objects[&key].object.is_none());
+        store
+            .update(Resource::Events, "default", "e", |e| {
+                let mut e = e.clone();
+                e["count"] = json!(2);
+                Ok(Some(e))
+            })
+            .unwrap();
+        let read = store.get(Resource::Events, "default", "e").unwrap();
+        assert_eq!(
+            (read["reason"].as_str(), read["count"].as_i64()),
+            (Some("Started"), Some(2))
+        );
+        let (items, _) = store.list(Resource::Events, Some("default"));
+        assert_eq!(items[0]["metadata"]["resourceVersion"], "2");
+        let (replay, _) = store.watch(Resource::Events, 1).unwrap();
+        assert_eq!(replay[0].previous.as_ref().unwrap()["reason"], "Started");
     }
 
     #[test]

@@ -261,7 +261,11 @@ mod tests {
         let mut rx = start(store.clone(), req).unwrap();
         let n = 1000;
         for i in 0..n {
-            let labels = if i % 2 == 0 { json!({"app": "x"}) } else { json!({}) };
+            let labels = if i % 2 == 0 {
+                json!({"app": "x"})
+            } else {
+                json!({})
+            };
             let cm = json!({"metadata": {"name": format!("c{i}"), "namespace": "default", "labels": labels}});
             store.create(Resource::ConfigMaps, cm).unwrap();
         }

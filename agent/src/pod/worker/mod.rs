@@ -235,6 +235,11 @@ impl Worker {
         if Arc::ptr_eq(&pod, &self.pod) {
             return;
         }
+        if pod.metadata.creation_timestamp == self.pod.metadata.creation_timestamp {
+            // Shared with the source, not copied.
+            self.pod = pod;
+            return;
+        }
         let mut pod = (*pod).clone();
         pod.metadata.creation_timestamp = self.pod.metadata.creation_timestamp.clone();
         self.pod = Arc::new(pod);
