@@ -8,6 +8,9 @@ PREFIX ?= /usr/local
 CONFIG_DIR ?= /etc/nodelet
 MANIFESTS ?= $(CONFIG_DIR)/manifests
 export PATH := $(HOME)/.cargo/bin:$(PATH)
+# The shim that release builds ship: static, with musl (a thousand shims share its pages; see
+# [profile.shim] in Cargo.toml). Without rustup to add the target, the glibc shim is kept.
+SHIM_TARGET ?= x86_64-unknown-linux-musl
 
 # busybox-static: the test and demo images; util-linux: unshare/nsenter for test nodes;
 # iproute2, nftables, containernetworking-plugins: the pod network and its reference plugins;
@@ -35,12 +38,26 @@ deps:
 	@command -v $(CARGO) >/dev/null || { \
 	  echo "cargo not found: installing Rust with rustup"; \
 	  curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; }
+	@if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx $(SHIM_TARGET); then \
+	  rustup target add $(SHIM_TARGET) || echo "no $(SHIM_TARGET) target: release builds keep the glibc shim"; fi
 
 build: deps
 	$(CARGO) build -p nodelet -p nodelet-sandbox --bins
 
 release: deps
 	$(CARGO) build --release -p nodelet -p nodelet-sandbox --bins
+	$(static-shim)
+
+# Builds the static shim and puts it where cargo put the glibc one, as a file of its own (cargo's
+# is a hard link into target/release/deps). Cargo leaves it there until it relinks the sandbox
+# crate; every target that ships or measures the shim runs this.
+define static-shim
+	@if rustup target list --installed 2>/dev/null | grep -qx $(SHIM_TARGET); then \
+	  $(CARGO) build --profile shim --target $(SHIM_TARGET) -p nodelet-sandbox --bin nodelet-shim && \
+	  rm -f target/release/nodelet-shim && \
+	  install -m 0755 target/$(SHIM_TARGET)/shim/nodelet-shim target/release/nodelet-shim && \
+	  echo "target/release/nodelet-shim: static ($(SHIM_TARGET))"; fi
+endef
 
 images: deps
 	bash tests/images/build.sh target/test-images
@@ -67,11 +84,13 @@ faults: build
 
 bench: deps
 	$(CARGO) build --release -p nodelet -p nodelet-sandbox -p nodelet-tests --bins
+	$(static-shim)
 	NODELET_BIN=$(CURDIR)/target/release/nodelet target/release/bench
 
 # The density scenario with 1,000 pods (SCALE_PODS to change it), timed; minutes.
 scale: deps
 	$(CARGO) build --release -p nodelet -p nodelet-sandbox -p nodelet-tests --bins
+	$(static-shim)
 	NODELET_BIN=$(CURDIR)/target/release/nodelet BENCH=scale target/release/bench
 
 # Every fuzz target for FUZZ_SECONDS each (cargo-fuzz on stable, no sanitizer); see CONTRIBUTING.md.
