@@ -289,22 +289,33 @@ impl Node {
             .ok()
             .and_then(|d| serde_json::from_slice::<nodelet_sandbox::spec::SandboxSpec>(&d).ok())
             .is_some_and(|s| s.host_network);
-        if !host_network && (shim.path().exists() || attachment.is_some()) {
-            match self.network() {
-                Ok(net) => {
-                    let netns = shim.ns_dir().join("net");
-                    errors.extend(net.detach(uid, &netns, attachment.as_ref()).await)
-                }
-                Err(e) => errors.push(e),
-            }
-        }
+        let wired = !host_network && (shim.path().exists() || attachment.is_some());
         if shim.path().join(network::hostports::MARKER).exists() {
             if let Err(e) = network::hostports::remove(uid).await {
                 errors.push(crate::error_chain(&e));
             }
         }
+        // CNI plugins are given the namespace to DEL from, so they run while it is there. The
+        // native path lets the namespace go first: its veth goes with it (see `detach`).
+        let native = attachment.as_ref().is_none_or(|a| a.result.is_none());
+        if wired && !native {
+            errors.extend(self.detach(uid, attachment.as_ref()).await);
+        }
         errors.extend(self.runtime.teardown(uid, scope).await);
+        if wired && native {
+            errors.extend(self.detach(uid, attachment.as_ref()).await);
+        }
         errors
+    }
+
+    async fn detach(&self, uid: &str, attachment: Option<&network::Attachment>) -> Vec<String> {
+        match self.network() {
+            Ok(net) => {
+                let netns = self.runtime.shim(uid).ns_dir().join("net");
+                net.detach(uid, &netns, attachment).await
+            }
+            Err(e) => vec![e],
+        }
     }
 }
 

@@ -467,7 +467,11 @@ impl Network {
 
     /// Unwires a pod: the veth goes first (both ends with it), then its addresses are released
     /// (plugins#666: the other order can hand out an address still in use). Missing pieces are
-    /// fine; every error is returned.
+    /// fine; every error is returned. On the native path the caller has let the pod's network
+    /// namespace go (shim ended, pin released): the kernel then removes the veth with it, in a
+    /// batch with other namespaces, where deleting it by hand waits for an RCU grace period
+    /// under the RTNL lock (20 ms here, one pod after another: 20 s to delete 1,000 pods). A veth
+    /// still there after `VETH_GONE` (something else holds the namespace) is deleted.
     pub async fn detach(
         &self,
         id: &str,
@@ -496,7 +500,7 @@ impl Network {
         let mut errors = Vec::new();
         if let Some(a) = attachment {
             let deleted = match self.host() {
-                Ok(host) => host.delete_link(&a.host_veth).await.map_err(Error::from),
+                Ok(host) => gone_or_delete(&host, &a.host_veth).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = deleted {
@@ -731,4 +735,22 @@ mod capacity_tests {
         assert_eq!(net("10.244.0.0/24").address_capacity(), Some(253));
         assert_eq!(net("10.244.0.0/22").address_capacity(), Some(1021));
     }
+}
+
+/// How long a pod's veth may take to go with its network namespace.
+const VETH_GONE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Waits for the link `name` to vanish, looking again at growing intervals; deletes it if it is
+/// still there after `VETH_GONE`.
+async fn gone_or_delete(host: &Netlink, name: &str) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + VETH_GONE;
+    let mut pause = std::time::Duration::from_millis(5);
+    while host.try_find_link(name).await?.is_some() {
+        if tokio::time::Instant::now() + pause > deadline {
+            return Ok(host.delete_link(name).await?);
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+    }
+    Ok(())
 }
