@@ -720,23 +720,6 @@ pub fn save_attachment(shim_dir: &Path, a: &Attachment) -> std::io::Result<()> {
     std::fs::rename(&tmp, &path)
 }
 
-#[cfg(test)]
-mod capacity_tests {
-    use super::*;
-
-    #[test]
-    fn a_subnet_holds_its_addresses_but_the_gateway() {
-        let net = |cidr: &str| {
-            let cidr: IpNet = cidr.parse().unwrap();
-            let text = cni::default_conflist("nodelet", cidr, Path::new("/tmp/unused"));
-            let list = cni::parse(Path::new("x.conflist"), text.as_bytes()).unwrap();
-            Network::new(list, &Config::default()).unwrap()
-        };
-        assert_eq!(net("10.244.0.0/24").address_capacity(), Some(253));
-        assert_eq!(net("10.244.0.0/22").address_capacity(), Some(1021));
-    }
-}
-
 /// How long a pod's veth may take to go with its network namespace.
 const VETH_GONE: std::time::Duration = std::time::Duration::from_millis(1500);
 
@@ -753,4 +736,21 @@ async fn gone_or_delete(host: &Netlink, name: &str) -> Result<(), Error> {
         pause *= 2;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    use super::*;
+
+    #[test]
+    fn a_subnet_holds_its_addresses_but_the_gateway() {
+        let net = |cidr: &str| {
+            let cidr: IpNet = cidr.parse().unwrap();
+            let text = cni::default_conflist("nodelet", cidr, Path::new("/tmp/unused"));
+            let list = cni::parse(Path::new("x.conflist"), text.as_bytes()).unwrap();
+            Network::new(list, &Config::default()).unwrap()
+        };
+        assert_eq!(net("10.244.0.0/24").address_capacity(), Some(253));
+        assert_eq!(net("10.244.0.0/22").address_capacity(), Some(1021));
+    }
 }
