@@ -23,6 +23,23 @@ use crate::pod::worker::{self, Desired, WorkerHandle};
 use crate::runtime::{Liveness, Runtime, Scope};
 use crate::source::{self, FileSource};
 
+/// A pod as its worker last reported it: the pod it runs (shared with the worker, not copied)
+/// and the status it has.
+#[derive(Clone, Debug)]
+pub struct Reported {
+    pub pod: Arc<Pod>,
+    pub status: Arc<k8s_openapi::api::core::v1::PodStatus>,
+}
+
+impl Reported {
+    /// The pod with its status, as the API shows a pod.
+    pub fn to_pod(&self) -> Pod {
+        let mut pod = (*self.pod).clone();
+        pod.status = Some((*self.status).clone());
+        pod
+    }
+}
+
 /// What every pod worker shares.
 pub struct Node {
     pub config: Config,
@@ -31,7 +48,7 @@ pub struct Node {
     pub images: ImageStore,
     pub puller: crate::images::pull::Puller,
     /// The pods as last reported by their workers, with status (what `nodelet pods` shows).
-    pub pods: Mutex<BTreeMap<String, Arc<Pod>>>,
+    pub pods: Mutex<BTreeMap<String, Reported>>,
     pub host_resolv: String,
     /// Rung whenever a pod's reported status changes or a pod leaves the node.
     pub changed: tokio::sync::Notify,
@@ -110,7 +127,7 @@ impl Node {
             let pods = self.pods.lock().expect("pods lock");
             let mut names: Vec<String> = Vec::new();
             let mut used = HashSet::new();
-            for pod in pods.values() {
+            for Reported { pod, status } in pods.values() {
                 let containers = pod.spec.iter().flat_map(|s| {
                     s.containers
                         .iter()
@@ -122,7 +139,7 @@ impl Node {
                     .iter()
                     .flat_map(|s| s.ephemeral_containers.iter().flatten());
                 names.extend(ephemeral.filter_map(|c| c.image.clone()));
-                let statuses = pod.status.iter().flat_map(|s| {
+                let statuses = std::iter::once(&**status).flat_map(|s| {
                     s.container_statuses
                         .iter()
                         .flatten()
@@ -208,14 +225,14 @@ impl Node {
     }
 
     /// The node's pod of that namespace and name, as last reported (with its UID as key).
-    pub fn find_pod(&self, namespace: &str, name: &str) -> Option<(String, Arc<Pod>)> {
+    pub fn find_pod(&self, namespace: &str, name: &str) -> Option<(String, Reported)> {
         self.pods
             .lock()
             .expect("pod map lock")
             .iter()
             .find(|(_, p)| {
-                p.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                    && p.metadata.name.as_deref() == Some(name)
+                p.pod.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                    && p.pod.metadata.name.as_deref() == Some(name)
             })
             .map(|(uid, p)| (uid.clone(), p.clone()))
     }
@@ -778,7 +795,7 @@ async fn serve_control(listener: UnixListener, node: Arc<Node>) {
                         .lock()
                         .expect("pod map lock")
                         .values()
-                        .map(|p| Pod::clone(p))
+                        .map(Reported::to_pod)
                         .collect();
                     serde_json::to_vec(&PodList { items })
                 }

@@ -1,7 +1,8 @@
 //! The density scenario, shared by the test (`tests/scale.rs`, 200 pods) and the benchmark
 //! (`BENCH=scale`, 1,000): pods created at once through the built-in API start, report status,
 //! answer `kubectl get`/`logs`/`exec`, survive an agent SIGKILL without a container restart,
-//! refuse one pod too many, and are deleted with nothing left behind. Every step is checked;
+//! refuse one pod too many, and are deleted with nothing left behind; then as many static pods
+//! do the same from their manifests. Every step is checked;
 //! what it took is returned for the benchmark to print (the test asserts no timing).
 
 use std::collections::BTreeMap;
@@ -31,6 +32,10 @@ pub struct Report {
     /// Shim RSS and PSS per pod, KiB, means.
     pub shim_rss_kib: f64,
     pub shim_pss_kib: f64,
+    /// The same number of static pods: manifests written to every mirror pod Ready, and
+    /// manifests removed to no pod left.
+    pub static_to_running: Duration,
+    pub static_delete_all: Duration,
 }
 
 fn pod_yaml(i: usize) -> String {
@@ -41,9 +46,20 @@ fn pod_yaml(i: usize) -> String {
     )
 }
 
+fn static_yaml(i: usize) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: s-{i}, labels: {{app: static-scale}}}}\nspec:\n  terminationGracePeriodSeconds: 10\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'trap \"exit 0\" TERM; echo started; sleep 86400 & wait']\n"
+    )
+}
+
 /// The API's pods of the `app=scale` label, by name.
 fn api_pods(node: &TestNode) -> Result<BTreeMap<String, Value>> {
-    let out = node.kubectl(&["get", "pods", "-l", "app=scale", "-o", "json"]);
+    labelled(node, "app=scale")
+}
+
+/// The API's pods of a label, by name.
+fn labelled(node: &TestNode, selector: &str) -> Result<BTreeMap<String, Value>> {
+    let out = node.kubectl(&["get", "pods", "-l", selector, "-o", "json"]);
     ensure!(
         out.status.success(),
         "kubectl get pods: {}",
@@ -80,7 +96,11 @@ fn get_pod(node: &TestNode, name: &str) -> Option<Value> {
 
 /// Each Ready pod's container instance, while every one of the `pods` is Ready.
 fn all_ready(node: &TestNode, pods: usize) -> Option<BTreeMap<String, String>> {
-    let list = api_pods(node).ok()?;
+    ready_of(node, "app=scale", pods)
+}
+
+fn ready_of(node: &TestNode, selector: &str, pods: usize) -> Option<BTreeMap<String, String>> {
+    let list = labelled(node, selector).ok()?;
     let ready: BTreeMap<String, String> = list
         .iter()
         .filter_map(|(name, p)| {
@@ -250,5 +270,52 @@ pub fn run(pods: usize) -> Result<Report> {
     .with_context(|| tail(&node.agent_log()))?;
     report.delete_all = t.elapsed();
     node.assert_clean()?;
+
+    statics(&mut node, &mut report, limit)?;
+    node.assert_clean()?;
     Ok(report)
+}
+
+/// As many static pods: they start from their manifests, show as mirror pods, answer `logs` and
+/// `exec`, survive an agent SIGKILL, and go with their files.
+fn statics(node: &mut TestNode, report: &mut Report, limit: Duration) -> Result<()> {
+    let pods = report.pods;
+    eprintln!("scale: {pods} static pods");
+    let t = Instant::now();
+    for i in 0..pods {
+        node.write_manifest(&format!("s-{i}.yaml"), &static_yaml(i));
+    }
+    let selector = "app=static-scale";
+    let before = wait_for("every static pod ready", limit, || {
+        ready_of(node, selector, pods)
+    })
+    .with_context(|| tail(&node.agent_log()))?;
+    report.static_to_running = t.elapsed();
+    let last = format!("s-{}-node1", pods - 1);
+    let logs = node.kubectl_ok(&["logs", "s-0-node1"])?;
+    ensure!(logs.contains("started"), "logs: {logs}");
+    let out = node.kubectl_ok(&["exec", &last, "--", "echo", "inside"])?;
+    ensure!(out.trim() == "inside", "exec: {out}");
+
+    node.stop_agent(nix::sys::signal::Signal::SIGKILL)?;
+    node.start_agent()?;
+    let after = wait_for("every static pod ready again", limit, || {
+        ready_of(node, selector, pods)
+    })
+    .with_context(|| tail(&node.agent_log()))?;
+    ensure!(
+        after == before,
+        "static pods' container instances changed across the agent's restart"
+    );
+
+    let t = Instant::now();
+    for i in 0..pods {
+        node.remove_manifest(&format!("s-{i}.yaml"));
+    }
+    wait_for("every static pod gone", limit, || {
+        (labelled(node, selector).ok()?.is_empty() && node.processes().is_empty()).then_some(())
+    })
+    .with_context(|| tail(&node.agent_log()))?;
+    report.static_delete_all = t.elapsed();
+    Ok(())
 }

@@ -212,6 +212,10 @@ fn decode_value<'a>(key: &str, value: &'a [u8]) -> Result<&'a [u8], String> {
     }
 }
 
+/// redb's page cache (1 GiB by default, filled by every page written): the API reads the file
+/// only at start, and a write's B-tree path is in the kernel's page cache anyway.
+const DB_CACHE: usize = 4 * 1024 * 1024;
+
 /// When a failed write is retried: the database is reopened at most this often.
 const REOPEN_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -582,6 +586,7 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
                 .open(path)
                 .map_err(|e| open_err(redb::Error::Io(e)))?;
             return redb::Builder::new()
+                .set_cache_size(DB_CACHE)
                 .create_file(file)
                 .map_err(|e| open_err(e.into()));
         }
@@ -593,6 +598,7 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| open_err(redb::Error::Io(e)))?;
     let mut db = redb::Builder::new()
+        .set_cache_size(DB_CACHE)
         .set_repair_callback({
             let name = name.clone();
             move |_| tracing::warn!(path = %name, "repairing the API's store")

@@ -167,7 +167,7 @@ pub async fn find_container(
     container: &str,
 ) -> Result<(String, String, i32), ExecError> {
     let found = node.find_pod(namespace, pod).map(|(uid, p)| {
-        let known = p.spec.as_ref().is_some_and(|s| {
+        let known = p.pod.spec.as_ref().is_some_and(|s| {
             s.containers
                 .iter()
                 .chain(s.init_containers.iter().flatten())

@@ -98,8 +98,9 @@ pub async fn stream(
         let running = || {
             node.find_pod(&ns, &name).is_some_and(|(_, p)| {
                 p.status
+                    .container_statuses
                     .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .flatten()
                     .any(|c| {
                         c.name == ctr
                             && c.restart_count as u32 == attempt
@@ -122,7 +123,7 @@ fn instance(
     let (_, p) = node
         .find_pod(namespace, pod)
         .ok_or_else(|| LogError::PodNotFound(pod.to_owned()))?;
-    let known = p.spec.as_ref().is_some_and(|s| {
+    let known = p.pod.spec.as_ref().is_some_and(|s| {
         s.containers
             .iter()
             .chain(s.init_containers.iter().flatten())
@@ -138,20 +139,17 @@ fn instance(
             container: container.to_owned(),
         });
     }
-    let status = p
-        .status
-        .as_ref()
-        .and_then(|s| {
-            s.container_statuses
-                .iter()
-                .chain(s.init_container_statuses.iter())
-                .chain(s.ephemeral_container_statuses.iter())
-                .flatten()
-                .find(|c| c.name == container)
-        })
+    let s = &p.status;
+    let status = s
+        .container_statuses
+        .iter()
+        .chain(s.init_container_statuses.iter())
+        .chain(s.ephemeral_container_statuses.iter())
+        .flatten()
+        .find(|c| c.name == container)
         .cloned()
         .unwrap_or_default();
-    let uid = p.metadata.uid.clone().unwrap_or_default();
+    let uid = p.pod.metadata.uid.clone().unwrap_or_default();
     if previous {
         if status
             .last_state

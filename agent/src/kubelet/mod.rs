@@ -354,7 +354,7 @@ impl Kubelet {
                     .lock()
                     .expect("pod map lock")
                     .values()
-                    .map(|p| k8s_openapi::api::core::v1::Pod::clone(p))
+                    .map(crate::node::Reported::to_pod)
                     .collect();
                 let list =
                     json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});

@@ -139,9 +139,10 @@ fn attach_target(
     node: &Arc<Node>,
     req: &ExecRequest,
 ) -> Option<(String, String, k8s_openapi::api::core::v1::Container)> {
-    let (uid, pod) = node.find_pod(&req.namespace, &req.pod)?;
+    let (uid, reported) = node.find_pod(&req.namespace, &req.pod)?;
+    let pod = &reported.pod;
     let spec = pod.spec.as_ref()?;
-    let ephemeral = crate::pod::build::ephemeral_containers(&pod);
+    let ephemeral = crate::pod::build::ephemeral_containers(pod);
     let c = spec
         .containers
         .iter()

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::mirror::{self, Action};
 use super::{node_status, Desired};
-use crate::node::{Node as Agent, PodEvent};
+use crate::node::{Node as Agent, PodEvent, Reported};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const LEASE_SECONDS: i32 = 40;
@@ -282,9 +282,9 @@ impl ApiSource {
     /// Sends each pod's status when it changes, and finishes deletions once the pod is gone from
     /// the node.
     async fn report_status(self: Arc<Self>) {
-        // What was last sent for each pod: the worker's report it came from, shared with the
-        // node's pod map while the status stays the same.
-        let mut sent: HashMap<String, Arc<Pod>> = HashMap::new();
+        // What was last sent for each pod: the status its worker reported, shared with the
+        // node's pod map while it stays the same.
+        let mut sent: HashMap<String, Arc<PodStatus>> = HashMap::new();
         loop {
             let (mirrors, wanted): (Vec<Arc<Pod>>, Vec<Arc<Pod>>) = self
                 .pods
@@ -303,8 +303,8 @@ impl ApiSource {
             self.sync_mirrors(&mirrors, &running, &mut sent).await;
             for pod in wanted {
                 let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-                match running.get(uid).filter(|p| p.status.is_some()) {
-                    Some(reported) => self.report(&pod, reported, &mut sent).await,
+                match running.get(uid) {
+                    Some(reported) => self.report(&pod, &reported.status, &mut sent).await,
                     // Not on the node (any more): its worker has stopped everything.
                     None if pod.metadata.deletion_timestamp.is_some() => {
                         self.delete_now(&pod, "pod deletion finished").await
@@ -324,13 +324,13 @@ impl ApiSource {
     async fn sync_mirrors(
         &self,
         mirrors: &[Arc<Pod>],
-        running: &BTreeMap<String, Arc<Pod>>,
-        sent: &mut HashMap<String, Arc<Pod>>,
+        running: &BTreeMap<String, Reported>,
+        sent: &mut HashMap<String, Arc<PodStatus>>,
     ) {
         let statics: Vec<&Pod> = running
             .values()
+            .map(|r| r.pod.as_ref())
             .filter(|p| mirror::is_static(p))
-            .map(Arc::as_ref)
             .collect();
         let mirrors: Vec<&Pod> = mirrors.iter().map(Arc::as_ref).collect();
         let node_uid = self.node_uid.lock().expect("node uid lock").clone();
@@ -352,8 +352,8 @@ impl ApiSource {
                 Action::Delete(pod) => self.delete_now(pod, "mirror pod deleted").await,
                 Action::Status { mirror, of } => {
                     let uid = of.metadata.uid.as_deref().unwrap_or_default();
-                    if let Some(reported) = running.get(uid).filter(|p| p.status.is_some()) {
-                        self.report(mirror, reported, sent).await;
+                    if let Some(reported) = running.get(uid) {
+                        self.report(mirror, &reported.status, sent).await;
                     }
                 }
             }
@@ -362,17 +362,19 @@ impl ApiSource {
 
     /// Sends the status a worker reported as the status of `pod` (an API object: a pod or a
     /// mirror pod) unless it was the last one sent, with the pod's uid as precondition.
-    async fn report(&self, pod: &Pod, reported: &Arc<Pod>, sent: &mut HashMap<String, Arc<Pod>>) {
+    async fn report(
+        &self,
+        pod: &Pod,
+        status: &Arc<PodStatus>,
+        sent: &mut HashMap<String, Arc<PodStatus>>,
+    ) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if sent
             .get(&uid)
-            .is_some_and(|s| Arc::ptr_eq(s, reported) || s.status == reported.status)
+            .is_some_and(|s| Arc::ptr_eq(s, status) || s == status)
         {
             return;
         }
-        let Some(status) = &reported.status else {
-            return;
-        };
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
@@ -383,7 +385,7 @@ impl ApiSource {
             .await
         {
             Ok(_) => {
-                sent.insert(uid, reported.clone());
+                sent.insert(uid, status.clone());
             }
             Err(e) => debug!(pod = %name, error = %crate::error_chain(&e), "patch pod status"),
         }

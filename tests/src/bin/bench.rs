@@ -284,6 +284,12 @@ fn scale() -> Result<()> {
         "  shim per pod: RSS {:.0} KiB (target < 1024 KiB), PSS {:.0} KiB (target < 200 KiB)",
         r.shim_rss_kib, r.shim_pss_kib
     );
+    println!(
+        "  {} static pods: manifests to every mirror pod Ready {:.1} s, manifests removed to none left {:.1} s",
+        r.pods,
+        r.static_to_running.as_secs_f64(),
+        r.static_delete_all.as_secs_f64()
+    );
     Ok(())
 }
 

@@ -776,17 +776,18 @@ impl Worker {
                 admitted.remove(&self.uid);
             }
         }
-        let mut pod = (*self.pod).clone();
-        pod.status = Some(status.clone());
+        let reported = crate::node::Reported {
+            pod: self.pod.clone(),
+            status: Arc::new(status.clone()),
+        };
         self.status = Some(status);
-        let pod = Arc::new(pod);
         let changed = self
             .node
             .pods
             .lock()
             .expect("pod map lock")
-            .insert(self.uid.clone(), pod.clone())
-            .is_none_or(|old| old.status != pod.status);
+            .insert(self.uid.clone(), reported.clone())
+            .is_none_or(|old| old.status != reported.status || !Arc::ptr_eq(&old.pod, &reported.pod));
         if changed {
             self.node.changed.notify_one();
         }
@@ -799,16 +800,18 @@ impl Worker {
         info!(grace_seconds = grace.as_secs_f64(), "terminating pod");
         // Liveness and startup probes stop with the deletion (kubelet's prober does).
         self.probe_tasks = probe::Tasks::default();
-        if let Some(pod) = self
+        let mut pod = (*self.pod).clone();
+        pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        pod.metadata.deletion_grace_period_seconds = Some(grace.as_secs() as i64);
+        self.pod = Arc::new(pod);
+        if let Some(reported) = self
             .node
             .pods
             .lock()
             .expect("pod map lock")
             .get_mut(&self.uid)
         {
-            let pod = Arc::make_mut(pod);
-            pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
-            pod.metadata.deletion_grace_period_seconds = Some(grace.as_secs() as i64);
+            reported.pod = self.pod.clone();
         }
         if self.node.runtime.liveness(&self.uid).await == Liveness::Alive {
             if self.events.is_none() {
