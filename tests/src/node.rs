@@ -21,6 +21,9 @@ pub struct Agent {
     pub pid: i32,
 }
 
+/// The longest one kubectl command may take in a test, in seconds (for timeout(1)).
+const KUBECTL_LIMIT: &str = "300";
+
 pub struct TestNode {
     /// The node name; static pods are named `<pod>-<name>`.
     pub name: String,
@@ -267,12 +270,15 @@ impl TestNode {
     }
 
     /// Runs `binary` (`kubectl`, `kubectl.1.27`, ...) against the node's built-in API, with its
-    /// own discovery cache and optional standard input.
+    /// own discovery cache and optional standard input; killed after `KUBECTL_LIMIT` (a
+    /// stream that never ends fails the test instead of hanging it).
     pub fn kubectl_with(&self, binary: &str, args: &[&str], stdin: Option<&str>) -> Output {
         let home = self.dir.join("home");
         let _ = fs::create_dir_all(&home);
-        let mut cmd = self.net_command(kubectl_path(binary));
-        cmd.env("HOME", &home)
+        let mut cmd = self.net_command("timeout");
+        cmd.args(["--kill-after=5", KUBECTL_LIMIT])
+            .arg(kubectl_path(binary))
+            .env("HOME", &home)
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--cache-dir")
@@ -645,6 +651,7 @@ impl TestNode {
             ("API volumes", "run/volumes"),
             ("pod state", "root/pods"),
             ("pod logs", "logs"),
+            ("container log links", "containers"),
         ] {
             let left: Vec<_> = fs::read_dir(self.dir.join(sub))
                 .map(|d| d.flatten().map(|e| e.file_name()).collect())

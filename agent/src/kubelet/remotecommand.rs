@@ -149,7 +149,7 @@ fn attach_target(
         .chain(spec.init_containers.iter().flatten())
         .chain(&ephemeral)
         .find(|c| c.name == req.container)?;
-    let status = pod.status.as_ref()?;
+    let status = &reported.status;
     let id = status
         .container_statuses
         .iter()
