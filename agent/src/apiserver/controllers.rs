@@ -342,7 +342,7 @@ pub fn record_event(
     }
     let event = json!({
         "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{}.{}", name_of(object), crate::random_hex(8)), "namespace": ns},
+        "metadata": {"name": crate::source::events::name(name_of(object), jiff::Timestamp::now()), "namespace": ns},
         "involvedObject": {
             "kind": object["kind"], "namespace": namespace_of(object), "name": name_of(object),
             "uid": object["metadata"]["uid"], "apiVersion": object["apiVersion"],

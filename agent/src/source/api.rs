@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::mirror::{self, Action};
-use super::{node_status, Desired};
+use super::{events, node_status, Desired};
 use crate::node::{Node as Agent, PodEvent, Reported};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -412,47 +412,83 @@ impl ApiSource {
         }
     }
 
-    /// Posts the events pod workers record, as core/v1 Events from the kubelet.
+    /// Posts the events pod workers record, as core/v1 Events from the kubelet, counted and
+    /// rate-limited as kubelet's recorder does (`events`).
     async fn post_events(
         self: Arc<Self>,
         mut events: tokio::sync::mpsc::UnboundedReceiver<PodEvent>,
     ) {
+        let mut correlator = events::Correlator::default();
         while let Some(ev) = events.recv().await {
-            let ns = ev.namespace.clone();
-            let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-            let now = Time(Timestamp::now());
-            let event = Event {
-                metadata: ObjectMeta {
-                    name: Some(format!("{}.{}", ev.name, crate::random_hex(8))),
-                    namespace: Some(ns.clone()),
-                    ..Default::default()
-                },
-                involved_object: ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    namespace: Some(ns),
-                    name: Some(ev.name.clone()),
-                    uid: Some(ev.uid.clone()),
-                    field_path: ev.field_path.clone(),
-                    ..Default::default()
-                },
-                reason: Some(ev.reason.into()),
-                message: Some(ev.message),
-                source: Some(EventSource {
-                    component: Some("kubelet".into()),
-                    host: Some(self.name.clone()),
-                }),
-                first_timestamp: Some(now.clone()),
-                last_timestamp: Some(now),
-                count: Some(1),
-                type_: Some(if ev.warning { "Warning" } else { "Normal" }.into()),
-                reporting_component: Some("kubelet".into()),
-                reporting_instance: Some(self.name.clone()),
-                ..Default::default()
+            let now = Timestamp::now();
+            let Some(send) = correlator.correlate(&ev, now) else {
+                debug!(pod = %ev.name, reason = ev.reason, "event dropped: too many about the pod");
+                continue;
             };
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &ev.namespace);
+            let (posted, update) = match send {
+                events::Send::Create(p) => (p, false),
+                events::Send::Update(p) => (p, true),
+            };
+            if update {
+                let patch = json!({
+                    "count": posted.count,
+                    "lastTimestamp": Time(now),
+                    "message": posted.message,
+                });
+                match api
+                    .patch(
+                        &posted.name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(patch),
+                    )
+                    .await
+                {
+                    Ok(_) => continue,
+                    // Expired (an hour after its last update) or removed: post it again.
+                    Err(e) if api_error_code(&e) == Some(404) => {}
+                    Err(e) => {
+                        debug!(error = %crate::error_chain(&e), "patch event");
+                        continue;
+                    }
+                }
+            }
+            let event = self.event(&ev, posted, now);
             if let Err(e) = api.create(&PostParams::default(), &event).await {
                 debug!(error = %crate::error_chain(&e), "post event");
             }
+        }
+    }
+
+    fn event(&self, ev: &PodEvent, posted: events::Posted, now: Timestamp) -> Event {
+        Event {
+            metadata: ObjectMeta {
+                name: Some(posted.name),
+                namespace: Some(ev.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some(ev.namespace.clone()),
+                name: Some(ev.name.clone()),
+                uid: Some(ev.uid.clone()),
+                field_path: ev.field_path.clone(),
+                ..Default::default()
+            },
+            reason: Some(ev.reason.into()),
+            message: Some(posted.message),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.name.clone()),
+            }),
+            first_timestamp: Some(Time(posted.first)),
+            last_timestamp: Some(Time(now)),
+            count: Some(posted.count),
+            type_: Some(if ev.warning { "Warning" } else { "Normal" }.into()),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.name.clone()),
+            ..Default::default()
         }
     }
 }

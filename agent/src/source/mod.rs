@@ -7,6 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 
 pub mod api;
+pub mod events;
 mod file;
 mod mirror;
 mod node_status;
