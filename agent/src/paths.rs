@@ -11,6 +11,7 @@
 //!                                         on one tmpfs for the node
 //! <runDir>/nodelet.sock                   the agent's local control socket
 //! <podLogsDir>/<ns>_<name>_<uid>/<container>/<restartCount>.log
+//! <podLogsDir>/../containers/<pod>_<ns>_<container>-<id>.log   symlinks for log shippers
 //! ```
 
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub struct NodePaths {
     pub root: PathBuf,
     pub run: PathBuf,
     pub logs: PathBuf,
+    /// kubelet's `/var/log/containers`: beside the pod logs directory (`/var/log/pods`).
+    pub container_logs: PathBuf,
 }
 
 impl NodePaths {
@@ -32,6 +35,11 @@ impl NodePaths {
             root: config.root_dir.clone(),
             run: config.run_dir.clone(),
             logs: config.pod_logs_dir.clone(),
+            container_logs: config
+                .pod_logs_dir
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join("containers"),
         }
     }
     pub fn images(&self) -> PathBuf {
@@ -113,6 +121,17 @@ impl NodePaths {
             .join(container)
             .join(format!("{attempt}.log"))
     }
+    /// The link log shippers read a container's log by (kubelet's `BuildContainerLogsPath`).
+    pub fn container_log_link(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        id: &str,
+    ) -> PathBuf {
+        self.container_logs
+            .join(format!("{pod}_{namespace}_{container}-{id}.log"))
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +142,7 @@ mod tests {
             root: "/r".into(),
             run: "/run".into(),
             logs: "/logs".into(),
+            container_logs: "/containers".into(),
         };
         let name = "n".repeat(253);
         let ns = "s".repeat(63);

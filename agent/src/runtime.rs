@@ -343,6 +343,9 @@ impl Runtime {
         if matches!(scope, Scope::Pod { .. }) {
             errors.extend(unmount_memory_volumes(&pod_root));
         }
+        if let Some(logs) = log_dir {
+            crate::pod::loglinks::unlink_pod(&self.paths, logs);
+        }
         for path in [Some(dir.path()), Some(pod_dir), log_dir, api_volumes]
             .into_iter()
             .flatten()

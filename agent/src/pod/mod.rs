@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod build;
 pub mod files;
 pub mod lifecycle;
+pub mod loglinks;
 pub mod manifest;
 pub mod objects;
 pub mod probe;

@@ -505,6 +505,12 @@ impl Worker {
         match result {
             Ok(pid) => {
                 info!(container = %c.name, attempt, "container started");
+                let (ns, pod) = namespace_name(&self.pod);
+                let paths = &self.node.ctx.paths;
+                let log = paths.container_log(ns, pod, &self.uid, &c.name, attempt);
+                if let Err(e) = crate::pod::loglinks::link(paths, ns, pod, &c.name, &id, &log) {
+                    warn!(container = %c.name, error = %e, "link the log into {}", paths.container_logs.display());
+                }
                 self.event(
                     Some(&c.name),
                     "Created",
@@ -585,6 +591,7 @@ impl Worker {
                 let _ = self.node.runtime.remove(&self.uid, &i.record.id).await;
                 let log = paths.container_log(ns, pod_name, &self.uid, name, i.record.attempt);
                 let _ = std::fs::remove_file(log);
+                crate::pod::loglinks::unlink(&paths, ns, pod_name, name, &i.record.id);
             }
         }
     }
