@@ -97,15 +97,11 @@ pub async fn stream(
         // The instance read is still the running one.
         let running = || {
             node.find_pod(&ns, &name).is_some_and(|(_, p)| {
-                p.status
-                    .container_statuses
-                    .iter()
-                    .flatten()
-                    .any(|c| {
-                        c.name == ctr
-                            && c.restart_count as u32 == attempt
-                            && c.state.as_ref().is_some_and(|s| s.running.is_some())
-                    })
+                p.status.container_statuses.iter().flatten().any(|c| {
+                    c.name == ctr
+                        && c.restart_count as u32 == attempt
+                        && c.state.as_ref().is_some_and(|s| s.running.is_some())
+                })
             })
         };
         let _ = copy(&live, &options, follow, &tx, running);

@@ -787,7 +787,9 @@ impl Worker {
             .lock()
             .expect("pod map lock")
             .insert(self.uid.clone(), reported.clone())
-            .is_none_or(|old| old.status != reported.status || !Arc::ptr_eq(&old.pod, &reported.pod));
+            .is_none_or(|old| {
+                old.status != reported.status || !Arc::ptr_eq(&old.pod, &reported.pod)
+            });
         if changed {
             self.node.changed.notify_one();
         }
