@@ -15,6 +15,7 @@ pub mod pod;
 pub mod reset;
 pub mod runtime;
 pub mod source;
+pub mod stats;
 
 use sha2::Digest as _;
 

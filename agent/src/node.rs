@@ -68,6 +68,8 @@ pub struct Node {
     pub admitted_ports: Mutex<HashMap<String, Vec<crate::network::hostports::Mapping>>>,
     /// Rung when image garbage collection may have work: a pull finished, a pod left.
     pub image_gc: tokio::sync::Notify,
+    /// CPU readings for the Summary API's rates.
+    pub stats: crate::stats::Sampler,
 }
 
 /// Something that happened to a pod, for `kubectl describe` (kubelet's event recorder).
@@ -97,6 +99,22 @@ pub struct PodList {
 
 impl Node {
     /// Image garbage collection: every 5 minutes as kubelet, and when rung.
+    /// Reads every pod's and container's CPU counter each `stats::PERIOD`, so that a scrape
+    /// has a rate at once (cadvisor's housekeeping).
+    async fn sample_stats(self: Arc<Self>) {
+        let hierarchy = nodelet_sandbox::cgroup::Hierarchy::detect();
+        loop {
+            let node = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let cgroups =
+                    crate::kubelet::summary::cgroups(&crate::kubelet::summary::pods(&node));
+                node.stats.sample(hierarchy, &cgroups);
+            })
+            .await;
+            tokio::time::sleep(crate::stats::PERIOD).await;
+        }
+    }
+
     async fn collect_images(self: Arc<Self>) {
         const PERIOD: std::time::Duration = std::time::Duration::from_secs(300);
         let policy = crate::images::gc::Policy::new(&self.config);
@@ -221,6 +239,7 @@ impl Node {
             objects: Default::default(),
             admitted_ports: Default::default(),
             image_gc: tokio::sync::Notify::new(),
+            stats: crate::stats::Sampler::default(),
         })
     }
 
@@ -373,6 +392,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         next_id: 0,
     };
     adopt(&mut workers).await;
+    crate::pod::loglinks::sweep(&paths);
     match node.network() {
         Ok(net) => {
             net.gc(&workers.handles.keys().cloned().collect());
@@ -386,6 +406,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = bind_control(&paths)?;
     tokio::spawn(serve_control(listener, node.clone()));
     tokio::spawn(node.clone().collect_images());
+    tokio::spawn(node.clone().sample_stats());
 
     let (tx, mut files_rx) = watch::channel::<source::Desired>(None);
     let source = FileSource::new(

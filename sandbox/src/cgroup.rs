@@ -228,6 +228,15 @@ pub fn add_process(path: &Path, pid: Pid) -> Result<(), Error> {
     Ok(())
 }
 
+/// The directory of a cgroup for one controller's files: on v2 the cgroup's one directory, on
+/// v1 the controller's (`memory`, `cpuacct`, ...).
+pub fn controller_dir(hierarchy: Hierarchy, controller: &str, path: &Path) -> PathBuf {
+    match hierarchy {
+        Hierarchy::V2 => Path::new(CGROUP_ROOT).join(path),
+        Hierarchy::V1 => Path::new(CGROUP_ROOT).join(controller).join(path),
+    }
+}
+
 /// How many times the kernel's OOM killer killed a process of this cgroup.
 pub fn oom_kills(path: &Path) -> u64 {
     let hierarchy = Hierarchy::detect();
@@ -235,11 +244,8 @@ pub fn oom_kills(path: &Path) -> u64 {
         Hierarchy::V2 => "memory.events",
         Hierarchy::V1 => "memory.oom_control",
     };
-    let root = match hierarchy {
-        Hierarchy::V2 => PathBuf::from(CGROUP_ROOT),
-        Hierarchy::V1 => Path::new(CGROUP_ROOT).join("memory"),
-    };
-    let text = fs::read_to_string(root.join(path).join(file)).unwrap_or_default();
+    let dir = controller_dir(hierarchy, "memory", path);
+    let text = fs::read_to_string(dir.join(file)).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.strip_prefix("oom_kill "))
         .find_map(|n| n.trim().parse().ok())

@@ -10,6 +10,7 @@ mod portforward;
 mod remotecommand;
 pub mod spdy;
 pub mod streams;
+pub mod summary;
 
 use std::sync::Arc;
 
@@ -231,6 +232,14 @@ impl Kubelet {
     }
 
     /// `exec` / `attach`: upgrades the request and runs the session on the upgraded connection.
+    /// The Summary API's answer (it reads many files: off the async threads).
+    pub async fn summary(&self) -> summary::Summary {
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || summary::summary(&node))
+            .await
+            .expect("summary task")
+    }
+
     pub fn remote_command(
         &self,
         req: Request<Incoming>,
@@ -359,6 +368,21 @@ impl Kubelet {
                 let list =
                     json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
                 full(200, "application/json", list.to_string())
+            }
+            (&Method::GET, ["stats", "summary"]) => {
+                let summary = self.summary().await;
+                full(
+                    200,
+                    "application/json",
+                    serde_json::to_vec(&summary).expect("serialise summary"),
+                )
+            }
+            (&Method::GET, ["metrics", "resource"]) => {
+                let node = self.node.clone();
+                let text = tokio::task::spawn_blocking(move || summary::resource_metrics(&node))
+                    .await
+                    .expect("resource metrics task");
+                full(200, "text/plain; version=0.0.4; charset=utf-8", text)
             }
             (&Method::GET, ["containerLogs", ns, pod, container]) => {
                 self.logs(ns, pod, container, &q).await
