@@ -83,7 +83,10 @@ fn crash_loop_events_are_counted_and_logs_linked() -> Result<()> {
     by_time.sort_by_key(|e| {
         (
             e["firstTimestamp"].as_str().unwrap_or_default().to_owned(),
-            e["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            e["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         )
     });
     let time_order: Vec<&str> = by_time
@@ -240,7 +243,10 @@ fn summary_api_and_resource_metrics_read_the_cgroups() -> Result<()> {
     ensure!(c["name"] == "cpu", "{c:#}");
     // Most of a core (the machine has two, shared with other tests).
     let cores = c["cpu"]["usageNanoCores"].as_u64().unwrap_or(0) as f64 / 1e9;
-    ensure!((0.3..=1.1).contains(&cores), "burn uses {cores} cores: {c:#}");
+    ensure!(
+        (0.3..=1.1).contains(&cores),
+        "burn uses {cores} cores: {c:#}"
+    );
     let reported = c["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0);
     let cg = container_cgroup(&burn, 0)?;
     let own = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -292,7 +298,10 @@ fn summary_api_and_resource_metrics_read_the_cgroups() -> Result<()> {
         "{h:#}"
     );
     ensure!(h["ephemeral-storage"]["usedBytes"].is_u64(), "{h:#}");
-    ensure!(h["containers"][0]["logs"]["usedBytes"].as_u64() > Some(0), "{h:#}");
+    ensure!(
+        h["containers"][0]["logs"]["usedBytes"].as_u64() > Some(0),
+        "{h:#}"
+    );
 
     // The same figures for Prometheus, under kubelet's names.
     let text = get("/metrics/resource")?;
@@ -304,9 +313,7 @@ fn summary_api_and_resource_metrics_read_the_cgroups() -> Result<()> {
             .iter()
             .find(|s| s.metric == metric && s.labels.get("pod") == Some(pod))
             .and_then(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => {
-                    Some(v)
-                }
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => Some(v),
                 _ => None,
             })
     };
@@ -317,7 +324,10 @@ fn summary_api_and_resource_metrics_read_the_cgroups() -> Result<()> {
     );
     let cpu_metric = sample("container_cpu_usage_seconds_total", "burn").context(text.clone())?;
     ensure!(cpu_metric > 0.0, "{cpu_metric}");
-    ensure!(sample("pod_cpu_usage_seconds_total", "burn").is_some(), "{text}");
+    ensure!(
+        sample("pod_cpu_usage_seconds_total", "burn").is_some(),
+        "{text}"
+    );
     ensure!(
         scrape
             .samples
@@ -325,6 +335,81 @@ fn summary_api_and_resource_metrics_read_the_cgroups() -> Result<()> {
             .any(|s| s.metric == "node_memory_working_set_bytes"),
         "{text}"
     );
+
+    // `kubectl top`, through the API's metrics.k8s.io: the same figures, against the cgroups'
+    // counters read by the test itself.
+    let hold_cg = container_cgroup(&hold, 0)?;
+    let own_working_set = || -> Result<u64> {
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let (usage, stat, inactive) = if v2 {
+            ("memory.current", "memory.stat", "inactive_file ")
+        } else {
+            (
+                "memory.usage_in_bytes",
+                "memory.stat",
+                "total_inactive_file ",
+            )
+        };
+        let usage = read_u64(&cgroup_file(&node, "memory", &hold_cg, usage))?;
+        let stat = std::fs::read_to_string(cgroup_file(&node, "memory", &hold_cg, stat))?;
+        let inactive: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix(inactive))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Ok(usage.saturating_sub(inactive))
+    };
+    let own_cpu = || -> Result<u64> {
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let stat = std::fs::read_to_string(cgroup_file(&node, "cpu", &cg, "cpu.stat"))?;
+            Ok(stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1000)
+        } else {
+            read_u64(&cgroup_file(&node, "cpuacct", &cg, "cpuacct.usage"))
+        }
+    };
+    let started = (std::time::Instant::now(), own_cpu()?);
+    std::thread::sleep(Duration::from_secs(10));
+    let top = node.kubectl_ok(&["top", "pod", "--containers", "--no-headers"])?;
+    let own_rate = (own_cpu()? - started.1) as f64 / started.0.elapsed().as_secs_f64() / 1e6;
+    let row = |pod: &str| -> Result<Vec<String>> {
+        top.lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .find(|f| f.first().map(String::as_str) == Some(pod))
+            .with_context(|| format!("{pod} in kubectl top: {top}"))
+    };
+    let burn_row = row("burn")?;
+    ensure!(burn_row[1] == "cpu", "{top}");
+    let millicores: f64 = burn_row[2].trim_end_matches('m').parse()?;
+    ensure!(
+        (millicores - own_rate).abs() <= own_rate * 0.1,
+        "kubectl top says {millicores}m, the cgroup {own_rate:.0}m: {top}"
+    );
+    let hold_row = row("hold")?;
+    let top_mib: f64 = hold_row[3].trim_end_matches("Mi").parse()?;
+    let own_mib = own_working_set()? as f64 / mib as f64;
+    ensure!(
+        (top_mib - own_mib).abs() <= own_mib * 0.1,
+        "kubectl top says {top_mib}Mi, the cgroup {own_mib:.1}Mi: {top}"
+    );
+    let top_node = node.kubectl_ok(&["top", "node", "--no-headers"])?;
+    ensure!(
+        top_node.starts_with(&node.name) && top_node.contains('%'),
+        "{top_node}"
+    );
+    let one = node.kubectl_ok(&["top", "pod", "burn", "--no-headers"])?;
+    ensure!(one.starts_with("burn "), "{one}");
+    let missing = node.kubectl(&["top", "pod", "nosuch"]);
+    ensure!(
+        !missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
     node.kubectl_ok(&["delete", "pod", "burn", "hold", "--wait=true"])?;
     node.assert_clean()
 }

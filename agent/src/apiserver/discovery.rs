@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use super::metrics;
 use super::resource::{Resource, COORDINATION};
 
 pub const KUBE_VERSION: (&str, &str) = ("1", "33");
@@ -36,8 +37,19 @@ fn in_group(group_version: &str) -> impl Iterator<Item = Resource> + '_ {
         .filter(move |r| r.api_version() == group_version)
 }
 
-/// `/api/v1` or `/apis/coordination.k8s.io/v1`.
+/// `/api/v1`, `/apis/coordination.k8s.io/v1` or `/apis/metrics.k8s.io/v1beta1`.
 pub fn resource_list(group_version: &str) -> Option<Value> {
+    if group_version == metrics::GROUP_VERSION {
+        let resources: Vec<Value> = metrics::RESOURCES
+            .iter()
+            .map(|(plural, kind, namespaced)| {
+                json!({"name": plural, "singularName": "", "namespaced": namespaced,
+                    "kind": kind, "verbs": ["get", "list"]})
+            })
+            .collect();
+        return Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": group_version, "resources": resources}));
+    }
     if group_version != "v1" && group_version != COORDINATION {
         return None;
     }
@@ -73,8 +85,12 @@ pub fn api_versions(server_address: &str) -> Value {
 
 pub fn api_group_list() -> Value {
     let gv = json!({"groupVersion": COORDINATION, "version": "v1"});
+    let metrics = json!({"groupVersion": metrics::GROUP_VERSION, "version": "v1beta1"});
     json!({"kind": "APIGroupList", "apiVersion": "v1",
-        "groups": [{"name": "coordination.k8s.io", "versions": [gv.clone()], "preferredVersion": gv}]})
+    "groups": [
+        {"name": "coordination.k8s.io", "versions": [gv.clone()], "preferredVersion": gv},
+        {"name": "metrics.k8s.io", "versions": [metrics.clone()], "preferredVersion": metrics},
+    ]})
 }
 
 pub const AGGREGATED_V2: &str =
@@ -125,10 +141,22 @@ pub fn aggregated(core: bool) -> Value {
         .collect();
     let mut item = json!({"metadata": {"creationTimestamp": null},
         "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]});
-    if !core {
-        item["metadata"]["name"] = json!("coordination.k8s.io");
+    if core {
+        return json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": [item]});
     }
-    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": [item]})
+    item["metadata"]["name"] = json!("coordination.k8s.io");
+    let metrics: Vec<Value> = metrics::RESOURCES
+        .iter()
+        .map(|(plural, kind, namespaced)| {
+            json!({"resource": plural,
+                "responseKind": {"group": "metrics.k8s.io", "version": "v1beta1", "kind": kind},
+                "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": "", "verbs": ["get", "list"]})
+        })
+        .collect();
+    let metrics = json!({"metadata": {"name": "metrics.k8s.io", "creationTimestamp": null},
+        "versions": [{"version": "v1beta1", "resources": metrics, "freshness": "Current"}]});
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": [item, metrics]})
 }
 
 /// `/openapi/v3`: where each group-version's document is.

@@ -18,6 +18,7 @@ use tracing::debug;
 use super::discovery;
 use super::error::ApiError;
 use super::handlers::{self, DeleteOptions, Selectors};
+use super::metrics;
 use super::objects::FieldValidation;
 use super::patch::PatchType;
 use super::pki::Pki;
@@ -395,6 +396,12 @@ impl Server {
             }
             return self.token_review(req).await;
         }
+        if let ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] = segs.as_slice() {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed());
+            }
+            return self.metrics(&caller, rest, &query).await;
+        }
         let (group_version, rest) = match segs.as_slice() {
             ["api", "v1", rest @ ..] => ("v1", rest),
             ["apis", group, version, rest @ ..] => {
@@ -434,6 +441,60 @@ impl Server {
             body,
         };
         self.resource(&target, &call)
+    }
+
+    /// `metrics.k8s.io`: NodeMetrics and PodMetrics from this node's kubelet (`metrics`).
+    async fn metrics(
+        &self,
+        caller: &Caller,
+        rest: &[&str],
+        query: &Query,
+    ) -> Result<Response<Body>, ApiError> {
+        let (namespace, plural, name) = match rest {
+            ["nodes"] => (None, "nodes", None),
+            ["nodes", n] => (None, "nodes", Some(*n)),
+            ["pods"] => (None, "pods", None),
+            ["namespaces", ns, "pods"] => (Some(*ns), "pods", None),
+            ["namespaces", ns, "pods", n] => (Some(*ns), "pods", Some(*n)),
+            _ => return Err(ApiError::no_route()),
+        };
+        if let Caller::Account(user) = caller {
+            // A service account reads its own namespace's pods' figures, as it reads the pods.
+            let own = user
+                .name
+                .strip_prefix("system:serviceaccount:")
+                .and_then(|r| r.split(':').next());
+            if plural == "nodes" || namespace.is_none() || namespace != own {
+                let verb = if name.is_some() { "get" } else { "list" };
+                return Err(forbidden(user, verb, plural, "metrics.k8s.io", namespace));
+            }
+        }
+        let summary = match self.kubelet.as_ref() {
+            Some(kubelet) => Some(kubelet.summary().await),
+            None => None,
+        };
+        let items = match (plural, summary) {
+            ("nodes", Some(s)) => {
+                let node = self.store.get(Resource::Nodes, "", &s.node.node_name);
+                metrics::node(&s, node.as_deref()).into_iter().collect()
+            }
+            ("pods", Some(s)) => metrics::pods(&s, namespace, |ns, n| {
+                self.store.get(Resource::Pods, ns, n).map(|o| (*o).clone())
+            }),
+            _ => Vec::new(),
+        };
+        let (list_kind, single) = match plural {
+            "nodes" => ("NodeMetricsList", "nodemetrics.metrics.k8s.io"),
+            _ => ("PodMetricsList", "podmetrics.metrics.k8s.io"),
+        };
+        let doc = match name {
+            Some(n) => items
+                .into_iter()
+                .find(|i| i["metadata"]["name"] == n)
+                .ok_or_else(|| ApiError::not_found(single, n))?,
+            None => metrics::list(list_kind, items, query.get("labelSelector"))?,
+        };
+        Ok(json_response(200, &doc))
     }
 
     fn discovery(&self, segs: &[&str], accept: &str) -> Option<Response<Body>> {

@@ -13,6 +13,7 @@ mod discovery;
 pub mod error;
 mod handlers;
 mod http;
+mod metrics;
 mod objects;
 pub mod patch;
 pub mod pki;

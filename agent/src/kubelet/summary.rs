@@ -89,6 +89,9 @@ pub struct ContainerStats {
 #[serde(rename_all = "camelCase")]
 pub struct CpuStats {
     pub time: Timestamp,
+    /// What the rate was measured over (metrics.k8s.io's `window`; not in the Summary).
+    #[serde(skip)]
+    pub window: std::time::Duration,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_nano_cores: Option<u64>,
     pub usage_core_nano_seconds: u64,
@@ -174,6 +177,7 @@ fn cpu_stats(node: &Node, cgroup: Option<&Path>, total: u64, time: Timestamp) ->
     let cpu = node.stats.cpu(cgroup, total);
     CpuStats {
         time,
+        window: cpu.window,
         usage_nano_cores: cpu.nano_cores,
         usage_core_nano_seconds: cpu.total_nanos,
     }
