@@ -8,6 +8,7 @@ pub mod https;
 pub mod images;
 pub mod kubelet;
 pub mod limits;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod paths;

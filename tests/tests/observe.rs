@@ -410,6 +410,54 @@ fn summary_api_and_resource_metrics_read_the_cgroups() -> Result<()> {
         String::from_utf8_lossy(&missing.stderr)
     );
 
+    // The agent's own metrics under kubelet's names, and the API's under kube-apiserver's.
+    let own = get("/metrics")?;
+    let own = prometheus_parse::Scrape::parse(own.lines().map(|l| Ok(l.to_owned())))?;
+    let value = |scrape: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric)
+            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(_) | prometheus_parse::Value::Summary(_) => 0.0,
+            })
+            .sum::<f64>()
+    };
+    ensure!(value(&own, "kubelet_running_pods", None) >= 2.0, "{own:?}");
+    ensure!(
+        value(&own, "kubelet_running_containers", Some(("container_state", "running"))) >= 2.0,
+        "{own:?}"
+    );
+    ensure!(
+        value(&own, "kubelet_pod_start_duration_seconds_count", None) >= 2.0,
+        "{own:?}"
+    );
+    ensure!(
+        value(&own, "kubelet_http_requests_total", Some(("path", "stats"))) >= 1.0,
+        "{own:?}"
+    );
+    let api = node
+        .api_curl(true)?
+        .args(["-f", "-s", &format!("{}/metrics", node.api_url())])
+        .output()?;
+    let api = String::from_utf8_lossy(&api.stdout).into_owned();
+    let api = prometheus_parse::Scrape::parse(api.lines().map(|l| Ok(l.to_owned())))?;
+    ensure!(
+        value(&api, "apiserver_request_total", Some(("resource", "pods"))) >= 1.0,
+        "{api:?}"
+    );
+    ensure!(
+        api.samples
+            .iter()
+            .any(|s| s.metric == "apiserver_request_duration_seconds_count"
+                && s.labels.get("verb") == Some("LIST")),
+        "{api:?}"
+    );
+
     node.kubectl_ok(&["delete", "pod", "burn", "hold", "--wait=true"])?;
     node.assert_clean()
 }

@@ -102,6 +102,15 @@ impl ApiError {
             .with_details(plural, "")
     }
 
+    /// A refusal of a path that is no resource (`/metrics`).
+    pub fn forbidden_path(user: &str, path: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!("forbidden: User \"{user}\" cannot get path \"{path}\""),
+        )
+    }
+
     pub fn invalid_patch(message: String) -> Self {
         Self::new(422, "Invalid", message)
     }

@@ -272,6 +272,44 @@ fn respond(code: u16, content_type: &str, body: Vec<u8>, warnings: &[String]) ->
     r
 }
 
+/// kube-apiserver's request labels: verb (`LIST`, `WATCH`, `GET`, `POST`, ..., `CONNECT` for
+/// streams), group, version, resource, subresource, scope and component.
+fn request_labels(method: &Method, path: &str, query: Option<&str>) -> [String; 7] {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => {
+            let verb = method.as_str().to_owned();
+            return [
+                verb,
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                "apiserver".into(),
+            ];
+        }
+    };
+    let (scope, rest) = match rest {
+        ["namespaces", _ns, more @ ..] if !more.is_empty() => ("namespace", more),
+        _ => ("cluster", rest),
+    };
+    let resource = rest.first().copied().unwrap_or_default();
+    let name = rest.get(1).copied();
+    let sub = rest.get(2).copied().unwrap_or_default();
+    let scope = if name.is_some() { "resource" } else { scope };
+    let watch = Query::parse(query).flag("watch");
+    let verb = match (method, name, sub) {
+        (_, _, "exec" | "attach" | "portforward" | "proxy") => "CONNECT",
+        (&Method::GET, _, _) if watch => "WATCH",
+        (&Method::GET, None, _) => "LIST",
+        (m, _, _) => m.as_str(),
+    };
+    [verb, group, version, resource, sub, scope, "apiserver"].map(str::to_owned)
+}
+
 fn json_response(code: u16, value: &Value) -> Response<Body> {
     respond(
         code,
@@ -312,6 +350,22 @@ impl Server {
             Err(e) => error_response(&e),
         };
         debug!(%method, %uri, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+        let labels = request_labels(&method, uri.path(), uri.query());
+        let m = &crate::metrics::API_SERVER;
+        let code = response.status().as_u16().to_string();
+        let with_code: Vec<&str> = labels
+            .iter()
+            .map(String::as_str)
+            .chain([code.as_str()])
+            .collect();
+        m.requests.with_label_values(&with_code).inc();
+        // Watches and streams last as long as the client keeps them: kube-apiserver leaves
+        // them out of the latency histogram too.
+        if !matches!(labels[0].as_str(), "WATCH" | "CONNECT") {
+            m.duration
+                .with_label_values(&labels)
+                .observe(started.elapsed().as_secs_f64());
+        }
         response
     }
 
@@ -348,6 +402,17 @@ impl Server {
         let Some(caller) = self.caller(&req, has_cert) else {
             return Err(ApiError::unauthorized());
         };
+        if req.method() == Method::GET && path == "/metrics" {
+            if let Caller::Account(user) = &caller {
+                return Err(ApiError::forbidden_path(&user.name, "/metrics"));
+            }
+            return Ok(respond(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::API_SERVER.text().into_bytes(),
+                &[],
+            ));
+        }
         // Service account issuer discovery: for every authenticated caller, service accounts
         // included (kube-apiserver's `system:service-account-issuer-discovery`).
         if req.method() == Method::GET {

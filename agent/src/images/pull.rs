@@ -392,6 +392,8 @@ impl Puller {
         self.store.put_blob(&manifest.config.digest, &config)?;
         self.store.put_blob(&digest, &raw)?;
         self.store.tag(reference, &digest)?;
+        let size: i64 = manifest.layers.iter().map(|l| l.size.max(0)).sum();
+        crate::metrics::KUBELET.observe_pull(started.elapsed(), size as u64);
         info!(
             image = %key,
             digest = %digest,

@@ -232,6 +232,34 @@ impl Kubelet {
     }
 
     /// `exec` / `attach`: upgrades the request and runs the session on the upgraded connection.
+    /// Sets the gauges of running pods and containers from the workers' statuses.
+    fn count_running(&self) {
+        let m = &crate::metrics::KUBELET;
+        let (mut pods, mut states) = (0, std::collections::BTreeMap::new());
+        for state in ["running", "exited", "created", "unknown"] {
+            states.insert(state, 0i64);
+        }
+        for reported in self.node.pods.lock().expect("pod map lock").values() {
+            let statuses = reported.status.container_statuses.iter().flatten();
+            let mut any = false;
+            for s in statuses {
+                let state = match s.state.as_ref() {
+                    Some(st) if st.running.is_some() => "running",
+                    Some(st) if st.terminated.is_some() => "exited",
+                    Some(st) if st.waiting.is_some() => "created",
+                    _ => "unknown",
+                };
+                any |= state == "running";
+                *states.entry(state).or_default() += 1;
+            }
+            pods += i64::from(any);
+        }
+        m.running_pods.set(pods);
+        for (state, n) in states {
+            m.running_containers.with_label_values(&[state]).set(n);
+        }
+    }
+
     /// The Summary API's answer (it reads many files: off the async threads).
     pub async fn summary(&self) -> summary::Summary {
         let node = self.node.clone();
@@ -377,6 +405,14 @@ impl Kubelet {
                     serde_json::to_vec(&summary).expect("serialise summary"),
                 )
             }
+            (&Method::GET, ["metrics"]) => {
+                self.count_running();
+                full(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::KUBELET.text(),
+                )
+            }
             (&Method::GET, ["metrics", "resource"]) => {
                 let node = self.node.clone();
                 let text = tokio::task::spawn_blocking(move || summary::resource_metrics(&node))
@@ -451,7 +487,47 @@ pub async fn serve(listener: TcpListener, acceptor: SslAcceptor, kubelet: Kubele
                     Review::Refused => return status_error(401, "Unauthorized", "Unauthorized"),
                 }
             }
-            kubelet.handle(req).await
+            let method = req.method().as_str().to_owned();
+            let path = req
+                .uri()
+                .path()
+                .split('/')
+                .find(|s| !s.is_empty())
+                .unwrap_or("")
+                .to_owned();
+            let long_running = matches!(path.as_str(), "exec" | "attach" | "portForward" | "run")
+                || (path == "containerLogs" && Query::parse(req.uri().query()).flag(&["follow"]));
+            let started = std::time::Instant::now();
+            let response = kubelet.handle(req).await;
+            // kubelet's path label: the first segment of the known endpoints, else "other".
+            let known = [
+                "pods",
+                "stats",
+                "metrics",
+                "containerLogs",
+                "exec",
+                "attach",
+                "portForward",
+                "healthz",
+                "run",
+            ];
+            let path = if known.contains(&path.as_str()) {
+                path.as_str()
+            } else {
+                "other"
+            };
+            let labels = [
+                if long_running { "true" } else { "false" },
+                &method,
+                path,
+                "readwrite",
+            ];
+            let m = &crate::metrics::KUBELET;
+            m.http_requests.with_label_values(&labels).inc();
+            m.http_duration
+                .with_label_values(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            response
         }
     })
     .await

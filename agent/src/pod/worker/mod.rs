@@ -130,6 +130,8 @@ pub fn spawn(
         mount_failure: None,
         tokens: HashMap::new(),
         admitted: false,
+        // kubelet times a pod's start from when it first sees it; an adopted pod started before.
+        first_seen: (!adopted).then(std::time::Instant::now),
     };
     // Known from now on, before the first sync: a pod that is being adopted or created is never
     // missing from what the node reports.
@@ -188,6 +190,8 @@ struct Worker {
     tokens: HashMap<(String, usize), volumes::HeldToken>,
     /// Whether the node's admission accepted the pod (and recorded its ports).
     admitted: bool,
+    /// When the worker first saw a pod it starts, until the pod runs (for the start metric).
+    first_seen: Option<std::time::Instant>,
 }
 
 /// Waits for the next line from the shim's event stream; forever when there is none.
@@ -775,6 +779,17 @@ impl Worker {
             if let Ok(mut admitted) = self.node.admitted_ports.lock() {
                 admitted.remove(&self.uid);
             }
+        }
+        match status.phase.as_deref() {
+            Some("Running") => {
+                if let Some(seen) = self.first_seen.take() {
+                    crate::metrics::KUBELET
+                        .pod_start
+                        .observe(seen.elapsed().as_secs_f64());
+                }
+            }
+            Some("Pending") | None => {}
+            Some(_) => self.first_seen = None,
         }
         let reported = crate::node::Reported {
             pod: self.pod.clone(),
