@@ -768,12 +768,44 @@ fn bad_requests_get_status_errors() -> Result<()> {
     Ok(())
 }
 
+/// `kubectl explain` reads the API's OpenAPI v3 schemas: fields, their types and descriptions,
+/// down nested types, and `--recursive`.
+#[test]
+fn kubectl_explain_reads_the_schemas() -> Result<()> {
+    let node = TestNode::with_api()?;
+    let containers = ok(&node, &["explain", "pods.spec.containers"])?;
+    ensure!(
+        containers.contains("KIND:       Pod")
+            && containers.contains("FIELD: containers <[]Container>")
+            && containers
+                .lines()
+                .any(|l| l.trim_start().starts_with("image") && l.contains("<string>")),
+        "{containers}"
+    );
+    ensure!(containers.contains("Container image name"), "{containers}");
+    let probe = ok(
+        &node,
+        &["explain", "pod.spec.containers.livenessProbe.httpGet.port"],
+    )?;
+    ensure!(probe.contains("IntOrString"), "{probe}");
+    let lease = ok(&node, &["explain", "leases.spec.holderIdentity"])?;
+    ensure!(lease.contains("GROUP:      coordination.k8s.io"), "{lease}");
+    let recursive = ok(&node, &["explain", "configmap", "--recursive"])?;
+    ensure!(
+        recursive.contains("binaryData") && recursive.contains("immutable"),
+        "{recursive}"
+    );
+    let missing = fails(&node, &["explain", "pods.spec.nosuch"])?;
+    ensure!(missing.contains("nosuch"), "{missing}");
+    Ok(())
+}
+
 #[test]
 fn create_a_list_and_patch_every_way() -> Result<()> {
     let node = TestNode::with_api()?;
     let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: l1}, spec: {nodeName: ghost, containers: [{name: c, image: busybox}]}}\n- {apiVersion: v1, kind: Pod, metadata: {name: l2}, spec: {nodeName: ghost, containers: [{name: c, image: busybox}]}}\n";
-    // kubectl validates a List against the full OpenAPI v2 schema, which this API does not serve.
-    let out = create(&node, list, &["--validate=false"])?;
+    // kubectl validates a List's items client-side, against the API's OpenAPI schemas.
+    let out = create(&node, list, &[])?;
     ensure!(out == "pod/l1 created\npod/l2 created", "{out}");
     let docs = "apiVersion: v1\nkind: Pod\nmetadata: {name: d1}\nspec: {nodeName: ghost, containers: [{name: c, image: busybox}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: d2}\nspec: {nodeName: ghost, containers: [{name: c, image: busybox}]}\n";
     ensure!(create(&node, docs, &[])? == "pod/d1 created\npod/d2 created");

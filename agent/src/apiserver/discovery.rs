@@ -1,7 +1,6 @@
 //! Discovery as kubectl 1.27–1.33 reads it: `/version`, legacy `/api`, `/apis`, `/api/v1`,
 //! `/apis/coordination.k8s.io/v1`, aggregated discovery v2 only when the Accept header asks for
-//! it, and just enough OpenAPI v3 that `kubectl create -f` sends `fieldValidation=Strict` and
-//! lets the server validate.
+//! it, and the OpenAPI v3 index (the documents are `openapi`'s).
 
 use serde_json::{json, Value};
 
@@ -159,55 +158,17 @@ pub fn aggregated(core: bool) -> Value {
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": [item, metrics]})
 }
 
-/// `/openapi/v3`: where each group-version's document is.
+/// `/openapi/v3`: where each group-version's document is (`openapi`).
 pub fn openapi_root() -> Value {
-    json!({"paths": {
-        "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={}", openapi_hash())},
-        "apis/coordination.k8s.io/v1": {"serverRelativeURL": format!("/openapi/v3/apis/coordination.k8s.io/v1?hash={}", openapi_hash())},
-    }})
-}
-
-fn openapi_hash() -> &'static str {
-    env!("CARGO_PKG_VERSION")
-}
-
-/// A group-version's document: a PATCH operation per type carrying its GVK and the
-/// `fieldValidation` parameter, which is what kubectl's query-param verifier looks for.
-pub fn openapi_group(path: &str) -> Option<Value> {
-    let group_version = match path {
-        "api/v1" => "v1",
-        "apis/coordination.k8s.io/v1" => COORDINATION,
-        _ => return None,
-    };
     let mut paths = serde_json::Map::new();
-    for r in in_group(group_version) {
-        let (group, version) = match r.api_version().split_once('/') {
-            Some((g, v)) => (g, v),
-            None => ("", "v1"),
-        };
-        let url = if r.namespaced() {
-            format!("/{path}/namespaces/{{namespace}}/{}/{{name}}", r.plural())
-        } else {
-            format!("/{path}/{}/{{name}}", r.plural())
-        };
-        let gvk = json!({"group": group, "version": version, "kind": r.kind()});
-        let params = json!([
-            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-            {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-        ]);
-        let op = |verb: &str| {
-            json!({"operationId": format!("{verb}{}", r.kind()), "x-kubernetes-action": verb,
-            "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {}})
-        };
-        paths.insert(url, json!({"patch": op("patch"), "put": op("put")}));
+    for (path, _) in super::openapi::PATHS {
+        let hash = super::openapi::document(path).map_or("", |d| d.hash.as_str());
+        paths.insert(
+            path.to_owned(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+        );
     }
-    Some(json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", KUBE_VERSION.0, KUBE_VERSION.1)},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }))
+    json!({ "paths": paths })
 }
 
 #[cfg(test)]
@@ -239,8 +200,5 @@ mod tests {
         );
         assert!(!names.contains(&"leases"));
         assert!(resource_list("apps/v1").is_none());
-        let doc = openapi_group("api/v1").unwrap();
-        let pod = &doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
-        assert_eq!(pod["x-kubernetes-group-version-kind"]["kind"], "Pod");
     }
 }

@@ -586,8 +586,36 @@ impl Server {
             ["apis"] => discovery::api_group_list(),
             ["api", "v1"] => discovery::resource_list("v1")?,
             ["apis", group, version] => discovery::resource_list(&format!("{group}/{version}"))?,
+            ["openapi", "v2"] => {
+                let doc = super::openapi::v2();
+                let protobuf = accept.contains("application/com.github.proto-openapi.spec.v2");
+                let mut r = if protobuf {
+                    respond(
+                        200,
+                        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                        doc.protobuf.clone(),
+                        &[],
+                    )
+                } else {
+                    respond(200, "application/json", doc.json.clone(), &[])
+                };
+                if let Ok(etag) = hyper::header::HeaderValue::from_str(&format!("\"{}\"", doc.etag))
+                {
+                    r.headers_mut().insert("etag", etag);
+                }
+                return Some(r);
+            }
             ["openapi", "v3"] => discovery::openapi_root(),
-            ["openapi", "v3", rest @ ..] => discovery::openapi_group(&rest.join("/"))?,
+            ["openapi", "v3", rest @ ..] => {
+                let doc = super::openapi::document(&rest.join("/"))?;
+                // Immutable under its hash, as kube-apiserver marks it.
+                let mut r = respond(200, "application/json", doc.json.clone(), &[]);
+                r.headers_mut().insert(
+                    "cache-control",
+                    hyper::header::HeaderValue::from_static("public, immutable"),
+                );
+                return Some(r);
+            }
             _ => return None,
         };
         Some(json_response(200, &doc))

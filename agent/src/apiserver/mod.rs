@@ -15,6 +15,7 @@ mod handlers;
 mod http;
 mod metrics;
 mod objects;
+mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
