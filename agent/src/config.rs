@@ -107,6 +107,10 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_private_key_file: Option<PathBuf>,
     pub authentication: Authentication,
+    /// kubelet's plain-HTTP health endpoint (`/healthz`), for systemd, load balancers and
+    /// `curl`: `healthzBindAddress` (default 127.0.0.1) and `healthzPort` (10248; 0: off).
+    pub healthz_bind_address: std::net::IpAddr,
+    pub healthz_port: u16,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -184,6 +188,8 @@ impl Default for Config {
             api_server: ApiServerConfig::default(),
             address: std::net::Ipv4Addr::UNSPECIFIED.into(),
             port: 10250,
+            healthz_bind_address: [127, 0, 0, 1].into(),
+            healthz_port: 10248,
             tls_cert_file: None,
             tls_private_key_file: None,
             authentication: Authentication::default(),

@@ -17,6 +17,7 @@ pub mod reset;
 pub mod runtime;
 pub mod source;
 pub mod stats;
+pub mod systemd;
 
 use sha2::Digest as _;
 

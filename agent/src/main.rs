@@ -82,11 +82,14 @@ fn main() -> ExitCode {
         .and_then(|config| match &cli.command {
             None => {
                 init_tracing();
+                // Before the runtime's threads: it takes systemd's variables out of the
+                // environment.
+                let notifier = nodelet::systemd::Notifier::from_env();
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .build()?
-                    .block_on(node::run(config))
+                    .block_on(node::run(config, notifier))
             }
             Some(Command::Image {
                 command: ImageCommand::Import { source, reference },

@@ -356,7 +356,7 @@ impl Node {
 }
 
 /// Runs the agent until SIGTERM or SIGINT; pods keep running after it returns, as with kubelet.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, notifier: crate::systemd::Notifier) -> anyhow::Result<()> {
     let paths = NodePaths::new(&config);
     for warning in crate::limits::check(config.max_pods, crate::limits::read_sysctl) {
         warn!("{warning}");
@@ -437,15 +437,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        let files = files_rx.borrow_and_update().clone();
-        let api = api_rx.borrow_and_update().clone();
-        if let Some(mut desired) = files {
-            // Until the API source has listed its pods once, pods not from files are kept.
-            let complete = !api_source || api.is_some();
-            desired.extend(api.unwrap_or_default());
-            workers.reconcile(&desired, complete);
+    let heartbeat = Arc::new(crate::kubelet::healthz::Heartbeat::default());
+    heartbeat.beat();
+    if node.config.healthz_port != 0 {
+        let at =
+            std::net::SocketAddr::new(node.config.healthz_bind_address, node.config.healthz_port);
+        match tokio::net::TcpListener::bind(at).await {
+            Ok(listener) => {
+                tokio::spawn(crate::kubelet::healthz::serve(listener, heartbeat.clone()));
+            }
+            // As kubelet: the node runs without its health endpoint rather than not at all.
+            Err(e) => error!(address = %at, error = %e, "healthz: cannot listen"),
         }
+    }
+    // The main loop comes round at least this often: the health check and systemd's watchdog
+    // see it alive.
+    let period = notifier
+        .keepalive
+        .map_or(crate::kubelet::healthz::TICK, |k| {
+            k.min(crate::kubelet::healthz::TICK)
+        });
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    notifier.ready();
+    let mut reconcile = true;
+    loop {
+        if reconcile {
+            let files = files_rx.borrow_and_update().clone();
+            let api = api_rx.borrow_and_update().clone();
+            if let Some(mut desired) = files {
+                // Until the API source has listed its pods once, pods not from files are kept.
+                let complete = !api_source || api.is_some();
+                desired.extend(api.unwrap_or_default());
+                workers.reconcile(&desired, complete);
+            }
+        }
+        reconcile = true;
         tokio::select! {
             changed = files_rx.changed() => if changed.is_err() { break },
             Ok(()) = api_rx.changed() => {}
@@ -453,10 +480,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 workers.finished(&ended);
                 node.image_gc.notify_one();
             }
+            _ = tick.tick() => {
+                heartbeat.beat();
+                notifier.watchdog();
+                reconcile = false;
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    notifier.stopping();
     info!("nodelet stopping; pods keep running");
     let _ = std::fs::remove_file(paths.control_socket());
     Ok(())

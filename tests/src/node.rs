@@ -225,6 +225,12 @@ impl TestNode {
     }
 
     pub fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with_env(&[])
+    }
+
+    /// Starts the agent with these variables added to its environment (as systemd adds
+    /// `NOTIFY_SOCKET`).
+    pub fn start_agent_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         assert!(self.agent.is_none(), "agent already running");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -234,6 +240,7 @@ impl TestNode {
             .command(nodelet_bin())
             .arg("--config")
             .arg(self.config())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -429,7 +429,11 @@ fn summary_api_and_resource_metrics_read_the_cgroups() -> Result<()> {
     };
     ensure!(value(&own, "kubelet_running_pods", None) >= 2.0, "{own:?}");
     ensure!(
-        value(&own, "kubelet_running_containers", Some(("container_state", "running"))) >= 2.0,
+        value(
+            &own,
+            "kubelet_running_containers",
+            Some(("container_state", "running"))
+        ) >= 2.0,
         "{own:?}"
     );
     ensure!(

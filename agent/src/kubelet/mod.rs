@@ -5,6 +5,7 @@
 //! configured CA. Anonymous requests are refused at the TLS handshake.
 
 pub mod exec;
+pub mod healthz;
 pub mod logs;
 mod portforward;
 mod remotecommand;
