@@ -182,15 +182,24 @@ impl TestNode {
         Ok(node)
     }
 
-    /// Waits (a minute at most) until no pod process is left, then checks that nothing of any
-    /// pod is (`assert_clean`).
+    /// Waits (a minute at most) until no pod process is left, then (30 s at most) until nothing
+    /// of any pod is (`assert_clean`).
     pub fn settled(&self) -> Result<()> {
         crate::wait_for(
             "every pod's processes gone",
             Duration::from_secs(60),
             || self.processes().is_empty().then_some(()),
         )?;
-        self.assert_clean()
+        // A finished pod leaves the API at once (kube-apiserver deletes a terminal pod without
+        // grace), before the node has torn it down: give the teardown its time, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.assert_clean() {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// The running agent's pid, as the host sees it.
