@@ -3,14 +3,14 @@
 //! with many idle pods, pod network wiring and throughput, and the built-in API (1,000-pod
 //! Table list, watch fan-out), exec round trips and port-forward throughput, and pulling a
 //! ~100 MB image from a local registry against skopeo + umoci. Runs in throwaway test nodes like
-//! the tests. `BENCH=images` (or `pods`, `network`, `api`, `probes`) runs one part.
+//! the tests. `BENCH=images` (or `pods`, `network`, `api`, `probes`, `config`, `stats`) runs one part.
 //! `probes` measures the CPU cost of exec and httpGet probes and readiness propagation;
 //! `config` the time a ConfigMap update takes to reach 50 pods' volumes, and pod start with a
 //! configMap, a secret and a token volume against a pod without.
 
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use nodelet_tests::{run_cni, wait_for, Registry, TestNode};
 
 use serde_json::Value;
@@ -239,6 +239,9 @@ fn main() -> Result<()> {
     }
     if part("config") {
         config()?;
+    }
+    if part("stats") {
+        stats()?;
     }
     // Minutes, not seconds: only when asked (`make scale`).
     if only == "scale" {
@@ -968,4 +971,59 @@ fn config() -> Result<()> {
         node.processes().is_empty().then_some(())
     })?;
     Ok(())
+}
+
+const STATS_PODS: usize = 100;
+
+/// What a scrape of the kubelet's resource endpoints costs the agent with 100 running pods:
+/// its own CPU time (user and system) per `/stats/summary` and per `/metrics/resource`.
+fn stats() -> Result<()> {
+    let mut node = TestNode::with_config("node1", "apiServer:\n  enabled: false\n")?;
+    node.start_agent()?;
+    for i in 0..STATS_PODS {
+        node.write_manifest(
+            &format!("stats-{i}.yaml"),
+            &nodelet_tests::sleeper_pod(&format!("stats-{i}")),
+        );
+    }
+    wait_for("every stats pod running", Duration::from_secs(120), || {
+        let pods = node.pods().ok()?;
+        (pods.len() == STATS_PODS && pods.iter().all(|p| TestNode::running(p, "c"))).then_some(())
+    })?;
+    // The sampler's first round, so the summary has rates as it would in use.
+    std::thread::sleep(Duration::from_secs(11));
+    const SCRAPES: usize = 20;
+    for path in ["/stats/summary", "/metrics/resource"] {
+        let before = cpu_seconds(node.agent_pid());
+        let t = Instant::now();
+        for _ in 0..SCRAPES {
+            let out = node
+                .api_curl(true)?
+                .args([
+                    "-k",
+                    "-f",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    &format!("https://127.0.0.1:10250{path}"),
+                ])
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "{path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let cpu = (cpu_seconds(node.agent_pid()) - before) * 1000.0 / SCRAPES as f64;
+        let wall = t.elapsed().as_secs_f64() * 1000.0 / SCRAPES as f64;
+        println!("{path} with {STATS_PODS} pods: {cpu:.1} ms of agent CPU per scrape (target < 20 ms), {wall:.1} ms wall as curl sees it");
+    }
+    for i in 0..STATS_PODS {
+        node.remove_manifest(&format!("stats-{i}.yaml"));
+    }
+    wait_for("every stats pod deleted", Duration::from_secs(120), || {
+        node.pods().ok().filter(|p| p.is_empty())
+    })?;
+    node.assert_clean()
+        .context("the stats bench left something behind")
 }
