@@ -768,6 +768,50 @@ fn bad_requests_get_status_errors() -> Result<()> {
     Ok(())
 }
 
+/// Services: the API's own `kubernetes` Service (at the address pods reach the API), listed as
+/// kubectl lists Services; `cluster-info` works; a Service of one's own is refused, saying why.
+#[test]
+fn services_are_the_apis_own_and_cluster_info_works() -> Result<()> {
+    let node = TestNode::with_api()?;
+    let all = wait_for("the kubernetes Service", Duration::from_secs(20), || {
+        ok(&node, &["get", "svc", "-A", "--no-headers"])
+            .ok()
+            .filter(|o| o.contains("kubernetes"))
+    })?;
+    let row: Vec<&str> = all
+        .lines()
+        .find(|l| l.contains("kubernetes"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    ensure!(
+        row.len() >= 6 && row[0] == "default" && row[2] == "ClusterIP" && row[5].ends_with("/TCP"),
+        "{all}"
+    );
+    let svc: Value =
+        serde_json::from_str(&ok(&node, &["get", "svc", "kubernetes", "-o", "json"])?)?;
+    ensure!(
+        svc["metadata"]["labels"]["component"] == "apiserver"
+            && svc["spec"]["ports"][0]["name"] == "https",
+        "{svc:#}"
+    );
+    let info = ok(&node, &["cluster-info"])?;
+    ensure!(
+        info.contains("Kubernetes control plane is running at https://"),
+        "{info}"
+    );
+    let refused = fails(
+        &node,
+        &["create", "service", "clusterip", "web", "--tcp=80:8080"],
+    )?;
+    ensure!(
+        refused.contains("is forbidden") && refused.contains("no service proxy"),
+        "{refused}"
+    );
+    let kept = fails(&node, &["delete", "svc", "kubernetes"])?;
+    ensure!(kept.contains("is forbidden"), "{kept}");
+    Ok(())
+}
+
 /// `kubectl explain` reads the API's OpenAPI v3 schemas: fields, their types and descriptions,
 /// down nested types, and `--recursive`.
 #[test]

@@ -22,7 +22,7 @@ const RESYNC: Duration = Duration::from_secs(5);
 /// kube-apiserver's `--event-ttl` default: an event is kept an hour after its last update.
 const EVENT_TTL: Duration = Duration::from_secs(3600);
 
-pub async fn run(store: Arc<Store>, ca_pem: String) {
+pub async fn run(store: Arc<Store>, ca_pem: String, service: std::net::SocketAddr) {
     let mut changes = store.subscribe();
     let mut scheduler = Scheduler::default();
     let mut events_swept = tokio::time::Instant::now();
@@ -30,6 +30,7 @@ pub async fn run(store: Arc<Store>, ca_pem: String) {
         scheduler.pass(&store);
         namespaces(&store);
         super::serviceaccounts::ensure_defaults(&store, &ca_pem);
+        kubernetes_service(&store, service);
         if events_swept.elapsed() >= Duration::from_secs(60) {
             expire_events(&store, jiff::Timestamp::now(), EVENT_TTL);
             events_swept = tokio::time::Instant::now();
@@ -41,6 +42,37 @@ pub async fn run(store: Arc<Store>, ca_pem: String) {
                 while changes.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+/// The `kubernetes` Service in `default`, as kube-apiserver keeps it: its cluster IP is where
+/// pods reach this API (the pod network's gateway; there is no service proxy), the port its
+/// own. Made again if missing, corrected if the address changed.
+fn kubernetes_service(store: &Store, at: std::net::SocketAddr) {
+    let ip = at.ip().to_string();
+    let family = if at.is_ipv4() { "IPv4" } else { "IPv6" };
+    let spec = json!({
+        "type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+        "ipFamilies": [family], "ipFamilyPolicy": "SingleStack",
+        "ports": [{"name": "https", "port": at.port(), "protocol": "TCP", "targetPort": at.port()}],
+        "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
+    });
+    match store.get(Resource::Services, "default", "kubernetes") {
+        Some(svc) if svc["spec"] == spec => {}
+        Some(_) => {
+            let _ = store.update(Resource::Services, "default", "kubernetes", |old| {
+                let mut new = old.clone();
+                new["spec"] = spec.clone();
+                Ok(Some(new))
+            });
+        }
+        None => {
+            let svc = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": spec, "status": {"loadBalancer": {}}});
+            super::serviceaccounts::create(store, Resource::Services, "default", svc);
         }
     }
 }

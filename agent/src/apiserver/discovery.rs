@@ -61,7 +61,7 @@ pub fn resource_list(group_version: &str) -> Option<Value> {
         if !r.short_names().is_empty() {
             entry["shortNames"] = json!(r.short_names());
         }
-        if r == Resource::Pods {
+        if matches!(r, Resource::Pods | Resource::Services) {
             entry["categories"] = json!(["all"]);
         }
         resources.push(entry);
@@ -124,7 +124,7 @@ pub fn aggregated(core: bool) -> Value {
             if !r.short_names().is_empty() {
                 entry["shortNames"] = json!(r.short_names());
             }
-            if r == Resource::Pods {
+            if matches!(r, Resource::Pods | Resource::Services) {
                 entry["categories"] = json!(["all"]);
             }
             let subs: Vec<Value> = r

@@ -623,6 +623,14 @@ impl Server {
 
     fn resource(&self, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
         let r = t.resource;
+        if r == Resource::Services && call.method != Method::GET {
+            let why = "nodelet's built-in API keeps only its own Services (there is no service \
+                       proxy here to take a Service's traffic to its pods)";
+            return Err(match t.name.as_deref() {
+                Some(name) => ApiError::forbidden("services", name, why),
+                None => ApiError::forbidden_plain("services", why),
+            });
+        }
         let ns = t.namespace.as_deref().unwrap_or_default();
         match (&call.method, t.name.as_deref(), t.sub.as_deref()) {
             (&Method::GET, None, None) if call.query.flag("watch") => self.watch(t, call),

@@ -82,7 +82,8 @@ pub async fn start(options: Options<'_>) -> anyhow::Result<()> {
     }
     tokio::spawn(http::serve(listener, acceptor, server));
     let ca_pem = String::from_utf8_lossy(&pki.ca.to_pem()?).into_owned();
-    tokio::spawn(controllers::run(store, ca_pem));
+    let service = options.pod_address.unwrap_or(options.address);
+    tokio::spawn(controllers::run(store, ca_pem, service));
     info!(%url, kubeconfig = %options.kubeconfig.display(), "built-in Kubernetes API serving");
     Ok(())
 }

@@ -4,7 +4,9 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -98,6 +100,7 @@ fn decode(
         Resource::Secrets => typed::<Secret>(resource, body)?,
         Resource::ConfigMaps => typed::<ConfigMap>(resource, body)?,
         Resource::ServiceAccounts => typed::<ServiceAccount>(resource, body)?,
+        Resource::Services => typed::<Service>(resource, body)?,
     };
     let mut unknown = Vec::new();
     unknown_fields(body, &object, "", &mut unknown);
@@ -416,7 +419,11 @@ fn default(resource: Resource, obj: &mut Value) {
                 }
             }
         }
-        Resource::Nodes | Resource::Leases | Resource::ConfigMaps | Resource::ServiceAccounts => {}
+        Resource::Nodes
+        | Resource::Leases
+        | Resource::ConfigMaps
+        | Resource::ServiceAccounts
+        | Resource::Services => {}
     }
 }
 

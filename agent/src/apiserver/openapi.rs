@@ -58,6 +58,7 @@ fn schema_of(generator: &mut SchemaGenerator, r: Resource) -> String {
         Resource::Secrets => add::<core::Secret>(generator),
         Resource::ConfigMaps => add::<core::ConfigMap>(generator),
         Resource::ServiceAccounts => add::<core::ServiceAccount>(generator),
+        Resource::Services => add::<core::Service>(generator),
         Resource::Leases => add::<coordination::Lease>(generator),
     }
 }

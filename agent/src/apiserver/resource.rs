@@ -10,12 +10,13 @@ pub enum Resource {
     Secrets,
     ConfigMaps,
     ServiceAccounts,
+    Services,
 }
 
 pub const COORDINATION: &str = "coordination.k8s.io/v1";
 
 impl Resource {
-    pub const ALL: [Resource; 8] = [
+    pub const ALL: [Resource; 9] = [
         Resource::Pods,
         Resource::Namespaces,
         Resource::Nodes,
@@ -24,6 +25,7 @@ impl Resource {
         Resource::Secrets,
         Resource::ConfigMaps,
         Resource::ServiceAccounts,
+        Resource::Services,
     ];
 
     pub fn plural(self) -> &'static str {
@@ -36,6 +38,7 @@ impl Resource {
             Resource::Secrets => "secrets",
             Resource::ConfigMaps => "configmaps",
             Resource::ServiceAccounts => "serviceaccounts",
+            Resource::Services => "services",
         }
     }
 
@@ -49,6 +52,7 @@ impl Resource {
             Resource::Secrets => "Secret",
             Resource::ConfigMaps => "ConfigMap",
             Resource::ServiceAccounts => "ServiceAccount",
+            Resource::Services => "Service",
         }
     }
 
@@ -71,6 +75,7 @@ impl Resource {
             Resource::Events => &["ev"],
             Resource::ConfigMaps => &["cm"],
             Resource::ServiceAccounts => &["sa"],
+            Resource::Services => &["svc"],
             Resource::Leases | Resource::Secrets => &[],
         }
     }
@@ -92,7 +97,11 @@ impl Resource {
             ],
             Resource::Nodes => &[("status", "Node", &["get", "patch", "update"])],
             Resource::ServiceAccounts => &[("token", "TokenRequest", &["create"])],
-            Resource::Events | Resource::Leases | Resource::Secrets | Resource::ConfigMaps => &[],
+            Resource::Events
+            | Resource::Leases
+            | Resource::Secrets
+            | Resource::ConfigMaps
+            | Resource::Services => &[],
         }
     }
 
@@ -134,7 +143,8 @@ impl Resource {
             Resource::Leases
             | Resource::Secrets
             | Resource::ConfigMaps
-            | Resource::ServiceAccounts => &[],
+            | Resource::ServiceAccounts
+            | Resource::Services => &[],
         }
     }
 }

@@ -449,7 +449,7 @@ pub fn ensure_default_account(store: &Store, namespace: &str) {
     }
 }
 
-fn create(store: &Store, resource: Resource, namespace: &str, obj: Value) {
+pub(super) fn create(store: &Store, resource: Resource, namespace: &str, obj: Value) {
     let admitted = objects::admit_create(
         resource,
         Some(namespace),

@@ -68,6 +68,15 @@ fn columns(resource: Resource) -> &'static [Column] {
             ("Secrets", "string", 0, "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."),
             ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
         ],
+        Resource::Services => &[
+            ("Name", "string", 0, "Name must be unique within a namespace."),
+            ("Type", "string", 0, "type determines how the Service is exposed."),
+            ("Cluster-IP", "string", 0, "clusterIP is the IP address of the service and is usually assigned randomly."),
+            ("External-IP", "string", 0, "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service."),
+            ("Port(s)", "string", 0, "The list of ports that are exposed by this service."),
+            ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+            ("Selector", "string", 1, "Route service traffic to pods with label keys and values matching this selector."),
+        ],
         Resource::Secrets => &[
             ("Name", "string", 0, "Name must be unique within a namespace."),
             ("Type", "string", 0, "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types"),
@@ -317,6 +326,51 @@ fn cells(resource: Resource, obj: &Value, now: Timestamp) -> Vec<Value> {
             json!(obj["secrets"].as_array().map_or(0, |s| s.len())),
             json!(created),
         ],
+        Resource::Services => {
+            let spec = &obj["spec"];
+            let ports: Vec<String> = spec["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let proto = p["protocol"].as_str().unwrap_or("TCP");
+                    match p["nodePort"].as_i64() {
+                        Some(node) => format!("{}:{node}/{proto}", p["port"]),
+                        None => format!("{}/{proto}", p["port"]),
+                    }
+                })
+                .collect();
+            let external = spec["externalIPs"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .map_or("<none>".to_owned(), |a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+            let selector = spec["selector"]
+                .as_object()
+                .map_or("<none>".to_owned(), |m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+            vec![
+                name,
+                json!(spec["type"].as_str().unwrap_or("ClusterIP")),
+                json!(spec["clusterIP"].as_str().unwrap_or("<none>")),
+                json!(external),
+                json!(if ports.is_empty() {
+                    "<none>".to_owned()
+                } else {
+                    ports.join(",")
+                }),
+                json!(created),
+                json!(selector),
+            ]
+        }
         Resource::Secrets => vec![
             name,
             json!(obj["type"].as_str().unwrap_or_default()),
