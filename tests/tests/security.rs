@@ -625,9 +625,10 @@ fn kubectl_run_i_feeds_the_containers_stdin() -> Result<()> {
     let logs = node.kubectl_ok(&["logs", "term"])?;
     assert!(logs.contains("got hello on /dev/pts/0"), "{logs}");
     node.kubectl_ok(&["delete", "pod", "reader", "term"])?;
-    wait_for("pods gone", T, || node.processes().is_empty().then_some(()))?;
+    // Both finished: they leave the API at once, and the node tears them down after.
+    node.settled()?;
     assert!(!node.dir.join("run/pods").join(uid).exists());
-    node.assert_clean()
+    Ok(())
 }
 
 /// `hostUsers: false`: the pod's processes are root in a user namespace of their own, mapped to
