@@ -70,6 +70,8 @@ pub struct Node {
     pub image_gc: tokio::sync::Notify,
     /// CPU readings for the Summary API's rates.
     pub stats: crate::stats::Sampler,
+    /// Directory walks for its filesystem figures, kept a minute.
+    pub disk_usage: crate::stats::DiskUsage,
 }
 
 /// Something that happened to a pod, for `kubectl describe` (kubelet's event recorder).
@@ -240,6 +242,7 @@ impl Node {
             admitted_ports: Default::default(),
             image_gc: tokio::sync::Notify::new(),
             stats: crate::stats::Sampler::default(),
+            disk_usage: crate::stats::DiskUsage::default(),
         })
     }
 

@@ -73,6 +73,14 @@ pub fn cgroup_memory(hierarchy: Hierarchy, path: &Path) -> Option<Memory> {
     })
 }
 
+/// The processes in a cgroup (one controller's `cgroup.procs` on v1: they all hold the same).
+pub fn cgroup_pids(hierarchy: Hierarchy, path: &Path) -> Vec<i32> {
+    let dir = cgroup::controller_dir(hierarchy, "memory", path);
+    read(&dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// The node's CPU time in nanoseconds (busy time of every CPU, from `/proc/stat`).
 pub fn node_cpu() -> Option<u64> {
     parse_proc_stat_busy(&read(Path::new("/proc/stat"))?)
@@ -209,6 +217,37 @@ pub fn disk_usage(path: &Path) -> (u64, u64) {
         }
     }
     (bytes, inodes)
+}
+
+/// How long a directory walk's result is used again: cadvisor measures disk use about once a
+/// minute too (a walk reads every inode; usage changes slowly).
+const DISK_USAGE_TTL: Duration = Duration::from_secs(60);
+
+/// A walk's result: when it was measured, and (bytes, inodes).
+type Measured = (Instant, (u64, u64));
+
+/// Walk results, by directory.
+#[derive(Default)]
+pub struct DiskUsage {
+    seen: Mutex<HashMap<PathBuf, Measured>>,
+}
+
+impl DiskUsage {
+    /// `disk_usage(path)`, measured again when its last measure is older than a minute.
+    pub fn of(&self, path: &Path) -> (u64, u64) {
+        let now = Instant::now();
+        if let Some((at, usage)) = self.seen.lock().expect("disk usage lock").get(path) {
+            if now.duration_since(*at) < DISK_USAGE_TTL {
+                return *usage;
+            }
+        }
+        let usage = disk_usage(path);
+        let mut seen = self.seen.lock().expect("disk usage lock");
+        // Directories of pods that left are forgotten as their measures age out.
+        seen.retain(|_, (at, _)| now.duration_since(*at) < DISK_USAGE_TTL);
+        seen.insert(path.to_path_buf(), (now, usage));
+        usage
+    }
 }
 
 /// CPU counter readings (when, nanoseconds), the last two.

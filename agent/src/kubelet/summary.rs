@@ -293,7 +293,7 @@ pub fn summary(node: &Node) -> Summary {
         runtime: RuntimeStats {
             image_fs: FsStats::of(
                 stats::filesystem(&paths.images()),
-                stats::disk_usage(&paths.images()),
+                node.disk_usage.of(&paths.images()),
                 now,
             ),
         },
@@ -317,9 +317,10 @@ pub fn summary(node: &Node) -> Summary {
                 .unwrap_or(0),
         },
     };
+    let log_fs = stats::filesystem(&paths.logs);
     let pods = pods(node)
         .into_iter()
-        .map(|p| pod_stats(node, hierarchy, p, root_fs, now))
+        .map(|p| pod_stats(node, hierarchy, p, (root_fs, log_fs), now))
         .collect();
     Summary {
         node: node_stats,
@@ -331,20 +332,26 @@ fn pod_stats(
     node: &Node,
     hierarchy: Hierarchy,
     p: PodCgroups,
-    root_fs: Option<stats::Filesystem>,
+    (root_fs, log_fs): (Option<stats::Filesystem>, Option<stats::Filesystem>),
     now: Timestamp,
 ) -> PodStats {
     let paths = &node.ctx.paths;
-    let log_fs = stats::filesystem(&paths.logs);
+    // Each container's processes, read once (for the pod's network and its process count).
+    let pids: Vec<Vec<i32>> = p
+        .containers
+        .iter()
+        .map(|c| stats::cgroup_pids(hierarchy, &c.cgroup))
+        .collect();
     let pod_logs = paths.pod_logs(&p.pod_ref.namespace, &p.pod_ref.name, &p.pod_ref.uid);
     let mut ephemeral = (0, 0);
     let containers: Vec<ContainerStats> = p
         .containers
         .iter()
         .map(|c| {
-            let rootfs =
-                stats::disk_usage(&paths.container_dir(&p.pod_ref.uid, &c.id).join("upper"));
-            let logs = stats::disk_usage(&pod_logs.join(&c.name));
+            let rootfs = node
+                .disk_usage
+                .of(&paths.container_dir(&p.pod_ref.uid, &c.id).join("upper"));
+            let logs = node.disk_usage.of(&pod_logs.join(&c.name));
             ephemeral.0 += rootfs.0 + logs.0;
             ephemeral.1 += rootfs.1 + logs.1;
             ContainerStats {
@@ -366,21 +373,15 @@ fn pod_stats(
             }
         })
         .collect();
-    let empty_dirs = stats::disk_usage(
-        &paths
-            .pod_root(&p.pod_ref.uid)
-            .join("volumes/kubernetes.io~empty-dir"),
-    );
+    let empty_dirs = node.disk_usage.of(&paths
+        .pod_root(&p.pod_ref.uid)
+        .join("volumes/kubernetes.io~empty-dir"));
     ephemeral.0 += empty_dirs.0;
     ephemeral.1 += empty_dirs.1;
     // The pod's network is what one of its processes sees (every container shares it).
-    let pid = p.containers.iter().find_map(|c| {
-        nodelet_sandbox::cgroup::processes(&c.cgroup)
-            .first()
-            .copied()
-    });
+    let pid = pids.iter().find_map(|p| p.first().copied());
     let network = pid
-        .map(|pid| stats::interfaces(pid.as_raw()))
+        .map(stats::interfaces)
         .filter(|i| !i.is_empty())
         .map(|all| {
             let all: Vec<InterfaceStats> = all
@@ -416,11 +417,7 @@ fn pod_stats(
         network,
         ephemeral_storage: FsStats::of(root_fs, ephemeral, now),
         process_stats: ProcessStats {
-            process_count: p
-                .containers
-                .iter()
-                .map(|c| nodelet_sandbox::cgroup::processes(&c.cgroup).len() as u64)
-                .sum(),
+            process_count: pids.iter().map(|p| p.len() as u64).sum(),
         },
         pod_ref: p.pod_ref,
         start_time: p.started,

@@ -978,8 +978,10 @@ const STATS_PODS: usize = 100;
 /// What a scrape of the kubelet's resource endpoints costs the agent with 100 running pods:
 /// its own CPU time (user and system) per `/stats/summary` and per `/metrics/resource`.
 fn stats() -> Result<()> {
-    let mut node = TestNode::with_config("node1", "apiServer:\n  enabled: false\n")?;
+    // With the built-in API: its admin client certificate is what the kubelet port accepts.
+    let mut node = TestNode::new()?;
     node.start_agent()?;
+    node.wait_api()?;
     for i in 0..STATS_PODS {
         node.write_manifest(
             &format!("stats-{i}.yaml"),
