@@ -118,9 +118,12 @@ async fn drain(node: &Node, paths: &NodePaths, uid: &str) {
             }
         }
     }
-    let logs = paths.pod_logs(&namespace, &name, uid);
+    let logs = crate::runtime::PodName {
+        namespace: &namespace,
+        name: &name,
+    };
     let errors = node
-        .teardown_pod(uid, Scope::Pod { logs: Some(&logs) })
+        .teardown_pod(uid, Scope::Pod { logs: Some(logs) })
         .await;
     for e in &errors {
         eprintln!("pod {namespace}/{name}: {e}");

@@ -51,14 +51,22 @@ pub enum Error {
 
 pub type ShimEvents = Lines<BufReader<UnixStream>>;
 
+/// A pod's namespace and name: where its logs are (`NodePaths::pod_logs`) and what its log
+/// links are called.
+#[derive(Clone, Copy, Debug)]
+pub struct PodName<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
 /// What a teardown releases.
 #[derive(Clone, Copy, Debug)]
 pub enum Scope<'a> {
     /// The sandbox only: the pod's volumes, records and logs stay for the next sandbox, as
     /// kubelet keeps them when it recreates a pod's sandbox.
     Sandbox,
-    /// The whole pod, with its log directory when given.
-    Pod { logs: Option<&'a Path> },
+    /// The whole pod; with its namespace and name, its logs and their links too.
+    Pod { logs: Option<PodName<'a>> },
 }
 
 #[derive(Clone, Debug)]
@@ -336,19 +344,25 @@ impl Runtime {
         let pod_root = self.paths.pod_root(uid);
         let containers = pod_root.join("containers");
         let api_volumes = self.paths.api_volumes_of(uid);
-        let (pod_dir, log_dir, api_volumes) = match scope {
+        let (pod_dir, named, api_volumes) = match scope {
             Scope::Sandbox => (containers.as_path(), None, None),
             Scope::Pod { logs } => (pod_root.as_path(), logs, Some(api_volumes.as_path())),
         };
         if matches!(scope, Scope::Pod { .. }) {
             errors.extend(unmount_memory_volumes(&pod_root));
         }
-        if let Some(logs) = log_dir {
-            crate::pod::loglinks::unlink_pod(&self.paths, logs);
+        let log_dir = named.map(|p| self.paths.pod_logs(p.namespace, p.name, uid));
+        if let (Some(p), Some(dir)) = (named, &log_dir) {
+            crate::pod::loglinks::unlink_pod(&self.paths, p.namespace, p.name, dir);
         }
-        for path in [Some(dir.path()), Some(pod_dir), log_dir, api_volumes]
-            .into_iter()
-            .flatten()
+        for path in [
+            Some(dir.path()),
+            Some(pod_dir),
+            log_dir.as_deref(),
+            api_volumes,
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Err(e) = remove_tree(path) {
                 errors.push(e);

@@ -26,15 +26,10 @@ pub const PATHS: [(&str, &str); 2] = [
 ];
 
 pub fn document(path: &str) -> Option<&'static Document> {
-    static CORE: OnceLock<Document> = OnceLock::new();
-    static LEASES: OnceLock<Document> = OnceLock::new();
-    let (cell, group_version) = match path {
-        "api/v1" => (&CORE, "v1"),
-        "apis/coordination.k8s.io/v1" => (&LEASES, COORDINATION),
-        _ => return None,
-    };
-    Some(cell.get_or_init(|| {
-        let json = serde_json::to_vec(&build(path, group_version)).expect("serialise OpenAPI");
+    static DOCS: [OnceLock<Document>; PATHS.len()] = [const { OnceLock::new() }; PATHS.len()];
+    let i = PATHS.iter().position(|(p, _)| *p == path)?;
+    Some(DOCS[i].get_or_init(|| {
+        let json = serde_json::to_vec(&build(path, PATHS[i].1)).expect("serialise OpenAPI");
         use sha2::Digest as _;
         let digest = sha2::Sha512::digest(&json);
         Document {

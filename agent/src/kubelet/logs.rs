@@ -135,14 +135,7 @@ fn instance(
             container: container.to_owned(),
         });
     }
-    let s = &p.status;
-    let status = s
-        .container_statuses
-        .iter()
-        .chain(s.init_container_statuses.iter())
-        .chain(s.ephemeral_container_statuses.iter())
-        .flatten()
-        .find(|c| c.name == container)
+    let status = crate::pod::status::find(&p.status, container)
         .cloned()
         .unwrap_or_default();
     let uid = p.pod.metadata.uid.clone().unwrap_or_default();

@@ -149,18 +149,8 @@ fn attach_target(
         .chain(spec.init_containers.iter().flatten())
         .chain(&ephemeral)
         .find(|c| c.name == req.container)?;
-    let status = &reported.status;
-    let id = status
-        .container_statuses
-        .iter()
-        .chain(status.init_container_statuses.iter())
-        .chain(status.ephemeral_container_statuses.iter())
-        .flatten()
-        .find(|s| s.name == req.container)?
-        .container_id
-        .as_deref()?
-        .strip_prefix("nodelet://")?
-        .to_owned();
+    let status = crate::pod::status::find(&reported.status, &req.container)?;
+    let id = crate::pod::status::runtime_id(status.container_id.as_deref()?)?.to_owned();
     Some((uid, id, c.clone()))
 }
 

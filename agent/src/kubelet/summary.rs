@@ -216,7 +216,7 @@ pub fn pods(node: &Node) -> Vec<PodCgroups> {
                 .flatten()
                 .filter_map(|s| {
                     let started = s.state.as_ref()?.running.as_ref()?.started_at.as_ref()?.0;
-                    let id = s.container_id.as_deref()?.rsplit("://").next()?.to_owned();
+                    let id = crate::pod::status::runtime_id(s.container_id.as_deref()?)?.to_owned();
                     let limit = spec
                         .containers
                         .iter()
@@ -428,77 +428,7 @@ fn pod_stats(
 /// `/metrics/resource`: kubelet's resource metrics in the Prometheus text format, with the
 /// sample times in milliseconds as kubelet gives them.
 pub fn resource_metrics(node: &Node) -> String {
-    let hierarchy = Hierarchy::detect();
-    let ms = Timestamp::now().as_millisecond();
-    let pods = pods(node);
-    let secs = |nanos: u64| nanos as f64 / 1e9;
-    let mut lines: Vec<(String, String)> = Vec::new();
-    let mut push = |family: &str, labels: String, value: String| {
-        lines.push((family.to_owned(), format!("{family}{labels} {value} {ms}")))
-    };
-    for p in &pods {
-        for c in &p.containers {
-            let labels = format!(
-                "{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}}",
-                escape(&c.name),
-                escape(&p.pod_ref.namespace),
-                escape(&p.pod_ref.name)
-            );
-            if let Some(cpu) = stats::cgroup_cpu(hierarchy, &c.cgroup) {
-                push(
-                    "container_cpu_usage_seconds_total",
-                    labels.clone(),
-                    format!("{}", secs(cpu)),
-                );
-            }
-            if let Some(m) = stats::cgroup_memory(hierarchy, &c.cgroup) {
-                push(
-                    "container_memory_working_set_bytes",
-                    labels.clone(),
-                    m.working_set.to_string(),
-                );
-            }
-            push(
-                "container_start_time_seconds",
-                labels,
-                format!("{}", c.started.as_second()),
-            );
-        }
-        let labels = format!(
-            "{{namespace=\"{}\",pod=\"{}\"}}",
-            escape(&p.pod_ref.namespace),
-            escape(&p.pod_ref.name)
-        );
-        if let Some(cpu) = stats::cgroup_cpu(hierarchy, &p.cgroup) {
-            push(
-                "pod_cpu_usage_seconds_total",
-                labels.clone(),
-                format!("{}", secs(cpu)),
-            );
-        }
-        if let Some(m) = stats::cgroup_memory(hierarchy, &p.cgroup) {
-            push(
-                "pod_memory_working_set_bytes",
-                labels,
-                m.working_set.to_string(),
-            );
-        }
-    }
-    if let Some(cpu) = stats::node_cpu() {
-        push(
-            "node_cpu_usage_seconds_total",
-            String::new(),
-            format!("{}", secs(cpu)),
-        );
-    }
-    if let Some((m, _)) = stats::node_memory() {
-        push(
-            "node_memory_working_set_bytes",
-            String::new(),
-            m.working_set.to_string(),
-        );
-    }
-    let families = [
+    const FAMILIES: [(&str, &str, &str); 7] = [
         (
             "container_cpu_usage_seconds_total",
             "counter",
@@ -535,16 +465,77 @@ pub fn resource_metrics(node: &Node) -> String {
             "Current working set of the pod in bytes",
         ),
     ];
+    let hierarchy = Hierarchy::detect();
+    let mut samples = Samples {
+        ms: Timestamp::now().as_millisecond(),
+        lines: Default::default(),
+    };
+    for p in pods(node) {
+        let (ns, pod) = (escape(&p.pod_ref.namespace), escape(&p.pod_ref.name));
+        for c in &p.containers {
+            let labels = format!(
+                "{{container=\"{}\",namespace=\"{ns}\",pod=\"{pod}\"}}",
+                escape(&c.name)
+            );
+            samples.usage("container", &labels, hierarchy, &c.cgroup);
+            samples.add(
+                "container_start_time_seconds",
+                &labels,
+                c.started.as_second().to_string(),
+            );
+        }
+        let labels = format!("{{namespace=\"{ns}\",pod=\"{pod}\"}}");
+        samples.usage("pod", &labels, hierarchy, &p.cgroup);
+    }
+    if let Some(cpu) = stats::node_cpu() {
+        samples.add(
+            "node_cpu_usage_seconds_total",
+            "",
+            (cpu as f64 / 1e9).to_string(),
+        );
+    }
+    if let Some((m, _)) = stats::node_memory() {
+        samples.add(
+            "node_memory_working_set_bytes",
+            "",
+            m.working_set.to_string(),
+        );
+    }
     let mut out = String::new();
-    for (name, kind, help) in families {
+    for (name, kind, help) in FAMILIES {
         let _ = writeln!(out, "# HELP {name} [STABLE] {help}\n# TYPE {name} {kind}");
-        for (_, line) in lines.iter().filter(|(f, _)| f == name) {
+        for line in samples.lines.get(name).into_iter().flatten() {
             out.push_str(line);
             out.push('\n');
         }
     }
     out.push_str("# HELP scrape_error [ALPHA] 1 if there was an error while getting container metrics, 0 otherwise\n# TYPE scrape_error gauge\nscrape_error 0\n");
     out
+}
+
+/// `/metrics/resource`'s sample lines by family, all at one time.
+struct Samples {
+    ms: i64,
+    lines: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Samples {
+    fn add(&mut self, family: &str, labels: &str, value: String) {
+        let line = format!("{family}{labels} {value} {}", self.ms);
+        self.lines.entry(family.to_owned()).or_default().push(line);
+    }
+
+    /// A container's or pod's CPU (core-seconds) and memory working set, from its cgroup.
+    fn usage(&mut self, scope: &str, labels: &str, hierarchy: Hierarchy, cgroup: &Path) {
+        if let Some(cpu) = stats::cgroup_cpu(hierarchy, cgroup) {
+            let value = (cpu as f64 / 1e9).to_string();
+            self.add(&format!("{scope}_cpu_usage_seconds_total"), labels, value);
+        }
+        if let Some(m) = stats::cgroup_memory(hierarchy, cgroup) {
+            let value = m.working_set.to_string();
+            self.add(&format!("{scope}_memory_working_set_bytes"), labels, value);
+        }
+    }
 }
 
 /// A Prometheus label value, escaped.

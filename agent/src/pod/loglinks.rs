@@ -32,26 +32,39 @@ pub fn unlink(paths: &NodePaths, namespace: &str, pod: &str, container: &str, id
     let _ = std::fs::remove_file(paths.container_log_link(namespace, pod, container, id));
 }
 
-/// Removes the links into a pod's log directory (as the directory goes).
-pub fn unlink_pod(paths: &NodePaths, pod_logs: &Path) {
-    remove_links(&paths.container_logs, |target| target.starts_with(pod_logs));
+/// Removes the links into a pod's log directory (as the directory goes): those named for the
+/// pod and pointing into this instance's directory (a pod of the same name before it may have
+/// left its own).
+pub fn unlink_pod(paths: &NodePaths, namespace: &str, pod: &str, pod_logs: &Path) {
+    let prefix = format!("{pod}_{namespace}_");
+    remove_links(
+        &paths.container_logs,
+        |name| name.starts_with(&prefix),
+        |target| target.starts_with(pod_logs),
+    );
 }
 
 /// Removes links whose log is gone.
 pub fn sweep(paths: &NodePaths) {
-    remove_links(&paths.container_logs, |target| !target.exists());
+    remove_links(&paths.container_logs, |_| true, |target| !target.exists());
 }
 
-fn remove_links(dir: &Path, doomed: impl Fn(&Path) -> bool) {
+/// Removes the `.log` symlinks whose name `named` picks and whose target `doomed` does; files
+/// others put there stay. Names are checked first: reading a link costs a system call, and the
+/// directory holds every container's.
+fn remove_links(dir: &Path, named: impl Fn(&str) -> bool, doomed: impl Fn(&Path) -> bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let path = entry.path();
-        // Only links this agent could have made: a `.log` symlink; files others put there stay.
-        if path.extension().is_none_or(|e| e != "log") {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.ends_with(".log") && named(n))
+        {
             continue;
         }
+        let path = entry.path();
         if let Ok(target) = std::fs::read_link(&path) {
             if doomed(&target) {
                 let _ = std::fs::remove_file(&path);
@@ -86,7 +99,7 @@ mod tests {
         std::fs::create_dir_all(other.parent().unwrap()).unwrap();
         std::fs::write(&other, "").unwrap();
         link(&paths, "default", "web", "app", "def", &other).unwrap();
-        unlink_pod(&paths, &pod_logs);
+        unlink_pod(&paths, "default", "web", &pod_logs);
         assert!(!at.exists() && at.symlink_metadata().is_err());
         let kept = tmp.path().join("containers/web_default_app-def.log");
         assert!(kept.exists(), "another pod's link stays");

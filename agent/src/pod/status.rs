@@ -108,6 +108,22 @@ pub fn container_id(id: &str) -> String {
     format!("nodelet://{id}")
 }
 
+/// The runtime's id in a status's `containerID` (`container_id`'s inverse).
+pub fn runtime_id(container_id: &str) -> Option<&str> {
+    container_id.strip_prefix("nodelet://")
+}
+
+/// A container's status by name, among the app, init and ephemeral containers'.
+pub fn find<'a>(status: &'a PodStatus, name: &str) -> Option<&'a ContainerStatus> {
+    status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .chain(status.ephemeral_container_statuses.iter())
+        .flatten()
+        .find(|c| c.name == name)
+}
+
 fn container_status(
     c: &Container,
     role: Role,

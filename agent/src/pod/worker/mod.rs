@@ -841,15 +841,14 @@ impl Worker {
             }
         }
         self.events = None;
-        let (ns, name) = namespace_name(&self.pod);
-        let log_dir = self.node.ctx.paths.pod_logs(ns, name, &self.uid);
+        let (namespace, name) = namespace_name(&self.pod);
         // The pod is gone only once everything of it is: a teardown that failed (out of
         // descriptors, a busy mount) is tried again, and the pod stays Terminating meanwhile,
         // as kubelet keeps it.
         let mut delay = RETRY;
         loop {
             let logs = Scope::Pod {
-                logs: Some(&log_dir),
+                logs: Some(crate::runtime::PodName { namespace, name }),
             };
             let errors = self.node.teardown_pod(&self.uid, logs).await;
             if errors.is_empty() {
