@@ -93,6 +93,12 @@ pub async fn stream(
     let (tx, rx) = mpsc::channel(16);
     let (ns, name, ctr) = (namespace.to_owned(), pod.to_owned(), container.to_owned());
     let follow = options.follow && !options.previous;
+    // "From now on" (attach, `tailLines=0`) is the file's end when the caller asks, not when
+    // the blocking thread first runs: what the container writes in between (an attached
+    // process answering its first input) would be lost.
+    let now = (follow && options.tail_lines == Some(0) && options.since.is_none())
+        .then(|| open_at_end(&live))
+        .flatten();
     tokio::task::spawn_blocking(move || {
         // The instance read is still the running one.
         let running = || {
@@ -104,7 +110,10 @@ pub async fn stream(
                 })
             })
         };
-        let _ = copy(&live, &options, follow, &tx, running);
+        let _ = match now {
+            Some(at_end) => follow_from(&live, at_end, &mut sink(&tx, &options), &tx, running),
+            None => copy(&live, &options, follow, &tx, running),
+        };
     });
     Ok(rx)
 }
@@ -208,6 +217,28 @@ fn since_ok(raw: &[u8], since: Option<Timestamp>) -> bool {
     }
 }
 
+type Live = (BufReader<File>, u64);
+
+fn open(live: &Path) -> Option<Live> {
+    let f = File::open(live).ok()?;
+    let inode = f.metadata().ok()?.ino();
+    Some((BufReader::new(f), inode))
+}
+
+fn open_at_end(live: &Path) -> Option<Live> {
+    let (mut reader, inode) = open(live)?;
+    reader.seek(SeekFrom::End(0)).ok()?;
+    Some((reader, inode))
+}
+
+fn sink<'a>(tx: &'a mpsc::Sender<Bytes>, o: &LogOptions) -> Sink<'a> {
+    Sink {
+        tx,
+        left: o.limit_bytes,
+        timestamps: o.timestamps,
+    }
+}
+
 fn copy(
     live: &Path,
     o: &LogOptions,
@@ -215,15 +246,11 @@ fn copy(
     tx: &mpsc::Sender<Bytes>,
     running: impl Fn() -> bool,
 ) -> std::io::Result<()> {
-    let mut sink = Sink {
-        tx,
-        left: o.limit_bytes,
-        timestamps: o.timestamps,
-    };
+    let mut sink = sink(tx, o);
     let paths = files(live);
     // The whole lines already written (all files), cut to the tail asked for.
     let mut tail: VecDeque<Vec<u8>> = VecDeque::new();
-    let mut current: Option<(BufReader<File>, u64)> = None;
+    let mut current: Option<Live> = None;
     for path in &paths {
         let Ok(file) = File::open(path) else { continue };
         let inode = file.metadata()?.ino();
@@ -262,9 +289,41 @@ fn copy(
             return Ok(());
         }
     }
-    if !follow {
-        return Ok(());
+    match current {
+        Some(at) if follow => follow_from(live, at, &mut sink, tx, running),
+        _ if follow => follow_new(live, &mut sink, tx, running),
+        _ => Ok(()),
     }
+}
+
+/// Follows a live file that does not exist yet, once it does.
+fn follow_new(
+    live: &Path,
+    sink: &mut Sink,
+    tx: &mpsc::Sender<Bytes>,
+    running: impl Fn() -> bool,
+) -> std::io::Result<()> {
+    loop {
+        if let Some(at) = open(live) {
+            return follow_from(live, at, sink, tx, running);
+        }
+        if tx.is_closed() || !running() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends each line written to the live file from `current` on, across rotations, until the
+/// instance stops or the receiver goes.
+fn follow_from(
+    live: &Path,
+    current: Live,
+    sink: &mut Sink,
+    tx: &mpsc::Sender<Bytes>,
+    running: impl Fn() -> bool,
+) -> std::io::Result<()> {
+    let mut current = Some(current);
     let mut idle = 0u32;
     let mut line = Vec::new();
     loop {
