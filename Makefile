@@ -14,11 +14,13 @@ SHIM_TARGET ?= x86_64-unknown-linux-musl
 
 # busybox-static: the test and demo images; util-linux: unshare/nsenter for test nodes;
 # iproute2, nftables, containernetworking-plugins: the pod network and its reference plugins;
-# docker-registry, skopeo: a real registry for the image tests; libssl-dev, pkg-config: TLS.
+# docker-registry, skopeo: a real registry for the image tests; libssl-dev, pkg-config: TLS;
+# chromium, chromium-driver: the dashboard's browser tests.
 DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins docker-registry skopeo \
-        libssl-dev libseccomp-dev pkg-config ca-certificates curl gcc apache2-utils umoci openssl
+        libssl-dev libseccomp-dev pkg-config ca-certificates curl gcc apache2-utils umoci openssl \
+        chromium chromium-driver
 
-.PHONY: all deps build release images run test faults bench scale fuzz install uninstall fmt lint clean
+.PHONY: all deps build release images dashboard run test faults bench scale fuzz install uninstall fmt lint clean
 
 all: build
 
@@ -41,12 +43,19 @@ deps:
 	@if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx $(SHIM_TARGET); then \
 	  rustup target add $(SHIM_TARGET) || echo "no $(SHIM_TARGET) target: release builds keep the glibc shim"; fi
 
-build: deps
+build: deps dashboard
 	$(CARGO) build -p nodelet -p nodelet-sandbox --bins
 
-release: deps
+release: deps dashboard
 	$(CARGO) build --release -p nodelet -p nodelet-sandbox --bins
 	$(static-shim)
+
+# The dashboard's terminal (xterm.js) from npm, where a build's agent looks for it; the page
+# itself is compiled into the agent.
+dashboard: target/dashboard/xterm.js
+
+target/dashboard/xterm.js: dashboard/package.json dashboard/package-lock.json dashboard/install.sh
+	bash dashboard/install.sh target/dashboard
 
 # Builds the static shim and puts it where cargo put the glibc one, as a file of its own (cargo's
 # is a hard link into target/release/deps). Cargo leaves it there until it relinks the sandbox
@@ -82,7 +91,7 @@ test: build
 faults: build
 	FAULT_PODS=100 $(CARGO) test -p nodelet-tests --test faults
 
-bench: deps
+bench: deps dashboard
 	$(CARGO) build --release -p nodelet -p nodelet-sandbox -p nodelet-tests --bins
 	$(static-shim)
 	NODELET_BIN=$(CURDIR)/target/release/nodelet target/release/bench
@@ -102,11 +111,14 @@ install: release
 	install -D -m 0755 target/release/nodelet $(DESTDIR)$(PREFIX)/bin/nodelet
 	install -D -m 0755 target/release/nodelet-shim $(DESTDIR)$(PREFIX)/bin/nodelet-shim
 	install -D -m 0644 agent/dist/nodelet.service $(DESTDIR)/etc/systemd/system/nodelet.service
+	install -d $(DESTDIR)$(PREFIX)/share/nodelet/dashboard
+	install -m 0644 target/dashboard/* $(DESTDIR)$(PREFIX)/share/nodelet/dashboard/
 	install -d $(DESTDIR)$(MANIFESTS)
 	@[ -e $(DESTDIR)$(CONFIG_DIR)/config.yaml ] || install -m 0644 agent/dist/config.yaml $(DESTDIR)$(CONFIG_DIR)/config.yaml
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nodelet $(DESTDIR)$(PREFIX)/bin/nodelet-shim $(DESTDIR)/etc/systemd/system/nodelet.service
+	rm -rf $(DESTDIR)$(PREFIX)/share/nodelet/dashboard
 
 fmt:
 	$(CARGO) fmt --all

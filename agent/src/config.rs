@@ -136,6 +136,12 @@ pub struct ApiServerConfig {
     pub address: std::net::SocketAddr,
     /// Where the admin kubeconfig for it is written (mode 0600).
     pub kubeconfig: PathBuf,
+    /// The dashboard (`/dashboard/`, and the `kubernetes-dashboard` Service's proxy).
+    pub dashboard: bool,
+    /// Where the dashboard's terminal (xterm.js, from npm) is installed; unset, the first of
+    /// `<binary's dir>/../dashboard`, `/usr/share/nodelet/dashboard`,
+    /// `/usr/local/share/nodelet/dashboard` that has it.
+    pub dashboard_assets: Option<PathBuf>,
 }
 
 impl Default for ApiServerConfig {
@@ -144,6 +150,8 @@ impl Default for ApiServerConfig {
             enabled: true,
             address: ([127, 0, 0, 1], 6443).into(),
             kubeconfig: "/etc/nodelet/kubeconfig".into(),
+            dashboard: true,
+            dashboard_assets: None,
         }
     }
 }

@@ -100,7 +100,6 @@ pub struct PodList {
 }
 
 impl Node {
-    /// Image garbage collection: every 5 minutes as kubelet, and when rung.
     /// Reads every pod's and container's CPU counter each `stats::PERIOD`, so that a scrape
     /// has a rate at once (cadvisor's housekeeping).
     async fn sample_stats(self: Arc<Self>) {
@@ -117,6 +116,7 @@ impl Node {
         }
     }
 
+    /// Image garbage collection: every 5 minutes as kubelet, and when rung.
     async fn collect_images(self: Arc<Self>) {
         const PERIOD: std::time::Duration = std::time::Duration::from_secs(300);
         let policy = crate::images::gc::Policy::new(&self.config);
@@ -583,6 +583,8 @@ async fn api_kubeconfig(
         kubeconfig: config.api_server.kubeconfig.clone(),
         node_name: node.ctx.node_name.clone(),
         kubelet: Some(kubelet.clone()),
+        dashboard: config.api_server.dashboard,
+        dashboard_assets: config.api_server.dashboard_assets.clone(),
     })
     .await;
     match started {

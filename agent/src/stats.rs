@@ -253,11 +253,26 @@ impl DiskUsage {
 /// CPU counter readings (when, nanoseconds), the last two.
 type Readings = VecDeque<(Instant, u64)>;
 
-/// CPU readings kept for rates, per cgroup (and the node's under `None`).
+/// CPU readings kept for rates, per cgroup (and the node's under `None`), and the node's
+/// usage over the last hour.
 #[derive(Default)]
 pub struct Sampler {
     readings: Mutex<HashMap<Option<PathBuf>, Readings>>,
+    history: Mutex<VecDeque<Usage>>,
 }
+
+/// The node's usage at one sample: what the dashboard draws.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Unix seconds.
+    pub time: i64,
+    pub nano_cores: u64,
+    pub memory_working_set_bytes: u64,
+}
+
+/// Samples kept: an hour of them at the sampler's 10 s.
+const HISTORY: usize = 360;
 
 /// A CPU counter now and its rate over the window it was measured on.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -279,7 +294,9 @@ impl Sampler {
         if let Some(n) = node_cpu() {
             fresh.insert(None, n);
         }
+        let node_now = fresh.get(&None).copied();
         let mut readings = self.readings.lock().expect("stats lock");
+        let node_before = readings.get(&None).and_then(|r| r.back()).copied();
         readings.retain(|k, _| fresh.contains_key(k));
         for (key, value) in fresh {
             let kept = readings.entry(key).or_default();
@@ -288,6 +305,30 @@ impl Sampler {
                 kept.pop_front();
             }
         }
+        drop(readings);
+        if let (Some((at, before)), Some(value)) = (node_before, node_now) {
+            let seconds = now.duration_since(at).as_secs_f64();
+            let memory = node_memory().map_or(0, |(m, _)| m.working_set);
+            let mut history = self.history.lock().expect("stats lock");
+            history.push_back(Usage {
+                time: jiff::Timestamp::now().as_second(),
+                nano_cores: (value.saturating_sub(before) as f64 / seconds.max(1e-3)) as u64,
+                memory_working_set_bytes: memory,
+            });
+            while history.len() > HISTORY {
+                history.pop_front();
+            }
+        }
+    }
+
+    /// The node's usage at each sample of the last hour, oldest first.
+    pub fn history(&self) -> Vec<Usage> {
+        self.history
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// The counter read now, with its rate since the newest recorded reading at least a second

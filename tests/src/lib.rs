@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+pub mod browser;
 mod cni;
 mod node;
 mod registry;
@@ -50,6 +51,31 @@ pub fn nodelet_bin() -> PathBuf {
 /// `nodelet-shim`, beside the agent; pid 1 of every test node is `nodelet-shim reaper`.
 pub fn shim_bin() -> PathBuf {
     nodelet_bin().with_file_name("nodelet-shim")
+}
+
+/// The dashboard's terminal files where a debug or release agent finds them
+/// (`target/dashboard`), installed from npm by `dashboard/install.sh` when missing (under a
+/// lock: test binaries run side by side).
+pub fn dashboard_assets() -> PathBuf {
+    let out = workspace().join("target/dashboard");
+    let lock = workspace().join("target/dashboard.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .expect("open dashboard lock");
+    let _guard =
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).expect("lock dashboard");
+    if !out.join("xterm.js").is_file() {
+        let status = Command::new("bash")
+            .arg(workspace().join("dashboard/install.sh"))
+            .arg(&out)
+            .status()
+            .expect("run dashboard/install.sh");
+        assert!(status.success(), "dashboard/install.sh failed");
+    }
+    out
 }
 
 /// Builds the busybox, kubia and multiarch images once per checkout (tests/images/build.sh), under a lock

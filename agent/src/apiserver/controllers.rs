@@ -22,7 +22,12 @@ const RESYNC: Duration = Duration::from_secs(5);
 /// kube-apiserver's `--event-ttl` default: an event is kept an hour after its last update.
 const EVENT_TTL: Duration = Duration::from_secs(3600);
 
-pub async fn run(store: Arc<Store>, ca_pem: String, service: std::net::SocketAddr) {
+pub async fn run(
+    store: Arc<Store>,
+    ca_pem: String,
+    service: std::net::SocketAddr,
+    dashboard: bool,
+) {
     let mut changes = store.subscribe();
     let mut scheduler = Scheduler::default();
     let mut events_swept = tokio::time::Instant::now();
@@ -31,6 +36,9 @@ pub async fn run(store: Arc<Store>, ca_pem: String, service: std::net::SocketAdd
         namespaces(&store);
         super::serviceaccounts::ensure_defaults(&store, &ca_pem);
         kubernetes_service(&store, service);
+        if dashboard {
+            super::dashboard::ensure(&store, service);
+        }
         if events_swept.elapsed() >= Duration::from_secs(60) {
             expire_events(&store, jiff::Timestamp::now(), EVENT_TTL);
             events_swept = tokio::time::Instant::now();
@@ -48,7 +56,7 @@ pub async fn run(store: Arc<Store>, ca_pem: String, service: std::net::SocketAdd
 
 /// The `kubernetes` Service in `default`, as kube-apiserver keeps it: its cluster IP is where
 /// pods reach this API (the pod network's gateway; there is no service proxy), the port its
-/// own. Made again if missing, corrected if the address changed.
+/// own.
 fn kubernetes_service(store: &Store, at: std::net::SocketAddr) {
     let ip = at.ip().to_string();
     let family = if at.is_ipv4() { "IPv4" } else { "IPv6" };
@@ -58,10 +66,16 @@ fn kubernetes_service(store: &Store, at: std::net::SocketAddr) {
         "ports": [{"name": "https", "port": at.port(), "protocol": "TCP", "targetPort": at.port()}],
         "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
     });
-    match store.get(Resource::Services, "default", "kubernetes") {
+    let labels = json!({"component": "apiserver", "provider": "kubernetes"});
+    keep_service(store, "default", "kubernetes", labels, spec);
+}
+
+/// One of the API's own Services: made again if missing, its spec corrected if it changed.
+pub fn keep_service(store: &Store, namespace: &str, name: &str, labels: Value, spec: Value) {
+    match store.get(Resource::Services, namespace, name) {
         Some(svc) if svc["spec"] == spec => {}
         Some(_) => {
-            let _ = store.update(Resource::Services, "default", "kubernetes", |old| {
+            let _ = store.update(Resource::Services, namespace, name, |old| {
                 let mut new = old.clone();
                 new["spec"] = spec.clone();
                 Ok(Some(new))
@@ -69,10 +83,9 @@ fn kubernetes_service(store: &Store, at: std::net::SocketAddr) {
         }
         None => {
             let svc = json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "kubernetes", "namespace": "default",
-                    "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "metadata": {"name": name, "namespace": namespace, "labels": labels},
                 "spec": spec, "status": {"loadBalancer": {}}});
-            super::serviceaccounts::create(store, Resource::Services, "default", svc);
+            super::serviceaccounts::create(store, Resource::Services, namespace, svc);
         }
     }
 }

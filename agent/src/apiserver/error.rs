@@ -159,6 +159,10 @@ impl ApiError {
         ApiError::new(507, "InsufficientStorage", message)
     }
 
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        ApiError::new(503, "ServiceUnavailable", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }

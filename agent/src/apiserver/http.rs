@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::debug;
 
+use super::dashboard;
 use super::discovery;
 use super::error::ApiError;
 use super::handlers::{self, DeleteOptions, Selectors};
@@ -90,6 +91,8 @@ pub struct Server {
     address: String,
     node_name: String,
     kubelet: Option<crate::kubelet::Kubelet>,
+    /// The dashboard's terminal files, when the dashboard is served.
+    dashboard: Option<std::path::PathBuf>,
 }
 
 /// Who a request is from.
@@ -230,6 +233,15 @@ impl Call {
         self.accept.split(',').any(|p| p.contains("as=Table"))
     }
 
+    /// YAML asked for before JSON (kube-apiserver's `application/yaml` serializer).
+    fn yaml(&self) -> bool {
+        self.accept
+            .split(',')
+            .map(|p| p.split(';').next().unwrap_or_default().trim())
+            .find(|t| matches!(*t, "application/yaml" | "application/json" | "*/*"))
+            == Some("application/yaml")
+    }
+
     fn validation(&self) -> Result<FieldValidation, ApiError> {
         FieldValidation::parse(self.query.get("fieldValidation"))
     }
@@ -310,6 +322,49 @@ fn request_labels(method: &Method, path: &str, query: Option<&str>) -> [String; 
     [verb, group, version, resource, sub, scope, "apiserver"].map(str::to_owned)
 }
 
+const SERVICES_READ_ONLY: &str = "nodelet's built-in API keeps only its own Services (there is \
+                                  no service proxy here to take a Service's traffic to its pods)";
+
+/// A browser's WebSocket cannot send headers: kube-apiserver takes its bearer token from the
+/// `base64url.bearer.authorization.k8s.io.<token>` subprotocol instead.
+fn websocket_bearer(headers: &hyper::HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let offered = headers.get_all("sec-websocket-protocol");
+    let encoded = offered
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| {
+            p.trim()
+                .strip_prefix("base64url.bearer.authorization.k8s.io.")
+        })?;
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded.trim_end_matches('='))
+        .ok()?;
+    String::from_utf8(token).ok()
+}
+
+fn redirect(to: &str) -> Response<Body> {
+    let mut r = crate::https::full(302, "text/plain; charset=utf-8", Vec::new());
+    if let Ok(v) = hyper::header::HeaderValue::from_str(to) {
+        r.headers_mut().insert("location", v);
+    }
+    r
+}
+
+/// The same request for another path of this API (its query kept).
+fn with_path(req: Request<Incoming>, path: &str) -> Result<Request<Incoming>, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let uri = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    parts.uri = uri
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("not a path: {path:?}")))?;
+    Ok(Request::from_parts(parts, body))
+}
+
 fn json_response(code: u16, value: &Value) -> Response<Body> {
     respond(
         code,
@@ -331,6 +386,7 @@ impl Server {
         address: String,
         node_name: String,
         kubelet: Option<crate::kubelet::Kubelet>,
+        dashboard: Option<std::path::PathBuf>,
     ) -> Server {
         Server {
             store,
@@ -339,6 +395,7 @@ impl Server {
             address,
             node_name,
             kubelet,
+            dashboard,
         }
     }
 
@@ -377,7 +434,10 @@ impl Server {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .map(str::trim)
+            .map(str::to_owned)
+            .or_else(|| websocket_bearer(req.headers()));
+        let bearer = bearer.as_deref();
         if has_cert || bearer == Some(self.token.as_str()) {
             return Some(Caller::Admin);
         }
@@ -390,6 +450,21 @@ impl Server {
         req: Request<Incoming>,
         has_cert: bool,
     ) -> Result<Response<Body>, ApiError> {
+        if let Some(assets) = &self.dashboard {
+            let raw = req.uri().path();
+            let html = req
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"));
+            if (raw == "/" && html) || raw == dashboard::DIRECT.trim_end_matches('/') {
+                return Ok(redirect(dashboard::DIRECT));
+            }
+            if let Some(rest) = raw.strip_prefix(dashboard::DIRECT) {
+                let rest = rest.to_owned();
+                return self.dashboard(req, has_cert, &rest, assets).await;
+            }
+        }
         let path = req.uri().path().trim_end_matches('/').to_owned();
         if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
             return Ok(respond(
@@ -443,6 +518,26 @@ impl Server {
             .map(str::to_owned)
             .collect();
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        if let Some(proxied) = dashboard::proxied(&segs) {
+            proxied?;
+            if let Caller::Account(user) = &caller {
+                return Err(forbidden(user, "get", "services/proxy", "", Some(segs[3])));
+            }
+            let Some(assets) = &self.dashboard else {
+                return Err(ApiError::service_unavailable(
+                    "the dashboard is turned off in this node's configuration (apiServer.dashboard)",
+                ));
+            };
+            // `.../proxy/<rest>`; the bare `.../proxy` is sent to `.../proxy/`, as pages link
+            // relative to it.
+            let raw = req.uri().path().to_owned();
+            let mut parts = raw.splitn(9, '/');
+            let base: Vec<&str> = parts.by_ref().take(8).collect();
+            return match parts.next() {
+                Some(rest) => self.dashboard(req, has_cert, rest, assets).await,
+                None => Ok(redirect(&format!("{}/", base.join("/")))),
+            };
+        }
         if method == Method::GET {
             if let Some(doc) = self.discovery(&segs, &accept) {
                 return Ok(doc);
@@ -506,6 +601,99 @@ impl Server {
             body,
         };
         self.resource(&target, &call)
+    }
+
+    /// A request below one of the dashboard's bases (`rest` is the path after it).
+    async fn dashboard(
+        &self,
+        req: Request<Incoming>,
+        has_cert: bool,
+        rest: &str,
+        assets: &std::path::Path,
+    ) -> Result<Response<Body>, ApiError> {
+        let inner = match dashboard::part(rest, assets)? {
+            dashboard::Part::Asset(r) => return Ok(r),
+            dashboard::Part::Api(path) => with_path(req, &path)?,
+            dashboard::Part::Exec { namespace, pod } => with_path(
+                req,
+                &format!("/api/v1/namespaces/{namespace}/pods/{pod}/exec"),
+            )?,
+            dashboard::Part::Create => return self.create_documents(req, has_cert).await,
+            dashboard::Part::History => {
+                return match self.caller(&req, has_cert) {
+                    None => Err(ApiError::unauthorized()),
+                    Some(Caller::Account(user)) => {
+                        Err(forbidden(&user, "get", "nodes/stats", "", None))
+                    }
+                    Some(Caller::Admin) => {
+                        let points = self.kubelet.as_ref().map(|k| k.node_history());
+                        Ok(json_response(
+                            200,
+                            &json!({"node": self.node_name, "points": points.unwrap_or_default()}),
+                        ))
+                    }
+                };
+            }
+        };
+        Box::pin(self.route(inner, has_cert)).await
+    }
+
+    /// The dashboard's "create from YAML": each object of the text (documents, `kind: List`
+    /// items) created in turn with the caller's rights, in the page's namespace when it names
+    /// none. Answers what became of each.
+    async fn create_documents(
+        &self,
+        req: Request<Incoming>,
+        has_cert: bool,
+    ) -> Result<Response<Body>, ApiError> {
+        let caller = self
+            .caller(&req, has_cert)
+            .ok_or_else(ApiError::unauthorized)?;
+        if req.method() != Method::POST {
+            return Err(ApiError::method_not_allowed());
+        }
+        let query = Query::parse(req.uri().query());
+        let default_ns = query.get("namespace").unwrap_or("default").to_owned();
+        let text = read_body(req.into_body()).await?;
+        let mut results = Vec::new();
+        for obj in dashboard::documents(&text)? {
+            let (kind, name) = (obj["kind"].clone(), obj["metadata"]["name"].clone());
+            let created = dashboard::resource_of(&obj).and_then(|r| {
+                let namespace = r.namespaced().then(|| {
+                    obj["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or(&default_ns)
+                        .to_owned()
+                });
+                let target = Target {
+                    resource: r,
+                    namespace: namespace.clone(),
+                    name: None,
+                    sub: None,
+                };
+                if let Caller::Account(user) = &caller {
+                    authorize(user, &Method::POST, &query, &target)?;
+                }
+                if r == Resource::Services {
+                    return Err(ApiError::forbidden_plain("services", SERVICES_READ_ONLY));
+                }
+                handlers::create(
+                    &self.store,
+                    r,
+                    namespace.as_deref(),
+                    obj,
+                    FieldValidation::Strict,
+                )
+            });
+            results.push(match created {
+                Ok((o, _)) => json!({"kind": kind, "namespace": o["metadata"]["namespace"],
+                    "name": o["metadata"]["name"], "created": true}),
+                Err(e) => {
+                    json!({"kind": kind, "name": name, "created": false, "message": e.message})
+                }
+            });
+        }
+        Ok(json_response(200, &json!({"results": results})))
     }
 
     /// `metrics.k8s.io`: NodeMetrics and PodMetrics from this node's kubelet (`metrics`).
@@ -624,11 +812,9 @@ impl Server {
     fn resource(&self, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
         let r = t.resource;
         if r == Resource::Services && call.method != Method::GET {
-            let why = "nodelet's built-in API keeps only its own Services (there is no service \
-                       proxy here to take a Service's traffic to its pods)";
             return Err(match t.name.as_deref() {
-                Some(name) => ApiError::forbidden("services", name, why),
-                None => ApiError::forbidden_plain("services", why),
+                Some(name) => ApiError::forbidden("services", name, SERVICES_READ_ONLY),
+                None => ApiError::forbidden_plain("services", SERVICES_READ_ONLY),
             });
         }
         let ns = t.namespace.as_deref().unwrap_or_default();
@@ -909,6 +1095,10 @@ impl Server {
                 warnings,
             );
         }
+        if call.yaml() {
+            let text = serde_yaml::to_string(obj).expect("serialise");
+            return respond(code, "application/yaml", text.into_bytes(), warnings);
+        }
         respond(
             code,
             "application/json",
@@ -1137,6 +1327,23 @@ fn parse_target(group_version: &str, rest: &[&str]) -> Option<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_browser_websocket_brings_its_token_as_a_subprotocol() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert(
+            "sec-websocket-protocol",
+            "v5.channel.k8s.io, base64url.bearer.authorization.k8s.io.YWJjLmRlZi1naGk"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(websocket_bearer(&h).as_deref(), Some("abc.def-ghi"));
+        h.insert(
+            "sec-websocket-protocol",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(websocket_bearer(&h), None);
+    }
 
     #[test]
     fn targets() {

@@ -9,6 +9,7 @@
 //! ```
 
 mod controllers;
+mod dashboard;
 mod discovery;
 pub mod error;
 mod handlers;
@@ -47,12 +48,22 @@ pub struct Options<'a> {
     /// This node: `pods/log`, `exec`, `attach` and `portforward` of its pods are served in process.
     pub node_name: String,
     pub kubelet: Option<crate::kubelet::Kubelet>,
+    /// The dashboard, and where its terminal's files are (None: the first place a build or a
+    /// package puts them).
+    pub dashboard: bool,
+    pub dashboard_assets: Option<PathBuf>,
 }
 
 /// Starts the API on `options.address`; returns once it is listening and the kubeconfig is written.
 pub async fn start(options: Options<'_>) -> anyhow::Result<()> {
     let store = Arc::new(open_store(&options.database).await?);
+    let fresh = store
+        .get(resource::Resource::Namespaces, "", "default")
+        .is_none();
     handlers::seed(&store).map_err(|e| anyhow::anyhow!("seed namespaces: {}", e.message))?;
+    if fresh && options.dashboard {
+        dashboard::seed(&store).map_err(|e| anyhow::anyhow!("seed namespaces: {}", e.message))?;
+    }
     let pki = options.pki;
     let listener = tokio::net::TcpListener::bind(options.address)
         .await
@@ -73,6 +84,9 @@ pub async fn start(options: Options<'_>) -> anyhow::Result<()> {
         address.to_string(),
         options.node_name,
         options.kubelet,
+        options
+            .dashboard
+            .then(|| dashboard::assets(options.dashboard_assets.as_deref())),
     ));
     if let Some(pod_address) = options.pod_address.filter(|a| *a != address) {
         let listener = listen_freely(pod_address)
@@ -83,7 +97,7 @@ pub async fn start(options: Options<'_>) -> anyhow::Result<()> {
     tokio::spawn(http::serve(listener, acceptor, server));
     let ca_pem = String::from_utf8_lossy(&pki.ca.to_pem()?).into_owned();
     let service = options.pod_address.unwrap_or(options.address);
-    tokio::spawn(controllers::run(store, ca_pem, service));
+    tokio::spawn(controllers::run(store, ca_pem, service, options.dashboard));
     info!(%url, kubeconfig = %options.kubeconfig.display(), "built-in Kubernetes API serving");
     Ok(())
 }

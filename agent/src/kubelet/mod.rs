@@ -261,6 +261,11 @@ impl Kubelet {
         }
     }
 
+    /// The node's CPU and memory use over the last hour.
+    pub fn node_history(&self) -> Vec<crate::stats::Usage> {
+        self.node.stats.history()
+    }
+
     /// The Summary API's answer (it reads many files: off the async threads).
     pub async fn summary(&self) -> summary::Summary {
         let node = self.node.clone();
