@@ -22,7 +22,10 @@ function headers(extra) {
 
 async function request(path, options = {}) {
   const r = await fetch(base + 'k8s' + path, Object.assign({}, options, { headers: headers(options.headers) }));
-  if (r.status === 401) { login(); throw new AuthError('unauthorized'); }
+  if (r.status === 401) {
+    if (!document.getElementById('login')) login();
+    throw new AuthError('unauthorized');
+  }
   if (!r.ok) {
     let message = r.status + ' ' + r.statusText;
     try { const s = await r.json(); if (s.message) message = s.message; } catch (e) { /* not a Status */ }
@@ -205,6 +208,11 @@ function parseQuantity(q) {
 
 function show(html) { main.innerHTML = html; }
 
+// A view's first complete drawing, as a User Timing mark (`<view>-ready`) the benchmark reads.
+function ready(view) {
+  if (!performance.getEntriesByName(view + '-ready').length) performance.mark(view + '-ready');
+}
+
 function error(e) {
   if (e instanceof AuthError) return;
   const message = e.message || String(e);
@@ -266,6 +274,7 @@ views.node = () => {
   const draw = () => {
     const cards = [...nodes.values()].map((n) => nodeCard(n, history)).join('');
     show(`<h1>Node</h1>${cards || '<p class="muted">No node has registered.</p>'}`);
+    if (cards) ready('node');
   };
   const w = new Watch('/api/v1/nodes', {}, (items, e) => { if (e) return error(e); nodes = items; draw(); });
   let stopped = false;
@@ -353,7 +362,9 @@ views.pods = (params) => {
   const tbody = main.querySelector('#pods tbody');
   const count = document.getElementById('count');
   let items = new Map();
+  let listed = false;
   const draw = () => {
+    const started = performance.now();
     const pods = [...items.values()].sort((a, b) => key(a).localeCompare(key(b)));
     tbody.innerHTML = pods.map((p) => {
       const c = podColumns(p);
@@ -371,6 +382,8 @@ views.pods = (params) => {
           : `<button class="danger" data-delete="${esc(key(p))}">Delete</button>`}</td></tr>`;
     }).join('');
     count.textContent = pods.length + (pods.length === 1 ? ' pod' : ' pods');
+    performance.measure('pods-draw', { start: started });
+    if (listed) ready('pods');
   };
   // A delete asks once more (the row's button, armed for 4 s, across redraws).
   const armed = new Map();
@@ -389,7 +402,7 @@ views.pods = (params) => {
     setTimeout(draw, 4100);
   };
   const path = ns ? `/api/v1/namespaces/${encodeURIComponent(ns)}/pods` : '/api/v1/pods';
-  const w = new Watch(path, selector ? { labelSelector: selector } : {}, (m, e) => { if (e) return error(e); items = m; draw(); });
+  const w = new Watch(path, selector ? { labelSelector: selector } : {}, (m, e) => { if (e) return error(e); items = m; listed = true; draw(); });
   const ages = setInterval(draw, 10000);
   return { stop() { w.stop(); clearInterval(ages); } };
 };
@@ -677,11 +690,8 @@ function route() {
 }
 
 let namespaces = null;
-async function start() {
-  try {
-    // One call that needs the caller's rights: a 401 asks for a token.
-    await request('/api/v1/namespaces/default/pods?limit=1').catch((e) => { if (e instanceof AuthError) throw e; });
-  } catch (e) { return; }
+// The view and the namespaces at once; whichever the API refuses with 401 asks for a token.
+function start() {
   if (namespaces) namespaces.stop();
   namespaceOptions([]);
   namespaces = new Watch('/api/v1/namespaces', {}, (items, e) => {
@@ -702,4 +712,11 @@ nsSelect.onchange = () => {
   route();
 };
 window.addEventListener('hashchange', route);
+// Leaving the page ends its watches (a page kept for "back" would hold its connections, and a
+// browser has six per host over HTTP/1.1, which kubectl proxy speaks); coming back starts them.
+window.addEventListener('pagehide', () => {
+  if (current) current.stop();
+  if (namespaces) namespaces.stop();
+});
+window.addEventListener('pageshow', (ev) => { if (ev.persisted) start(); });
 start();

@@ -16,6 +16,30 @@ use serde_json::{json, Value};
 
 use crate::{wait_for, workspace, TestNode};
 
+/// The dashboard through `kubectl proxy` (`kubectl_proxy`), at the URL the Kubernetes notes give.
+pub const PROXY: &str = "http://127.0.0.1:8001/api/v1/namespaces/kubernetes-dashboard/services/https:kubernetes-dashboard:/proxy/";
+
+/// `kubectl proxy` on the node's loopback (port 8001), as a user runs it; the caller ends it.
+pub fn kubectl_proxy(node: &TestNode) -> Result<Child> {
+    let child = node
+        .net_command(crate::kubectl_path("kubectl"))
+        .arg("--kubeconfig")
+        .arg(node.kubeconfig())
+        .args(["proxy", "--port=8001"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut probe = node.net_command("bash");
+    probe
+        .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/8001"])
+        .stderr(Stdio::null());
+    wait_for("kubectl proxy listening", Duration::from_secs(30), || {
+        probe.status().ok().filter(|s| s.success())
+    })?;
+    Ok(child)
+}
+
 /// The port chromedriver listens on, on the node's loopback.
 const DRIVER_PORT: u16 = 9515;
 

@@ -3,39 +3,20 @@
 //! with a ServiceAccount's token. Screenshots of each view are kept in
 //! `target/test-artifacts/dashboard/`.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use nodelet_tests::browser::{enter_network, Browser};
+use nodelet_tests::browser::{enter_network, kubectl_proxy, Browser, PROXY};
 use nodelet_tests::{dashboard_assets, wait_for, TestNode};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
-const PROXY: &str = "http://127.0.0.1:8001/api/v1/namespaces/kubernetes-dashboard/services/https:kubernetes-dashboard:/proxy/";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// `kubectl proxy` on the node's loopback (port 8001), as a user runs it.
-fn kubectl_proxy(node: &TestNode) -> Result<Child> {
-    let child = node
-        .net_command(nodelet_tests::kubectl_path("kubectl"))
-        .arg("--kubeconfig")
-        .arg(node.kubeconfig())
-        .args(["proxy", "--port=8001"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    wait_for("kubectl proxy listening", T, || {
-        std::net::TcpStream::connect(("127.0.0.1", 8001)).ok()
-    })?;
-    Ok(child)
 }
 
 fn run_pod(node: &TestNode, name: &str, command: &str) -> Result<()> {
@@ -478,4 +459,111 @@ async fn direct(node: &TestNode, b: &Browser, api: &str, token: &str) -> Result<
     .await?;
     ensure!(node.api_pod("first").is_some(), "first was not deleted");
     Ok(())
+}
+
+/// What the dashboard's paths answer without a browser: the page's files to anyone, the API
+/// below it only with the caller's own rights, and a clear refusal for any other Service.
+#[test]
+fn the_dashboards_paths_keep_the_apis_rules() -> Result<()> {
+    dashboard_assets();
+    let node = TestNode::with_api()?;
+    let api = node.api_url();
+    let status = |auth: bool, extra: &[&str], path: &str| -> Result<(String, String)> {
+        let out = node
+            .api_curl(auth)?
+            .args(["-o", "-", "-w", "\n%{http_code} %{redirect_url}"])
+            .args(extra)
+            .arg(format!("{api}{path}"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+        Ok((code.trim().to_owned(), body.to_owned()))
+    };
+    let svc = node.kubectl_ok(&[
+        "get",
+        "svc",
+        "-n",
+        "kubernetes-dashboard",
+        "kubernetes-dashboard",
+        "--no-headers",
+    ])?;
+    ensure!(
+        svc.contains("ClusterIP") && svc.contains("443/TCP"),
+        "{svc}"
+    );
+    // The page and its terminal need no token (the page asks for one).
+    let (code, body) = status(false, &[], "/dashboard/")?;
+    ensure!(code == "200" && body.contains("app.js"), "{code} {body}");
+    let (code, _) = status(false, &[], "/dashboard/xterm.js")?;
+    ensure!(code == "200", "{code}");
+    // The API below it does, and gives that token's rights.
+    let (code, _) = status(false, &[], "/dashboard/k8s/api/v1/pods")?;
+    ensure!(code == "401", "{code}");
+    node.kubectl_ok(&["create", "serviceaccount", "viewer"])?;
+    let token = node.kubectl_ok(&["create", "token", "viewer"])?;
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let (code, body) = status(false, &["-H", &bearer], "/dashboard/k8s/api/v1/pods")?;
+    ensure!(
+        code == "403" && body.contains("cannot list resource \\\"pods\\\""),
+        "{code} {body}"
+    );
+    let (code, _) = status(
+        false,
+        &["-H", &bearer],
+        "/dashboard/k8s/api/v1/namespaces/default/pods",
+    )?;
+    ensure!(code == "200", "{code}");
+    let (code, _) = status(false, &["-H", &bearer], "/dashboard/history")?;
+    ensure!(code == "403", "{code}");
+    let proxy =
+        "/api/v1/namespaces/kubernetes-dashboard/services/https:kubernetes-dashboard:/proxy";
+    let (code, _) = status(false, &["-H", &bearer], &format!("{proxy}/"))?;
+    ensure!(
+        code == "403",
+        "a service account may not use the proxy: {code}"
+    );
+    // The admin: the proxy's bare path is sent below it; another Service is refused by name.
+    let (code, _) = status(true, &[], proxy)?;
+    ensure!(code == format!("302 {api}{proxy}/"), "{code}");
+    let (code, body) = status(true, &[], "/api/v1/namespaces/default/services/web/proxy/")?;
+    ensure!(
+        code == "503" && body.contains("no endpoints available for service \\\"web\\\""),
+        "{code} {body}"
+    );
+    // Create from YAML: each document, each item of a List, with a reason for what failed.
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: one}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: two}\n";
+    let (code, body) = status(
+        true,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/yaml",
+            "--data-binary",
+            yaml,
+        ],
+        "/dashboard/create?namespace=default",
+    )?;
+    let answer: Value = serde_json::from_str(&body)?;
+    ensure!(
+        code == "200"
+            && answer["results"][0]["created"] == true
+            && answer["results"][1]["created"] == false
+            && answer["results"][1]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Deployment"),
+        "{code} {body}"
+    );
+    // Objects as YAML when asked.
+    let (code, body) = status(
+        true,
+        &["-H", "Accept: application/yaml"],
+        "/api/v1/namespaces/default/configmaps/one",
+    )?;
+    ensure!(
+        code == "200" && body.contains("kind: ConfigMap\n"),
+        "{code} {body}"
+    );
+    node.assert_clean()
 }
