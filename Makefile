@@ -20,7 +20,7 @@ DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins 
         libssl-dev libseccomp-dev pkg-config ca-certificates curl gcc apache2-utils umoci openssl \
         chromium chromium-driver
 
-.PHONY: all deps build release images dashboard run test faults bench scale fuzz install uninstall fmt lint clean
+.PHONY: all deps build release images dashboard deb run test faults bench scale fuzz install uninstall fmt lint clean
 
 all: build
 
@@ -106,6 +106,11 @@ scale: deps
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh
+
+# The Debian package: binaries, unit, default config, the dashboard's terminal, docs; see
+# agent/dist/deb/build.sh and the operator guide.
+deb: release
+	bash agent/dist/deb/build.sh target/release target/deb
 
 install: release
 	install -D -m 0755 target/release/nodelet $(DESTDIR)$(PREFIX)/bin/nodelet

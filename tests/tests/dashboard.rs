@@ -458,6 +458,14 @@ async fn direct(node: &TestNode, b: &Browser, api: &str, token: &str) -> Result<
     )
     .await?;
     ensure!(node.api_pod("first").is_some(), "first was not deleted");
+    // `kubectl delete` elsewhere: the row goes, live.
+    node.kubectl_ok(&["delete", "pod", "second", "--grace-period=1"])?;
+    b.until(
+        "second gone from the table, live",
+        T,
+        "return ![...document.querySelectorAll('#pods tbody tr')].some(r => r.dataset.pod == 'default/second')",
+    )
+    .await?;
     Ok(())
 }
 

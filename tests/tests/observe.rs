@@ -410,6 +410,37 @@ fn summary_api_and_resource_metrics_read_the_cgroups() -> Result<()> {
         String::from_utf8_lossy(&missing.stderr)
     );
 
+    // A service account reads its own namespace's figures, as it reads its pods; nothing of the
+    // node's, of other namespaces, or of the API's own metrics.
+    node.kubectl_ok(&["create", "serviceaccount", "reader"])?;
+    let token = node.kubectl_ok(&["create", "token", "reader"])?;
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let api = node.api_url();
+    for (path, want) in [
+        (
+            "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods",
+            "200",
+        ),
+        (
+            "/apis/metrics.k8s.io/v1beta1/namespaces/kube-system/pods",
+            "403",
+        ),
+        ("/apis/metrics.k8s.io/v1beta1/pods", "403"),
+        ("/apis/metrics.k8s.io/v1beta1/nodes", "403"),
+        ("/metrics", "403"),
+    ] {
+        let out = node
+            .api_curl(false)?
+            .args(["-o", "/dev/null", "-w", "%{http_code}", "-H", &bearer])
+            .arg(format!("{api}{path}"))
+            .output()?;
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            got == want,
+            "{path} as a service account: {got}, not {want}"
+        );
+    }
+
     // The agent's own metrics under kubelet's names, and the API's under kube-apiserver's.
     let own = get("/metrics")?;
     let own = prometheus_parse::Scrape::parse(own.lines().map(|l| Ok(l.to_owned())))?;
