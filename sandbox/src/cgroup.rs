@@ -140,7 +140,7 @@ fn write_if_exists(path: PathBuf, value: &str) -> Result<(), Error> {
 pub fn create(spec: &CgroupSpec) -> Result<(), Error> {
     let hierarchy = Hierarchy::detect();
     if hierarchy == Hierarchy::V2 {
-        enable_v2_controllers(&spec.path)?;
+        enable_v2_controllers(Path::new(CGROUP_ROOT), &spec.path)?;
     }
     for dir in hierarchy.dirs(&spec.path) {
         fs::create_dir_all(&dir).map_err(|source| Error::Create {
@@ -198,10 +198,12 @@ fn apply_v2(dir: &Path, spec: &CgroupSpec) -> Result<(), Error> {
     Ok(())
 }
 
-/// On v2 a controller is usable in a cgroup only when every ancestor delegates it.
-fn enable_v2_controllers(path: &Path) -> Result<(), Error> {
-    let mut dir = PathBuf::from(CGROUP_ROOT);
-    for component in path.parent().into_iter().flat_map(|p| p.components()) {
+/// On v2 a controller is usable in a cgroup only when every ancestor, its parent included,
+/// delegates it (`+memory` in the ancestor's `cgroup.subtree_control`): each cgroup on the way
+/// down to `path` (under `root`) is made and enables the controllers it has for its children.
+fn enable_v2_controllers(root: &Path, path: &Path) -> Result<(), Error> {
+    let mut dir = root.to_owned();
+    for component in path.components() {
         let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
         let wanted: Vec<String> = ["memory", "cpu", "pids"]
             .iter()
@@ -319,6 +321,37 @@ fn remove_tree(dir: &Path) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v2_controllers_are_delegated_down_to_the_parent() {
+        let root = tempfile::tempdir().unwrap();
+        let path = Path::new("kubepods/pod1/c1");
+        // What the kernel shows: each cgroup offers what its parent delegates.
+        fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        for dir in ["kubepods", "kubepods/pod1"] {
+            fs::create_dir_all(root.path().join(dir)).unwrap();
+            fs::write(
+                root.path().join(dir).join("cgroup.controllers"),
+                "cpu memory pids",
+            )
+            .unwrap();
+        }
+        enable_v2_controllers(root.path(), path).unwrap();
+        for dir in ["", "kubepods", "kubepods/pod1"] {
+            let written = fs::read_to_string(root.path().join(dir).join("cgroup.subtree_control"));
+            assert_eq!(written.unwrap(), "+memory +cpu +pids", "{dir:?}");
+        }
+        assert!(root.path().join(path).is_dir());
+        assert!(!root
+            .path()
+            .join(path)
+            .join("cgroup.subtree_control")
+            .exists());
+    }
 
     #[test]
     fn kubelet_cpu_numbers() {
