@@ -394,8 +394,21 @@ fn memory_limit_is_enforced_and_reported_as_oomkilled() -> Result<()> {
     assert_eq!(state(&p, "c")["terminated"]["reason"], "OOMKilled", "{p:#}");
     assert_eq!(state(&p, "c")["terminated"]["exitCode"], 137);
     assert_eq!(p["status"]["qosClass"], "Guaranteed");
-    node.remove_manifest("hog.yaml");
-    node.wait_gone("hog", T)?;
+    // The OOM killer's victim need not be the container's first process: here `tail` is
+    // killed and `sh` exits 137 itself. Still OOMKilled, as containerd reports it.
+    node.write_manifest(
+        "piped.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: piped}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'head -c 200m /dev/zero | tail']\n    resources: {limits: {memory: 16Mi, cpu: 500m}}\n",
+    );
+    let p = node.wait_pod("piped", "killed", T, |p| {
+        state(p, "c")["terminated"].is_object()
+    })?;
+    assert_eq!(state(&p, "c")["terminated"]["reason"], "OOMKilled", "{p:#}");
+    assert_eq!(state(&p, "c")["terminated"]["exitCode"], 137);
+    for pod in ["hog", "piped"] {
+        node.remove_manifest(&format!("{pod}.yaml"));
+        node.wait_gone(pod, T)?;
+    }
     node.assert_clean()
 }
 

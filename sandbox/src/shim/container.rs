@@ -256,7 +256,11 @@ impl Server {
     /// Records an exit, on disk too, and releases the container's cgroup.
     pub(super) fn record_exit(&mut self, id: &str, code: i32, signal: Option<i32>) -> Option<()> {
         let container = self.containers.get_mut(id)?;
-        let oom_killed = signal == Some(libc::SIGKILL)
+        // OOMKilled when the kernel's OOM killer killed any process of the container and it
+        // failed, as containerd reports it (from the cgroup's oom_kill count): the victim is
+        // often not pid 1 (`sh -c 'a | b'` exits 137 when `b` is killed; cgroup v2 kills one
+        // process, not the group).
+        let oom_killed = (signal.is_some() || code != 0)
             && container
                 .cgroup
                 .as_deref()
