@@ -20,7 +20,7 @@ DEBS := busybox-static util-linux iproute2 nftables containernetworking-plugins 
         libssl-dev libseccomp-dev pkg-config ca-certificates curl gcc apache2-utils umoci openssl \
         chromium chromium-driver
 
-.PHONY: all deps build release images dashboard deb run test faults bench scale fuzz install uninstall fmt lint clean
+.PHONY: all deps build release images dashboard deb vm-test run test faults bench scale fuzz install uninstall fmt lint clean
 
 all: build
 
@@ -111,6 +111,14 @@ fuzz: deps
 # agent/dist/deb/build.sh and the operator guide.
 deb: release
 	bash agent/dist/deb/build.sh target/release target/deb
+
+# QEMU guests (TCG, cgroup v2 only) that install the .deb and run nodelet under systemd, each
+# scenario checked inside the guest; see vm-test/README.md. Minutes; not part of `make test`.
+VM_DEBS := qemu-system-x86 qemu-utils debootstrap
+vm-test: deb images
+	@missing=$$(for p in $(VM_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+	bash vm-test/run.sh "$$(ls -t target/deb/nodelet_*.deb | head -1)"
 
 install: release
 	install -D -m 0755 target/release/nodelet $(DESTDIR)$(PREFIX)/bin/nodelet
