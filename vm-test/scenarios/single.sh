@@ -29,7 +29,7 @@ echo "boot: $(cut -d' ' -f1 /proc/uptime) s since the kernel started"
 t0=$(cut -d' ' -f1 /proc/uptime)
 if dpkg -i $share/nodelet.deb >/tmp/dpkg.log 2>&1; then pass "dpkg -i"; else fail "dpkg -i: $(tail -5 /tmp/dpkg.log)"; fi
 systemctl is-enabled nodelet >/dev/null && pass "enabled" || fail "not enabled"
-if until_ok 120 sh -c 'k get node "$(hostname)" -o jsonpath="{.status.conditions[?(@.type==\"Ready\")].status}" | grep -qx True'; then
+if until_ok 300 sh -c 'k get node "$(hostname)" -o jsonpath="{.status.conditions[?(@.type==\"Ready\")].status}" | grep -qx True'; then
   t1=$(cut -d' ' -f1 /proc/uptime)
   pass "Ready, $(echo "$t1 - $t0" | awk '{print $1 - $3}') s after dpkg -i ($t1 s after boot)"
 else
@@ -53,7 +53,11 @@ spec:
     resources: {limits: {memory: 64Mi, cpu: 250m}}
 POD
 k create -f /tmp/sleeper.yaml >/dev/null
-if until_ok 60 sh -c '[ "$(k get pod sleeper -o jsonpath={.status.phase})" = Running ]'; then pass "pod Running"; else fail "pod: $(k describe pod sleeper | tail -20)"; fi
+if until_ok 180 sh -c '[ "$(k get pod sleeper -o jsonpath={.status.phase})" = Running ]'; then
+  # Start time as the pod reports it (creation to the container's start), to the second.
+  created=$(jp sleeper '{.metadata.creationTimestamp}'); started=$(jp sleeper '{.status.containerStatuses[0].state.running.startedAt}')
+  pass "pod Running: created $created, container started $started"
+else fail "pod: $(k describe pod sleeper | tail -20)"; fi
 sleep 1
 pid=$(pgrep -f "while true; do sleep 1" | head -1)
 cg=$(cut -d: -f3 /proc/$pid/cgroup)
@@ -98,7 +102,7 @@ spec:
     resources: {limits: {memory: 32Mi}}
 POD
 k create -f /tmp/hog.yaml >/dev/null
-if until_ok 90 sh -c '[ "$(k get pod hog -o jsonpath={.status.containerStatuses[0].state.terminated.reason})" = OOMKilled ]'; then
+if until_ok 180 sh -c '[ "$(k get pod hog -o jsonpath={.status.containerStatuses[0].state.terminated.reason})" = OOMKilled ]'; then
   pass "OOMKilled on v2, exit code $(jp hog '{.status.containerStatuses[0].state.terminated.exitCode}')"
 else
   fail "hog: $(k get pod hog -o jsonpath='{.status.containerStatuses[0].state}')"
