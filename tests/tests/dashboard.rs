@@ -538,6 +538,19 @@ fn the_dashboards_paths_keep_the_apis_rules() -> Result<()> {
         code == "503" && body.contains("no endpoints available for service \\\"web\\\""),
         "{code} {body}"
     );
+    // The dashboard is entered once: below it, neither base is the dashboard again (a nested
+    // path must not recurse as deep as the URL is long, before any credentials are asked).
+    let nested = "/dashboard/k8s".repeat(3000) + "/api/v1/namespaces";
+    let (code, _) = status(false, &["--http1.1"], &nested)?;
+    ensure!(code == "401", "nested dashboard paths, no token: {code}");
+    let (code, _) = status(true, &["--http1.1"], &nested)?;
+    ensure!(code == "404", "nested dashboard paths, the admin: {code}");
+    let (code, _) = status(true, &[], &format!("{proxy}/k8s{proxy}/app.js"))?;
+    ensure!(code == "404", "the proxy inside the proxy: {code}");
+    ensure!(
+        node.agent_pid() > 0 && node.kubectl_ok(&["get", "ns", "default"]).is_ok(),
+        "the API still answers"
+    );
     // Create from YAML: each document, each item of a List, with a reason for what failed.
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: one}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: two}\n";
     let (code, body) = status(

@@ -465,6 +465,18 @@ impl Server {
                 return self.dashboard(req, has_cert, &rest, assets).await;
             }
         }
+        self.api(req, has_cert, true).await
+    }
+
+    /// The API proper. `proxy`: whether the dashboard Service's proxy may be entered; not from
+    /// inside the dashboard, so a path can enter the dashboard once at most (a nested path
+    /// would otherwise recurse as deep as the URL is long, unauthenticated).
+    async fn api(
+        &self,
+        req: Request<Incoming>,
+        has_cert: bool,
+        proxy: bool,
+    ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
             return Ok(respond(
@@ -520,6 +532,9 @@ impl Server {
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         if let Some(proxied) = dashboard::proxied(&segs) {
             proxied?;
+            if !proxy {
+                return Err(ApiError::no_route());
+            }
             if let Caller::Account(user) = &caller {
                 return Err(forbidden(user, "get", "services/proxy", "", Some(segs[3])));
             }
@@ -635,7 +650,7 @@ impl Server {
                 };
             }
         };
-        Box::pin(self.route(inner, has_cert)).await
+        Box::pin(self.api(inner, has_cert, false)).await
     }
 
     /// The dashboard's "create from YAML": each object of the text (documents, `kind: List`
