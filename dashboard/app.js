@@ -601,7 +601,6 @@ function base64url(s) {
 
 views.shell = (params, ns, name) => {
   let socket = null, term = null, stopped = false;
-  const resize = () => {};
   (async () => {
     try {
       const { names, chosen } = await containerPicker(ns, name, params, false);
@@ -652,7 +651,7 @@ views.shell = (params, ns, name) => {
       window.onresize = () => fit.fit();
     } catch (e) { if (!stopped) error(e); }
   })();
-  return { stop() { stopped = true; window.onresize = resize; if (socket) socket.close(); if (term) term.dispose(); } };
+  return { stop() { stopped = true; window.onresize = null; if (socket) socket.close(); if (term) term.dispose(); } };
 };
 
 views.create = () => {

@@ -53,20 +53,25 @@ pub fn shim_bin() -> PathBuf {
     nodelet_bin().with_file_name("nodelet-shim")
 }
 
+/// An exclusive lock on `target/<name>.lock`, held while a build shared by test binaries
+/// running side by side is checked or made.
+fn build_lock(name: &str) -> nix::fcntl::Flock<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(workspace().join(format!("target/{name}.lock")))
+        .expect("open a build lock");
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("lock target/{name}.lock: {e}"))
+}
+
 /// The dashboard's terminal files where a debug or release agent finds them
 /// (`target/dashboard`), installed from npm by `dashboard/install.sh` when missing (under a
 /// lock: test binaries run side by side).
 pub fn dashboard_assets() -> PathBuf {
     let out = workspace().join("target/dashboard");
-    let lock = workspace().join("target/dashboard.lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .expect("open dashboard lock");
-    let _guard =
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).expect("lock dashboard");
+    let _guard = build_lock("dashboard");
     if !out.join("xterm.js").is_file() {
         let status = Command::new("bash")
             .arg(workspace().join("dashboard/install.sh"))
@@ -82,15 +87,7 @@ pub fn dashboard_assets() -> PathBuf {
 /// so test binaries running side by side share one build.
 pub fn test_images() -> PathBuf {
     let out = workspace().join("target/test-images");
-    let lock = workspace().join("target/test-images.lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .expect("open image lock");
-    let _guard =
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).expect("lock images");
+    let _guard = build_lock("test-images");
     // Built again whenever build.sh changed since (its hash is kept beside the images).
     let script = workspace().join("tests/images/build.sh");
     // The gRPC health server of the probe tests, built with this package's binaries.

@@ -70,13 +70,36 @@ async fn through_proxy(node: &TestNode) -> Result<()> {
     // aborts its loads (ERR_NETWORK_CHANGED).
     run_pod(node, "web", "trap 'exit 0' TERM; sleep 3600 & wait")?;
     wait_running(node, "web")?;
+    session(node, async |b| proxy_views(node, b).await).await
+}
+
+/// A browser for `check`, then closed; the page must have logged no JavaScript error.
+async fn session(node: &TestNode, check: impl AsyncFnOnce(&Browser) -> Result<()>) -> Result<()> {
     let b = Browser::start(node, "dashboard").await?;
-    let checked = proxy_views(node, &b).await;
+    let checked = check(&b).await;
     let errors = b.javascript_errors().await;
     b.close(node).await?;
     checked?;
     let errors = errors?;
     ensure!(errors.is_empty(), "the page logged errors: {errors:#?}");
+    Ok(())
+}
+
+/// The pods table's row of `default/<pod>` (a JavaScript expression; undefined if none).
+fn pod_row(pod: &str) -> String {
+    format!("[...document.querySelectorAll('#pods tbody tr')].find(r => r.dataset.pod == 'default/{pod}')")
+}
+
+/// Clicks a row's delete button twice (it asks once more).
+async fn delete_from_table(b: &Browser, pod: &str) -> Result<()> {
+    for _ in 0..2 {
+        b.client
+            .execute(
+                &format!("{}.querySelector('button').click()", pod_row(pod)),
+                vec![],
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -107,14 +130,17 @@ async fn proxy_views(node: &TestNode, b: &Browser) -> Result<()> {
     b.until(
         "writer in the table, live",
         T,
-        "return [...document.querySelectorAll('#pods tbody tr')].some(r => r.dataset.pod == 'default/writer')",
+        &format!("return {} != null", pod_row("writer")),
     )
     .await?;
     let row = b
         .until(
             "web Running in the table",
             T,
-            "const r = [...document.querySelectorAll('#pods tbody tr')].find(r => r.dataset.pod == 'default/web'); return r && r.cells[3].innerText == 'Running' && r.innerText",
+            &format!(
+                "const r = {}; return r && r.cells[3].innerText == 'Running' && r.innerText",
+                pod_row("web")
+            ),
         )
         .await?;
     let api = node.api_pod("web").context("web in the API")?;
@@ -326,22 +352,20 @@ async fn proxy_views(node: &TestNode, b: &Browser) -> Result<()> {
 
     // Delete from the table (asked twice), and the row goes live.
     b.client.goto(&format!("{PROXY}#/pods")).await?;
-    let button = "[...document.querySelectorAll('#pods tbody tr')].find(r => r.dataset.pod == 'default/writer').querySelector('button')";
     b.until(
         "writer's delete button",
         T,
-        &format!("return {button} != null"),
+        &format!(
+            "return {}.querySelector('button') != null",
+            pod_row("writer")
+        ),
     )
     .await?;
-    for _ in 0..2 {
-        b.client
-            .execute(&format!("{button}.click()"), vec![])
-            .await?;
-    }
+    delete_from_table(b, "writer").await?;
     b.until(
         "writer out of the table",
         T,
-        "return ![...document.querySelectorAll('#pods tbody tr')].some(r => r.dataset.pod == 'default/writer')",
+        &format!("return {} == null", pod_row("writer")),
     )
     .await?;
     ensure!(
@@ -391,17 +415,9 @@ fn the_dashboard_on_the_api_asks_for_a_token_and_acts_with_its_rights() -> Resul
     run_pod(&node, "first", "trap 'exit 0' TERM; sleep 3600 & wait")?;
     wait_running(&node, "first")?;
     let api = node.api_url();
-    let result = runtime().block_on(async {
-        let b = Browser::start(&node, "dashboard").await?;
-        let checked = direct(&node, &b, &api, &token).await;
-        let errors = b.javascript_errors().await;
-        b.close(&node).await?;
-        checked?;
-        let errors = errors?;
-        ensure!(errors.is_empty(), "the page logged errors: {errors:#?}");
-        Ok(())
-    });
-    result?;
+    runtime().block_on(session(&node, async |b| {
+        direct(&node, b, &api, &token).await
+    }))?;
     node.kubectl_ok(&["delete", "pod", "--all", "--grace-period=1"])?;
     node.settled()
 }
@@ -433,24 +449,19 @@ async fn direct(node: &TestNode, b: &Browser, api: &str, token: &str) -> Result<
     b.until(
         "first listed in default",
         T,
-        "return document.getElementById('namespace').value == 'default' && [...document.querySelectorAll('#pods tbody tr')].some(r => r.dataset.pod == 'default/first' && r.cells[2].innerText == 'Running')",
+        &format!("const r = {}; return document.getElementById('namespace').value == 'default' && r != null && r.cells[2].innerText == 'Running'", pod_row("first")),
     )
     .await?;
     run_pod(node, "second", "trap 'exit 0' TERM; sleep 3600 & wait")?;
     b.until(
         "second listed live",
         T,
-        "return [...document.querySelectorAll('#pods tbody tr')].some(r => r.dataset.pod == 'default/second')",
+        &format!("return {} != null", pod_row("second")),
     )
     .await?;
     b.screenshot("direct-pods").await?;
     // Its rights, not more: a delete is refused and the page says so.
-    let button = "[...document.querySelectorAll('#pods tbody tr')].find(r => r.dataset.pod == 'default/first').querySelector('button')";
-    for _ in 0..2 {
-        b.client
-            .execute(&format!("{button}.click()"), vec![])
-            .await?;
-    }
+    delete_from_table(b, "first").await?;
     b.until(
         "the refusal shown",
         T,
@@ -463,7 +474,7 @@ async fn direct(node: &TestNode, b: &Browser, api: &str, token: &str) -> Result<
     b.until(
         "second gone from the table, live",
         T,
-        "return ![...document.querySelectorAll('#pods tbody tr')].some(r => r.dataset.pod == 'default/second')",
+        &format!("return {} == null", pod_row("second")),
     )
     .await?;
     Ok(())

@@ -72,22 +72,19 @@ fn kubernetes_service(store: &Store, at: std::net::SocketAddr) {
 
 /// One of the API's own Services: made again if missing, its spec corrected if it changed.
 pub fn keep_service(store: &Store, namespace: &str, name: &str, labels: Value, spec: Value) {
-    match store.get(Resource::Services, namespace, name) {
-        Some(svc) if svc["spec"] == spec => {}
-        Some(_) => {
-            let _ = store.update(Resource::Services, namespace, name, |old| {
-                let mut new = old.clone();
-                new["spec"] = spec.clone();
-                Ok(Some(new))
-            });
-        }
-        None => {
-            let svc = json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                "spec": spec, "status": {"loadBalancer": {}}});
-            super::serviceaccounts::create(store, Resource::Services, namespace, svc);
-        }
-    }
+    super::serviceaccounts::keep(
+        store,
+        Resource::Services,
+        namespace,
+        name,
+        "spec",
+        spec,
+        |spec| {
+            json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": spec, "status": {"loadBalancer": {}}})
+        },
+    );
 }
 
 /// Deletes the events last written more than `ttl` before `now`.

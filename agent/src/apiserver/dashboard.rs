@@ -154,16 +154,20 @@ pub fn assets(configured: Option<&Path>) -> PathBuf {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("dashboard")));
-    let candidates = beside.into_iter().chain([
-        PathBuf::from("/usr/share/nodelet/dashboard"),
-        PathBuf::from("/usr/local/share/nodelet/dashboard"),
-    ]);
-    let candidates: Vec<PathBuf> = candidates.collect();
-    candidates
+    let candidates: Vec<PathBuf> = beside
+        .into_iter()
+        .chain(
+            [
+                "/usr/share/nodelet/dashboard",
+                "/usr/local/share/nodelet/dashboard",
+            ]
+            .map(PathBuf::from),
+        )
+        .collect();
+    let found = candidates
         .iter()
-        .find(|p| p.join(TERMINAL_FILES[0].0).is_file())
-        .unwrap_or(&candidates[0])
-        .clone()
+        .find(|p| p.join(TERMINAL_FILES[0].0).is_file());
+    found.unwrap_or(&candidates[0]).clone()
 }
 
 /// The dashboard's namespace, made with a new store (an operator may delete it; it is not

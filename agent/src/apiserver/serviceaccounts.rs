@@ -417,23 +417,44 @@ pub fn ensure_defaults(store: &Store, ca_pem: &str) {
         let namespace = name_of(&ns);
         ensure_default_account(store, namespace);
         let want = json!({"ca.crt": ca_pem});
-        match store.get(Resource::ConfigMaps, namespace, ROOT_CA) {
-            Some(cm) if cm["data"] == want => {}
-            Some(_) => {
-                let _ = store.update(Resource::ConfigMaps, namespace, ROOT_CA, |old| {
-                    let mut new = old.clone();
-                    new["data"] = want.clone();
-                    Ok(Some(new))
-                });
-            }
-            None => {
-                let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": ROOT_CA, "namespace": namespace,
-                        "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
-                    "data": want});
-                create(store, Resource::ConfigMaps, namespace, cm);
-            }
+        keep(
+            store,
+            Resource::ConfigMaps,
+            namespace,
+            ROOT_CA,
+            "data",
+            want,
+            |data| {
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": ROOT_CA, "namespace": namespace,
+                    "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                "data": data})
+            },
+        );
+    }
+}
+
+/// One of the API's own objects, kept with `field` as wanted: made (`make(want)`) if missing,
+/// the field put back if it changed.
+pub(super) fn keep(
+    store: &Store,
+    resource: Resource,
+    namespace: &str,
+    name: &str,
+    field: &str,
+    want: Value,
+    make: impl FnOnce(Value) -> Value,
+) {
+    match store.get(resource, namespace, name) {
+        Some(obj) if obj[field] == want => {}
+        Some(_) => {
+            let _ = store.update(resource, namespace, name, |old| {
+                let mut new = old.clone();
+                new[field] = want.clone();
+                Ok(Some(new))
+            });
         }
+        None => create(store, resource, namespace, make(want)),
     }
 }
 
